@@ -1,0 +1,1 @@
+"""Piriod usage webhook adapter: signed meter deliveries in, Piriod usages out, failures queued."""

@@ -1,0 +1,32 @@
+"""Time left in this invocation, so that the function never answers after its own timeout."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class HasRemainingTime(Protocol):
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A point on the monotonic clock, with the matching wall-clock time for DynamoDB locks."""
+
+    monotonic_at: float
+    wall_at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds, time.time() + seconds)
+
+    @classmethod
+    def from_context(cls, context: HasRemainingTime, reserve_seconds: float) -> Deadline:
+        """The moment to stop starting work: the function's own timeout less a reserve."""
+        remaining = context.get_remaining_time_in_millis() / 1000.0
+        return cls.after(max(0.0, remaining - reserve_seconds))
+
+    def remaining(self) -> float:
+        return max(0.0, self.monotonic_at - time.monotonic())

@@ -1,0 +1,42 @@
+"""WebhookFunction: API Gateway HTTP API (payload 2.0) -> receive the delivery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.observability import logger, metrics
+from piriod_adapter.runtime import get_runtime
+from piriod_adapter.webhook import Reply, receive_native
+
+DEADLINE_RESERVE_SECONDS = 5.0  # stop starting posts this long before the function times out
+
+app = APIGatewayHttpResolver()
+
+
+def _response(reply: Reply) -> Response[Any]:
+    raw = reply.to_api_gateway()
+    return Response(
+        status_code=raw["statusCode"], content_type="application/json", body=raw["body"]
+    )
+
+
+@app.post("/v1/usages")
+def native_usages() -> Response[Any]:
+    deadline = Deadline.from_context(app.lambda_context, DEADLINE_RESERVE_SECONDS)
+    return _response(receive_native(app.current_event.raw_event, get_runtime(), deadline))
+
+
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+def unexpected(exc: Exception) -> Response[Any]:
+    logger.exception("unexpected error")
+    return _response(Reply(500, {"message": "internal error; retry the delivery"}))
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,134 @@
+"""The clients of one Lambda container: created lazily, once, and handed to the logic."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from piriod_adapter.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import urllib3
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_sqs import SQSClient
+
+    from piriod_adapter.idempotency import IdempotencyStore
+    from piriod_adapter.piriod import PiriodClient
+    from piriod_adapter.queue import FailureQueue
+    from piriod_adapter.secrets import SecretStore
+    from piriod_adapter.submit import Submitter
+
+STORE_RESERVE_SECONDS = 2.0  # time kept to store a record after its post
+
+
+class Runtime:
+    """Everything a handler needs. Endpoints follow boto3's own AWS_ENDPOINT_URL(_<SERVICE>)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+
+    @cached_property
+    def settings(self) -> Settings:
+        return self._settings or load_settings()
+
+    def _client(self, service: str) -> Any:
+        import boto3  # deferred: importing boto3 costs cold-start time
+        from botocore.config import Config
+
+        config = Config(
+            connect_timeout=1,
+            read_timeout=3,
+            retries={"mode": "standard", "total_max_attempts": 2},
+            max_pool_connections=max(10, self.settings.post_concurrency),
+        )
+        return boto3.session.Session().client(service, config=config)  # type: ignore[call-overload]
+
+    @cached_property
+    def sqs(self) -> SQSClient:
+        client: SQSClient = self._client("sqs")
+        return client
+
+    @cached_property
+    def dynamodb(self) -> DynamoDBClient:
+        client: DynamoDBClient = self._client("dynamodb")
+        return client
+
+    @cached_property
+    def secretsmanager(self) -> SecretsManagerClient:
+        client: SecretsManagerClient = self._client("secretsmanager")
+        return client
+
+    @cached_property
+    def http(self) -> urllib3.PoolManager:
+        import urllib3
+
+        return urllib3.PoolManager(
+            num_pools=4, maxsize=self.settings.post_concurrency, block=True, retries=False
+        )
+
+    @cached_property
+    def secrets(self) -> SecretStore:
+        from piriod_adapter.secrets import SecretStore
+
+        return SecretStore(self.secretsmanager, ttl_seconds=self.settings.secret_cache_seconds)
+
+    @cached_property
+    def piriod(self) -> PiriodClient:
+        from piriod_adapter.piriod import PiriodClient
+
+        secret_id = self.settings.piriod_token_secret_id
+        return PiriodClient(
+            self.http,
+            self.settings.api_url,
+            token=lambda stale: self.secrets.piriod_token(secret_id, stale=stale),
+            connect_timeout=self.settings.piriod_connect_timeout,
+            read_timeout=self.settings.piriod_read_timeout,
+        )
+
+    @cached_property
+    def store(self) -> IdempotencyStore:
+        from piriod_adapter.idempotency import IdempotencyStore
+
+        return IdempotencyStore(
+            self.dynamodb, self.settings.idempotency_table, self.settings.idempotency_ttl_days
+        )
+
+    @cached_property
+    def queue(self) -> FailureQueue:
+        from piriod_adapter.queue import FailureQueue
+
+        return FailureQueue(
+            self.sqs, self.settings.replay_queue_url, self.settings.dead_letter_queue_url
+        )
+
+    @cached_property
+    def submitter(self) -> Submitter:
+        from piriod_adapter.submit import Submitter
+
+        settings = self.settings
+        return Submitter(
+            piriod=self.piriod,
+            store=self.store,
+            post_budget_seconds=settings.piriod_connect_timeout
+            + settings.piriod_read_timeout
+            + STORE_RESERVE_SECONDS,
+            settle_after_seconds=settings.settle_after_seconds,
+        )
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The container's runtime, created on first use."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime()
+    return _runtime
+
+
+def reset_runtime(runtime: Runtime | None = None) -> None:
+    """Drop (or replace) the container's runtime: tests and the local server use this."""
+    global _runtime
+    _runtime = runtime

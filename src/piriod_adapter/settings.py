@@ -1,0 +1,70 @@
+"""Function settings, read from the environment once per container (never at import time)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class SettingsError(RuntimeError):
+    """A required setting is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseModel):
+    """Everything the functions read from their environment (SPEC section 6)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    piriod_api_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("https://api.piriod.com"), alias="PIRIOD_API_URL"
+    )
+    piriod_workspace_id: NonEmpty = Field(alias="PIRIOD_WORKSPACE_ID")
+    piriod_test_mode: bool = Field(default=False, alias="PIRIOD_TEST_MODE")
+    piriod_token_secret_id: NonEmpty = Field(alias="PIRIOD_TOKEN_SECRET_ID")
+    webhook_secret_id: NonEmpty = Field(alias="WEBHOOK_SECRET_ID")
+    replay_queue_url: NonEmpty = Field(alias="REPLAY_QUEUE_URL")
+    dead_letter_queue_url: NonEmpty = Field(alias="DEAD_LETTER_QUEUE_URL")
+    idempotency_table: NonEmpty = Field(alias="IDEMPOTENCY_TABLE")
+    sources_config: str = Field(default="", alias="SOURCES_CONFIG")
+
+    idempotency_ttl_days: int = Field(default=30, ge=7, alias="IDEMPOTENCY_TTL_DAYS")
+    post_concurrency: int = Field(default=16, ge=1, le=64, alias="POST_CONCURRENCY")
+    piriod_connect_timeout: float = Field(default=3.0, gt=0, le=30, alias="PIRIOD_CONNECT_TIMEOUT")
+    piriod_read_timeout: float = Field(default=8.0, gt=0, le=60, alias="PIRIOD_READ_TIMEOUT")
+    replay_max_attempts: int = Field(default=8, ge=1, le=1000, alias="REPLAY_MAX_ATTEMPTS")
+    secret_cache_seconds: int = Field(default=300, ge=0, le=3600, alias="SECRET_CACHE_SECONDS")
+    # An ambiguous post is looked up in Piriod only once it is at least this old, so that a
+    # request still in flight inside Piriod cannot land after the lookup said "not there".
+    settle_after_seconds: float = Field(default=60.0, ge=0, alias="SETTLE_AFTER_SECONDS")
+
+    @field_validator("piriod_test_mode", mode="before")
+    @classmethod
+    def _strict_bool(cls, value: object) -> object:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in {"true", "false"}:
+                raise ValueError("must be 'true' or 'false'")
+            return lowered == "true"
+        return value
+
+    @property
+    def api_url(self) -> str:
+        return str(self.piriod_api_url).rstrip("/")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the environment; a bad or missing variable raises naming it."""
+    env = os.environ if environ is None else environ
+    try:
+        return Settings.model_validate(dict(env))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,45 @@
+"""Settings: defaults, and failures that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from piriod_adapter.settings import SettingsError, load_settings
+
+REQUIRED = {
+    "PIRIOD_WORKSPACE_ID": "acc_1",
+    "PIRIOD_TOKEN_SECRET_ID": "tok",
+    "WEBHOOK_SECRET_ID": "hook",
+    "REPLAY_QUEUE_URL": "https://sqs/replay",
+    "DEAD_LETTER_QUEUE_URL": "https://sqs/dlq",
+    "IDEMPOTENCY_TABLE": "table",
+}
+
+
+def test_defaults() -> None:
+    settings = load_settings(REQUIRED)
+    assert settings.api_url == "https://api.piriod.com"
+    assert settings.piriod_test_mode is False
+    assert settings.idempotency_ttl_days >= 7
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PIRIOD_TEST_MODE", "yes"),
+        ("PIRIOD_API_URL", "not a url"),
+        ("IDEMPOTENCY_TTL_DAYS", "3"),
+        ("POST_CONCURRENCY", "0"),
+        ("PIRIOD_WORKSPACE_ID", ""),
+    ],
+)
+def test_malformed_setting_is_named(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_settings({**REQUIRED, name: value})
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_missing_setting_is_named(name: str) -> None:
+    env = {k: v for k, v in REQUIRED.items() if k != name}
+    with pytest.raises(SettingsError, match=name):
+        load_settings(env)
