@@ -37,6 +37,7 @@ class Settings(BaseModel):
     piriod_connect_timeout: float = Field(default=3.0, gt=0, le=30, alias="PIRIOD_CONNECT_TIMEOUT")
     piriod_read_timeout: float = Field(default=8.0, gt=0, le=60, alias="PIRIOD_READ_TIMEOUT")
     replay_max_attempts: int = Field(default=8, ge=1, le=1000, alias="REPLAY_MAX_ATTEMPTS")
+    replay_backoff_seconds: float = Field(default=60.0, ge=0, alias="REPLAY_BACKOFF_SECONDS")
     secret_cache_seconds: int = Field(default=300, ge=0, le=3600, alias="SECRET_CACHE_SECONDS")
     # An ambiguous post is looked up in Piriod only once it is at least this old, so that a
     # request still in flight inside Piriod cannot land after the lookup said "not there".

@@ -107,7 +107,7 @@ class Submitter:
         except StoreUnavailable as exc:
             return Outcome(None, reason=str(exc))
         if not claim.acquired:
-            return self._already_handled(pk, claim.previous, deadline, replay)
+            return self._already_handled(pk, sub.facts, claim.previous, deadline, replay)
         assert claim.token is not None
         token = claim.token
         attempt_started = self.clock()
@@ -147,8 +147,17 @@ class Submitter:
         return claim
 
     def _already_handled(
-        self, pk: str, holder: KeyState | None, deadline: Deadline, replay: bool
+        self, pk: str, facts: RecordFacts, holder: KeyState | None, deadline: Deadline, replay: bool
     ) -> Outcome:
+        if holder is not None and holder.fingerprint not in (None, facts.fingerprint):
+            return Outcome(
+                Status.DUPLICATE,
+                errors={
+                    "idempotency_key": [
+                        "already used for a different record; this record was not posted"
+                    ]
+                },
+            )
         if holder is not None and holder.locked(self.clock()):
             if replay:
                 return Outcome(None, busy=True, reason="another attempt holds this key")

@@ -15,7 +15,7 @@ class FakeSecretsManager:
         self.value = value
         self.calls = 0
 
-    def get_secret_value(self, SecretId: str) -> dict[str, Any]:  # noqa: N803 (boto3's name)
+    def get_secret_value(self, SecretId: str) -> dict[str, Any]:
         self.calls += 1
         if self.value == "!error":
             raise ConnectionError("endpoint down")

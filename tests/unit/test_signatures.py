@@ -13,8 +13,14 @@ KEY = SigningKey.from_secret(SECRET)
 NOW = 1_800_000_000
 
 
-def headers(body: bytes, *, key: SigningKey = KEY, ts: int = NOW, msg: str = "msg_1") -> dict[str, str]:
-    return {"webhook-id": msg, "webhook-timestamp": str(ts), "webhook-signature": key.sign(msg, ts, body)}
+def headers(
+    body: bytes, *, key: SigningKey = KEY, ts: int = NOW, msg: str = "msg_1"
+) -> dict[str, str]:
+    return {
+        "webhook-id": msg,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": key.sign(msg, ts, body),
+    }
 
 
 def test_known_vector_from_the_standard_webhooks_spec() -> None:

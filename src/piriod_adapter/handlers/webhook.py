@@ -18,6 +18,7 @@ app = APIGatewayHttpResolver()
 
 
 def _response(reply: Reply) -> Response[Any]:
+    metrics.add_metric(name=f"deliveries_{reply.status}", unit="Count", value=1)
     raw = reply.to_api_gateway()
     return Response(
         status_code=raw["statusCode"], content_type="application/json", body=raw["body"]
@@ -28,6 +29,11 @@ def _response(reply: Reply) -> Response[Any]:
 def native_usages() -> Response[Any]:
     deadline = Deadline.from_context(app.lambda_context, DEADLINE_RESERVE_SECONDS)
     return _response(receive_native(app.current_event.raw_event, get_runtime(), deadline))
+
+
+@app.not_found
+def not_found(exc: Exception) -> Response[Any]:
+    return _response(Reply(404, {"message": "not found: POST /v1/usages is the native route"}))
 
 
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]

@@ -1,0 +1,43 @@
+"""`piriod-local`: run the adapter locally, serve the stand-ins, sign sample events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from piriod_devkit.events import LOCAL_SIGNING_SECRET, load_event, sign_event
+
+    event = sign_event(load_event(args.event), args.secret or LOCAL_SIGNING_SECRET)
+    text = json.dumps(event, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from piriod_devkit import demo
+
+    parser = argparse.ArgumentParser(prog="piriod-local", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser("demo", help="run the whole adapter locally and show it work")
+    demo.add_arguments(demo_parser)
+    sign = commands.add_parser("sign", help="sign an API Gateway event file for sam local invoke")
+    sign.add_argument("event", help="a file in events/ (name or path)")
+    sign.add_argument("--secret", help="whsec_ signing secret (default: the local one)")
+    sign.add_argument("-o", "--output", help="write here instead of standard output")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        if args.token and not args.workspace:
+            parser.error("--workspace (or PIRIOD_WORKSPACE_ID) is required with --token")
+        return demo.run(args)
+    return _sign(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""The local main job: the whole adapter on loopback, no AWS account and no Docker.
+
+moto (server mode) stands in for Secrets Manager, SQS and DynamoDB, provisioned like
+template.yaml; the Piriod stand-in (or the real Piriod in test mode) takes the usages; the
+webhook is served on a local port. Signed sample deliveries from events/ are sent to it over
+HTTP, every outcome is printed, a Piriod outage is shown being queued, then replayed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from piriod_devkit.aws import MotoServer, client, function_environment, provision
+from piriod_devkit.events import LOCAL_SIGNING_SECRET, event_body, load_event, sign_event
+from piriod_devkit.local_api import LocalApiServer
+from piriod_devkit.piriod_standin import PiriodStandin
+from piriod_devkit.poller import drain
+
+WORKSPACE = "acc_local_demo"
+TOKEN = "local-demo-token"  # noqa: S105 (stand-in credential)
+UNMETERED_LINE = 999  # the stand-in answers 400 for it, like Piriod for an unknown line
+
+
+@dataclass
+class Shown:
+    outcomes: Counter[str]
+
+    def __init__(self) -> None:
+        self.outcomes = Counter()
+
+
+def _send(http: urllib3.PoolManager, url: str, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    headers = {k: v for k, v in event["headers"].items() if k != "content-length"}
+    response = http.request("POST", url + event["rawPath"], body=event_body(event), headers=headers)
+    try:
+        body = json.loads(response.data)
+    except ValueError:
+        body = {"raw": response.data.decode("utf-8", "replace")}
+    return response.status, body
+
+
+def _print_answer(title: str, status: int, body: dict[str, Any], shown: Shown) -> None:
+    print(f"\n▶ {title}\n  HTTP {status}")
+    for result in body.get("results", []):
+        shown.outcomes[result["status"]] += 1
+        extra = ""
+        if "usage_id" in result:
+            extra = f" usage_id={result['usage_id']}"
+        if "errors" in result:
+            extra += f" errors={json.dumps(result['errors'])}"
+        print(f"  record {result['index']}: {result['status']}{extra}")
+    if "results" not in body:
+        print(f"  {body.get('message')}")
+        for error in body.get("errors", []):
+            print(f"    record {error['index']} · {error['field']}: {error['message']}")
+
+
+def _substitute_line(event: dict[str, Any], line: int | None) -> dict[str, Any]:
+    """Against the real Piriod, point the samples at a subscription line of the user's own."""
+    if line is None:
+        return event
+    body = json.loads(event["body"])
+    for record in body.get("usages", [body]):
+        if record.get("subscription_line") != UNMETERED_LINE:
+            record["subscription_line"] = line
+    return {**event, "body": json.dumps(body)}
+
+
+def run(args: argparse.Namespace) -> int:
+    shown = Shown()
+    real_piriod = bool(args.token)
+    with MotoServer() as moto:
+        resources = provision(
+            moto.url,
+            token=args.token or TOKEN,
+            signing_secrets=[LOCAL_SIGNING_SECRET],
+            prefix="piriod-local",
+        )
+        print(f"moto server (Secrets Manager, SQS, DynamoDB) on {moto.url}")
+        standin = None
+        if real_piriod:
+            piriod_url, workspace = args.piriod_url, args.workspace
+            print(f"Piriod: {piriod_url} (test mode, workspace {workspace})")
+        else:
+            standin = PiriodStandin(tokens=(TOKEN,), workspace=WORKSPACE).start()
+            standin.set_unmetered_lines(UNMETERED_LINE)
+            piriod_url, workspace = standin.url, WORKSPACE
+            print(f"Piriod stand-in on {piriod_url}")
+        env = function_environment(
+            resources,
+            piriod_url=piriod_url,
+            workspace=workspace,
+            test_mode=real_piriod,
+            SETTLE_AFTER_SECONDS="1",
+            REPLAY_BACKOFF_SECONDS="0",
+            POWERTOOLS_LOG_LEVEL="WARNING",
+        )
+        os.environ.update(env)
+        from piriod_adapter.handlers.replay import lambda_handler as replay_handler
+        from piriod_adapter.runtime import reset_runtime
+
+        reset_runtime()
+        api = LocalApiServer(port=args.port).start()
+        print(f"webhook on {api.url}/v1/usages (signing secret: events/README.md)")
+        http = urllib3.PoolManager()
+        try:
+            for name, title in [
+                ("webhook-single.json", "one record (quantity 1.10, digits kept)"),
+                ("webhook-batch.json", "a batch of three"),
+                ("webhook-rejected.json", "a line Piriod does not know (rejected)"),
+                ("webhook-invalid.json", "an invalid batch (422, nothing posted)"),
+                ("webhook-not-json.json", "a body that is not JSON (400)"),
+            ]:
+                event = sign_event(_substitute_line(load_event(name), args.subscription_line))
+                _print_answer(f"{name}: {title}", *_send(http, api.url, event), shown)
+
+            single = sign_event(
+                _substitute_line(load_event("webhook-single.json"), args.subscription_line)
+            )
+            _print_answer(
+                "webhook-single.json again (the sender retries)",
+                *_send(http, api.url, single),
+                shown,
+            )
+
+            bad = load_event("webhook-bad-signature.json")
+            bad["headers"]["webhook-timestamp"] = str(int(time.time()))
+            _print_answer("webhook-bad-signature.json (401)", *_send(http, api.url, bad), shown)
+
+            print("\n■ Piriod goes down (connection refused)")
+            os.environ["PIRIOD_API_URL"] = "http://127.0.0.1:9"
+            reset_runtime()
+            outage = sign_event(
+                _substitute_line(load_event("webhook-batch.json"), args.subscription_line),
+                message_id="msg_sample_outage_0001",
+            )
+            _print_answer("a batch during the outage", *_send(http, api.url, outage), shown)
+            sqs = client("sqs", moto.url)
+            depth = sqs.get_queue_attributes(
+                QueueUrl=resources.replay_queue_url,
+                AttributeNames=["ApproximateNumberOfMessages"],
+            )["Attributes"]["ApproximateNumberOfMessages"]
+            print(f"  ReplayQueue now holds {depth} message(s)")
+
+            print("\n■ Piriod is back: ReplayFunction drains ReplayQueue")
+            os.environ["PIRIOD_API_URL"] = piriod_url
+            reset_runtime()
+            report = drain(sqs, resources.replay_queue_url, replay_handler)  # type: ignore[arg-type]
+            print(
+                f"  replayed {report.received} message(s): {report.deleted} done, "
+                f"{report.failed} left for a later attempt"
+            )
+            shown.outcomes["replayed"] += report.deleted
+            if standin is not None:
+                ledger = standin.usages()
+                print(f"\nPiriod stand-in ledger: {len(ledger)} usage(s)")
+                for usage in ledger:
+                    print(
+                        f"  id={usage['id']} line={usage['subscription_line']} "
+                        f"date_time={usage['date_time']} quantity={usage['quantity']}"
+                    )
+            dlq = sqs.get_queue_attributes(
+                QueueUrl=resources.dead_letter_queue_url,
+                AttributeNames=["ApproximateNumberOfMessages"],
+            )["Attributes"]["ApproximateNumberOfMessages"]
+            print(f"DeadLetterQueue: {dlq} message(s) waiting for a person")
+        finally:
+            api.stop()
+            if standin is not None:
+                standin.stop()
+    print("\nOutcomes seen: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.outcomes.items())))
+    wanted = {"posted", "duplicate", "queued", "rejected", "replayed"}
+    missing = wanted - set(shown.outcomes)
+    if missing:
+        print(f"expected outcomes not seen: {sorted(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=0, help="local port for the webhook")
+    parser.add_argument("--piriod-url", default="https://api.piriod.com")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("PIRIOD_TOKEN"),
+        help="a Piriod API token: use the real Piriod in test mode",
+    )
+    parser.add_argument("--workspace", default=os.environ.get("PIRIOD_WORKSPACE_ID"))
+    parser.add_argument(
+        "--subscription-line",
+        type=int,
+        default=None,
+        help="a metered subscription line of yours, for the real Piriod",
+    )

@@ -1,0 +1,128 @@
+"""API Gateway HTTP API (payload 2.0) events, and Standard Webhooks signing of them.
+
+Sample events in events/ carry placeholder signature headers; `sign_event` gives them a fresh
+timestamp and a real signature, because a signature older than 300 s is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from piriod_adapter.signatures import SigningKey
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = ROOT / "events"
+# The signing secret the sample events, the local run and the tests use. Not a real secret.
+LOCAL_SIGNING_SECRET = "whsec_" + base64.b64encode(b"piriod-local-signing-key-0001").decode()
+
+
+def load_event(name: str) -> dict[str, Any]:
+    path = Path(name) if Path(name).exists() else EVENTS / name
+    event: dict[str, Any] = json.loads(path.read_text())
+    return event
+
+
+def http_event(
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    query: str = "",
+    base64_body: bool = False,
+) -> dict[str, Any]:
+    """An HTTP API payload 2.0 event for one request, as API Gateway builds it (a body that is
+    not UTF-8 text arrives base64-encoded)."""
+    now = time.time()
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        base64_body = True
+    route = (
+        "POST /v1/sources/{source}/usages"
+        if path.startswith("/v1/sources/")
+        else f"{method} {path}"
+    )
+    parts = path.strip("/").split("/")
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": route,
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": {k.lower(): v for k, v in (headers or {}).items()},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "local",
+            "domainName": "localhost",
+            "domainPrefix": "localhost",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": (headers or {}).get("user-agent", "local"),
+            },
+            "requestId": uuid.uuid4().hex,
+            "routeKey": route,
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
+        },
+        "body": base64.b64encode(body).decode() if base64_body else body.decode("utf-8"),
+        "isBase64Encoded": base64_body,
+    }
+    if len(parts) == 4 and parts[:2] == ["v1", "sources"]:
+        event["pathParameters"] = {"source": parts[2]}
+    return event
+
+
+def event_body(event: dict[str, Any]) -> bytes:
+    body = event.get("body") or ""
+    return base64.b64decode(body) if event.get("isBase64Encoded") else body.encode("utf-8")
+
+
+def sign_event(
+    event: dict[str, Any],
+    secret: str = LOCAL_SIGNING_SECRET,
+    *,
+    message_id: str | None = None,
+    timestamp: int | None = None,
+) -> dict[str, Any]:
+    """Return a copy of `event` signed now (or at `timestamp`) with `secret`."""
+    signed = copy.deepcopy(event)
+    headers = signed.setdefault("headers", {})
+    message_id = message_id or headers.get("webhook-id") or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    key = SigningKey.from_secret(secret)
+    headers["webhook-id"] = message_id
+    headers["webhook-timestamp"] = str(timestamp)
+    headers["webhook-signature"] = key.sign(message_id, timestamp, event_body(signed))
+    return signed
+
+
+@dataclass
+class LambdaContext:
+    """Enough of the Lambda context for the handlers (remaining time, names, request id)."""
+
+    timeout_seconds: float = 25.0
+    function_name: str = "WebhookFunction"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:local"
+    aws_request_id: str = ""
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_seconds
+        self.aws_request_id = self.aws_request_id or uuid.uuid4().hex
+        self.function_version = "$LATEST"
+        self.log_group_name = "/aws/lambda/local"
+        self.log_stream_name = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))

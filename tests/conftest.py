@@ -1,0 +1,145 @@
+"""Shared fixtures: moto in server mode and the Piriod stand-in, both over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from piriod_devkit.aws import MotoServer, client, free_port, function_environment, provision
+from piriod_devkit.events import LOCAL_SIGNING_SECRET, LambdaContext, http_event, sign_event
+from piriod_devkit.piriod_standin import PiriodStandin
+
+TOKEN = "piriod-test-token-1"
+WORKSPACE = "acc_test_workspace"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def standin_session() -> Iterator[PiriodStandin]:
+    with PiriodStandin(tokens=(TOKEN,), workspace=WORKSPACE) as standin:
+        yield standin
+
+
+@pytest.fixture
+def piriod(standin_session: PiriodStandin) -> Iterator[PiriodStandin]:
+    standin_session.reset()
+    standin_session.set_tokens(TOKEN)
+    standin_session.set_unmetered_lines()
+    yield standin_session
+    standin_session.clear_faults()
+
+
+@dataclass
+class Adapter:
+    """The deployed adapter, locally: real handlers, moto resources, the Piriod stand-in."""
+
+    endpoint: str
+    resources: Any
+    env: dict[str, str]
+    monkeypatch: pytest.MonkeyPatch
+    secret: str = LOCAL_SIGNING_SECRET
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    def fresh_runtime(self, **env: str) -> None:
+        """A new container: settings and clients are created again from the environment."""
+        from piriod_adapter.runtime import reset_runtime
+
+        for name, value in env.items():
+            self.monkeypatch.setenv(name, value)
+        reset_runtime()
+
+    def event(
+        self,
+        body: bytes | str | dict[str, Any],
+        *,
+        secret: str | None = None,
+        message_id: str | None = None,
+        timestamp: int | None = None,
+        path: str = "/v1/usages",
+    ) -> dict[str, Any]:
+        raw = (
+            body
+            if isinstance(body, bytes)
+            else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
+        )
+        event = http_event("POST", path, raw, {"content-type": "application/json"})
+        return sign_event(event, secret or self.secret, message_id=message_id, timestamp=timestamp)
+
+    def invoke(
+        self, event: dict[str, Any], timeout_seconds: float = 25.0
+    ) -> tuple[int, dict[str, Any]]:
+        from piriod_adapter.handlers.webhook import lambda_handler
+
+        response = lambda_handler(event, LambdaContext(timeout_seconds=timeout_seconds))
+        return response["statusCode"], json.loads(response["body"])
+
+    def deliver(
+        self, body: bytes | str | dict[str, Any], **kwargs: Any
+    ) -> tuple[int, dict[str, Any]]:
+        timeout = kwargs.pop("timeout_seconds", 25.0)
+        return self.invoke(self.event(body, **kwargs), timeout_seconds=timeout)
+
+    def messages(self, queue: str) -> list[dict[str, Any]]:
+        """Every message now in 'replay' or 'dead_letter' (left visible again)."""
+        sqs = client("sqs", self.endpoint)
+        url = (
+            self.resources.replay_queue_url
+            if queue == "replay"
+            else (self.resources.dead_letter_queue_url)
+        )
+        found: dict[str, dict[str, Any]] = {}
+        for _ in range(10):
+            batch = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=0,
+                WaitTimeSeconds=0,
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            if not batch:
+                break
+            for message in batch:
+                found[message["MessageId"]] = json.loads(message["Body"])
+        return list(found.values())
+
+    def items(self) -> list[dict[str, Any]]:
+        dynamodb = client("dynamodb", self.endpoint)
+        return dynamodb.scan(TableName=self.resources.table)["Items"]
+
+
+@pytest.fixture
+def adapter(
+    moto_server: MotoServer, piriod: PiriodStandin, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Adapter]:
+    from piriod_adapter.runtime import reset_runtime
+
+    resources = provision(moto_server.url, token=TOKEN, signing_secrets=[LOCAL_SIGNING_SECRET])
+    env = function_environment(
+        resources,
+        piriod_url=piriod.url,
+        workspace=WORKSPACE,
+        PIRIOD_CONNECT_TIMEOUT="1",
+        PIRIOD_READ_TIMEOUT="1",
+        SETTLE_AFTER_SECONDS="0",
+        POWERTOOLS_METRICS_NAMESPACE="PiriodUsageAdapter",
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    reset_runtime()
+    yield Adapter(moto_server.url, resources, env, monkeypatch)
+    reset_runtime()
+
+
+@pytest.fixture
+def dead_endpoint() -> str:
+    """A loopback address where nothing listens: connections are refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
