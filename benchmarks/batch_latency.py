@@ -32,9 +32,10 @@ def main() -> int:
 
     from piriod_devkit.aws import MotoServer, function_environment, provision
     from piriod_devkit.events import LOCAL_SIGNING_SECRET, LambdaContext, http_event, sign_event
-    from piriod_devkit.piriod_standin import PiriodStandin
+    from piriod_devkit.standin_process import StandinProcess
 
-    with MotoServer() as moto, PiriodStandin(tokens=("bench",), workspace="acc_bench") as piriod:
+    # Piriod is remote in production: the stand-in runs in its own process, as moto does.
+    with MotoServer() as moto, StandinProcess(token="bench", workspace="acc_bench") as piriod:
         resources = provision(moto.url, token="bench", signing_secrets=[LOCAL_SIGNING_SECRET])
         os.environ.update(
             function_environment(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+
 from piriod_devkit.template import load_template, parameter_default, resource
 
 REGION = "us-east-1"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
+
 from piriod_devkit.aws import MotoServer, client, function_environment, provision
 from piriod_devkit.events import LOCAL_SIGNING_SECRET, event_body, load_event, sign_event
 from piriod_devkit.local_api import LocalApiServer
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
             test_mode=real_piriod,
             SETTLE_AFTER_SECONDS="1",
             REPLAY_BACKOFF_SECONDS="0",
-            POWERTOOLS_LOG_LEVEL="WARNING",
+            POWERTOOLS_LOG_LEVEL="ERROR",
+            POWERTOOLS_METRICS_DISABLED="true",
         )
         os.environ.update(env)
         from piriod_adapter.handlers.replay import lambda_handler as replay_handler
@@ -135,11 +137,22 @@ def run(args: argparse.Namespace) -> int:
             bad["headers"]["webhook-timestamp"] = str(int(time.time()))
             _print_answer("webhook-bad-signature.json (401)", *_send(http, api.url, bad), shown)
 
-            print("\n■ Piriod goes down (connection refused)")
+            print("\n■ Piriod goes down (nothing listens where it was: connection refused)")
             os.environ["PIRIOD_API_URL"] = "http://127.0.0.1:9"
             reset_runtime()
+            outage_body = {
+                "usages": [
+                    {
+                        "subscription_line": 101,
+                        "date_time": f"2026-11-01T1{h}:00:00Z",
+                        "quantity": h,
+                    }
+                    for h in (4, 5, 6)
+                ]
+            }
+            outage_event = {**load_event("webhook-batch.json"), "body": json.dumps(outage_body)}
             outage = sign_event(
-                _substitute_line(load_event("webhook-batch.json"), args.subscription_line),
+                _substitute_line(outage_event, args.subscription_line),
                 message_id="msg_sample_outage_0001",
             )
             _print_answer("a batch during the outage", *_send(http, api.url, outage), shown)

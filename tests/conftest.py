@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
 from piriod_devkit.aws import MotoServer, client, free_port, function_environment, provision
 from piriod_devkit.events import LOCAL_SIGNING_SECRET, LambdaContext, http_event, sign_event
 from piriod_devkit.piriod_standin import PiriodStandin

@@ -8,8 +8,12 @@ One item per idempotency key (`pk = key#<scope>#<key>`), with `status`:
   rejected     Piriod answered 400; in DeadLetterQueue
   released     a holder could neither post nor store it: free to take again
 `ambiguous_since` marks an attempt whose outcome was never seen: whoever takes the key next
-asks Piriod before posting. Each Piriod usage id is also claimed once (`pk = usage#<ws>#<id>`),
-so that settling an ambiguous post can never attribute one usage to two records.
+asks Piriod before posting. Items carry the record's line and UTC instant, indexed by
+`by_line`, so that settling can tell which Piriod usages other keys already account for.
+
+The common path costs one conditional PutItem per record (the claim) and one BatchWriteItem
+per 25 posted records (the result). Writing the result unconditionally is safe because the
+claim's lock outlives the holder's own function timeout: nobody else can hold the key.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class RecordFacts:
     @property
     def usage_at(self) -> str:
         """The instant in UTC, sortable as text, for the by_line index."""
-        return parse_rfc3339(self.date_time).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return utc_text(parse_rfc3339(self.date_time))
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class Claim:
 
     token: str | None  # set when we hold the key now
     previous: KeyState | None  # the state before (when taken) or the holder's (when not)
+    item: dict[str, Any] | None = None  # what we wrote, to write the result over it later
 
     @property
     def acquired(self) -> bool:
@@ -134,9 +139,22 @@ class IdempotencyStore:
     def key_pk(scope: str, key: str) -> str:
         return f"key#{scope}#{key}"
 
-    @staticmethod
-    def usage_pk(workspace: str, test_mode: bool, usage_id: int) -> str:
-        return f"usage#{workspace}#{'test' if test_mode else 'live'}#{usage_id}"
+    def _item(
+        self, pk: str, facts: RecordFacts, token: str, now: float, lock: float
+    ) -> dict[str, Any]:
+        return {
+            "pk": {"S": pk},
+            "status": {"S": KeyStatus.IN_PROGRESS.value},
+            "lock_expires": {"N": _num(lock)},
+            "lock_token": {"S": token},
+            "attempt_started": {"N": _num(now)},
+            "fingerprint": {"S": facts.fingerprint},
+            "line": {"N": str(facts.line)},
+            "usage_at": {"S": facts.usage_at},
+            "date_time": {"S": facts.date_time},
+            "quantity": {"S": str(facts.quantity)},
+            "expires_at": {"N": str(int(now + self._ttl))},
+        }
 
     def claim(
         self, pk: str, facts: RecordFacts, deadline: Deadline, *, replay: bool = False
@@ -145,53 +163,66 @@ class IdempotencyStore:
         replay may also take a key whose record waits in a queue."""
         now = self._clock()
         token = uuid.uuid4().hex
-        takeable = (
-            "attribute_not_exists(pk) OR #s = :released"
-            " OR (#s = :in_progress AND lock_expires < :now)"
-        )
+        item = self._item(pk, facts, token, now, deadline.wall_at + LOCK_MARGIN_SECONDS)
+        try:  # the common case: a key never seen before
+            self._client.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return Claim(token=token, previous=None, item=item)
+        except self._client.exceptions.ConditionalCheckFailedException:
+            pass
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
+        return self._take_over(pk, facts, item, now, replay)
+
+    def _take_over(
+        self, pk: str, facts: RecordFacts, item: dict[str, Any], now: float, replay: bool
+    ) -> Claim:
+        """The key exists: take it if its holder is gone, released it, or (replay) it waits
+        in a queue; otherwise report the holder."""
+        takeable = "#s = :released OR (#s = :in_progress AND lock_expires < :now)"
         values: dict[str, Any] = {
-            ":in_progress": {"S": KeyStatus.IN_PROGRESS.value},
+            ":in_progress": item["status"],
             ":released": {"S": KeyStatus.RELEASED.value},
             ":now": {"N": _num(now)},
-            ":lock": {"N": _num(deadline.wall_at + LOCK_MARGIN_SECONDS)},
-            ":token": {"S": token},
-            ":fp": {"S": facts.fingerprint},
-            ":line": {"N": str(facts.line)},
-            ":usage_at": {"S": facts.usage_at},
-            ":date_time": {"S": facts.date_time},
-            ":quantity": {"S": str(facts.quantity)},
-            ":expires": {"N": str(int(now + self._ttl))},
+            ":lock": item["lock_expires"],
+            ":token": item["lock_token"],
+            ":fp": item["fingerprint"],
+            ":started": item["attempt_started"],
+            ":expires": item["expires_at"],
         }
         if replay:
             takeable += " OR #s IN (:queued, :rejected)"
             values[":queued"] = {"S": KeyStatus.QUEUED.value}
             values[":rejected"] = {"S": KeyStatus.REJECTED.value}
-        # A key reused for a different record never takes the lock: it is a conflict.
-        condition = f"({takeable}) AND (attribute_not_exists(fingerprint) OR fingerprint = :fp)"
         try:
             response = self._client.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": pk}},
                 UpdateExpression=(
                     "SET #s = :in_progress, lock_expires = :lock, lock_token = :token, "
-                    "attempt_started = :now, fingerprint = :fp, "
-                    "line = :line, usage_at = :usage_at, date_time = :date_time, "
-                    "quantity = :quantity, expires_at = :expires"
+                    "attempt_started = :started, expires_at = :expires"
                 ),
-                ConditionExpression=condition,
+                # A key reused for a different record never takes the lock: it is a conflict.
+                ConditionExpression=f"({takeable}) AND fingerprint = :fp",
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_OLD",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except self._client.exceptions.ConditionalCheckFailedException as exc:
-            item: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
-            holder = KeyState.from_item(item) if item else self.get(pk)
+            held: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
+            holder = KeyState.from_item(held) if held else self.get(pk)
             return Claim(token=None, previous=holder)
         except Exception as exc:
             raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
         old = response.get("Attributes")
-        return Claim(token=token, previous=KeyState.from_item(old) if old else None)
+        previous = KeyState.from_item(old) if old else None
+        if old and "ambiguous_since" in old:
+            item = {**item, "ambiguous_since": old["ambiguous_since"]}
+        return Claim(token=item["lock_token"]["S"], previous=previous, item=item)
 
     def get(self, pk: str) -> KeyState | None:
         try:
@@ -215,58 +246,75 @@ class IdempotencyStore:
             state = self.get(pk)
         return state
 
-    def mark_posted(
-        self, pk: str, token: str, usage_id: int, workspace: str, test_mode: bool
-    ) -> bool:
-        """Record the usage id for this key and claim the id for it, in one transaction.
-        False when the usage id already belongs to another key (only possible when settling)."""
-        now = self._clock()
-        try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Update": {
-                            "TableName": self._table,
-                            "Key": {"pk": {"S": pk}},
-                            "UpdateExpression": (
-                                "SET #s = :posted, usage_id = :id, posted_at = :now "
-                                "REMOVE lock_expires, lock_token, ambiguous_since"
-                            ),
-                            "ConditionExpression": "lock_token = :token",
-                            "ExpressionAttributeNames": {"#s": "status"},
-                            "ExpressionAttributeValues": {
-                                ":posted": {"S": KeyStatus.POSTED.value},
-                                ":id": {"N": str(usage_id)},
-                                ":now": {"N": _num(now)},
-                                ":token": {"S": token},
-                            },
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": {
-                                "pk": {"S": self.usage_pk(workspace, test_mode, usage_id)},
-                                "key_pk": {"S": pk},
-                                "expires_at": {"N": str(int(now + self._ttl))},
-                            },
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                ]
+    def record_posted(self, posted: list[tuple[dict[str, Any], int]]) -> None:
+        """Write `posted` for each (claimed item, usage id), 25 items per BatchWriteItem."""
+        now = _num(self._clock())
+        requests = []
+        for item, usage_id in posted:
+            result = {
+                k: v
+                for k, v in item.items()
+                if k not in ("lock_expires", "lock_token", "ambiguous_since")
+            }
+            result.update(
+                status={"S": KeyStatus.POSTED.value},
+                usage_id={"N": str(usage_id)},
+                posted_at={"N": now},
             )
-        except self._client.exceptions.TransactionCanceledException as exc:
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if (
-                len(reasons) > 1
-                and reasons[1] == "ConditionalCheckFailed"
-                and reasons[0] in (None, "None")
-            ):
-                return False
-            raise StoreUnavailable(f"cannot record posted usage: {reasons}") from None
+            requests.append({"PutRequest": {"Item": result}})
+        try:
+            for start in range(0, len(requests), 25):
+                pending: Any = {self._table: requests[start : start + 25]}
+                for attempt in range(5):
+                    response = self._client.batch_write_item(RequestItems=pending)
+                    pending = response.get("UnprocessedItems") or {}
+                    if not pending:
+                        break
+                    self._sleep(0.05 * 2**attempt)
+                if pending:
+                    raise StoreUnavailable("DynamoDB left writes unprocessed")
+        except StoreUnavailable:
+            raise
         except Exception as exc:
-            raise StoreUnavailable(f"cannot record posted usage: {type(exc).__name__}") from None
-        return True
+            raise StoreUnavailable(f"cannot record posted usages: {type(exc).__name__}") from None
+
+    def settle(self, pk: str, token: str, usage_id: int) -> None:
+        """Record that an earlier, unseen attempt did land in Piriod as `usage_id`."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": pk}},
+                UpdateExpression=(
+                    "SET #s = :posted, usage_id = :id, posted_at = :now "
+                    "REMOVE lock_expires, lock_token, ambiguous_since"
+                ),
+                ConditionExpression="lock_token = :token",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":posted": {"S": KeyStatus.POSTED.value},
+                    ":id": {"N": str(usage_id)},
+                    ":now": {"N": _num(self._clock())},
+                    ":token": {"S": token},
+                },
+            )
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot record settled usage: {type(exc).__name__}") from None
+
+    def accounted_for(self, pk: str, facts: RecordFacts) -> tuple[set[int], bool]:
+        """Usage ids that other keys with this same record already hold, and whether another
+        such key is mid-attempt right now (its usage id may not be recorded yet)."""
+        now = self._clock()
+        held: set[int] = set()
+        busy = False
+        for item in self.query_line(facts.line, facts.usage_at, facts.usage_at):
+            if item["pk"]["S"] == pk or item.get("fingerprint", {}).get("S") != facts.fingerprint:
+                continue
+            state = KeyState.from_item(item)
+            if state.usage_id is not None:
+                held.add(state.usage_id)
+            if state.locked(now):
+                busy = True
+        return held, busy
 
     def mark_waiting(
         self, pk: str, token: str, status: KeyStatus, ambiguous_since: float | None
@@ -291,8 +339,8 @@ class IdempotencyStore:
         except Exception as exc:
             raise StoreUnavailable(f"cannot update key: {type(exc).__name__}") from None
 
-    def posted_between(self, line: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
-        """What the adapter recorded for a subscription line in [start, end] (for reconcile)."""
+    def query_line(self, line: int, start: str, end: str) -> list[dict[str, Any]]:
+        """Every key item of a subscription line with its UTC instant in [start, end]."""
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {
             "TableName": self._table,
@@ -300,16 +348,28 @@ class IdempotencyStore:
             "KeyConditionExpression": "line = :line AND usage_at BETWEEN :a AND :b",
             "ExpressionAttributeValues": {
                 ":line": {"N": str(line)},
-                ":a": {"S": start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
-                ":b": {"S": end.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
+                ":a": {"S": start},
+                ":b": {"S": end},
             },
         }
-        while True:
-            response = self._client.query(**kwargs)
-            items.extend(response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                return items
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        try:
+            while True:
+                response = self._client.query(**kwargs)
+                items.extend(response.get("Items", []))
+                if "LastEvaluatedKey" not in response:
+                    return items
+                kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot query by line: {type(exc).__name__}") from None
+
+    def posted_between(self, line: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """What the adapter recorded for a subscription line in [start, end] (for reconcile)."""
+        return self.query_line(line, utc_text(start), utc_text(end))
+
+
+def utc_text(instant: datetime) -> str:
+    """An instant as sortable UTC text, the form `usage_at` is stored in."""
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _num(value: float) -> str:

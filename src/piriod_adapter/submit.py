@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import (
@@ -79,6 +80,8 @@ class Outcome:
     settled: bool = False  # posted by finding the earlier, unseen attempt in Piriod
     busy: bool = False  # another attempt holds the key right now
     reason: str | None = None
+    # Posted, and its result still to be written over this claimed item (done per batch).
+    unrecorded: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def stored(self) -> bool:
@@ -101,6 +104,44 @@ class Submitter:
     def submit(
         self, sub: Submission, deadline: Deadline, sink: FailureSink, *, replay: bool = False
     ) -> Outcome:
+        """Submit one record and record its result."""
+        return self._record([self._submit(sub, deadline, sink, replay)])[0]
+
+    def submit_all(
+        self,
+        subs: Sequence[Submission],
+        deadline: Deadline,
+        sink: FailureSink,
+        concurrency: int,
+        *,
+        replay: bool = False,
+    ) -> list[Outcome]:
+        """Submit records concurrently, at most `concurrency` in flight, results in order;
+        the posted results are then written together."""
+        if len(subs) <= 1 or concurrency <= 1:
+            outcomes = [self._submit(s, deadline, sink, replay) for s in subs]
+        else:
+            with ThreadPoolExecutor(max_workers=min(concurrency, len(subs))) as pool:
+                outcomes = list(pool.map(lambda s: self._submit(s, deadline, sink, replay), subs))
+        return self._record(outcomes)
+
+    def _record(self, outcomes: list[Outcome]) -> list[Outcome]:
+        posted = [(o.unrecorded, o.usage_id) for o in outcomes if o.unrecorded and o.usage_id]
+        if posted:
+            try:
+                self.store.record_posted(posted)
+            except StoreUnavailable as exc:
+                # Posted but not recorded: the keys stay locked until their expiry, after
+                # which the next attempt settles them by lookup instead of posting again.
+                logger.error(
+                    "posted but could not record it; a retry will settle by lookup",
+                    extra={"records": len(posted), "error": str(exc)},
+                )
+        return outcomes
+
+    def _submit(
+        self, sub: Submission, deadline: Deadline, sink: FailureSink, replay: bool
+    ) -> Outcome:
         pk = self.store.key_pk(sub.scope, sub.key)
         try:
             claim = self._claim(pk, sub, deadline, replay)
@@ -108,7 +149,7 @@ class Submitter:
             return Outcome(None, reason=str(exc))
         if not claim.acquired:
             return self._already_handled(pk, sub.facts, claim.previous, deadline, replay)
-        assert claim.token is not None
+        assert claim.token is not None and claim.item is not None
         token = claim.token
         attempt_started = self.clock()
 
@@ -127,9 +168,7 @@ class Submitter:
                 sub.line, sub.date_time, sub.quantity, sub.tenant, deadline
             )
         if result.kind is PostKind.CREATED:
-            assert result.usage_id is not None
-            self._record_posted(pk, token, sub, result.usage_id)
-            return Outcome(Status.POSTED, usage_id=result.usage_id)
+            return Outcome(Status.POSTED, usage_id=result.usage_id, unrecorded=claim.item)
         unseen_since = attempt_started if result.kind is PostKind.AMBIGUOUS else None
         return self._store_failure(pk, token, sub, result, unseen_since, sink)
 
@@ -183,6 +222,12 @@ class Submitter:
                 PostKind.AMBIGUOUS, error="earlier attempt too recent to look up; will retry"
             )
         try:
+            held, busy = self.store.accounted_for(pk, sub.facts)
+        except StoreUnavailable as exc:
+            return PostResult(PostKind.AMBIGUOUS, error=f"cannot settle yet: {exc}")
+        if busy:  # an identical record is mid-attempt: its usage may not be recorded yet
+            return PostResult(PostKind.AMBIGUOUS, error="an identical record is in progress")
+        try:
             found = self.piriod.find_usages(
                 sub.line, sub.date_time, sub.quantity, sub.tenant, deadline
             )
@@ -190,34 +235,23 @@ class Submitter:
             return PostResult(PostKind.AMBIGUOUS, error=f"cannot ask Piriod yet: {exc}")
         for usage in sorted(found, key=lambda u: int(u.get("id", 0))):
             created = _parse_created(usage.get("created"))
+            usage_id = usage.get("id")
+            if not isinstance(usage_id, int) or usage_id in held:
+                continue
             if created is None or created < since - CLOCK_SKEW_SECONDS:
                 continue
             try:
-                usage_id = int(usage["id"])
-                if self.store.mark_posted(
-                    pk, token, usage_id, sub.tenant.workspace, sub.tenant.test_mode
-                ):
-                    logger.info(
-                        "ambiguous post settled: found in Piriod",
-                        extra={"usage_id": usage_id, "scope": sub.scope, "index": sub.index},
-                    )
-                    return PostResult(PostKind.CREATED, usage_id=usage_id)
+                self.store.settle(pk, token, usage_id)
             except StoreUnavailable as exc:
                 return PostResult(
                     PostKind.AMBIGUOUS, error=f"found in Piriod, cannot record: {exc}"
                 )
-        return None
-
-    def _record_posted(self, pk: str, token: str, sub: Submission, usage_id: int) -> None:
-        try:
-            self.store.mark_posted(pk, token, usage_id, sub.tenant.workspace, sub.tenant.test_mode)
-        except StoreUnavailable as exc:
-            # Posted but not recorded: the key stays locked until its expiry, after which the
-            # next attempt settles it by lookup instead of posting again.
-            logger.error(
-                "posted but could not record it; a retry will settle by lookup",
-                extra={"usage_id": usage_id, "error": str(exc), "index": sub.index},
+            logger.info(
+                "ambiguous post settled: found in Piriod",
+                extra={"usage_id": usage_id, "scope": sub.scope, "index": sub.index},
             )
+            return PostResult(PostKind.CREATED, usage_id=usage_id)
+        return None
 
     def _store_failure(
         self,
@@ -273,21 +307,6 @@ class Submitter:
             failure=stored.failure,
             ambiguous=unseen_since is not None,
         )
-
-    def submit_all(
-        self,
-        subs: Sequence[Submission],
-        deadline: Deadline,
-        sink: FailureSink,
-        concurrency: int,
-        *,
-        replay: bool = False,
-    ) -> list[Outcome]:
-        """Submit records concurrently, at most `concurrency` in flight, results in order."""
-        if len(subs) <= 1 or concurrency <= 1:
-            return [self.submit(s, deadline, sink, replay=replay) for s in subs]
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(subs))) as pool:
-            return list(pool.map(lambda s: self.submit(s, deadline, sink, replay=replay), subs))
 
 
 def _unsettled_since(previous: KeyState | None, message: QueuedRecord | None) -> float | None:

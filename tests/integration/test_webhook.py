@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from piriod_devkit.aws import client
 from piriod_devkit.events import http_event, load_event, sign_event
-
 from tests.conftest import TOKEN, Adapter
 
 RECORD = {"subscription_line": 101, "date_time": "2026-11-01T10:00:00Z", "quantity": 2}

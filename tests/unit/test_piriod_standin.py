@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import pytest
 import urllib3
-from piriod_devkit.piriod_standin import OPENAPI_PATH, PiriodStandin
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from piriod_devkit.piriod_standin import OPENAPI_PATH, PiriodStandin
 
 TOKEN = "standin-unit-token"
 WORKSPACE = "acc_unit"
