@@ -237,10 +237,15 @@ def replay_dead_letters(
 ) -> dict[str, int]:
     """Replay chosen DeadLetterQueue messages through the shared submit path."""
     hold = 300
-    chosen = [
-        e for e in peek(runtime, "dead-letter", limit=10_000, hold_seconds=hold) if filters.match(e)
-    ]
-    chosen = chosen[:limit]
+    url = runtime.settings.dead_letter_queue_url
+    taken = list(peek(runtime, "dead-letter", limit=10_000, hold_seconds=hold))
+    chosen = [e for e in taken if filters.match(e)][:limit]
+    picked = {e.message_id for e in chosen}
+    for entry in taken:  # let everything not chosen be seen again at once
+        if entry.message_id not in picked:
+            runtime.sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=entry.receipt_handle, VisibilityTimeout=0
+            )
     counts = {
         "chosen": len(chosen),
         "posted": 0,
@@ -250,7 +255,6 @@ def replay_dead_letters(
         "not_stored": 0,
         "unreadable": 0,
     }
-    url = runtime.settings.dead_letter_queue_url
     if dry_run:
         render_table(chosen, out)
         out.write("dry run: nothing was replayed\n")

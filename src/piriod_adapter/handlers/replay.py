@@ -21,7 +21,8 @@ from piriod_adapter.runtime import get_runtime
 
 DEADLINE_RESERVE_SECONDS = 5.0
 
-processor = BatchProcessor(event_type=EventType.SQS)
+# Every record failing is still a partial-batch answer (all listed), not a function error.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 class RetryLater(Exception):

@@ -1,0 +1,187 @@
+"""The operator command `piriod-adapter`: inspect, replay, purge, reconcile."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+import urllib3
+
+from piriod_devkit.aws import client
+from piriod_devkit.poller import drain
+from tests.conftest import TOKEN, WORKSPACE, Adapter
+
+
+def ops(*argv: str) -> tuple[int, str]:
+    from piriod_adapter.ops import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue() + err.getvalue()
+
+
+def record(line: int, hour: int, quantity: int = 1) -> dict[str, Any]:
+    return {
+        "subscription_line": line,
+        "date_time": f"2026-11-01T{hour:02d}:00:00Z",
+        "quantity": quantity,
+    }
+
+
+@pytest.fixture
+def rejected_batch(adapter: Adapter, piriod: Any) -> Adapter:
+    """Five records Piriod rejected (line 7 not metered yet) plus one posted."""
+    piriod.set_unmetered_lines(7)
+    adapter.deliver({"usages": [record(7, h) for h in range(5)] + [record(8, 1)]})
+    assert len(adapter.messages("dead_letter")) == 5
+    return adapter
+
+
+def test_list_shows_each_message_as_a_row(rejected_batch: Adapter) -> None:
+    # when the operator lists the dead-letter queue
+    code, text = ops("list", "--queue", "dead-letter")
+    # then every message is a row with its line, kind, status and Piriod's error
+    assert code == 0
+    rows = [line for line in text.splitlines() if line.startswith("dead-letter")]
+    assert len(rows) == 5
+    assert all(" 7 " in r and "rejected" in r and "400" in r and "Invalid pk" in r for r in rows)
+    assert "5 message(s)" in text
+
+
+def test_show_prints_one_message_in_full(rejected_batch: Adapter) -> None:
+    # given a message id from the JSON listing
+    _, listing = ops("list", "--json", "--queue", "dead-letter")
+    message_id = json.loads(listing.splitlines()[0])["message_id"]
+    # when it is shown by its first characters
+    code, text = ops("show", message_id[:8])
+    # then the whole record and failure are printed
+    assert code == 0 and json.loads(text)["record"]["failure"]["kind"] == "rejected"
+
+
+def test_dry_run_replays_nothing(rejected_batch: Adapter, piriod: Any) -> None:
+    # given the cause fixed
+    piriod.set_unmetered_lines()
+    # when the operator asks for a dry run
+    code, text = ops("replay", "--dry-run")
+    # then it lists what it would replay and posts nothing
+    assert code == 0 and "dry run" in text and "5 message(s)" in text
+    assert len(piriod.usages()) == 1
+    assert len(rejected_batch.messages("dead_letter")) == 5
+
+
+def test_replay_after_the_fix_posts_each_record_once_and_a_second_replay_nothing(
+    rejected_batch: Adapter, piriod: Any
+) -> None:
+    # given the subscription line now metered
+    piriod.set_unmetered_lines()
+    # when the dead-letter queue is replayed, twice
+    code, text = ops("replay", "--rate", "50", "--progress")
+    code2, text2 = ops("replay")
+    # then each record was posted exactly once, and the queue is empty
+    assert (code, code2) == (0, 0)
+    assert "posted=5" in text and "chosen=0" in text2
+    lines = sorted(u["subscription_line"] for u in piriod.usages())
+    assert lines == [7, 7, 7, 7, 7, 8]
+    assert rejected_batch.messages("dead_letter") == []
+    assert "5/5" in text  # the progress bar reached the end
+
+
+def test_replay_filters_and_limit(rejected_batch: Adapter, piriod: Any) -> None:
+    # given the fix, and an operator replaying only two records of the early hours
+    piriod.set_unmetered_lines()
+    code, text = ops("replay", "--line", "7", "--until", "2026-11-01T02:30:00Z", "--limit", "2")
+    # then exactly two were posted and three remain
+    assert code == 0 and "posted=2" in text
+    assert len(piriod.usages()) == 3
+    assert len(rejected_batch.messages("dead_letter")) == 3
+
+
+def test_replay_that_fails_again_keeps_one_message_with_the_new_failure(
+    rejected_batch: Adapter, piriod: Any
+) -> None:
+    # given Piriod still refusing line 7
+    # when the operator replays
+    code, text = ops("replay", "--kind", "rejected")
+    # then the records are still in the queue, once each, with their attempts counted
+    assert code == 0 and "rejected=5" in text
+    messages = rejected_batch.messages("dead_letter")
+    assert len(messages) == 5 and {m["attempts"] for m in messages} == {2}
+
+
+def test_token_rotation_then_replay_posts_exhausted_records(
+    adapter: Adapter, piriod: Any, moto_server: Any
+) -> None:
+    # given Piriod refusing our token until the operator rotates it, and replay giving up
+    adapter.fresh_runtime(REPLAY_BACKOFF_SECONDS="0")
+    piriod.set_tokens("rotated-token")
+    adapter.deliver({"usages": [record(9, h) for h in range(3)]})
+    drain(
+        client("sqs", adapter.endpoint),
+        adapter.resources.replay_queue_url,
+        __import__("piriod_adapter.handlers.replay", fromlist=["x"]).lambda_handler,
+    )
+    assert {m["failure"]["kind"] for m in adapter.messages("dead_letter")} == {"exhausted"}
+    # when the token secret is rotated and the dead letters are replayed
+    client("secretsmanager", moto_server.url).put_secret_value(
+        SecretId=adapter.resources.token_secret_arn,
+        SecretString=json.dumps({"api_token": "rotated-token"}),
+    )
+    adapter.fresh_runtime()
+    code, text = ops("replay")
+    # then every record is in Piriod once
+    assert code == 0 and "posted=3" in text
+    assert sorted(u["date_time"] for u in piriod.usages()) == [
+        "2026-11-01T00:00:00Z",
+        "2026-11-01T01:00:00Z",
+        "2026-11-01T02:00:00Z",
+    ]
+    assert ops("replay")[1].count("chosen=0") == 1
+
+
+def test_purge_needs_confirmation(rejected_batch: Adapter) -> None:
+    # when the operator purges without --yes, from a script
+    code, text = ops("purge", "--queue", "dead-letter")
+    # then nothing is deleted
+    assert code == 2 and "--yes" in text
+    assert len(rejected_batch.messages("dead_letter")) == 5
+    # and with --yes the queue is emptied
+    assert ops("purge", "--queue", "dead-letter", "--yes")[0] == 0
+    assert rejected_batch.messages("dead_letter") == []
+
+
+def test_reconcile_is_clean_then_reports_each_side(adapter: Adapter, piriod: Any) -> None:
+    # given three records of line 11 posted through the adapter
+    adapter.deliver({"usages": [record(11, h) for h in range(3)]})
+    window = ("--line", "11", "--since", "2026-11-01T00:00:00Z", "--until", "2026-11-01T23:59:59Z")
+    code, text = ops("reconcile", *window)
+    report = json.loads(text)
+    assert code == 0 and report["matched"] == 3
+    assert report["missing_in_piriod"] == [] and report["not_recorded_by_adapter"] == []
+    # when one usage is deleted in Piriod and another created there directly
+    http = urllib3.PoolManager()
+    headers = {
+        "Authorization": f"Token {TOKEN}",
+        "x-simple-workspace": WORKSPACE,
+        "content-type": "application/json",
+    }
+    deleted = piriod.usages()[0]["id"]
+    assert http.request("DELETE", f"{piriod.url}/usages/{deleted}/", headers=headers).status == 204
+    created = http.request(
+        "POST",
+        f"{piriod.url}/usages/",
+        headers=headers,
+        body=json.dumps(
+            {"subscription_line": 11, "date_time": "2026-11-01T05:00:00Z", "quantity": 4}
+        ),
+    )
+    assert created.status == 201
+    code, text = ops("reconcile", *window)
+    report = json.loads(text)
+    # then reconcile names both, and fails
+    assert code == 3
+    assert [m["usage_id"] for m in report["missing_in_piriod"]] == [deleted]
+    assert [m["usage_id"] for m in report["not_recorded_by_adapter"]] == [
+        json.loads(created.data)["id"]
+    ]
