@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="run the whole adapter locally and show it work")
     demo.add_arguments(demo_parser)
+    faults = commands.add_parser("faults", help="run the fault suite and print its table")
+    faults.add_argument("--records-per-fault", type=int, default=80)
+    standins = commands.add_parser(
+        "standins", help="serve moto and the Piriod stand-in where env/local.json expects them"
+    )
+    standins.add_argument("--gateway", help="Docker bridge gateway to serve containers on")
     sign = commands.add_parser("sign", help="sign an API Gateway event file for sam local invoke")
     sign.add_argument("event", help="a file in events/ (name or path)")
     sign.add_argument("--secret", help="whsec_ signing secret (default: the local one)")
@@ -36,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.token and not args.workspace:
             parser.error("--workspace (or PIRIOD_WORKSPACE_ID) is required with --token")
         return demo.run(args)
+    if args.command == "standins":
+        from piriod_devkit.standins import serve
+
+        return serve(args.gateway)
+    if args.command == "faults":
+        from piriod_devkit import faults as suite
+
+        return suite.main(args.records_per_fault)
     return _sign(args)
 
 

@@ -1137,6 +1137,11 @@ class _Server(ThreadingHTTPServer):
         self.standin = standin
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (its own timeout, a reset) is normal here, not an error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def server_bind(self) -> None:
         # HTTPServer.server_bind would resolve the host name (socket.getfqdn): slow, not needed.
         socketserver.TCPServer.server_bind(self)

@@ -1,0 +1,144 @@
+"""Every sample event through `sam local invoke`, and the API through `sam local start-api`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from piriod_devkit.events import event_body, load_event, sign_event
+from piriod_devkit.standins import LocalStandins
+from tests.e2e.conftest import StartApi, invoke, run_sam
+
+pytestmark = pytest.mark.e2e
+
+
+SAMPLE_LINES = {101, 102, 103, 104, 999}
+
+
+def lines(standins: LocalStandins) -> list[int]:
+    """Piriod's usages of the sample events' lines (the fuzz run uses others)."""
+    return sorted(
+        u["subscription_line"]
+        for u in standins.piriod.usages()
+        if u["subscription_line"] in SAMPLE_LINES
+    )
+
+
+def test_template_validates_with_lint(gateway: str) -> None:
+    result = run_sam("validate", "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid SAM Template" in result.stdout + result.stderr
+
+
+def test_build_packages_both_functions_with_their_requirements(built: Path) -> None:
+    for function in ("WebhookFunction", "ReplayFunction"):
+        package = built / function
+        assert (package / "piriod_adapter" / "handlers" / "webhook.py").exists()
+        assert (package / "aws_lambda_powertools").is_dir() and (package / "pydantic").is_dir()
+
+
+# Each sample event with the answer the README promises for it, and its effect on Piriod.
+CASES = [
+    ("webhook-single.json", 202, ["posted"], [101]),
+    ("webhook-duplicate.json", 202, ["duplicate"], [101]),
+    ("webhook-batch.json", 202, ["posted", "posted", "posted"], [101, 101, 102, 103]),
+    ("webhook-rejected.json", 202, ["rejected"], [101, 101, 102, 103]),
+    ("webhook-invalid.json", 422, None, [101, 101, 102, 103]),
+    ("webhook-not-json.json", 400, None, [101, 101, 102, 103]),
+    ("webhook-bad-signature.json", 401, None, [101, 101, 102, 103]),
+]
+
+
+@pytest.mark.parametrize(("name", "status", "outcomes", "ledger"), CASES, ids=[c[0] for c in CASES])
+def test_every_webhook_event_through_sam_local_invoke(
+    built: Path,
+    standins: LocalStandins,
+    tmp_path: Path,
+    name: str,
+    status: int,
+    outcomes: list[str] | None,
+    ledger: list[int],
+) -> None:
+    # given the sample event, signed now (the bad-signature one keeps its wrong signature)
+    event = load_event(name)
+    if name == "webhook-bad-signature.json":
+        event["headers"]["webhook-timestamp"] = str(int(__import__("time").time()))
+    else:
+        event = sign_event(event)
+    # when the real runtime runs the webhook function on it
+    result = invoke("WebhookFunction", event, tmp_path)
+    # then the answer and the effect on Piriod are the documented ones
+    body = json.loads(result["body"])
+    assert result["statusCode"] == status, body
+    if outcomes is not None:
+        assert [r["status"] for r in body["results"]] == outcomes
+    else:
+        assert body["message"]
+    assert lines(standins) == ledger
+
+
+def test_replay_event_through_sam_local_invoke(
+    built: Path, standins: LocalStandins, tmp_path: Path
+) -> None:
+    # given the sample SQS event of a queued record (line 104)
+    before = lines(standins)
+    # when the replay function runs on it
+    result = invoke("ReplayFunction", load_event("replay-sqs.json"), tmp_path)
+    # then no item failed and Piriod has the record, with its exact quantity
+    assert result == {"batchItemFailures": []}
+    assert lines(standins) == sorted([*before, 104])
+    assert [u["quantity"] for u in standins.piriod.usages() if u["subscription_line"] == 104] == [
+        "7.25"
+    ]
+
+
+def post(
+    api: StartApi, body: bytes, *, sign: bool = True, path: str = "/v1/usages"
+) -> tuple[int, Any]:
+    from piriod_devkit.events import http_event
+
+    event = http_event("POST", path, body, {"content-type": "application/json"})
+    headers = sign_event(event)["headers"] if sign else event["headers"]
+    response = api.http.request(
+        "POST", api.url + path, body=body, headers=headers, retries=False, timeout=30
+    )
+    try:
+        return response.status, json.loads(response.data)
+    except ValueError:
+        return response.status, response.data
+
+
+def test_start_api_answers_as_the_spec_says(api: StartApi, standins: LocalStandins) -> None:
+    record = b'{"subscription_line": 201, "date_time": "2026-11-01T10:00:00Z", "quantity": 1.10}'
+    # a signed record is posted
+    status, body = post(api, record)
+    assert status == 202 and body["results"][0]["status"] == "posted"
+    assert [u["quantity"] for u in standins.piriod.usages() if u["subscription_line"] == 201] == [
+        "1.10"
+    ]
+    # unsigned: 401; not JSON: 400; invalid: 422 naming the field; too large: 413
+    assert post(api, record, sign=False)[0] == 401
+    assert post(api, b"quantity=1")[0] == 400
+    status, body = post(
+        api, b'{"subscription_line": "201", "date_time": "2026-11-01T10:00:00Z", "quantity": 1}'
+    )
+    assert status == 422 and body["errors"][0]["field"] == "subscription_line"
+    assert post(api, b'{"usages": [' + b" " * (1024 * 1024) + b"]}")[0] == 413
+    # the same delivery again is a duplicate (a new signature, the same webhook-id)
+    status, body = post(
+        api, b'{"subscription_line": 202, "date_time": "2026-11-01T10:00:00Z", "quantity": 2}'
+    )
+    assert status == 202
+    event_again = load_event("webhook-single.json")
+    first = sign_event(event_again)
+    api.http.request(
+        "POST", api.url + "/v1/usages", body=event_body(first), headers=first["headers"]
+    )
+    second = sign_event(event_again)
+    response = api.http.request(
+        "POST", api.url + "/v1/usages", body=event_body(second), headers=second["headers"]
+    )
+    assert json.loads(response.data)["results"][0]["status"] == "duplicate"
