@@ -1,6 +1,10 @@
 # Two commands for a newcomer: `make demo` (the adapter, locally) and `make test` (everything).
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.13 || echo /root/.pyenv/versions/3.13.0/bin/python3.13)
+# The first Python >= 3.11 that runs (3.13, the Lambda runtime, preferred; pyenv's shims may
+# exist for versions that are not selected, so each candidate is tried, not just found).
+PYTHON ?= $(shell for p in $$HOME/.pyenv/versions/3.13*/bin/python3.13 python3.13 python3.12 \
+	python3.11 python3; do "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	>/dev/null 2>&1 && { command -v "$$p"; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,6 +12,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint typecheck unit integration e2e bench clean
 
 $(STAMP): pyproject.toml src/requirements.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed (3.13 preferred)" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 
+from piriod_devkit.process import ServerProcess
 from piriod_devkit.template import load_template, parameter_default, resource
 
 REGION = "us-east-1"
@@ -33,50 +32,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """`moto.server` in its own process, listening on one address (loopback by default)."""
 
+    name = "moto server"
+
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        super().__init__()
         self.host = host
         self.port = port or free_port(host)
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> MotoServer:
-        self._process = subprocess.Popen(  # noqa: S603 (fixed argv)
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"moto server exited with {self._process.returncode}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"moto server did not listen on {self.url} within {timeout} s")
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
 
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-        self._process = None
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
 
 @dataclass(frozen=True)

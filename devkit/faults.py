@@ -262,21 +262,6 @@ class Lab:
 Scenario = Callable[[Lab, Tally], list[dict[str, Any]]]
 
 
-def _piriod_status(status: int, retry_after: int | None = None) -> Scenario:
-    def run(lab: Lab, tally: Tally) -> list[dict[str, Any]]:
-        deliveries = lab.deliveries()
-        lab.piriod.add_fault(
-            "status", status=status, retry_after=retry_after, count=lab.records_per_fault // 2
-        )
-        lab.send_all(deliveries, tally)
-        lab.count_ambiguous(tally)
-        lab.piriod.clear_faults()
-        lab.replay()
-        return deliveries
-
-    return run
-
-
 def _piriod_fault(kind: str, **kwargs: Any) -> Scenario:
     def run(lab: Lab, tally: Tally) -> list[dict[str, Any]]:
         deliveries = lab.deliveries()
@@ -365,10 +350,10 @@ def _deadline(lab: Lab, tally: Tally) -> list[dict[str, Any]]:
 
 
 SCENARIOS: list[tuple[str, Scenario]] = [
-    ("Piriod 500", _piriod_status(500)),
-    ("Piriod 502", _piriod_status(502)),
-    ("Piriod 503", _piriod_status(503)),
-    ("Piriod 429 + Retry-After", _piriod_status(429, retry_after=1)),
+    ("Piriod 500", _piriod_fault("status", status=500)),
+    ("Piriod 502", _piriod_fault("status", status=502)),
+    ("Piriod 503", _piriod_fault("status", status=503)),
+    ("Piriod 429 + Retry-After", _piriod_fault("status", status=429, retry_after=1)),
     ("read timeout after arrival", _piriod_fault("timeout_after_store", delay=1.5)),
     ("connection reset", _piriod_fault("reset")),
     ("connection refused", _refused),

@@ -7,17 +7,18 @@ containers reach it over the Docker bridge) run the stand-in apart from the code
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from typing import Any
 
 import urllib3
 
 from piriod_devkit.aws import free_port
+from piriod_devkit.process import ServerProcess
 
 
-class StandinProcess:
+class StandinProcess(ServerProcess):
+    name = "Piriod stand-in"
+
     def __init__(
         self,
         token: str,
@@ -25,16 +26,16 @@ class StandinProcess:
         hosts: tuple[str, ...] = ("127.0.0.1",),
         port: int | None = None,
     ) -> None:
+        super().__init__()
         self.token, self.workspace, self.hosts = token, workspace, hosts
         self.port = port or free_port(hosts[0])
-        self._process: subprocess.Popen[bytes] | None = None
         self._http = urllib3.PoolManager()
 
     @property
     def url(self) -> str:
         return f"http://{self.hosts[0]}:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> StandinProcess:
+    def argv(self) -> list[str]:
         argv = [
             sys.executable,
             "-m",
@@ -49,33 +50,13 @@ class StandinProcess:
         ]
         for host in self.hosts:
             argv += ["--host", host]
-        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)  # noqa: S603
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"Piriod stand-in exited with {self._process.returncode}")
-            try:
-                if self._control("GET", "health").get("ok", True):
-                    return self
-            except (urllib3.exceptions.HTTPError, ValueError):
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Piriod stand-in did not answer on {self.url}")
+        return argv
 
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-        self._process = None
-
-    def __enter__(self) -> StandinProcess:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def ready(self) -> bool:
+        try:
+            return bool(self._control("GET", "health").get("ok", True))
+        except (urllib3.exceptions.HTTPError, ValueError):
+            return False
 
     def _control(self, method: str, route: str, body: Any = None) -> dict[str, Any]:
         response = self._http.request(

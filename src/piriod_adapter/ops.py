@@ -39,6 +39,15 @@ class Entry:
     record: QueuedRecord | None
     raw: str
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "message_id": self.message_id,
+            "kind": self.kind,
+            "receive_count": self.receive_count,
+            "record": json.loads(self.raw),
+        }
+
     @property
     def kind(self) -> str:
         if self.record is None:
@@ -422,18 +431,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             entries += [e for e in peek(runtime, queue, args.limit) if chosen.match(e)]
         if args.json:
             for e in entries:
-                out.write(
-                    json.dumps(
-                        {
-                            "queue": e.queue,
-                            "message_id": e.message_id,
-                            "kind": e.kind,
-                            "receive_count": e.receive_count,
-                            "record": json.loads(e.raw),
-                        }
-                    )
-                    + "\n"
-                )
+                out.write(json.dumps(e.to_dict()) + "\n")
         else:
             render_table(entries, out)
         return 0
@@ -441,19 +439,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
         for queue in QUEUES if args.queue == "both" else (args.queue,):
             for e in peek(runtime, queue, 10_000):
                 if e.message_id.startswith(args.message_id):
-                    out.write(
-                        json.dumps(
-                            {
-                                "queue": e.queue,
-                                "message_id": e.message_id,
-                                "kind": e.kind,
-                                "receive_count": e.receive_count,
-                                "record": json.loads(e.raw),
-                            },
-                            indent=2,
-                        )
-                        + "\n"
-                    )
+                    out.write(json.dumps(e.to_dict(), indent=2) + "\n")
                     return 0
         err.write(f"no message {args.message_id!r} found\n")
         return 1
