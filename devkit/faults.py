@@ -108,6 +108,7 @@ class Lab:
                 PIRIOD_CONNECT_TIMEOUT="1",
                 PIRIOD_READ_TIMEOUT="1",
                 SETTLE_AFTER_SECONDS="0",
+                AWS_CLIENT_READ_TIMEOUT="15",
                 REPLAY_BACKOFF_SECONDS="0",
                 POWERTOOLS_LOG_LEVEL="CRITICAL",
                 POWERTOOLS_METRICS_DISABLED="true",

@@ -130,6 +130,7 @@ def adapter(
         PIRIOD_CONNECT_TIMEOUT="1",
         PIRIOD_READ_TIMEOUT="1",
         SETTLE_AFTER_SECONDS="0",
+        AWS_CLIENT_READ_TIMEOUT="15",  # moto shares two cores with the whole suite
         POWERTOOLS_METRICS_NAMESPACE="PiriodUsageAdapter",
     )
     for name, value in env.items():

@@ -38,7 +38,7 @@ class Runtime:
 
         config = Config(
             connect_timeout=1,
-            read_timeout=3,
+            read_timeout=self.settings.aws_read_timeout,
             retries={"mode": "standard", "total_max_attempts": 2},
             max_pool_connections=max(10, self.settings.post_concurrency),
         )

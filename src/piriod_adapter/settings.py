@@ -38,6 +38,9 @@ class Settings(BaseModel):
     piriod_read_timeout: float = Field(default=8.0, gt=0, le=60, alias="PIRIOD_READ_TIMEOUT")
     replay_max_attempts: int = Field(default=8, ge=1, le=1000, alias="REPLAY_MAX_ATTEMPTS")
     replay_backoff_seconds: float = Field(default=60.0, ge=0, alias="REPLAY_BACKOFF_SECONDS")
+    # Read timeout of the AWS clients (DynamoDB, SQS, Secrets Manager answer in milliseconds;
+    # a slow answer is a failure to store, and the caller is told to retry).
+    aws_read_timeout: float = Field(default=3.0, gt=0, le=30, alias="AWS_CLIENT_READ_TIMEOUT")
     secret_cache_seconds: int = Field(default=300, ge=0, le=3600, alias="SECRET_CACHE_SECONDS")
     # An ambiguous post is looked up in Piriod only once it is at least this old, so that a
     # request still in flight inside Piriod cannot land after the lookup said "not there".

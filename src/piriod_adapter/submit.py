@@ -126,7 +126,11 @@ class Submitter:
         return self._record(outcomes)
 
     def _record(self, outcomes: list[Outcome]) -> list[Outcome]:
-        posted = [(o.unrecorded, o.usage_id) for o in outcomes if o.unrecorded and o.usage_id]
+        posted = [
+            (o.unrecorded, o.usage_id)
+            for o in outcomes
+            if o.unrecorded is not None and o.usage_id is not None
+        ]
         if posted:
             try:
                 self.store.record_posted(posted)
