@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from piriod_adapter.queue import receive_all
 from piriod_devkit.aws import MotoServer, client, free_port, function_environment, provision
 from piriod_devkit.events import LOCAL_SIGNING_SECRET, LambdaContext, http_event, sign_event
 from piriod_devkit.piriod_standin import PiriodStandin
@@ -194,16 +195,7 @@ class Lab:
 
     def queue_bodies(self, url: str) -> list[dict[str, Any]]:
         sqs = client("sqs", self.moto.url)
-        seen: dict[str, dict[str, Any]] = {}
-        for _ in range(200):
-            batch = sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30
-            ).get("Messages", [])
-            if not batch:
-                break
-            for m in batch:
-                seen[m["MessageId"]] = json.loads(m["Body"])
-        return list(seen.values())
+        return [json.loads(m["Body"]) for m in receive_all(sqs, url, wait_seconds=0)]
 
     def count_ambiguous(self, tally: Tally) -> None:
         """Records whose post went unseen so far (flagged on their idempotency item)."""

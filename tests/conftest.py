@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from piriod_adapter.queue import receive_all
 from piriod_devkit.aws import MotoServer, client, free_port, function_environment, provision
 from piriod_devkit.events import LOCAL_SIGNING_SECRET, LambdaContext, http_event, sign_event
 from piriod_devkit.piriod_standin import PiriodStandin
@@ -96,20 +97,7 @@ class Adapter:
             if queue == "replay"
             else (self.resources.dead_letter_queue_url)
         )
-        found: dict[str, dict[str, Any]] = {}
-        for _ in range(10):
-            batch = sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=0,
-                WaitTimeSeconds=0,
-                MessageAttributeNames=["All"],
-            ).get("Messages", [])
-            if not batch:
-                break
-            for message in batch:
-                found[message["MessageId"]] = json.loads(message["Body"])
-        return list(found.values())
+        return [json.loads(m["Body"]) for m in receive_all(sqs, url, wait_seconds=0)]
 
     def items(self) -> list[dict[str, Any]]:
         dynamodb = client("dynamodb", self.endpoint)

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -20,6 +19,7 @@ from typing import Any, TextIO
 from piriod_adapter.clock import Deadline
 from piriod_adapter.models import QueuedRecord, parse_rfc3339
 from piriod_adapter.piriod import Tenant
+from piriod_adapter.queue import receive_all, release
 from piriod_adapter.replay import Verdict, redeliver_dead_letter
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.settings import Settings, load_settings
@@ -85,32 +85,20 @@ def queue_url(settings: Settings, queue: str) -> str:
     return settings.replay_queue_url if queue == "replay" else settings.dead_letter_queue_url
 
 
-def peek(runtime: Runtime, queue: str, limit: int, hold_seconds: int = 0) -> Iterator[Entry]:
-    """Read up to `limit` messages. With hold_seconds=0 they stay visible to consumers (a look,
-    not a take); with more, they are held invisible so that we can act on them."""
+def peek(runtime: Runtime, queue: str, limit: int, hold_seconds: int = 0) -> list[Entry]:
+    """Up to `limit` messages of a queue. With hold_seconds=0 they are visible to consumers
+    again as soon as they are read (a look, not a take); with more, they are held invisible
+    so that we can act on them."""
+    entries = []
     url = queue_url(runtime.settings, queue)
-    seen: set[str] = set()
-    empty_rounds = 0
-    while len(seen) < limit and empty_rounds < 2:
-        response = runtime.sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=min(10, limit - len(seen)),
-            VisibilityTimeout=hold_seconds if hold_seconds else 0,
-            AttributeNames=["All"],
-            WaitTimeSeconds=0 if hold_seconds == 0 else 1,
-        )
-        messages = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
-        if not messages:
-            empty_rounds += 1
-            continue
-        for message in messages:
-            seen.add(message["MessageId"])
-            attributes = message.get("Attributes", {})
-            try:
-                record: QueuedRecord | None = QueuedRecord.from_json(message["Body"])
-            except ValueError:
-                record = None
-            yield Entry(
+    for message in receive_all(runtime.sqs, url, limit=limit, hold_seconds=hold_seconds):
+        attributes = message.get("Attributes", {})
+        try:
+            record: QueuedRecord | None = QueuedRecord.from_json(message["Body"])
+        except ValueError:
+            record = None
+        entries.append(
+            Entry(
                 queue=queue,
                 message_id=message["MessageId"],
                 receipt_handle=message["ReceiptHandle"],
@@ -121,6 +109,8 @@ def peek(runtime: Runtime, queue: str, limit: int, hold_seconds: int = 0) -> Ite
                 record=record,
                 raw=message["Body"],
             )
+        )
+    return entries
 
 
 @dataclass(frozen=True)
@@ -247,14 +237,11 @@ def replay_dead_letters(
     """Replay chosen DeadLetterQueue messages through the shared submit path."""
     hold = 300
     url = runtime.settings.dead_letter_queue_url
-    taken = list(peek(runtime, "dead-letter", limit=10_000, hold_seconds=hold))
+    taken = peek(runtime, "dead-letter", limit=10_000, hold_seconds=hold)
     chosen = [e for e in taken if filters.match(e)][:limit]
     picked = {e.message_id for e in chosen}
-    for entry in taken:  # let everything not chosen be seen again at once
-        if entry.message_id not in picked:
-            runtime.sqs.change_message_visibility(
-                QueueUrl=url, ReceiptHandle=entry.receipt_handle, VisibilityTimeout=0
-            )
+    # let everything not chosen be seen again at once
+    release(runtime.sqs, url, [e.receipt_handle for e in taken if e.message_id not in picked])
     counts = {
         "chosen": len(chosen),
         "posted": 0,
@@ -267,10 +254,7 @@ def replay_dead_letters(
     if dry_run:
         render_table(chosen, out)
         out.write("dry run: nothing was replayed\n")
-        for e in chosen:  # let them be seen again at once
-            runtime.sqs.change_message_visibility(
-                QueueUrl=url, ReceiptHandle=e.receipt_handle, VisibilityTimeout=0
-            )
+        release(runtime.sqs, url, [e.receipt_handle for e in chosen])
         return counts
     bar = Progress(
         len(chosen),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.models import QueuedRecord
 
@@ -43,3 +43,53 @@ class FailureQueue:
         except Exception as exc:  # endpoint down, throttled, access denied: not stored
             raise QueueUnavailable(f"cannot send to queue: {type(exc).__name__}") from None
         return response["MessageId"]
+
+
+WALK_HOLD_SECONDS = 30
+
+
+def receive_all(
+    client: SQSClient,
+    url: str,
+    *,
+    limit: int = 10_000,
+    hold_seconds: int = 0,
+    wait_seconds: int = 1,
+) -> list[dict[str, Any]]:
+    """Every message in a queue (up to `limit`), each once. SQS has no peek: messages are held
+    invisible while the queue is walked, or it would hand back the same first ten again and
+    again. With hold_seconds=0 they are released at the end (a look, not a take); otherwise
+    they stay held that long, for the caller to act on. Note that every read counts as a
+    receive towards a queue's maxReceiveCount."""
+    seen: dict[str, dict[str, Any]] = {}
+    empty_rounds = 0
+    while len(seen) < limit and empty_rounds < 2:
+        batch = client.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=min(10, limit - len(seen)),
+            VisibilityTimeout=hold_seconds or WALK_HOLD_SECONDS,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+            WaitTimeSeconds=wait_seconds,
+        ).get("Messages", [])
+        new = [m for m in batch if m["MessageId"] not in seen]
+        if not new:
+            empty_rounds += 1
+        for message in new:
+            seen[message["MessageId"]] = dict(message)
+    messages = list(seen.values())
+    if hold_seconds == 0:
+        release(client, url, [m["ReceiptHandle"] for m in messages])
+    return messages
+
+
+def release(client: SQSClient, url: str, receipt_handles: list[str]) -> None:
+    """Make received messages visible again at once."""
+    for start in range(0, len(receipt_handles), 10):
+        client.change_message_visibility_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                for i, handle in enumerate(receipt_handles[start : start + 10])
+            ],
+        )

@@ -185,3 +185,15 @@ def test_reconcile_is_clean_then_reports_each_side(adapter: Adapter, piriod: Any
     assert [m["usage_id"] for m in report["not_recorded_by_adapter"]] == [
         json.loads(created.data)["id"]
     ]
+
+
+def test_list_shows_every_message_and_leaves_them_visible(adapter: Adapter, piriod: Any) -> None:
+    # given 25 records in the dead-letter queue (more than one receive returns)
+    piriod.set_unmetered_lines(*range(300, 325))
+    adapter.deliver({"usages": [record(line, 1) for line in range(300, 325)]})
+    # when the operator lists it
+    code, text = ops("list", "--queue", "dead-letter")
+    # then every message is a row, and a look is not a take: all are still there for replay
+    assert code == 0 and "25 message(s)" in text
+    assert len(adapter.messages("dead_letter")) == 25
+    assert "chosen=25" in ops("replay", "--dry-run")[1]
