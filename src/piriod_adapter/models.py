@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -79,8 +80,6 @@ class UsageRecord(BaseModel):
 
 
 def render_usage_json(subscription_line: int, date_time: str, quantity: Decimal) -> bytes:
-    import json
-
     # str(Decimal) is a valid JSON number for finite values ("1.10", "1E+2", "0"): no float trip.
     return (
         f'{{"subscription_line": {int(subscription_line)}, '

@@ -12,7 +12,7 @@ from typing import Any
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.models import FailureKind, QueuedRecord, RecordResult
-from piriod_adapter.observability import logger
+from piriod_adapter.observability import logger, metrics
 from piriod_adapter.piriod import Tenant
 from piriod_adapter.queue import FailureQueue
 from piriod_adapter.runtime import Runtime
@@ -117,8 +117,6 @@ def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) 
 
 def summarize(message_id: str, outcomes: list[Outcome]) -> Reply:
     """202 when every record reached a state; 503 when any could be neither posted nor stored."""
-    from piriod_adapter.observability import metrics
-
     results = []
     counts: Counter[str] = Counter()
     for index, outcome in enumerate(outcomes):
