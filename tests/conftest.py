@@ -101,7 +101,8 @@ class Adapter:
 
     def items(self) -> list[dict[str, Any]]:
         dynamodb = client("dynamodb", self.endpoint)
-        return dynamodb.scan(TableName=self.resources.table)["Items"]
+        items: list[dict[str, Any]] = dynamodb.scan(TableName=self.resources.table)["Items"]
+        return items
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ RECORD = {"subscription_line": 101, "date_time": "2026-11-01T10:00:00Z", "quanti
 OTHER_SECRET = "whsec_" + base64.b64encode(b"another-signing-key-for-rotation").decode()
 
 
-def record(line: int = 101, quantity: Any = 2, **extra: Any) -> dict[str, Any]:
+def record(line: Any = 101, quantity: Any = 2, **extra: Any) -> dict[str, Any]:
     return {
         "subscription_line": line,
         "date_time": "2026-11-01T10:00:00Z",

@@ -16,7 +16,7 @@ from piriod_devkit.aws import LocalResources, MotoServer, provision
 from piriod_devkit.events import LOCAL_SIGNING_SECRET
 from piriod_devkit.standin_process import StandinProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV_FILE = ROOT / "env" / "local.json"
 MOTO_PORT = 4566
 PIRIOD_PORT = 8081

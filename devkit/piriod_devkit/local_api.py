@@ -65,7 +65,8 @@ class LocalApiServer(ThreadingHTTPServer):
         from piriod_adapter.handlers.webhook import lambda_handler
 
         context = LambdaContext(timeout_seconds=self.timeout_seconds)
-        return lambda_handler(event, context)  # type: ignore[arg-type]
+        response: dict[str, Any] = lambda_handler(event, context)
+        return response
 
     def start(self) -> LocalApiServer:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)

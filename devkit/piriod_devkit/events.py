@@ -17,7 +17,7 @@ from typing import Any
 
 from piriod_adapter.signatures import SigningKey
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 # The signing secret the sample events, the local run and the tests use. Not a real secret.
 LOCAL_SIGNING_SECRET = "whsec_" + base64.b64encode(b"piriod-local-signing-key-0001").decode()

@@ -113,8 +113,8 @@ class Lab:
                 REPLAY_BACKOFF_SECONDS="0",
                 POWERTOOLS_LOG_LEVEL="CRITICAL",
                 POWERTOOLS_METRICS_DISABLED="true",
-                **env,
             )
+            | env
         )
         reset_runtime()
 
@@ -154,7 +154,7 @@ class Lab:
 
         raw = json.dumps(delivery["body"]).encode()
         event = sign_event(http_event("POST", "/v1/usages", raw), message_id=delivery["id"])
-        response = lambda_handler(event, LambdaContext(timeout_seconds=timeout_seconds))  # type: ignore[arg-type]
+        response = lambda_handler(event, LambdaContext(timeout_seconds=timeout_seconds))
         tally.answers[response["statusCode"]] += 1
         if response["statusCode"] != 202:
             return False
@@ -178,7 +178,7 @@ class Lab:
     def replay(self) -> None:
         from piriod_adapter.handlers.replay import lambda_handler
 
-        drain(client("sqs", self.moto.url), self.resources.replay_queue_url, lambda_handler)  # type: ignore[arg-type]
+        drain(client("sqs", self.moto.url), self.resources.replay_queue_url, lambda_handler)
 
     def replay_dead_letters(self) -> None:
         import io

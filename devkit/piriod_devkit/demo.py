@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             print("\n■ Piriod is back: ReplayFunction drains ReplayQueue")
             os.environ["PIRIOD_API_URL"] = piriod_url
             reset_runtime()
-            report = drain(sqs, resources.replay_queue_url, replay_handler)  # type: ignore[arg-type]
+            report = drain(sqs, resources.replay_queue_url, replay_handler)
             print(
                 f"  replayed {report.received} message(s): {report.deleted} done, "
                 f"{report.failed} left for a later attempt"
