@@ -274,7 +274,8 @@ def replay_dead_letters(
         status = result.outcome.status.value if result.outcome.status else "not_stored"
         counts[status] += 1
         if result.verdict is Verdict.DONE:
-            # posted/duplicate: done; queued/rejected: a fresh dead letter holds the new failure
+            # posted/duplicate: done; rejected: a fresh dead letter holds Piriod's new errors;
+            # queued: ReplayQueue holds it now
             runtime.sqs.delete_message(QueueUrl=url, ReceiptHandle=entry.receipt_handle)
         else:
             runtime.sqs.change_message_visibility(

@@ -89,11 +89,16 @@ def replay_one(
 def redeliver_dead_letter(
     message: QueuedRecord, submitter: Submitter, queue: FailureQueue, deadline: Deadline
 ) -> ReplayResult:
-    """Operator replay of one DeadLetterQueue message. A failure writes a fresh dead letter
-    with the new failure (the caller then deletes the old one); success is DONE."""
+    """Operator replay of one DeadLetterQueue message; the caller then deletes it when DONE.
+    Rejected again: a fresh dead letter with Piriod's new errors, for a person. Failed for a
+    passing reason (timeout, reset, 5xx, 429): handed to ReplayQueue, where ReplayFunction
+    backs off, settles an unseen post by lookup and retries, as for a webhook delivery."""
 
     def sink(failed: QueuedRecord) -> QueuedRecord:
-        queue.to_dead_letter(failed)
+        if failed.failure.kind is FailureKind.REJECTED:
+            queue.to_dead_letter(failed)
+        else:
+            queue.to_replay(failed)
         return failed
 
     outcome = submitter.submit(Submission.from_message(message), deadline, sink, replay=True)

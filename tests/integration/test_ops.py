@@ -110,6 +110,45 @@ def test_replay_that_fails_again_keeps_one_message_with_the_new_failure(
     assert len(messages) == 5 and {m["attempts"] for m in messages} == {2}
 
 
+def test_replay_whose_answer_is_lost_is_handed_to_replay_queue_and_settled_once(
+    rejected_batch: Adapter, piriod: Any
+) -> None:
+    # given the fix, and Piriod storing the next post but its answer never arriving
+    adapter = rejected_batch
+    adapter.fresh_runtime(
+        PIRIOD_READ_TIMEOUT="1", SETTLE_AFTER_SECONDS="0", REPLAY_BACKOFF_SECONDS="0"
+    )
+    piriod.set_unmetered_lines()
+    piriod.add_fault("timeout_after_store", delay=1.5, count=1)
+    # when the operator replays the dead letters
+    code, text = ops("replay")
+    # then the unseen one waits in ReplayQueue flagged ambiguous, not in front of a person
+    assert code == 0 and "posted=4" in text and "queued=1" in text
+    assert adapter.messages("dead_letter") == []
+    [waiting] = adapter.messages("replay")
+    assert waiting["failure"]["kind"] == "ambiguous" and waiting["ambiguous_since"]
+    assert len(piriod.usages()) == 6  # it did land: 5 of line 7 and the one of line 8
+    # when ReplayFunction takes it
+    drain(
+        client("sqs", adapter.endpoint),
+        adapter.resources.replay_queue_url,
+        __import__("piriod_adapter.handlers.replay", fromlist=["x"]).lambda_handler,
+    )
+    # then it is settled by lookup, not posted again, and reconcile finds both sides equal
+    assert sorted(u["subscription_line"] for u in piriod.usages()) == [7, 7, 7, 7, 7, 8]
+    assert adapter.messages("replay") == []
+    code, text = ops(
+        "reconcile",
+        "--line",
+        "7",
+        "--since",
+        "2026-11-01T00:00:00Z",
+        "--until",
+        "2026-11-01T23:59:59Z",
+    )
+    assert code == 0, text
+
+
 def test_token_rotation_then_replay_posts_exhausted_records(
     adapter: Adapter, piriod: Any, moto_server: Any
 ) -> None:
