@@ -186,6 +186,7 @@ class Lab:
         from piriod_adapter.ops import main
 
         main(["replay", "--limit", "10000"], out=io.StringIO(), err=io.StringIO())
+        self.replay()  # ReplayFunction takes what the operator's replay handed to ReplayQueue
 
     def rotate_token(self) -> None:
         client("secretsmanager", self.moto.url).put_secret_value(
@@ -286,7 +287,6 @@ def _unauthorized_until_rotated(lab: Lab, tally: Tally) -> list[dict[str, Any]]:
     lab.rotate_token()
     lab.set_env()
     lab.replay_dead_letters()
-    lab.replay()  # what the dead-letter replay itself left for ReplayFunction
     return deliveries
 
 
@@ -299,7 +299,6 @@ def _rejected_lines(lab: Lab, tally: Tally) -> list[dict[str, Any]]:
     lab.replay()  # ReplayFunction: posts whose answer was lost on the way (slow machine)
     lab.piriod.set_unmetered_lines(*chosen[: len(chosen) // 2])  # half get fixed
     lab.replay_dead_letters()
-    lab.replay()  # what the dead-letter replay itself left for ReplayFunction
     return deliveries
 
 

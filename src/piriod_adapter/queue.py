@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from piriod_adapter.models import QueuedRecord
+from piriod_adapter.models import FailureKind, QueuedRecord
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -20,6 +20,15 @@ class FailureQueue:
         self._client = client
         self.replay_url = replay_url
         self.dead_letter_url = dead_letter_url
+
+    def store(self, message: QueuedRecord) -> QueuedRecord:
+        """Where a failed record waits (SPEC 5): rejected by Piriod -> DeadLetterQueue, for a
+        person; any passing failure -> ReplayQueue, for ReplayFunction."""
+        if message.failure.kind is FailureKind.REJECTED:
+            self.to_dead_letter(message)
+        else:
+            self.to_replay(message)
+        return message
 
     def to_replay(self, message: QueuedRecord) -> str:
         return self._send(self.replay_url, message)

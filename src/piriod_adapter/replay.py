@@ -93,14 +93,6 @@ def redeliver_dead_letter(
     Rejected again: a fresh dead letter with Piriod's new errors, for a person. Failed for a
     passing reason (timeout, reset, 5xx, 429): handed to ReplayQueue, where ReplayFunction
     backs off, settles an unseen post by lookup and retries, as for a webhook delivery."""
-
-    def sink(failed: QueuedRecord) -> QueuedRecord:
-        if failed.failure.kind is FailureKind.REJECTED:
-            queue.to_dead_letter(failed)
-        else:
-            queue.to_replay(failed)
-        return failed
-
-    outcome = submitter.submit(Submission.from_message(message), deadline, sink, replay=True)
+    outcome = submitter.submit(Submission.from_message(message), deadline, queue.store, replay=True)
     verdict = Verdict.DONE if outcome.status is not None else Verdict.RETRY
     return ReplayResult(verdict, outcome, message)

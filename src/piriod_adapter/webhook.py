@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.models import FailureKind, QueuedRecord, RecordResult
+from piriod_adapter.models import RecordResult
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.piriod import Tenant
-from piriod_adapter.queue import FailureQueue
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.secrets import SecretUnavailable
 from piriod_adapter.signatures import SignatureError, verify
-from piriod_adapter.submit import FailureSink, Outcome, Submission
+from piriod_adapter.submit import Outcome, Submission
 from piriod_adapter.validation import MAX_BODY_BYTES, BodyError, parse_native_body
 
 NATIVE_SCOPE = "v1/usages"
@@ -50,19 +49,6 @@ def raw_body(event: dict[str, Any]) -> bytes:
 
 def lower_headers(event: dict[str, Any]) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
-
-
-def queue_sink(queue: FailureQueue) -> FailureSink:
-    """Webhook failures: rejected records to DeadLetterQueue, everything else to ReplayQueue."""
-
-    def sink(message: QueuedRecord) -> QueuedRecord:
-        if message.failure.kind is FailureKind.REJECTED:
-            queue.to_dead_letter(message)
-        else:
-            queue.to_replay(message)
-        return message
-
-    return sink
 
 
 def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) -> Reply:
@@ -110,7 +96,7 @@ def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) 
         for index, record in enumerate(records)
     ]
     outcomes = runtime.submitter.submit_all(
-        submissions, deadline, queue_sink(runtime.queue), settings.post_concurrency
+        submissions, deadline, runtime.queue.store, settings.post_concurrency
     )
     return summarize(message_id, outcomes)
 

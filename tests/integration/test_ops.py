@@ -30,6 +30,13 @@ def record(line: int, hour: int, quantity: int = 1) -> dict[str, Any]:
     }
 
 
+def run_replay_function(adapter: Adapter) -> None:
+    """Drain ReplayQueue through ReplayFunction's handler, as its event source would."""
+    from piriod_adapter.handlers.replay import lambda_handler
+
+    drain(client("sqs", adapter.endpoint), adapter.resources.replay_queue_url, lambda_handler)
+
+
 @pytest.fixture
 def rejected_batch(adapter: Adapter, piriod: Any) -> Adapter:
     """Five records Piriod rejected (line 7 not metered yet) plus one posted."""
@@ -129,11 +136,7 @@ def test_replay_whose_answer_is_lost_is_handed_to_replay_queue_and_settled_once(
     assert waiting["failure"]["kind"] == "ambiguous" and waiting["ambiguous_since"]
     assert len(piriod.usages()) == 6  # it did land: 5 of line 7 and the one of line 8
     # when ReplayFunction takes it
-    drain(
-        client("sqs", adapter.endpoint),
-        adapter.resources.replay_queue_url,
-        __import__("piriod_adapter.handlers.replay", fromlist=["x"]).lambda_handler,
-    )
+    run_replay_function(adapter)
     # then it is settled by lookup, not posted again, and reconcile finds both sides equal
     assert sorted(u["subscription_line"] for u in piriod.usages()) == [7, 7, 7, 7, 7, 8]
     assert adapter.messages("replay") == []
@@ -156,11 +159,7 @@ def test_token_rotation_then_replay_posts_exhausted_records(
     adapter.fresh_runtime(REPLAY_BACKOFF_SECONDS="0")
     piriod.set_tokens("rotated-token")
     adapter.deliver({"usages": [record(9, h) for h in range(3)]})
-    drain(
-        client("sqs", adapter.endpoint),
-        adapter.resources.replay_queue_url,
-        __import__("piriod_adapter.handlers.replay", fromlist=["x"]).lambda_handler,
-    )
+    run_replay_function(adapter)
     assert {m["failure"]["kind"] for m in adapter.messages("dead_letter")} == {"exhausted"}
     # when the token secret is rotated and the dead letters are replayed
     client("secretsmanager", moto_server.url).put_secret_value(
