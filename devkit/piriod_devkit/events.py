@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from piriod_adapter.signatures import SigningKey
+from piriod_adapter.signatures import sign_standard, standard_key
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -100,10 +100,11 @@ def sign_event(
     headers = signed.setdefault("headers", {})
     message_id = message_id or headers.get("webhook-id") or f"msg_{uuid.uuid4().hex}"
     timestamp = int(time.time()) if timestamp is None else timestamp
-    key = SigningKey.from_secret(secret)
     headers["webhook-id"] = message_id
     headers["webhook-timestamp"] = str(timestamp)
-    headers["webhook-signature"] = key.sign(message_id, timestamp, event_body(signed))
+    headers["webhook-signature"] = sign_standard(
+        standard_key(secret), message_id, timestamp, event_body(signed)
+    )
     return signed
 
 

@@ -183,7 +183,7 @@ class Lab:
     def replay_dead_letters(self) -> None:
         import io
 
-        from piriod_adapter.ops import main
+        from piriod_adapter.cli import main
 
         main(["replay", "--limit", "10000"], out=io.StringIO(), err=io.StringIO())
         self.replay()  # ReplayFunction takes what the operator's replay handed to ReplayQueue
@@ -209,10 +209,12 @@ class Lab:
     def reconcile(self, deliveries: list[dict[str, Any]], tally: Tally) -> Tally:
         ledger = Counter(u["subscription_line"] for u in self.piriod.usages())
         waiting = Counter(
-            m["subscription_line"] for m in self.queue_bodies(self.resources.replay_queue_url)
+            m["usage"]["subscription_line"]
+            for m in self.queue_bodies(self.resources.replay_queue_url)
         )
         dead = Counter(
-            m["subscription_line"] for m in self.queue_bodies(self.resources.dead_letter_queue_url)
+            m["usage"]["subscription_line"]
+            for m in self.queue_bodies(self.resources.dead_letter_queue_url)
         )
         for delivery in deliveries:
             for usage in delivery["body"]["usages"]:
@@ -237,7 +239,7 @@ class Lab:
         """What the operator's reconcile says, for every line of the run."""
         from datetime import datetime
 
-        from piriod_adapter.ops import reconcile
+        from piriod_adapter.operator import reconcile
         from piriod_adapter.runtime import get_runtime
 
         runtime = get_runtime()

@@ -47,8 +47,10 @@ __all__ = ["FAULT_KINDS", "OPENAPI_PATH", "PiriodStandin", "main"]
 
 OPENAPI_PATH: Final = Path(__file__).resolve().parent / "openapi" / "piriod-usages.openapi.yaml"
 FAULT_KINDS: Final = frozenset(
-    {"latency", "status", "reset", "timeout_after_store", "unauthorized"}
+    {"latency", "status", "reset", "timeout_after_store", "answer_after_store", "unauthorized"}
 )
+# What an `answer_after_store` fault sends with its status, once the usage is stored.
+ANSWER_BODIES: Final = frozenset({"usage", "no_id", "bad_id", "empty"})
 
 DEFAULT_PAGE_SIZE: Final = 20
 MAX_PAGE_SIZE: Final = 100
@@ -357,6 +359,7 @@ class _Fault:
     delay: float | None
     lines: frozenset[int] | None
     methods: frozenset[str]
+    body: str | None = None
 
     def matches(self, method: str, line: int | None) -> bool:
         if method not in self.methods:
@@ -374,6 +377,7 @@ class _Fault:
             "delay": self.delay,
             "lines": None if self.lines is None else sorted(self.lines),
             "methods": sorted(self.methods),
+            "body": self.body,
         }
 
 
@@ -630,8 +634,13 @@ class PiriodStandin:
         delay: float | None = None,
         lines: Iterable[int] | None = None,
         methods: Iterable[str] = ("POST",),
+        body: str | None = None,
     ) -> None:
-        """Inject a fault for the next `count` matching requests (None: until cleared)."""
+        """Inject a fault for the next `count` matching requests (None: until cleared).
+
+        `answer_after_store` stores a valid usage, then answers `status` (default 200) with
+        `body`: the usage ("usage"), the usage without its id ("no_id"), with an id that is
+        not an integer ("bad_id"), or nothing ("empty")."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
         if count is not None and (
@@ -640,9 +649,16 @@ class PiriodStandin:
             raise ValueError("count must be a positive integer or None")
         if kind == "unauthorized":
             kind, status = "status", 401
-        if kind == "status":
+        if kind == "answer_after_store":
+            status = 200 if status is None else status
+            body = body or "usage"
+            if body not in ANSWER_BODIES:
+                raise ValueError(f"body must be one of {sorted(ANSWER_BODIES)}")
+        elif body is not None:
+            raise ValueError("body applies to 'answer_after_store' faults only")
+        if kind in ("status", "answer_after_store"):
             if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
-                raise ValueError("a 'status' fault needs status=<200..599>")
+                raise ValueError(f"a {kind!r} fault needs status=<200..599>")
         elif status is not None:
             raise ValueError(f"status applies to 'status' faults, not {kind!r}")
         if retry_after is not None and not isinstance(retry_after, int | float | str):
@@ -663,7 +679,7 @@ class PiriodStandin:
         if isinstance(methods, str):
             methods = (methods,)
         method_set = frozenset(str(m).upper() for m in methods)
-        fault = _Fault(kind, count, status, retry_after, delay, line_set, method_set)
+        fault = _Fault(kind, count, status, retry_after, delay, line_set, method_set, body)
         with self._lock:
             self._faults.append(fault)
 
@@ -791,6 +807,8 @@ class PiriodStandin:
                 return _fault_response(fault.status, method, fault.retry_after)
             if fault.kind == "reset":
                 return _Abort("reset")
+            if fault.kind == "answer_after_store":
+                return self._odd_answer(request, post, fault, workspace, test_mode)
             # timeout_after_store: the usage lands, the answer never comes
             if post is not None and post.error is None and post.data is not None:
                 self._create(request, post.data, workspace, test_mode)
@@ -815,6 +833,30 @@ class PiriodStandin:
             if found is None or found.workspace != workspace or found.test_mode != test_mode:
                 return _detail(404, NOT_FOUND)
             return _Response(200, found.representation())
+
+    def _odd_answer(
+        self,
+        request: _Request,
+        post: _PostBody | None,
+        fault: _Fault,
+        workspace: str,
+        test_mode: bool,
+    ) -> _Response:
+        """Store the usage as a 201 would, then answer `fault.status` with `fault.body`."""
+        if post is None or post.error is not None or post.data is None:
+            return post.error if post is not None and post.error is not None else _Response(400)
+        created = self._create(request, post.data, workspace, test_mode)
+        if created.status != 201:
+            return created
+        assert fault.status is not None
+        payload = dict(created.payload)
+        if fault.body == "empty":
+            return _Response(fault.status)
+        if fault.body == "no_id":
+            del payload["id"]
+        elif fault.body == "bad_id":
+            payload["id"] = str(payload["id"])
+        return _Response(fault.status, payload)
 
     def _take_faults(self, method: str, line: int | None) -> _Fault | None:
         latency = 0.0

@@ -1,19 +1,32 @@
 """DynamoDB: which records were already handled, and a lock so that concurrent deliveries of
 the same key never both post (SPEC section 3).
 
-One item per idempotency key (`pk = key#<scope>#<key>`), with `status`:
+One item per idempotency key, `pk = <namespace>#<scope>#<key>`: namespace `k` for a native
+record's own key, `d` for a key derived from the delivery (`{webhook-id}:{index}`), `e` for a
+source's event id, so that no key of one kind can take the place of another. A key that would
+make `pk` longer than 1,024 bytes is hashed (namespace `kh`, `dh`, `eh`), so a 2 KiB
+webhook-id works. `status` is one of:
   in_progress  someone holds it until `lock_expires` (set past their own function timeout)
   posted       in Piriod as `usage_id`
   queued       waiting in ReplayQueue (or DeadLetterQueue after replay gave up)
-  rejected     Piriod answered 400; in DeadLetterQueue
+  rejected     refused for the record itself; in DeadLetterQueue
   released     a holder could neither post nor store it: free to take again
 `ambiguous_since` marks an attempt whose outcome was never seen: whoever takes the key next
 asks Piriod before posting. Items carry the record's line and UTC instant, indexed by
-`by_line`, so that settling can tell which Piriod usages other keys already account for.
+`by_line`, so that settling can tell which Piriod usages other keys already account for and
+reconcile can compare a period. A record waiting in a queue also carries its queue message
+(`waiting`, indexed by `by_waiting`), so that the operator can list ReplayQueue without
+receiving from it (a receive would count towards its maxReceiveCount).
 
 The common path costs one conditional PutItem per record (the claim) and one BatchWriteItem
 per 25 posted records (the result). Writing the result unconditionally is safe because the
 claim's lock outlives the holder's own function timeout: nobody else can hold the key.
+
+Why not Powertools Idempotency: it caches a handler's or function's return value per payload
+hash, and a record whose post was sent but never answered would either be replayed blindly or
+stay locked. Here an unseen post is remembered (`ambiguous_since`) and settled by asking
+Piriod before the key is used again, identical records under other keys are told apart, and
+the key's state drives which queue a record waits in.
 """
 
 from __future__ import annotations
@@ -23,19 +36,22 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.models import parse_rfc3339
+from piriod_adapter.models import KeyKind, Usage, UsageKey, sortable_utc
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 LOCK_MARGIN_SECONDS = 5.0
 POLL_SECONDS = 0.2
+MAX_PK_BYTES = 1024  # DynamoDB allows 2,048 for a partition key; hashed beyond this
+WAITING_SHARDS = 8  # `waiting` spreads over this many index partitions per queue
+_NAMESPACES = {KeyKind.EXPLICIT: "k", KeyKind.DELIVERY: "d", KeyKind.EVENT: "e"}
 
 
 class StoreUnavailable(RuntimeError):
@@ -50,25 +66,14 @@ class KeyStatus(StrEnum):
     RELEASED = "released"
 
 
-@dataclass(frozen=True)
-class RecordFacts:
-    """The parts of a record the store keeps, for conflict checks and reconciliation."""
-
-    line: int
-    date_time: str
-    quantity: Decimal
-
-    @property
-    def fingerprint(self) -> str:
-        text = (
-            f"{self.line}|{parse_rfc3339(self.date_time).isoformat()}|{self.quantity.normalize()}"
-        )
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    @property
-    def usage_at(self) -> str:
-        """The instant in UTC, sortable as text, for the by_line index."""
-        return utc_text(parse_rfc3339(self.date_time))
+def key_pk(key: UsageKey) -> str:
+    """The item key of an idempotency key: its namespace, scope and text (hashed if long)."""
+    tag = _NAMESPACES[key.kind]
+    pk = f"{tag}#{key.scope}#{key.text}"
+    if len(pk.encode("utf-8", "surrogatepass")) <= MAX_PK_BYTES:
+        return pk
+    digest = hashlib.sha256(key.text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{tag}h#{key.scope}#{digest}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class KeyState:
 class Claim:
     """The result of trying to take a key."""
 
+    pk: str
     token: str | None  # set when we hold the key now
     previous: KeyState | None  # the state before (when taken) or the holder's (when not)
     item: dict[str, Any] | None = None  # what we wrote, to write the result over it later
@@ -135,51 +141,44 @@ class IdempotencyStore:
         self._clock = clock
         self._sleep = sleep
 
-    @staticmethod
-    def key_pk(scope: str, key: str) -> str:
-        return f"key#{scope}#{key}"
-
-    def _item(
-        self, pk: str, facts: RecordFacts, token: str, now: float, lock: float
-    ) -> dict[str, Any]:
-        return {
+    def _item(self, pk: str, usage: Usage, token: str, now: float, lock: float) -> dict[str, Any]:
+        item = {
             "pk": {"S": pk},
             "status": {"S": KeyStatus.IN_PROGRESS.value},
             "lock_expires": {"N": _num(lock)},
             "lock_token": {"S": token},
             "attempt_started": {"N": _num(now)},
-            "fingerprint": {"S": facts.fingerprint},
-            "line": {"N": str(facts.line)},
-            "usage_at": {"S": facts.usage_at},
-            "date_time": {"S": facts.date_time},
-            "quantity": {"S": str(facts.quantity)},
+            "fingerprint": {"S": usage.fingerprint},
+            "usage_at": {"S": sortable_utc(usage.date_time)},
+            "date_time": {"S": usage.date_time_text},
+            "quantity": {"S": usage.quantity_text},
             "expires_at": {"N": str(int(now + self._ttl))},
         }
+        if usage.subscription_line is not None:  # an unmapped meter's record has no line yet
+            item["line"] = {"N": str(usage.subscription_line)}
+        return item
 
-    def claim(
-        self, pk: str, facts: RecordFacts, deadline: Deadline, *, replay: bool = False
-    ) -> Claim:
-        """Take the key for one attempt. A webhook takes a new, expired or released key; a
-        replay may also take a key whose record waits in a queue."""
+    def claim(self, usage: Usage, deadline: Deadline, *, replay: bool = False) -> Claim:
+        """Take the usage's key for one attempt. A webhook takes a new, expired or released
+        key; a replay may also take a key whose record waits in a queue."""
+        pk = key_pk(usage.key)
         now = self._clock()
         token = uuid.uuid4().hex
-        item = self._item(pk, facts, token, now, deadline.wall_at + LOCK_MARGIN_SECONDS)
+        item = self._item(pk, usage, token, now, deadline.wall_at + LOCK_MARGIN_SECONDS)
         try:  # the common case: a key never seen before
             self._client.put_item(
                 TableName=self._table,
                 Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
             )
-            return Claim(token=token, previous=None, item=item)
+            return Claim(pk=pk, token=token, previous=None, item=item)
         except self._client.exceptions.ConditionalCheckFailedException:
             pass
         except Exception as exc:
             raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
-        return self._take_over(pk, facts, item, now, replay)
+        return self._take_over(pk, item, now, replay)
 
-    def _take_over(
-        self, pk: str, facts: RecordFacts, item: dict[str, Any], now: float, replay: bool
-    ) -> Claim:
+    def _take_over(self, pk: str, item: dict[str, Any], now: float, replay: bool) -> Claim:
         """The key exists: take it if its holder is gone, released it, or (replay) it waits
         in a queue; otherwise report the holder."""
         takeable = "#s = :released OR (#s = :in_progress AND lock_expires < :now)"
@@ -193,6 +192,13 @@ class IdempotencyStore:
             ":started": item["attempt_started"],
             ":expires": item["expires_at"],
         }
+        update = (
+            "SET #s = :in_progress, lock_expires = :lock, lock_token = :token, "
+            "attempt_started = :started, expires_at = :expires"
+        )
+        if "line" in item:  # a meter's line may have been mapped since
+            update += ", line = :line"
+            values[":line"] = item["line"]
         if replay:
             takeable += " OR #s IN (:queued, :rejected)"
             values[":queued"] = {"S": KeyStatus.QUEUED.value}
@@ -201,10 +207,7 @@ class IdempotencyStore:
             response = self._client.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": pk}},
-                UpdateExpression=(
-                    "SET #s = :in_progress, lock_expires = :lock, lock_token = :token, "
-                    "attempt_started = :started, expires_at = :expires"
-                ),
+                UpdateExpression=update,
                 # A key reused for a different record never takes the lock: it is a conflict.
                 ConditionExpression=f"({takeable}) AND fingerprint = :fp",
                 ExpressionAttributeNames={"#s": "status"},
@@ -215,14 +218,14 @@ class IdempotencyStore:
         except self._client.exceptions.ConditionalCheckFailedException as exc:
             held: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
             holder = KeyState.from_item(held) if held else self.get(pk)
-            return Claim(token=None, previous=holder)
+            return Claim(pk=pk, token=None, previous=holder)
         except Exception as exc:
             raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
         old = response.get("Attributes")
         previous = KeyState.from_item(old) if old else None
         if old and "ambiguous_since" in old:
             item = {**item, "ambiguous_since": old["ambiguous_since"]}
-        return Claim(token=item["lock_token"]["S"], previous=previous, item=item)
+        return Claim(pk=pk, token=item["lock_token"]["S"], previous=previous, item=item)
 
     def get(self, pk: str) -> KeyState | None:
         try:
@@ -251,11 +254,7 @@ class IdempotencyStore:
         now = _num(self._clock())
         requests = []
         for item, usage_id in posted:
-            result = {
-                k: v
-                for k, v in item.items()
-                if k not in ("lock_expires", "lock_token", "ambiguous_since")
-            }
+            result = {k: v for k, v in item.items() if k not in _TRANSIENT_ATTRIBUTES}
             result.update(
                 status={"S": KeyStatus.POSTED.value},
                 usage_id={"N": str(usage_id)},
@@ -285,8 +284,8 @@ class IdempotencyStore:
                 TableName=self._table,
                 Key={"pk": {"S": pk}},
                 UpdateExpression=(
-                    "SET #s = :posted, usage_id = :id, posted_at = :now "
-                    "REMOVE lock_expires, lock_token, ambiguous_since"
+                    "SET #s = :posted, usage_id = :id, posted_at = :now REMOVE "
+                    + ", ".join(_TRANSIENT_ATTRIBUTES)
                 ),
                 ConditionExpression="lock_token = :token",
                 ExpressionAttributeNames={"#s": "status"},
@@ -300,14 +299,17 @@ class IdempotencyStore:
         except Exception as exc:
             raise StoreUnavailable(f"cannot record settled usage: {type(exc).__name__}") from None
 
-    def accounted_for(self, pk: str, facts: RecordFacts) -> tuple[set[int], bool]:
-        """Usage ids that other keys with this same record already hold, and whether another
-        such key is mid-attempt right now (its usage id may not be recorded yet)."""
+    def accounted_for(self, pk: str, usage: Usage) -> tuple[set[int], bool]:
+        """Usage ids that other keys holding an identical record (same line, instant and
+        value) already account for, and whether such a key is mid-attempt right now (its
+        usage id may not be recorded yet)."""
+        assert usage.subscription_line is not None
         now = self._clock()
         held: set[int] = set()
         busy = False
-        for item in self.query_line(facts.line, facts.usage_at, facts.usage_at):
-            if item["pk"]["S"] == pk or item.get("fingerprint", {}).get("S") != facts.fingerprint:
+        at = sortable_utc(usage.date_time)
+        for item in self.query_line(usage.subscription_line, at, at):
+            if item["pk"]["S"] == pk or not _same_value(item, usage.quantity):
                 continue
             state = KeyState.from_item(item)
             if state.usage_id is not None:
@@ -317,21 +319,44 @@ class IdempotencyStore:
         return held, busy
 
     def mark_waiting(
-        self, pk: str, token: str, status: KeyStatus, ambiguous_since: float | None
+        self,
+        pk: str,
+        token: str,
+        status: KeyStatus,
+        ambiguous_since: float | None,
+        waiting: Waiting | None = None,
     ) -> None:
-        """The record now waits in a queue (queued/rejected) or is free again (released).
-        `ambiguous_since` is kept when an attempt's outcome is unknown, and cleared otherwise."""
+        """The record now waits in a queue (queued/rejected, with its message) or is free
+        again (released; where it waited before, if anywhere, is kept). `ambiguous_since` is
+        kept when an attempt's outcome is unknown, and cleared otherwise."""
+        sets = ["#s = :status"]
+        removes = ["lock_expires", "lock_token"]
         values: dict[str, Any] = {":status": {"S": status.value}, ":token": {"S": token}}
         if ambiguous_since is None:
-            update = "SET #s = :status REMOVE lock_expires, lock_token, ambiguous_since"
+            removes.append("ambiguous_since")
         else:
-            update = "SET #s = :status, ambiguous_since = :since REMOVE lock_expires, lock_token"
+            sets.append("ambiguous_since = :since")
             values[":since"] = {"N": _num(ambiguous_since)}
+        if waiting is not None:
+            sets += [
+                "waiting = :waiting",
+                "waiting_since = :waiting_since",
+                "message_id = :message_id",
+                "message = :message",
+            ]
+            values.update(
+                {
+                    ":waiting": {"S": f"{waiting.queue}#{_shard(pk)}"},
+                    ":waiting_since": {"S": waiting.since},
+                    ":message_id": {"S": waiting.message_id},
+                    ":message": {"S": waiting.message},
+                }
+            )
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": pk}},
-                UpdateExpression=update,
+                UpdateExpression=f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
                 ConditionExpression="lock_token = :token",
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues=values,
@@ -339,37 +364,80 @@ class IdempotencyStore:
         except Exception as exc:
             raise StoreUnavailable(f"cannot update key: {type(exc).__name__}") from None
 
-    def query_line(self, line: int, start: str, end: str) -> list[dict[str, Any]]:
-        """Every key item of a subscription line with its UTC instant in [start, end]."""
+    def _query(self, **kwargs: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "by_line",
-            "KeyConditionExpression": "line = :line AND usage_at BETWEEN :a AND :b",
-            "ExpressionAttributeValues": {
-                ":line": {"N": str(line)},
-                ":a": {"S": start},
-                ":b": {"S": end},
-            },
-        }
         try:
             while True:
-                response = self._client.query(**kwargs)
+                response = self._client.query(TableName=self._table, **kwargs)
                 items.extend(response.get("Items", []))
                 if "LastEvaluatedKey" not in response:
                     return items
                 kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
         except Exception as exc:
-            raise StoreUnavailable(f"cannot query by line: {type(exc).__name__}") from None
+            raise StoreUnavailable(f"cannot query the table: {type(exc).__name__}") from None
+
+    def query_line(self, line: int, start: str, end: str) -> list[dict[str, Any]]:
+        """Every key item of a subscription line with its UTC instant in [start, end]."""
+        return self._query(
+            IndexName="by_line",
+            KeyConditionExpression="line = :line AND usage_at BETWEEN :a AND :b",
+            ExpressionAttributeValues={
+                ":line": {"N": str(line)},
+                ":a": {"S": start},
+                ":b": {"S": end},
+            },
+        )
 
     def posted_between(self, line: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """What the adapter recorded for a subscription line in [start, end] (for reconcile)."""
-        return self.query_line(line, utc_text(start), utc_text(end))
+        return self.query_line(line, sortable_utc(start), sortable_utc(end))
+
+    def waiting(self, queue: str) -> list[dict[str, Any]]:
+        """The items whose record waits in `queue` ("replay" or "dead-letter"), oldest first,
+        with their queue message: read from the table, the queue itself is not touched."""
+        items = []
+        for shard in range(WAITING_SHARDS):
+            items += self._query(
+                IndexName="by_waiting",
+                KeyConditionExpression="waiting = :w",
+                ExpressionAttributeValues={":w": {"S": f"{queue}#{shard}"}},
+            )
+        return sorted(items, key=lambda i: i["waiting_since"]["S"])
 
 
-def utc_text(instant: datetime) -> str:
-    """An instant as sortable UTC text, the form `usage_at` is stored in."""
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+@dataclass(frozen=True)
+class Waiting:
+    """Where a record waits: the queue, its message id there and the message itself."""
+
+    queue: str  # "replay" or "dead-letter"
+    message_id: str
+    message: str  # the queue message's JSON
+    since: str  # when it failed, as sortable UTC text
+
+
+# Attributes of an attempt in progress or of a wait in a queue: none of them survive a post.
+_TRANSIENT_ATTRIBUTES = (
+    "lock_expires",
+    "lock_token",
+    "ambiguous_since",
+    "waiting",
+    "waiting_since",
+    "message_id",
+    "message",
+)
+
+
+def _same_value(item: dict[str, Any], quantity: Decimal) -> bool:
+    try:
+        return Decimal(item["quantity"]["S"]) == quantity
+    except (KeyError, ArithmeticError):
+        return False
+
+
+def _shard(pk: str) -> int:
+    return int(hashlib.sha256(pk.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % (
+        WAITING_SHARDS
+    )
 
 
 def _num(value: float) -> str:

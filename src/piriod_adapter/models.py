@@ -1,98 +1,238 @@
-"""Pydantic models for what comes in (usage records), what goes out (results) and what is queued."""
+"""The adapter's values: one `Usage` type for a record from any route, its bounds and canonical
+form, what is queued, and what is answered.
+
+A usage is the same value from the moment it is parsed (native body or a source profile's
+mapping) until Piriod has it or a queue holds it: the submit path, the idempotency store, the
+queue message and the body posted to Piriod all read it, so there is one place that says what
+"the same record" is and how it is written.
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
 
-MAX_FUTURE = timedelta(minutes=5)
+# --- bounds (README "Bounds"), enforced before anything is claimed or posted ----------------
+
 MAX_BATCH = 100
+MAX_FUTURE = timedelta(minutes=5)
+MAX_LINE = 2**63 - 1  # Piriod's ids are 64-bit integers
+MAX_INTEGER_DIGITS = 20  # quantity < 10^20
+MAX_FRACTION_DIGITS = 40  # quantity has at most 40 decimal places
+MAX_KEY_LENGTH = 255
+MAX_FRACTION_INPUT = 9  # RFC 3339 fractions may be written with up to 9 digits...
+PRECISION = "microseconds"  # ...but must not carry more than Piriod stores
 
 # RFC 3339 date-time with an explicit offset ("Z" or +hh:mm); no bare dates, no naive times.
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$", re.IGNORECASE
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})"
+    rf"(?:\.(\d{{1,{MAX_FRACTION_INPUT}}}))?([Zz]|[+-]\d{{2}}:\d{{2}})",
+    re.ASCII,
 )
 
 
-def _json_number(value: Any) -> Any:
-    """Accept a JSON number (int, or Decimal from a lossless decoder); refuse strings and bools."""
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
-        raise ValueError("must be a JSON number")
-    return Decimal(value) if isinstance(value, int) else value
-
-
 def parse_rfc3339(value: str) -> datetime:
-    """Parse an RFC 3339 date-time with offset into an aware datetime (raises ValueError)."""
-    if not _RFC3339.match(value):
+    """An RFC 3339 date-time with an offset, as an aware UTC datetime (raises ValueError).
+
+    Refused: other forms, fractions finer than microseconds, and instants that cannot be
+    represented in UTC (year 1 with a positive offset, year 9999 with a negative one)."""
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
         raise ValueError(
             "must be an RFC 3339 date-time with an explicit offset, e.g. 2026-01-31T10:00:00Z"
         )
-    text = value.upper().replace("Z", "+00:00")
-    head, _, fraction_and_offset = text.partition(".")
-    if fraction_and_offset:  # datetime keeps at most microseconds: trim extra digits, keep offset
-        digits = re.match(r"\d+", fraction_and_offset)
-        assert digits is not None
-        text = f"{head}.{digits.group()[:6].ljust(6, '0')}{fraction_and_offset[digits.end() :]}"
-    return datetime.fromisoformat(text)
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction = match.group(7) or ""
+    if fraction[6:].strip("0"):
+        raise ValueError("must not be more precise than microseconds (6 decimal places)")
+    offset = match.group(8).upper()
+    try:
+        if offset == "Z":
+            zone = UTC
+        else:
+            hours, minutes = int(offset[1:3]), int(offset[4:6])
+            if minutes > 59:
+                raise ValueError("offset minutes must be in 0..59")
+            sign = -1 if offset[0] == "-" else 1
+            zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        micro = int(fraction[:6].ljust(6, "0"))
+        instant = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid date-time: {exc}") from None
+    return to_utc(instant)
 
 
-Quantity = Annotated[Decimal, BeforeValidator(_json_number), Field(ge=0, allow_inf_nan=False)]
+def to_utc(instant: datetime) -> datetime:
+    """The same instant in UTC (raises ValueError when UTC cannot represent it)."""
+    try:
+        return instant.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("cannot be represented in UTC (before year 1 or after 9999)") from None
 
 
-class UsageRecord(BaseModel):
-    """One usage as a meter sends it. Strict: no coercion, no unknown fields."""
+def check_instant(instant: datetime, now: datetime | None = None) -> datetime:
+    """The native rule for a usage's time: in UTC, microseconds, at most 5 minutes ahead."""
+    instant = to_utc(instant)
+    if instant - (now or datetime.now(UTC)) > MAX_FUTURE:
+        raise ValueError("must not be more than 5 minutes in the future")
+    return instant
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    subscription_line: int = Field(gt=0)
-    date_time: str
-    quantity: Quantity
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+def check_line(value: Any) -> int:
+    """A subscription line id: an integer (not a string, float or bool), 1 to 2^63-1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, Decimal) and value.as_tuple().exponent == 0 and value > MAX_LINE:
+            raise ValueError(f"must be at most {MAX_LINE}")  # an integer too long to decode
+        raise ValueError("must be an integer")
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    if value > MAX_LINE:
+        raise ValueError(f"must be at most {MAX_LINE}")
+    return value
 
-    @field_validator("date_time")
-    @classmethod
-    def _rfc3339_not_future(cls, value: str) -> str:
-        instant = parse_rfc3339(value)
-        if instant - datetime.now(UTC) > MAX_FUTURE:
-            raise ValueError("must not be more than 5 minutes in the future")
-        return value
 
-    @field_validator("idempotency_key")
-    @classmethod
-    def _printable(cls, value: str | None) -> str | None:
-        if value is not None and not value.isprintable():
-            raise ValueError("must contain printable characters only")
-        return value
+def check_quantity(value: Decimal) -> Decimal:
+    """A quantity: finite, >= 0, below 10^20, at most 40 decimal places (its digits kept)."""
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    if value < 0:
+        raise ValueError("must be greater than or equal to 0")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -MAX_FRACTION_DIGITS:
+        raise ValueError(f"must have at most {MAX_FRACTION_DIGITS} decimal places")
+    if value.is_zero():
+        return value if exponent <= 0 else Decimal(0)  # 0E+5 is 0
+    if value.adjusted() >= MAX_INTEGER_DIGITS:
+        raise ValueError(f"must be less than 10^{MAX_INTEGER_DIGITS}")
+    return value
+
+
+def plain_decimal(value: Decimal) -> str:
+    """A bounded quantity in plain notation with its digits: 1.10 -> "1.10", 1E+3 -> "1000",
+    1E-7 -> "0.0000001", -0 -> "0"."""
+    if value.is_zero():
+        value = value.copy_abs()
+    return format(value, "f")
+
+
+def utc_text(instant: datetime) -> str:
+    """The canonical RFC 3339 UTC form sent to Piriod and used in lookups:
+    2026-11-01T10:00:00Z, or 2026-11-01T10:00:00.250000Z (microseconds, as Piriod renders)."""
+    instant = instant.astimezone(UTC)
+    text = (
+        f"{instant.year:04d}-{instant.month:02d}-{instant.day:02d}T"
+        f"{instant.hour:02d}:{instant.minute:02d}:{instant.second:02d}"
+    )
+    if instant.microsecond:
+        text += f".{instant.microsecond:06d}"
+    return text + "Z"
+
+
+def sortable_utc(instant: datetime) -> str:
+    """An instant as fixed-width UTC text that sorts like time (the table's `usage_at`)."""
+    instant = instant.astimezone(UTC)
+    return f"{instant.year:04d}-{instant.strftime('%m-%dT%H:%M:%S')}.{instant.microsecond:06d}Z"
+
+
+# --- the usage value ---------------------------------------------------------------------------
+
+
+class KeyKind(StrEnum):
+    """Namespaces of idempotency keys: a key of one kind never matches a key of another."""
+
+    EXPLICIT = "explicit"  # a native record's own idempotency_key
+    DELIVERY = "delivery"  # "{webhook-id}:{index}", derived when a native record has none
+    EVENT = "event"  # a source record's event id (CloudEvents: its source and id)
+
+
+class UsageKey(BaseModel):
+    """An idempotency key in its namespace and scope (route, and source)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: KeyKind
+    scope: str
+    text: str
+
+
+def _utc_datetime(value: Any) -> Any:
+    return parse_rfc3339(value) if isinstance(value, str) else value
+
+
+def _decimal_text(value: Any) -> Any:
+    return Decimal(value) if isinstance(value, str) else value
+
+
+UtcInstant = Annotated[
+    datetime,
+    BeforeValidator(_utc_datetime),
+    PlainSerializer(utc_text, return_type=str, when_used="json"),
+]
+PlainDecimal = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_text),
+    PlainSerializer(plain_decimal, return_type=str, when_used="json"),
+]
+
+
+class Usage(BaseModel):
+    """One usage record, from any route, bounded and canonical.
+
+    `subscription_line` is None only for a source record whose meter has no line in the
+    profile yet (it is rejected into DeadLetterQueue with `meter_id`, and mapped on replay).
+    `meter_id` is set when the line is (to be) looked up from the profile's `lines`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subscription_line: int | None
+    date_time: UtcInstant
+    quantity: PlainDecimal
+    key: UsageKey
+    source: str | None = None
+    meter_id: str | None = None
+    original: dict[str, Any] | None = None  # a source record's own values, for a person
 
     @property
-    def instant(self) -> datetime:
-        return parse_rfc3339(self.date_time)
+    def date_time_text(self) -> str:
+        return utc_text(self.date_time)
+
+    @property
+    def quantity_text(self) -> str:
+        return plain_decimal(self.quantity)
+
+    @property
+    def fingerprint(self) -> str:
+        """What "the same record" means: the same line (or, for a line looked up from a
+        meter id, the same meter), the same instant and the same decimal value."""
+        who = f"meter:{self.meter_id}" if self.meter_id is not None else self.subscription_line
+        value = plain_decimal(self.quantity.normalize()) if not self.quantity.is_zero() else "0"
+        text = f"{who}|{sortable_utc(self.date_time)}|{value}"
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def piriod_body(self) -> bytes:
-        """The exact body Piriod receives: the three fields, quantity with its digits unchanged."""
-        return render_usage_json(self.subscription_line, self.date_time, self.quantity)
+        """Exactly what Piriod receives: the three fields, the quantity's digits unchanged."""
+        assert self.subscription_line is not None, "an unmapped record is never posted"
+        return (
+            f'{{"subscription_line": {self.subscription_line}, '
+            f'"date_time": "{self.date_time_text}", "quantity": {self.quantity_text}}}'
+        ).encode()
 
 
-def render_usage_json(subscription_line: int, date_time: str, quantity: Decimal) -> bytes:
-    # str(Decimal) is a valid JSON number for finite values ("1.10", "1E+2", "0"): no float trip.
-    return (
-        f'{{"subscription_line": {int(subscription_line)}, '
-        f'"date_time": {json.dumps(date_time)}, "quantity": {quantity}}}'
-    ).encode()
-
-
-class Batch(BaseModel):
-    """The batch form: {"usages": [record, ...]} with 1 to 100 records."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    usages: list[UsageRecord] = Field(min_length=1, max_length=MAX_BATCH)
+# --- outcomes ----------------------------------------------------------------------------------
 
 
 class Status(StrEnum):
@@ -104,29 +244,38 @@ class Status(StrEnum):
 
 class FailureKind(StrEnum):
     TRANSIENT = "transient"  # surely not in Piriod; safe to post again
-    AMBIGUOUS = "ambiguous"  # sent, outcome unseen: look it up in Piriod before posting again
-    REJECTED = "rejected"  # Piriod answered 400: a person has to fix something
+    AMBIGUOUS = "ambiguous"  # may be in Piriod: look it up before posting again
+    REJECTED = "rejected"  # refused for the record itself: a person has to fix something
     EXHAUSTED = "exhausted"  # replay gave up after its last attempt
 
 
 class RecordResult(BaseModel):
-    """The outcome of one record, as returned in the 202 body."""
+    """The outcome of one record, as returned in the 202 (or 503) body."""
 
     model_config = ConfigDict(frozen=True)
 
     index: int
-    status: Status
+    status: Status | Literal["not_stored"]
     usage_id: int | None = None
     errors: dict[str, list[str]] | None = None
-    ambiguous: bool = False
+    message: str | None = None
 
     def public(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"index": self.index, "status": self.status.value}
-        if self.usage_id is not None:
-            body["usage_id"] = self.usage_id
-        if self.errors:
-            body["errors"] = self.errors
-        return body
+        return self.model_dump(exclude_none=True, mode="json")
+
+
+MAX_ERROR_FIELDS = 20
+MAX_ERROR_TEXT = 500
+
+
+def bounded_errors(errors: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+    """An error map cut to a size any queue message and answer can carry."""
+    if errors is None:
+        return None
+    kept: dict[str, list[str]] = {}
+    for name, messages in list(errors.items())[:MAX_ERROR_FIELDS]:
+        kept[name[:100]] = [m[:MAX_ERROR_TEXT] for m in messages[:5]]
+    return kept
 
 
 class Failure(BaseModel):
@@ -136,9 +285,29 @@ class Failure(BaseModel):
 
     kind: FailureKind
     status: int | None = None  # Piriod's HTTP status, when it answered
-    errors: dict[str, list[str]] | None = None  # Piriod's 400 error map
+    errors: dict[str, list[str]] | None = None  # Piriod's 400 error map, or the adapter's own
     error: str | None = None  # text for everything else (timeout, reset, 503 detail...)
+    attempted: bool = True  # False: Piriod was not asked (time ran out, too early to settle)
     at: datetime
+
+    @field_validator("errors")
+    @classmethod
+    def _bounded(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        return bounded_errors(value)
+
+    @field_validator("error")
+    @classmethod
+    def _short(cls, value: str | None) -> str | None:
+        return value[:MAX_ERROR_TEXT] if value is not None else None
+
+
+class Tenant(BaseModel):
+    """Where in Piriod a record goes: the workspace, and test-mode data or not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workspace: str
+    test_mode: bool
 
 
 class QueuedRecord(BaseModel):
@@ -146,23 +315,17 @@ class QueuedRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    version: Literal[1] = 1
-    subscription_line: int
-    date_time: str
-    quantity: Decimal
-    idempotency_key: str
-    scope: str
-    source: str | None = None
-    workspace: str
-    test_mode: bool
+    version: Literal[2] = 2
+    usage: Usage
+    tenant: Tenant
     failure: Failure
-    attempts: int = Field(ge=1)
+    attempts: int = Field(ge=0)  # posts (or lookups) tried so far
     first_failure_at: datetime
     ambiguous_since: datetime | None = None
 
     def to_json(self) -> str:
         # Quantity is written as a string so its digits survive any JSON tool on the way.
-        return self.model_dump_json(exclude_none=False)
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, body: str) -> QueuedRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.models import FailureKind, QueuedRecord
@@ -10,9 +11,23 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
 
+REPLAY = "replay"
+DEAD_LETTER = "dead-letter"
+MAX_DELAY_SECONDS = 900  # SQS's DelaySeconds ceiling
+
 
 class QueueUnavailable(RuntimeError):
     """The message could not be stored."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a failed record now waits."""
+
+    queue: str  # REPLAY or DEAD_LETTER
+    message_id: str
+    message: QueuedRecord
+    resent: bool = False  # a fresh copy replaces the message being replayed
 
 
 class FailureQueue:
@@ -21,37 +36,65 @@ class FailureQueue:
         self.replay_url = replay_url
         self.dead_letter_url = dead_letter_url
 
-    def store(self, message: QueuedRecord) -> QueuedRecord:
-        """Where a failed record waits (SPEC 5): rejected by Piriod -> DeadLetterQueue, for a
-        person; any passing failure -> ReplayQueue, for ReplayFunction."""
+    def url(self, queue: str) -> str:
+        return self.replay_url if queue == REPLAY else self.dead_letter_url
+
+    def store(self, message: QueuedRecord) -> Placement:
+        """Where a failed record waits (SPEC 5): refused for the record itself ->
+        DeadLetterQueue, for a person; any passing failure -> ReplayQueue, for ReplayFunction."""
         if message.failure.kind is FailureKind.REJECTED:
-            self.to_dead_letter(message)
-        else:
-            self.to_replay(message)
-        return message
+            return self.send(DEAD_LETTER, message)
+        return self.send(REPLAY, message)
 
-    def to_replay(self, message: QueuedRecord) -> str:
-        return self._send(self.replay_url, message)
-
-    def to_dead_letter(self, message: QueuedRecord) -> str:
-        return self._send(self.dead_letter_url, message)
-
-    def _send(self, url: str, message: QueuedRecord) -> str:
+    def send(self, queue: str, message: QueuedRecord, delay_seconds: int = 0) -> Placement:
         attributes: dict[str, MessageAttributeValueTypeDef] = {
             "kind": {"DataType": "String", "StringValue": message.failure.kind.value},
-            "subscription_line": {
-                "DataType": "Number",
-                "StringValue": str(message.subscription_line),
-            },
-            "scope": {"DataType": "String", "StringValue": message.scope},
+            "scope": {"DataType": "String", "StringValue": message.usage.key.scope},
         }
+        if message.usage.subscription_line is not None:
+            attributes["subscription_line"] = {
+                "DataType": "Number",
+                "StringValue": str(message.usage.subscription_line),
+            }
         try:
             response = self._client.send_message(
-                QueueUrl=url, MessageBody=message.to_json(), MessageAttributes=attributes
+                QueueUrl=self.url(queue),
+                MessageBody=message.to_json(),
+                MessageAttributes=attributes,
+                DelaySeconds=max(0, min(MAX_DELAY_SECONDS, delay_seconds)),
             )
         except Exception as exc:  # endpoint down, throttled, access denied: not stored
             raise QueueUnavailable(f"cannot send to queue: {type(exc).__name__}") from None
+        return Placement(queue, response["MessageId"], message)
+
+    def send_raw(self, queue: str, body: str, kind: str) -> str:
+        """Forward a message body as it is (one that cannot be read as a record)."""
+        try:
+            response = self._client.send_message(
+                QueueUrl=self.url(queue),
+                MessageBody=body,
+                MessageAttributes={"kind": {"DataType": "String", "StringValue": kind}},
+            )
+        except Exception as exc:
+            raise QueueUnavailable(f"cannot send to queue: {type(exc).__name__}") from None
         return response["MessageId"]
+
+    def counts(self, queue: str) -> dict[str, int]:
+        """SQS's own counts, read without receiving anything: visible, in flight (being
+        replayed or waiting out a back-off) and delayed."""
+        attributes = self._client.get_queue_attributes(
+            QueueUrl=self.url(queue),
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        return {
+            "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
+            "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
+        }
 
 
 WALK_HOLD_SECONDS = 30
@@ -65,11 +108,12 @@ def receive_all(
     hold_seconds: int = 0,
     wait_seconds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every message in a queue (up to `limit`), each once. SQS has no peek: messages are held
-    invisible while the queue is walked, or it would hand back the same first ten again and
-    again. With hold_seconds=0 they are released at the end (a look, not a take); otherwise
-    they stay held that long, for the caller to act on. Note that every read counts as a
-    receive towards a queue's maxReceiveCount."""
+    """Every visible message in a queue (up to `limit`), each once. SQS has no peek: messages
+    are held invisible while the queue is walked, or it would hand back the same first ten
+    again and again. With hold_seconds=0 they are released at the end (a look, not a take);
+    otherwise they stay held that long, for the caller to act on. Every read counts as a
+    receive towards a queue's maxReceiveCount: never walk ReplayQueue with this (the table
+    lists what waits there); DeadLetterQueue has no redrive, so its counts mean nothing."""
     seen: dict[str, dict[str, Any]] = {}
     empty_rounds = 0
     while len(seen) < limit and empty_rounds < 2:

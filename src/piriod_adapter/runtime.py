@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
     from piriod_adapter.idempotency import IdempotencyStore
+    from piriod_adapter.models import Usage
     from piriod_adapter.piriod import PiriodClient
     from piriod_adapter.queue import FailureQueue
     from piriod_adapter.secrets import SecretStore
@@ -115,6 +116,10 @@ class Runtime:
             + STORE_RESERVE_SECONDS,
             settle_after_seconds=settings.settle_after_seconds,
         )
+
+    def resolve_usage(self, usage: Usage) -> Usage:
+        """A record with what can be mapped now (a meter's line, added to its profile)."""
+        return usage
 
 
 _runtime: Runtime | None = None

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from piriod_adapter.signatures import SigningKey
+from piriod_adapter.signatures import standard_key
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -66,15 +66,24 @@ class SecretStore:
                     del self._cache[secret_id]
         return _token(self.get(secret_id), secret_id)
 
-    def signing_keys(self, secret_id: str) -> list[SigningKey]:
-        """SecretString is {"signing_secrets": ["whsec_...", ...]} or one bare whsec_ secret."""
+    def signing_secrets(self, secret_id: str) -> list[str]:
+        """SecretString is {"signing_secrets": ["...", ...]} or one bare secret (rotation: list
+        several, any of them passes)."""
         secrets = _field(self.get(secret_id), "signing_secrets", secret_id)
         if isinstance(secrets, str):
             secrets = [secrets]
-        if not isinstance(secrets, list) or not secrets:
-            raise SecretUnavailable(f"secret {secret_id!r} has no signing_secrets")
+        if (
+            not isinstance(secrets, list)
+            or not secrets
+            or not all(isinstance(s, str) and s.strip() for s in secrets)
+        ):
+            raise SecretUnavailable(f"secret {secret_id!r} has no usable signing_secrets")
+        return [s.strip() for s in secrets]
+
+    def standard_keys(self, secret_id: str) -> list[bytes]:
+        """The HMAC keys of Standard Webhooks secrets (whsec_ followed by base64)."""
         try:
-            return [SigningKey.from_secret(str(s).strip()) for s in secrets]
+            return [standard_key(s) for s in self.signing_secrets(secret_id)]
         except ValueError as exc:
             raise SecretUnavailable(f"secret {secret_id!r}: {exc}") from None
 

@@ -3,7 +3,9 @@
 claim the key -> settle an earlier unseen attempt -> post -> record the outcome or store the
 failure. Every path ends with the record posted once, waiting in a queue, or reported as
 "not stored" so that whoever sent it sends it again (a 503 for the webhook, a retried
-message for replay). Nothing is acknowledged that is not in one of those places.
+message for replay). Nothing is acknowledged that is not in one of those places, and an
+unexpected error in one record ends that record as "not stored" (its key released), never
+the others.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from piriod_adapter.clock import Deadline
@@ -23,16 +24,28 @@ from piriod_adapter.idempotency import (
     IdempotencyStore,
     KeyState,
     KeyStatus,
-    RecordFacts,
     StoreUnavailable,
+    Waiting,
 )
-from piriod_adapter.models import Failure, FailureKind, QueuedRecord, Status
+from piriod_adapter.models import (
+    Failure,
+    FailureKind,
+    QueuedRecord,
+    Status,
+    Tenant,
+    Usage,
+    sortable_utc,
+)
 from piriod_adapter.observability import logger
-from piriod_adapter.piriod import PiriodClient, PiriodUnavailable, PostKind, PostResult, Tenant
-from piriod_adapter.queue import QueueUnavailable
+from piriod_adapter.piriod import PiriodClient, PiriodUnavailable, PostKind, PostResult
+from piriod_adapter.queue import Placement, QueueUnavailable
 
 CLOCK_SKEW_SECONDS = 60.0  # Piriod's `created` versus our clock, when settling
 CLAIM_TRIES = 3
+KEY_CONFLICT = (
+    "this key was already used for a different record (another line, time or quantity); "
+    "this record was not posted: send it with a key of its own"
+)
 
 
 @dataclass(frozen=True)
@@ -40,32 +53,13 @@ class Submission:
     """One record to submit, with everything needed to submit it alone."""
 
     index: int
-    line: int
-    date_time: str
-    quantity: Decimal
-    key: str
-    scope: str
+    usage: Usage
     tenant: Tenant
-    source: str | None = None
     previous: QueuedRecord | None = None  # the queue message, when this is a replay
 
-    @property
-    def facts(self) -> RecordFacts:
-        return RecordFacts(self.line, self.date_time, self.quantity)
-
     @classmethod
-    def from_message(cls, message: QueuedRecord, index: int = 0) -> Submission:
-        return cls(
-            index=index,
-            line=message.subscription_line,
-            date_time=message.date_time,
-            quantity=message.quantity,
-            key=message.idempotency_key,
-            scope=message.scope,
-            tenant=Tenant(message.workspace, message.test_mode),
-            source=message.source,
-            previous=message,
-        )
+    def from_message(cls, message: QueuedRecord, usage: Usage | None = None) -> Submission:
+        return cls(0, usage or message.usage, message.tenant, previous=message)
 
 
 @dataclass(frozen=True)
@@ -76,6 +70,7 @@ class Outcome:
     usage_id: int | None = None
     errors: dict[str, list[str]] | None = None
     failure: Failure | None = None
+    placement: Placement | None = None
     ambiguous: bool = False
     settled: bool = False  # posted by finding the earlier, unseen attempt in Piriod
     busy: bool = False  # another attempt holds the key right now
@@ -84,13 +79,14 @@ class Outcome:
     unrecorded: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
-    def stored(self) -> bool:
-        return self.status is not None
+    def tried(self) -> bool:
+        """Whether Piriod was asked anything for this record in this attempt."""
+        return self.failure is None or self.failure.attempted
 
 
-# Stores a failed record where it belongs and returns the message as stored (the replay
-# sink may leave it where it is, or turn it into an `exhausted` dead letter).
-FailureSink = Callable[[QueuedRecord], QueuedRecord]
+# Stores a failed record where it belongs and says where (the replay sink may leave it where
+# it is, send a fresh copy, or turn it into an `exhausted` dead letter).
+FailureSink = Callable[[QueuedRecord], Placement]
 
 
 @dataclass
@@ -105,7 +101,7 @@ class Submitter:
         self, sub: Submission, deadline: Deadline, sink: FailureSink, *, replay: bool = False
     ) -> Outcome:
         """Submit one record and record its result."""
-        return self._record([self._submit(sub, deadline, sink, replay)])[0]
+        return self._record([self._guarded(sub, deadline, sink, replay)])[0]
 
     def submit_all(
         self,
@@ -119,10 +115,10 @@ class Submitter:
         """Submit records concurrently, at most `concurrency` in flight, results in order;
         the posted results are then written together."""
         if len(subs) <= 1 or concurrency <= 1:
-            outcomes = [self._submit(s, deadline, sink, replay) for s in subs]
+            outcomes = [self._guarded(s, deadline, sink, replay) for s in subs]
         else:
             with ThreadPoolExecutor(max_workers=min(concurrency, len(subs))) as pool:
-                outcomes = list(pool.map(lambda s: self._submit(s, deadline, sink, replay), subs))
+                outcomes = list(pool.map(lambda s: self._guarded(s, deadline, sink, replay), subs))
         return self._record(outcomes)
 
     def _record(self, outcomes: list[Outcome]) -> list[Outcome]:
@@ -143,41 +139,70 @@ class Submitter:
                 )
         return outcomes
 
-    def _submit(
+    def _guarded(
         self, sub: Submission, deadline: Deadline, sink: FailureSink, replay: bool
     ) -> Outcome:
-        pk = self.store.key_pk(sub.scope, sub.key)
+        """The per-record boundary: whatever goes wrong in one record ends that record as
+        "not stored" with its key released (flagged unseen, so the next holder looks it up
+        in Piriod before posting), and the other records of the delivery go on."""
+        attempt = _Attempt()
         try:
-            claim = self._claim(pk, sub, deadline, replay)
+            return self._submit(sub, deadline, sink, replay, attempt)
+        except Exception as exc:
+            logger.exception(
+                "unexpected error submitting a record; it is not stored",
+                extra={"index": sub.index, "error": type(exc).__name__},
+            )
+            claim = attempt.claim
+            if claim is not None and claim.token is not None:
+                with contextlib.suppress(Exception):
+                    self.store.mark_waiting(
+                        claim.pk, claim.token, KeyStatus.RELEASED, attempt.unseen_since()
+                    )
+            return Outcome(None, reason=f"unexpected error ({type(exc).__name__}); retry")
+
+    def _submit(
+        self,
+        sub: Submission,
+        deadline: Deadline,
+        sink: FailureSink,
+        replay: bool,
+        attempt: _Attempt,
+    ) -> Outcome:
+        try:
+            claim = attempt.claim = self._claim(sub, deadline, replay)
         except StoreUnavailable as exc:
             return Outcome(None, reason=str(exc))
         if not claim.acquired:
-            return self._already_handled(pk, sub.facts, claim.previous, deadline, replay)
-        assert claim.token is not None and claim.item is not None
-        token = claim.token
-        attempt_started = self.clock()
+            return self._already_handled(claim, sub, deadline, sink, replay)
 
-        since = _unsettled_since(claim.previous, sub.previous)
+        since = attempt.since = _unsettled_since(claim.previous, sub.previous)
+        usage = sub.usage
+        if usage.subscription_line is None:
+            meter = f"no subscription line for meter {usage.meter_id!r} in source {usage.source!r}"
+            refused = PostResult(PostKind.REJECTED, errors={"meter_id": [meter]}, attempted=False)
+            return self._store_failure(claim, sub, refused, since, sink)
         if since is not None:
-            settled = self._settle(pk, token, sub, since, deadline)
+            settled = self._settle(claim, sub, since, deadline)
             if settled is not None:
                 if settled.kind is PostKind.CREATED:
                     return Outcome(Status.POSTED, usage_id=settled.usage_id, settled=True)
-                return self._store_failure(pk, token, sub, settled, since, sink)
+                return self._store_failure(claim, sub, settled, since, sink)
 
         if deadline.remaining() < self.post_budget_seconds:
-            result = PostResult(PostKind.TRANSIENT, error="function time running out; not posted")
-        else:
-            result = self.piriod.post_usage(
-                sub.line, sub.date_time, sub.quantity, sub.tenant, deadline
+            result = PostResult(
+                PostKind.TRANSIENT, error="function time running out; not posted", attempted=False
             )
+        else:
+            attempt.sent_at = self.clock()
+            result = self.piriod.post_usage(usage, sub.tenant, deadline)
         if result.kind is PostKind.CREATED:
             return Outcome(Status.POSTED, usage_id=result.usage_id, unrecorded=claim.item)
-        unseen_since = attempt_started if result.kind is PostKind.AMBIGUOUS else None
-        return self._store_failure(pk, token, sub, result, unseen_since, sink)
+        unseen = attempt.sent_at if result.kind is PostKind.AMBIGUOUS else None
+        return self._store_failure(claim, sub, result, unseen, sink)
 
-    def _claim(self, pk: str, sub: Submission, deadline: Deadline, replay: bool) -> Claim:
-        claim = self.store.claim(pk, sub.facts, deadline, replay=replay)
+    def _claim(self, sub: Submission, deadline: Deadline, replay: bool) -> Claim:
+        claim = self.store.claim(sub.usage, deadline, replay=replay)
         tries = 1
         # The holder may have released the key between our try and our read: try again.
         while (
@@ -185,27 +210,21 @@ class Submitter:
             and tries < CLAIM_TRIES
             and (claim.previous is None or claim.previous.status is KeyStatus.RELEASED)
         ):
-            claim = self.store.claim(pk, sub.facts, deadline, replay=replay)
+            claim = self.store.claim(sub.usage, deadline, replay=replay)
             tries += 1
         return claim
 
     def _already_handled(
-        self, pk: str, facts: RecordFacts, holder: KeyState | None, deadline: Deadline, replay: bool
+        self, claim: Claim, sub: Submission, deadline: Deadline, sink: FailureSink, replay: bool
     ) -> Outcome:
-        if holder is not None and holder.fingerprint not in (None, facts.fingerprint):
-            return Outcome(
-                Status.DUPLICATE,
-                errors={
-                    "idempotency_key": [
-                        "already used for a different record; this record was not posted"
-                    ]
-                },
-            )
+        holder = claim.previous
+        if holder is not None and holder.fingerprint not in (None, sub.usage.fingerprint):
+            return self._conflict(sub, sink)
         if holder is not None and holder.locked(self.clock()):
             if replay:
                 return Outcome(None, busy=True, reason="another attempt holds this key")
             try:  # a concurrent delivery of the same key: wait for it to finish
-                holder = self.store.wait_while_locked(pk, deadline)
+                holder = self.store.wait_while_locked(claim.pk, deadline)
             except StoreUnavailable as exc:
                 return Outcome(None, reason=str(exc))
             if holder is not None and holder.locked(self.clock()):
@@ -216,101 +235,128 @@ class Submitter:
             return Outcome(None, busy=True, reason="key changed hands while claiming; retry")
         return Outcome(Status.DUPLICATE, usage_id=holder.usage_id)
 
+    def _conflict(self, sub: Submission, sink: FailureSink) -> Outcome:
+        """A key already used for a different record: this record is not posted, and not
+        dropped either: it is rejected into DeadLetterQueue with the reason (the key stays
+        with the record that had it first)."""
+        refused = PostResult(
+            PostKind.REJECTED, errors={"idempotency_key": [KEY_CONFLICT]}, attempted=False
+        )
+        return self._store_failure(None, sub, refused, None, sink)
+
     def _settle(
-        self, pk: str, token: str, sub: Submission, since: float, deadline: Deadline
+        self, claim: Claim, sub: Submission, since: float, deadline: Deadline
     ) -> PostResult | None:
         """An earlier attempt may have landed unseen. Ask Piriod before posting again.
         Returns CREATED (found), a failure to store (cannot tell yet), or None (not there)."""
+        assert claim.token is not None
         if self.clock() - since < self.settle_after_seconds:
             return PostResult(
-                PostKind.AMBIGUOUS, error="earlier attempt too recent to look up; will retry"
+                PostKind.AMBIGUOUS,
+                error="earlier attempt too recent to look up; will retry",
+                attempted=False,
             )
         try:
-            held, busy = self.store.accounted_for(pk, sub.facts)
+            held, busy = self.store.accounted_for(claim.pk, sub.usage)
         except StoreUnavailable as exc:
             return PostResult(PostKind.AMBIGUOUS, error=f"cannot settle yet: {exc}")
         if busy:  # an identical record is mid-attempt: its usage may not be recorded yet
             return PostResult(PostKind.AMBIGUOUS, error="an identical record is in progress")
         try:
-            found = self.piriod.find_usages(
-                sub.line, sub.date_time, sub.quantity, sub.tenant, deadline
-            )
+            found = self.piriod.find_usages(sub.usage, sub.tenant, deadline)
         except PiriodUnavailable as exc:
             return PostResult(PostKind.AMBIGUOUS, error=f"cannot ask Piriod yet: {exc}")
-        for usage in sorted(found, key=lambda u: int(u.get("id", 0))):
+        for usage in sorted(found, key=lambda u: int(u["id"])):
+            usage_id = int(usage["id"])
             created = _parse_created(usage.get("created"))
-            usage_id = usage.get("id")
-            if not isinstance(usage_id, int) or usage_id in held:
-                continue
-            if created is None or created < since - CLOCK_SKEW_SECONDS:
+            if usage_id in held or created is None or created < since - CLOCK_SKEW_SECONDS:
                 continue
             try:
-                self.store.settle(pk, token, usage_id)
+                self.store.settle(claim.pk, claim.token, usage_id)
             except StoreUnavailable as exc:
                 return PostResult(
                     PostKind.AMBIGUOUS, error=f"found in Piriod, cannot record: {exc}"
                 )
             logger.info(
                 "ambiguous post settled: found in Piriod",
-                extra={"usage_id": usage_id, "scope": sub.scope, "index": sub.index},
+                extra={"usage_id": usage_id, "scope": sub.usage.key.scope, "index": sub.index},
             )
             return PostResult(PostKind.CREATED, usage_id=usage_id)
         return None
 
     def _store_failure(
         self,
-        pk: str,
-        token: str,
+        claim: Claim | None,
         sub: Submission,
         result: PostResult,
         unseen_since: float | None,
         sink: FailureSink,
     ) -> Outcome:
+        """Put a failed record in its queue, then mark its key (when we hold it)."""
         now = datetime.now(UTC)
         kind = {
             PostKind.REJECTED: FailureKind.REJECTED,
             PostKind.AMBIGUOUS: FailureKind.AMBIGUOUS,
         }.get(result.kind, FailureKind.TRANSIENT)
         failure = Failure(
-            kind=kind, status=result.status, errors=result.errors, error=result.error, at=now
+            kind=kind,
+            status=result.status,
+            errors=result.errors,
+            error=result.error,
+            attempted=result.attempted,
+            at=now,
         )
         previous = sub.previous
         message = QueuedRecord(
-            subscription_line=sub.line,
-            date_time=sub.date_time,
-            quantity=sub.quantity,
-            idempotency_key=sub.key,
-            scope=sub.scope,
-            source=sub.source,
-            workspace=sub.tenant.workspace,
-            test_mode=sub.tenant.test_mode,
+            usage=sub.usage,
+            tenant=sub.tenant,
             failure=failure,
-            attempts=previous.attempts + 1 if previous else 1,
+            attempts=(previous.attempts if previous else 0) + (1 if result.attempted else 0),
             first_failure_at=previous.first_failure_at if previous else now,
             ambiguous_since=datetime.fromtimestamp(unseen_since, UTC) if unseen_since else None,
         )
+        ambiguous = unseen_since is not None
         try:
-            stored = sink(message)
+            placement = sink(message)
         except QueueUnavailable as exc:
             # If even this fails, the lock expires on its own and the next holder settles.
-            with contextlib.suppress(StoreUnavailable):
-                self.store.mark_waiting(pk, token, KeyStatus.RELEASED, unseen_since)
-            return Outcome(
-                None, failure=failure, ambiguous=unseen_since is not None, reason=str(exc)
+            if claim is not None and claim.token is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    self.store.mark_waiting(claim.pk, claim.token, KeyStatus.RELEASED, unseen_since)
+            return Outcome(None, failure=failure, ambiguous=ambiguous, reason=str(exc))
+        stored = placement.message.failure
+        rejected = stored.kind is FailureKind.REJECTED
+        if claim is not None and claim.token is not None:
+            waiting = Waiting(
+                queue=placement.queue,
+                message_id=placement.message_id,
+                message=placement.message.to_json(),
+                since=sortable_utc(stored.at),
             )
-        status = (
-            KeyStatus.REJECTED if stored.failure.kind is FailureKind.REJECTED else KeyStatus.QUEUED
-        )
-        try:
-            self.store.mark_waiting(pk, token, status, unseen_since)
-        except StoreUnavailable as exc:
-            logger.warning("stored in queue but key not updated", extra={"error": str(exc)})
+            status = KeyStatus.REJECTED if rejected else KeyStatus.QUEUED
+            try:
+                self.store.mark_waiting(claim.pk, claim.token, status, unseen_since, waiting)
+            except StoreUnavailable as exc:
+                logger.warning("stored in queue but key not updated", extra={"error": str(exc)})
         return Outcome(
-            Status.REJECTED if status is KeyStatus.REJECTED else Status.QUEUED,
-            errors=stored.failure.errors if status is KeyStatus.REJECTED else None,
-            failure=stored.failure,
-            ambiguous=unseen_since is not None,
+            Status.REJECTED if rejected else Status.QUEUED,
+            errors=stored.errors if rejected else None,
+            failure=stored,
+            placement=placement,
+            ambiguous=ambiguous,
         )
+
+
+@dataclass
+class _Attempt:
+    """What one submission has done so far, for the per-record boundary."""
+
+    claim: Claim | None = None
+    since: float | None = None  # an earlier attempt's unseen post
+    sent_at: float | None = None  # our own post, once sent
+
+    def unseen_since(self) -> float | None:
+        return self.sent_at if self.sent_at is not None else self.since
 
 
 def _unsettled_since(previous: KeyState | None, message: QueuedRecord | None) -> float | None:
@@ -327,5 +373,5 @@ def _parse_created(value: object) -> float | None:
         return None
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return None

@@ -1,18 +1,36 @@
-"""Turn a raw native-route body into validated usage records, or a clear 400/413/422 error."""
+"""A delivery's body into usages, or a clear 400/413/422 that names what is wrong.
+
+The native route's records are validated here (SPEC section 3); a source's mapped records go
+through the same rules (`models.check_*`). Validation is all-or-nothing: any problem and
+nothing of the delivery is claimed, posted or stored.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools.utilities.parser import parse
-from pydantic import ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from piriod_adapter.models import Batch, UsageRecord
+from piriod_adapter import jsondoc
+from piriod_adapter.models import (
+    MAX_BATCH,
+    MAX_KEY_LENGTH,
+    KeyKind,
+    Usage,
+    UsageKey,
+    check_instant,
+    check_line,
+    check_quantity,
+    parse_rfc3339,
+)
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_PROBLEMS = 100  # a 422 lists at most this many problems (and says how many there were)
+NATIVE_SCOPE = "v1/usages"
 
 
 @dataclass(frozen=True)
@@ -22,7 +40,7 @@ class FieldProblem:
     message: str
 
     def public(self) -> dict[str, Any]:
-        return {"index": self.index, "field": self.field, "message": self.message}
+        return {"index": self.index, "field": self.field[:200], "message": self.message[:500]}
 
 
 @dataclass
@@ -36,79 +54,124 @@ class BodyError(Exception):
     def public(self) -> dict[str, Any]:
         body: dict[str, Any] = {"message": self.message}
         if self.problems:
-            body["errors"] = [p.public() for p in self.problems]
+            body["errors"] = [p.public() for p in self.problems[:MAX_PROBLEMS]]
+            if len(self.problems) > MAX_PROBLEMS:
+                body["errors_total"] = len(self.problems)
         return body
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+def invalid(problems: list[FieldProblem]) -> BodyError:
+    return BodyError(422, "validation failed; nothing was posted", problems)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def decode_json(raw: bytes) -> Any:
-    """Decode JSON losslessly: decimals stay Decimal, NaN/Infinity and repeated keys are refused."""
+def check_size(raw: bytes) -> None:
     if len(raw) > MAX_BODY_BYTES:
         raise BodyError(
             413, f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES} bytes (1 MiB)"
         )
+
+
+def decode_json(raw: bytes) -> Any:
+    """The body as JSON, within bounds (size, depth, exact numbers), or a 413/400."""
+    check_size(raw)
     try:
-        return json.loads(
-            raw.decode("utf-8"),
-            parse_float=Decimal,
-            parse_constant=_no_constants,
-            object_pairs_hook=_no_duplicate_keys,
-        )
-    except (UnicodeDecodeError, ValueError) as exc:
+        return jsondoc.loads(raw)
+    except jsondoc.JsonError as exc:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
 
 
-def _problems(exc: ValidationError, batch: bool) -> list[FieldProblem]:
+# --- the native record -------------------------------------------------------------------------
+
+
+def _json_number(value: Any) -> Decimal:
+    """A JSON number (int, or Decimal from the lossless decoder); strings and bools refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise ValueError("must be a JSON number")
+    return Decimal(value)
+
+
+def _rfc3339_text(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("must be a string (RFC 3339 date-time)")
+    return check_instant(parse_rfc3339(value))
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must contain printable characters only")
+    return value
+
+
+class NativeRecord(BaseModel):
+    """One usage as a meter sends it to the native route. Strict: no coercion, no unknown
+    fields; every bound checked (README "Bounds")."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    subscription_line: Annotated[int, BeforeValidator(check_line)]
+    date_time: Annotated[datetime, BeforeValidator(_rfc3339_text)]
+    quantity: Annotated[Decimal, BeforeValidator(_json_number), AfterValidator(check_quantity)]
+    idempotency_key: (
+        Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH), AfterValidator(_printable)]
+        | None
+    ) = None
+
+
+class NativeBatch(BaseModel):
+    """The batch form: {"usages": [record, ...]} with 1 to 100 records."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    usages: list[NativeRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+ALLOWED = "subscription_line, date_time, quantity, idempotency_key"
+
+
+def problems_of(exc: ValidationError, batch: str | None = None) -> list[FieldProblem]:
+    """pydantic's errors as (record index, field, message). With `batch` (the name of the list
+    of records), a location inside that list gives the record index; any other location is a
+    problem of the delivery as a whole (index None)."""
     problems = []
-    for error in exc.errors(include_url=False):
-        loc = list(error["loc"])
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc: list[int | str] = list(error["loc"])
         index: int | None = 0
-        if batch:
-            loc = loc[1:]  # drop "usages"
-            first = loc.pop(0) if loc and isinstance(loc[0], int) else None
-            index = first if isinstance(first, int) else None
-        name = ".".join(str(part) for part in loc) or ("usages" if batch else "body")
+        whole = "body"
+        if batch is not None:
+            index = None
+            if loc[:1] == [batch]:
+                whole, rest = batch, loc[1:]
+                if rest and isinstance(rest[0], int):
+                    index, rest = rest[0], rest[1:]
+                loc = rest
+        name = ".".join(str(part) for part in loc) or whole
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = (
-                "unknown field (allowed: subscription_line, date_time, quantity, idempotency_key)"
-            )
+            allowed = batch if batch is not None and index is None else ALLOWED
+            message = f"unknown field (allowed: {allowed})"
         problems.append(FieldProblem(index=index, field=name, message=message))
     return problems
 
 
-def parse_native_body(raw: bytes) -> list[UsageRecord]:
-    """One record, or {"usages": [...]} of 1 to 100; all-or-nothing (SPEC section 3)."""
+def parse_native_body(raw: bytes, message_id: str) -> list[Usage]:
+    """One record, or {"usages": [...]} of 1 to 100; all-or-nothing (SPEC section 3). A record
+    without its own key gets "{webhook-id}:{index}", in a namespace of its own."""
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise BodyError(
             422,
             'body must be a usage record object or {"usages": [...]}',
-            [FieldProblem(None, "body", f"expected an object, got {type(data).__name__}")],
+            [FieldProblem(None, "body", f"expected an object, got {_json_type(data)}")],
         )
     batch = "usages" in data
     try:
         records = (
-            parse(event=data, model=Batch).usages
+            parse(event=data, model=NativeBatch).usages
             if batch
-            else [parse(event=data, model=UsageRecord)]
+            else [parse(event=data, model=NativeRecord)]
         )
     except ValidationError as exc:
-        raise BodyError(
-            422, "validation failed; nothing was posted", _problems(exc, batch)
-        ) from None
+        raise invalid(problems_of(exc, "usages" if batch else None)) from None
     seen: dict[str, int] = {}
     repeated = []
     for index, record in enumerate(records):
@@ -120,5 +183,31 @@ def parse_native_body(raw: bytes) -> list[UsageRecord]:
                 )
             seen.setdefault(key, index)
     if repeated:
-        raise BodyError(422, "validation failed; nothing was posted", repeated)
-    return records
+        raise invalid(repeated)
+    return [
+        Usage(
+            subscription_line=record.subscription_line,
+            date_time=record.date_time,
+            quantity=record.quantity,
+            key=(
+                UsageKey(kind=KeyKind.EXPLICIT, scope=NATIVE_SCOPE, text=record.idempotency_key)
+                if record.idempotency_key is not None
+                else UsageKey(
+                    kind=KeyKind.DELIVERY, scope=NATIVE_SCOPE, text=f"{message_id}:{index}"
+                )
+            ),
+        )
+        for index, record in enumerate(records)
+    ]
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, Decimal)):
+        return "number"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else type(value).__name__

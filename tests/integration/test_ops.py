@@ -15,7 +15,7 @@ from tests.conftest import TOKEN, WORKSPACE, Adapter
 
 
 def ops(*argv: str) -> tuple[int, str]:
-    from piriod_adapter.ops import main
+    from piriod_adapter.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), out=out, err=err)
@@ -235,3 +235,185 @@ def test_list_shows_every_message_and_leaves_them_visible(adapter: Adapter, piri
     assert code == 0 and "25 message(s)" in text
     assert len(adapter.messages("dead_letter")) == 25
     assert "chosen=25" in ops("replay", "--dry-run")[1]
+
+
+# --- an operator's tools only observe ----------------------------------------------------------
+
+
+def replay_queue_receive_counts(adapter: Adapter) -> dict[str, int]:
+    """Receive every ReplayQueue message once (visibility 0) and read its receive count."""
+    sqs = client("sqs", adapter.endpoint)
+    found: dict[str, int] = {}
+    for _ in range(5):
+        for m in sqs.receive_message(
+            QueueUrl=adapter.resources.replay_queue_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=0,
+            AttributeNames=["All"],
+        ).get("Messages", []):
+            found.setdefault(m["MessageId"], int(m["Attributes"]["ApproximateReceiveCount"]))
+    return found
+
+
+def test_ten_listings_leave_replay_queue_receive_counts_and_visibility_unchanged(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given three records waiting in ReplayQueue, never received by anyone
+    piriod.add_fault("status", status=403)
+    adapter.deliver({"usages": [record(31, h) for h in range(3)]})
+    # when the operator lists the queue ten times, and shows one message
+    for _ in range(10):
+        code, text = ops("list", "--queue", "replay")
+        assert code == 0 and "3 message(s)" in text
+        assert "SQS counts for replay: 3 visible, 0 in flight" in text
+    _, listing = ops("list", "--json", "--queue", "replay")
+    assert ops("show", json.loads(listing.splitlines()[0])["message_id"][:10])[0] == 0
+    # then every message is still visible, and this first receive is its first
+    assert list(replay_queue_receive_counts(adapter).values()) == [1, 1, 1]
+
+
+def test_a_message_waiting_out_a_back_off_is_still_listed_and_shown(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given a record whose replay failed and now waits out a long back-off (invisible in SQS)
+    adapter.fresh_runtime(REPLAY_BACKOFF_SECONDS="600")
+    piriod.add_fault("status", status=403)
+    adapter.deliver(record(32, 1))
+    from piriod_adapter.handlers.replay import lambda_handler
+    from piriod_devkit.poller import poll_once
+
+    assert (
+        poll_once(
+            client("sqs", adapter.endpoint), adapter.resources.replay_queue_url, lambda_handler
+        ).failed
+        == 1
+    )
+    # when the operator lists and shows ReplayQueue
+    code, text = ops("list", "--queue", "replay")
+    _, listing = ops("list", "--json", "--queue", "replay")
+    [entry] = [json.loads(line) for line in listing.splitlines()]
+    shown = ops("show", entry["message_id"])
+    # then it is there, with its attempts, and the counts say it is in flight
+    assert code == 0 and "1 message(s)" in text and " 32 " in text
+    assert "0 visible, 1 in flight or backing off" in text
+    assert entry["record"]["attempts"] == 2
+    assert shown[0] == 0 and json.loads(shown[1])["record"]["usage"]["subscription_line"] == 32
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "says"),
+    [
+        (("list",), 4, "AWS"),
+        (("replay", "--dry-run"), 4, "AWS"),
+        (("show", "abc"), 4, "AWS"),
+    ],
+)
+def test_aws_unreachable_is_one_line_and_its_own_exit_code(
+    adapter: Adapter, dead_endpoint: str, argv: tuple[str, ...], code: int, says: str
+) -> None:
+    # given SQS and DynamoDB unreachable
+    adapter.fresh_runtime(
+        AWS_ENDPOINT_URL_SQS=dead_endpoint, AWS_ENDPOINT_URL_DYNAMODB=dead_endpoint
+    )
+    # when the operator runs a command
+    got, text = ops(*argv)
+    # then it fails with one clear line, no traceback
+    assert got == code and says in text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+
+
+def test_piriod_unreachable_during_reconcile_is_one_line_and_exit_5(
+    adapter: Adapter, dead_endpoint: str
+) -> None:
+    adapter.fresh_runtime(PIRIOD_API_URL=dead_endpoint)
+    code, text = ops(
+        "reconcile",
+        "--line",
+        "5",
+        "--since",
+        "2026-11-01T00:00:00Z",
+        "--until",
+        "2026-11-02T00:00:00Z",
+    )
+    assert code == 5 and text.startswith("piriod-adapter: Piriod:")
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("replay", "--limit", "-1"),
+        ("replay", "--limit", "0"),
+        ("list", "--limit", "ten"),
+        ("replay", "--rate", "0"),
+        ("list", "--line", "0"),
+        ("reconcile", "--line", "1", "--since", "yesterday", "--until", "2026-11-01T00:00:00Z"),
+    ],
+)
+def test_invalid_arguments_are_refused_before_anything_is_done(
+    adapter: Adapter, argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        ops(*argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_a_period_that_ends_before_it_begins_is_refused(adapter: Adapter) -> None:
+    code, text = ops(
+        "reconcile",
+        "--line",
+        "5",
+        "--since",
+        "2026-11-02T00:00:00Z",
+        "--until",
+        "2026-11-01T00:00:00Z",
+    )
+    assert code == 2 and "--since is after --until" in text
+    code, text = ops("replay", "--since", "2026-11-02T00:00:00Z", "--until", "2026-11-01T00:00:00Z")
+    assert code == 2
+
+
+# --- reconcile: the period, and what retention cannot tell -------------------------------------
+
+
+def test_reconcile_asks_piriod_for_the_period_only(adapter: Adapter, piriod: Any) -> None:
+    # given usages of line 41 on two days
+    adapter.deliver(
+        {"usages": [record(41, 1), {**record(41, 1), "date_time": "2026-10-01T01:00:00Z"}]}
+    )
+    # when one day is reconciled
+    code, text = ops(
+        "reconcile",
+        "--line",
+        "41",
+        "--since",
+        "2026-11-01T00:00:00Z",
+        "--until",
+        "2026-11-01T23:59:59Z",
+    )
+    # then Piriod was asked for that period, and only that day's usage is compared
+    assert code == 0 and json.loads(text)["piriod_listed"] == 1
+    [listing] = [r for r in piriod.requests if r["method"] == "GET"]
+    assert listing["query"]["date_time__gte"].startswith("2026-11-01T00:00:00")
+    assert listing["query"]["date_time__lte"].startswith("2026-11-01T23:59:59")
+
+
+def test_reconcile_tells_beyond_retention_apart_from_missing(adapter: Adapter, piriod: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from piriod_adapter.operator import reconcile
+    from piriod_adapter.runtime import get_runtime
+
+    # given usages the adapter posted, whose keys have since expired from the table
+    adapter.deliver({"usages": [record(42, h) for h in range(3)]})
+    dynamodb = client("dynamodb", adapter.endpoint)
+    for item in adapter.items():
+        dynamodb.delete_item(TableName=adapter.resources.table, Key={"pk": item["pk"]})
+    day = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 1, 23, 59, 59, tzinfo=UTC))
+    # when reconcile runs 31 days later (keys are kept 30)
+    later = reconcile(get_runtime(), 42, *day, now=datetime.now(UTC) + timedelta(days=31))
+    # then they are "beyond retention", not "not recorded"; today they would be not recorded
+    assert len(later["beyond_retention"]) == 3 and later["not_recorded_by_adapter"] == []
+    today = reconcile(get_runtime(), 42, *day)
+    assert len(today["not_recorded_by_adapter"]) == 3 and today["beyond_retention"] == []

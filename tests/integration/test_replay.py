@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from piriod_devkit.aws import client
 from piriod_devkit.poller import drain, poll_once
 from tests.conftest import Adapter
@@ -143,7 +145,7 @@ def test_last_attempt_moves_the_record_to_the_dead_letter_queue_as_exhausted(
     [message] = adapter.messages("dead_letter")
     assert message["failure"]["kind"] == "exhausted"
     assert message["attempts"] == 1 + 8  # the webhook's and the queue's maxReceiveCount
-    assert message["idempotency_key"] == "msg_exhaust:0"
+    assert message["usage"]["key"]["text"] == "msg_exhaust:0"
     assert piriod.usages() == []
 
 
@@ -193,3 +195,91 @@ def test_replay_keeps_decimal_digits_and_test_mode(adapter: Adapter, piriod: Any
     [usage] = piriod.usages(test_mode=True)
     assert usage["quantity"] == "1.10"
     assert piriod.violations() == []
+
+
+def test_records_a_slow_batch_never_reached_do_not_lose_an_attempt(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given five queued records, a Piriod that now answers in 2 s, and a function with time
+    # for only the first two posts (13.5 s: 5 s reserve, 6 s post budget per start)
+    adapter.fresh_runtime(PIRIOD_CONNECT_TIMEOUT="1", PIRIOD_READ_TIMEOUT="3")
+    piriod.add_fault("status", status=403, count=5)
+    adapter.deliver({"usages": [{**RECORD, "subscription_line": 60 + i} for i in range(5)]})
+    piriod.add_fault("latency", delay=2)
+    # when ReplayFunction takes the batch once
+    sqs = client("sqs", adapter.endpoint)
+    report = poll_once(
+        sqs, adapter.resources.replay_queue_url, replay_handler(), timeout_seconds=13.5
+    )
+    # then two were posted, and the three never tried wait again as fresh messages whose
+    # receive count starts over, with their attempts unchanged
+    assert report.received == 5 and report.failed == 0
+    assert len(piriod.usages()) == 2
+    waiting = sqs.receive_message(
+        QueueUrl=adapter.resources.replay_queue_url,
+        MaxNumberOfMessages=10,
+        AttributeNames=["All"],
+        WaitTimeSeconds=0,
+    )["Messages"]
+    assert len(waiting) == 3
+    assert {m["Attributes"]["ApproximateReceiveCount"] for m in waiting} == {"1"}
+    bodies = [json.loads(m["Body"]) for m in waiting]
+    assert {b["attempts"] for b in bodies} == {1}
+    assert {b["failure"]["attempted"] for b in bodies} == {False}
+
+
+def test_an_unseen_post_too_recent_to_look_up_waits_without_using_an_attempt(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given an ambiguous post, and lookups allowed only 30 s after it
+    adapter.fresh_runtime(SETTLE_AFTER_SECONDS="30")
+    piriod.add_fault("reset", count=1)
+    adapter.deliver(RECORD)
+    # when ReplayFunction receives it at once
+    sqs = client("sqs", adapter.endpoint)
+    poll_once(sqs, adapter.resources.replay_queue_url, replay_handler())
+    # then it is not retried now, nor counted: a fresh copy is delayed until the lookup may run
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=adapter.resources.replay_queue_url, AttributeNames=["All"]
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert attributes["ApproximateNumberOfMessages"] == "0"
+    assert [r["method"] for r in piriod.requests] == ["POST"]
+
+
+def test_a_replay_queue_message_that_cannot_be_read_goes_to_a_person_at_once(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given something in ReplayQueue that is not a record of this version
+    sqs = client("sqs", adapter.endpoint)
+    sqs.send_message(QueueUrl=adapter.resources.replay_queue_url, MessageBody='{"version": 1}')
+    # when ReplayFunction takes it
+    report = drain_replay(adapter)
+    # then it is in DeadLetterQueue, unchanged, and ReplayQueue is empty
+    assert report.deleted == 1 and receive_count(adapter) == 0
+    assert adapter.messages("dead_letter") == [{"version": 1}]
+
+
+def test_a_long_back_off_is_accepted_by_sqs(
+    adapter: Adapter, piriod: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a back-off base so large that doubling reaches SQS's 12-hour ceiling at once
+    adapter.fresh_runtime(REPLAY_BACKOFF_SECONDS="3600")
+    piriod.add_fault("status", status=403)
+    adapter.deliver(RECORD)
+    [message] = adapter.messages("replay")
+    sqs = client("sqs", adapter.endpoint)
+    sqs.purge_queue(QueueUrl=adapter.resources.replay_queue_url)
+    sqs.send_message(
+        QueueUrl=adapter.resources.replay_queue_url,
+        MessageBody=json.dumps({**message, "attempts": 20}),
+    )
+    # when replay fails again
+    report = poll_once(sqs, adapter.resources.replay_queue_url, replay_handler())
+    # then SQS took the back-off (no fallback to the queue's 360 s), and the message waits
+    assert report.failed == 1
+    assert "could not set back-off" not in [r.getMessage() for r in caplog.records]
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=adapter.resources.replay_queue_url, AttributeNames=["All"]
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "1"

@@ -75,23 +75,32 @@ def test_test_mode_sends_the_test_mode_header(adapter: Adapter, piriod: Any) -> 
 
 
 @pytest.mark.parametrize(
-    "raw_quantity", ["1.10", "0.1000000000000000055511151231257827", "1E+2", "0", "12.500"]
+    ("raw_quantity", "sent"),
+    [
+        ("1.10", "1.10"),
+        ("0.1000000000000000055511151231257827", "0.1000000000000000055511151231257827"),
+        ("1E+2", "100"),
+        ("1E-7", "0.0000001"),
+        ("0", "0"),
+        ("12.500", "12.500"),
+    ],
 )
-def test_quantity_digits_reach_piriod_unchanged(
-    adapter: Adapter, piriod: Any, raw_quantity: str
+def test_quantity_digits_reach_piriod_in_plain_notation(
+    adapter: Adapter, piriod: Any, raw_quantity: str, sent: str
 ) -> None:
-    # given a body whose quantity has digits a float would change
+    # given a body whose quantity has digits a float would change, or an exponent
     raw = (
         '{"subscription_line": 7, "date_time": "2026-11-01T10:00:00Z", '
         f'"quantity": {raw_quantity}}}'
     )
     # when it is delivered
     status, _ = adapter.deliver(raw)
-    # then Piriod received exactly those digits
+    # then Piriod received exactly those digits, in plain notation
     assert status == 202
-    sent = next(r for r in piriod.requests if r["method"] == "POST")["body"].decode()
-    assert sent.endswith(f'"quantity": {raw_quantity}}}')
-    assert piriod.usages()[0]["quantity"] == raw_quantity
+    body = next(r for r in piriod.requests if r["method"] == "POST")["body"].decode()
+    assert body.endswith(f'"quantity": {sent}}}')
+    assert piriod.usages()[0]["quantity"] == sent
+    assert piriod.violations() == []
 
 
 def test_batch_of_100_is_posted_in_order(adapter: Adapter, piriod: Any) -> None:
@@ -144,18 +153,48 @@ def test_idempotency_key_deduplicates_across_webhook_ids(adapter: Adapter, pirio
     assert len(piriod.usages()) == 1
 
 
-def test_key_reused_for_a_different_record_is_not_posted(adapter: Adapter, piriod: Any) -> None:
+def test_key_reused_for_a_different_record_is_rejected_and_kept(
+    adapter: Adapter, piriod: Any
+) -> None:
     # given a key already used for one record
     adapter.deliver(record(quantity=1, idempotency_key="k-conflict"), message_id="msg_a")
     # when a different record arrives with the same key
     status, body = adapter.deliver(
         record(quantity=9, idempotency_key="k-conflict"), message_id="msg_b"
     )
-    # then it is reported as a duplicate of that key, and says so
+    # then it is not posted, and not dropped: it is rejected and waits for a person
     result = body["results"][0]
-    assert status == 202 and result["status"] == "duplicate"
+    assert status == 202 and result["status"] == "rejected"
     assert "idempotency_key" in result["errors"]
     assert len(piriod.usages()) == 1
+    [dead] = adapter.messages("dead_letter")
+    assert dead["usage"]["quantity"] == "9" and dead["usage"]["key"]["text"] == "k-conflict"
+    assert dead["failure"]["kind"] == "rejected" and "idempotency_key" in dead["failure"]["errors"]
+
+
+def test_same_record_in_another_offset_is_a_duplicate_not_a_conflict(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given a record delivered with its time in UTC
+    adapter.deliver(record(idempotency_key="k-offset"), message_id="msg_a")
+    # when it is sent again with the same instant written in another offset, and 2 as 2.0
+    again = {**record(idempotency_key="k-offset"), "date_time": "2026-11-01T11:00:00+01:00"}
+    status, body = adapter.deliver(json.dumps(again).replace('"quantity": 2', '"quantity": 2.0'))
+    # then it is the same record: a duplicate
+    assert status == 202 and body["results"][0]["status"] == "duplicate"
+    assert len(piriod.usages()) == 1
+
+
+def test_explicit_key_shaped_like_a_derived_one_does_not_swallow_a_delivery(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given a record whose own key looks like "<webhook-id>:0"
+    adapter.deliver(record(quantity=1, idempotency_key="msg_later:0"), message_id="msg_first")
+    # when a later delivery with that webhook-id carries a record without a key
+    status, body = adapter.deliver(record(quantity=5), message_id="msg_later")
+    # then that record is posted: the two keys live in different namespaces
+    assert status == 202 and body["results"][0]["status"] == "posted"
+    assert sorted(u["quantity"] for u in piriod.usages()) == ["1", "5"]
 
 
 def test_ten_concurrent_deliveries_of_one_webhook_post_once(adapter: Adapter, piriod: Any) -> None:
@@ -388,32 +427,68 @@ def test_piriod_400_is_rejected_with_its_error_map_and_dead_lettered(
     [message] = adapter.messages("dead_letter")
     assert message["failure"]["kind"] == "rejected" and message["failure"]["status"] == 400
     assert message["failure"]["errors"] == rejected["errors"]
-    assert message["subscription_line"] == 999 and message["attempts"] == 1
+    assert message["usage"]["subscription_line"] == 999 and message["attempts"] == 1
     assert adapter.messages("replay") == []
 
 
-@pytest.mark.parametrize("status_code", [500, 502, 503, 504, 403, 404, 405])
+@pytest.mark.parametrize(
+    ("status_code", "retry_after", "kind"),
+    [
+        (403, None, "transient"),
+        (404, None, "transient"),
+        (405, None, "transient"),
+        (429, 120, "transient"),
+        (503, 120, "transient"),
+        (500, None, "ambiguous"),
+        (502, None, "ambiguous"),
+        (503, None, "ambiguous"),
+        (504, None, "ambiguous"),
+        (418, None, "ambiguous"),
+        (301, None, "ambiguous"),
+    ],
+)
 def test_piriod_errors_that_may_pass_are_queued_for_replay(
-    adapter: Adapter, piriod: Any, status_code: int
+    adapter: Adapter, piriod: Any, status_code: int, retry_after: int | None, kind: str
 ) -> None:
-    # given Piriod failing with this status
-    piriod.add_fault("status", status=status_code)
+    # given Piriod failing with this status: a definite refusal, or an answer that does not
+    # prove the usage was not stored (a gateway 502/504 may come after Piriod stored it)
+    piriod.add_fault("status", status=status_code, retry_after=retry_after)
     # when a record is delivered
     status, body = adapter.deliver(RECORD, message_id=f"msg_{status_code}")
-    # then it is queued with everything needed to replay it alone
+    # then it is queued with everything needed to replay it alone, flagged as it deserves
     assert status == 202 and body["results"][0]["status"] == "queued"
     [message] = adapter.messages("replay")
-    assert message["failure"] | {"at": None} == {
-        "kind": "transient",
-        "status": status_code,
-        "errors": None,
-        "error": message["failure"]["error"],
-        "at": None,
+    assert message["failure"]["kind"] == kind and message["failure"]["status"] == status_code
+    assert (message["ambiguous_since"] is not None) == (kind == "ambiguous")
+    assert message["usage"]["key"] == {
+        "kind": "delivery",
+        "scope": "v1/usages",
+        "text": f"msg_{status_code}:0",
     }
-    assert message["idempotency_key"] == f"msg_{status_code}:0"
-    assert message["scope"] == "v1/usages" and message["workspace"] == "acc_test_workspace"
-    assert message["test_mode"] is False and message["quantity"] == "2"
+    assert message["tenant"] == {"workspace": "acc_test_workspace", "test_mode": False}
+    assert message["usage"]["quantity"] == "2" and message["attempts"] == 1
     assert piriod.usages() == []
+
+
+@pytest.mark.parametrize(
+    ("status_code", "body"), [(200, "usage"), (201, "no_id"), (202, "empty"), (201, "bad_id")]
+)
+def test_an_odd_success_answer_is_ambiguous_and_replay_settles_it_once(
+    adapter: Adapter, piriod: Any, status_code: int, body: str
+) -> None:
+    # given Piriod storing the usage but answering in a way that does not prove it
+    piriod.add_fault("answer_after_store", status=status_code, body=body, count=1)
+    # when a record is delivered
+    status, answer = adapter.deliver(RECORD, message_id=f"msg_odd_{status_code}_{body}")
+    # then it is queued as ambiguous, not as surely-not-created
+    assert status == 202 and answer["results"][0]["status"] == "queued"
+    assert adapter.messages("replay")[0]["failure"]["kind"] == "ambiguous"
+    # and when replay runs, it finds the usage instead of posting it a second time
+    from tests.integration.test_replay import drain_replay
+
+    drain_replay(adapter)
+    assert len(piriod.usages()) == 1
+    assert [r["method"] for r in piriod.requests].count("POST") == 1
 
 
 def test_429_with_a_short_retry_after_is_retried_and_posted(adapter: Adapter, piriod: Any) -> None:
@@ -495,6 +570,7 @@ def test_piriod_down_is_queued_as_transient(adapter: Adapter, dead_endpoint: str
     # then every record is queued as surely-not-sent
     assert status == 202 and {r["status"] for r in body["results"]} == {"queued"}
     assert {m["failure"]["kind"] for m in adapter.messages("replay")} == {"transient"}
+    assert {m["ambiguous_since"] for m in adapter.messages("replay")} == {None}
 
 
 def test_deadline_queues_what_remains(adapter: Adapter, piriod: Any) -> None:

@@ -4,43 +4,62 @@ from __future__ import annotations
 
 import email.utils
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
-from piriod_adapter.models import Failure, FailureKind, QueuedRecord
-from piriod_adapter.piriod import _error_map, _retry_after
-from piriod_adapter.replay import MAX_VISIBILITY_SECONDS, backoff_seconds, consumer_sink
+from piriod_adapter.models import (
+    Failure,
+    FailureKind,
+    KeyKind,
+    QueuedRecord,
+    Tenant,
+    Usage,
+    UsageKey,
+)
+from piriod_adapter.piriod import Answer, _error_map, _retry_after, usage_id_of
+from piriod_adapter.queue import DEAD_LETTER, REPLAY, Placement
+from piriod_adapter.replay import (
+    MAX_VISIBILITY_SECONDS,
+    backoff_seconds,
+    consumer_sink,
+    settle_wait,
+)
 
 
 class FakeQueue:
     def __init__(self) -> None:
-        self.dead: list[QueuedRecord] = []
+        self.sent: list[tuple[str, QueuedRecord, int]] = []
 
-    def to_dead_letter(self, message: QueuedRecord) -> str:
-        self.dead.append(message)
-        return "id"
+    def send(self, queue: str, message: QueuedRecord, delay_seconds: int = 0) -> Placement:
+        self.sent.append((queue, message, delay_seconds))
+        return Placement(queue, f"new-{len(self.sent)}", message)
 
 
-def message(kind: FailureKind) -> QueuedRecord:
+def message(
+    kind: FailureKind, *, attempted: bool = True, ambiguous_since: Any = None
+) -> QueuedRecord:
     now = datetime.now(UTC)
     return QueuedRecord(
-        subscription_line=1,
-        date_time="2026-11-01T00:00:00Z",
-        quantity=Decimal("1.10"),
-        idempotency_key="k",
-        scope="v1/usages",
-        workspace="w",
-        test_mode=False,
-        failure=Failure(kind=kind, at=now),
+        usage=Usage(
+            subscription_line=1,
+            date_time=datetime(2026, 11, 1, tzinfo=UTC),
+            quantity=Decimal("1.10"),
+            key=UsageKey(kind=KeyKind.EXPLICIT, scope="v1/usages", text="k"),
+        ),
+        tenant=Tenant(workspace="w", test_mode=False),
+        failure=Failure(kind=kind, attempted=attempted, at=now),
         attempts=3,
         first_failure_at=now,
+        ambiguous_since=ambiguous_since,
     )
 
 
 @pytest.mark.parametrize(
-    ("header", "expected"), [("7", 7.0), ("0", 0.0), (None, None), ("soon", None)]
+    ("header", "expected"),
+    [("7", 7.0), ("0", 0.0), (None, None), ("soon", None), ("²", None), ("9" * 400, None)],
 )
 def test_retry_after_seconds(header: str | None, expected: float | None) -> None:
     assert _retry_after(header) == expected
@@ -61,34 +80,83 @@ def test_retry_after_http_date() -> None:
             {"quantity": ["A valid number is required."]},
         ),
         (b"<html>oops</html>", {"non_field_errors": ["<html>oops</html>"]}),
-        (b'["bad"]', {"non_field_errors": ["['bad']"]}),
+        (b'["bad"]', {"non_field_errors": ['["bad"]']}),
+        (b"[" * 10_000 + b"]" * 10_000, {"non_field_errors": ["[" * 500]}),
     ],
 )
 def test_piriod_400_bodies_become_field_maps_of_lists(
     body: bytes, expected: dict[str, list[str]]
 ) -> None:
-    assert _error_map(body) == expected
+    assert _error_map(Answer(400, {}, body)) == expected
 
 
-def test_backoff_grows_and_is_capped() -> None:
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"id": 7}, 7),
+        ({"id": 2**63 - 1}, 2**63 - 1),
+        ({"id": 2**63}, None),
+        ({"id": 0}, None),
+        ({"id": True}, None),
+        ({"id": "7"}, None),
+        ({"id": Decimal("7.0")}, None),
+        ([], None),
+        (None, None),
+    ],
+)
+def test_only_a_usable_usage_id_counts(document: Any, expected: int | None) -> None:
+    assert usage_id_of(document) == expected
+
+
+def test_backoff_grows_and_stays_below_the_sqs_ceiling_counted_from_receipt() -> None:
     assert [backoff_seconds(n, 60) for n in (1, 2, 3, 4)] == [60, 120, 240, 480]
-    assert backoff_seconds(30, 60) == MAX_VISIBILITY_SECONDS
+    # given an attempt count whose back-off would pass 12 hours
+    capped = backoff_seconds(30, 60)
+    assert capped < MAX_VISIBILITY_SECONDS
+    # then time already spent since the receive is taken off, so SQS never refuses it
+    assert backoff_seconds(30, 60, since_receipt=120) == capped - 120
+    assert backoff_seconds(10_000, 3600) < MAX_VISIBILITY_SECONDS
 
 
-def test_replay_sink_keeps_transient_failures_in_place_until_the_last_attempt() -> None:
+def test_replay_sink_keeps_tried_failures_in_place_until_the_last_attempt() -> None:
     queue = FakeQueue()
+    sink = consumer_sink(queue, "m-1", last_attempt=False, resend_delay=lambda: 0)  # type: ignore[arg-type]
     # given a transient failure before the last attempt: the message stays where it is
-    kept = consumer_sink(queue, last_attempt=False)(message(FailureKind.TRANSIENT))  # type: ignore[arg-type]
-    assert kept.failure.kind is FailureKind.TRANSIENT and queue.dead == []
+    kept = sink(message(FailureKind.TRANSIENT))
+    assert (kept.queue, kept.message_id, kept.resent) == (REPLAY, "m-1", False)
+    assert queue.sent == []
     # on the last attempt it becomes an exhausted dead letter
-    moved = consumer_sink(queue, last_attempt=True)(message(FailureKind.AMBIGUOUS))  # type: ignore[arg-type]
-    assert moved.failure.kind is FailureKind.EXHAUSTED and queue.dead == [moved]
+    last = consumer_sink(queue, "m-1", last_attempt=True, resend_delay=lambda: 0)  # type: ignore[arg-type]
+    moved = last(message(FailureKind.AMBIGUOUS))
+    assert moved.queue == DEAD_LETTER and moved.message.failure.kind is FailureKind.EXHAUSTED
     # and a rejection always goes to the dead-letter queue as rejected
-    rejected = consumer_sink(queue, last_attempt=False)(message(FailureKind.REJECTED))  # type: ignore[arg-type]
-    assert rejected.failure.kind is FailureKind.REJECTED and queue.dead[-1] is rejected
+    rejected = sink(message(FailureKind.REJECTED))
+    assert rejected.queue == DEAD_LETTER
+    assert rejected.message.failure.kind is FailureKind.REJECTED
+
+
+def test_replay_sink_resends_a_record_that_was_not_tried() -> None:
+    # given a record whose attempt never asked Piriod (time ran out, or too early to settle)
+    queue = FakeQueue()
+    sink = consumer_sink(queue, "m-1", last_attempt=True, resend_delay=lambda: 42)  # type: ignore[arg-type]
+    # when it is stored, even on what would be the last attempt
+    placed = sink(message(FailureKind.TRANSIENT, attempted=False))
+    # then it is a fresh ReplayQueue message, delayed, not an exhausted dead letter
+    assert placed.queue == REPLAY and placed.resent and placed.message_id == "new-1"
+    assert queue.sent[0][0] == REPLAY and queue.sent[0][2] == 42
+
+
+def test_settle_wait_counts_down_from_the_unseen_post() -> None:
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    pending = message(FailureKind.AMBIGUOUS, ambiguous_since=now - timedelta(seconds=20))
+    assert settle_wait(pending, 60, now=now.timestamp()) == 41
+    assert settle_wait(pending, 10, now=now.timestamp()) == 0
+    assert settle_wait(message(FailureKind.TRANSIENT), 60) == 0
 
 
 def test_queue_message_round_trips_with_exact_quantity() -> None:
     original = message(FailureKind.TRANSIENT)
     again = QueuedRecord.from_json(original.to_json())
-    assert again == original and str(again.quantity) == "1.10"
+    assert again == original and again.usage.quantity_text == "1.10"
+    assert '"quantity":"1.10"' in original.to_json()
+    assert '"date_time":"2026-11-01T00:00:00Z"' in original.to_json()

@@ -36,8 +36,8 @@ def test_token_as_json_or_bare(raw: str) -> None:
 
 def test_signing_secrets_as_list_or_bare() -> None:
     listed = json.dumps({"signing_secrets": ["whsec_YQ==", "whsec_Yg=="]})
-    assert len(SecretStore(FakeSecretsManager(listed), 300).signing_keys("id")) == 2  # type: ignore[arg-type]
-    assert len(SecretStore(FakeSecretsManager("whsec_YQ=="), 300).signing_keys("id")) == 1  # type: ignore[arg-type]
+    assert len(SecretStore(FakeSecretsManager(listed), 300).standard_keys("id")) == 2  # type: ignore[arg-type]
+    assert len(SecretStore(FakeSecretsManager("whsec_YQ=="), 300).standard_keys("id")) == 1  # type: ignore[arg-type]
 
 
 def test_cache_is_bounded_in_time() -> None:

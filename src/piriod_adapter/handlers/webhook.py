@@ -19,6 +19,9 @@ app = APIGatewayHttpResolver()
 
 def _response(reply: Reply) -> Response[Any]:
     metrics.add_metric(name=f"deliveries_{reply.status}", unit="Count", value=1)
+    if reply.status >= 500:  # every 5xx is counted and logged with its cause
+        metrics.add_metric(name="responses_5xx", unit="Count", value=1)
+        logger.error("answered 5xx", extra={"status": reply.status, "cause": reply.cause})
     raw = reply.to_api_gateway()
     return Response(
         status_code=raw["statusCode"], content_type="application/json", body=raw["body"]
@@ -39,7 +42,13 @@ def not_found(exc: Exception) -> Response[Any]:
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
 def unexpected(exc: Exception) -> Response[Any]:
     logger.exception("unexpected error")
-    return _response(Reply(500, {"message": "internal error; retry the delivery"}))
+    return _response(
+        Reply(
+            500,
+            {"message": "internal error; retry the delivery"},
+            cause=f"unexpected {type(exc).__name__}",
+        )
+    )
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -1,0 +1,388 @@
+"""What the operator's command does: list what waits in the queues, replay dead letters through
+the shared submit path, and reconcile the adapter's records with Piriod's usages.
+
+Listing only observes. ReplayQueue is listed from the idempotency table (each waiting record
+keeps its queue message there) plus SQS's own counts, never by receiving from it: a receive
+would count towards the queue's maxReceiveCount and hide the message from ReplayFunction.
+DeadLetterQueue has no redrive policy, so it is read directly (received, then released).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, parse_rfc3339
+from piriod_adapter.piriod import usage_id_of
+from piriod_adapter.queue import DEAD_LETTER, REPLAY, receive_all, release
+from piriod_adapter.replay import Verdict, redeliver_dead_letter
+from piriod_adapter.runtime import Runtime
+
+QUEUES = (REPLAY, DEAD_LETTER)
+DLQ_HOLD_SECONDS = 300  # dead letters chosen for a replay are held this long
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A record waiting in one of the queues."""
+
+    queue: str
+    message_id: str
+    sent_at: datetime
+    record: QueuedRecord | None  # None: the message cannot be read as a record
+    raw: str
+    receipt_handle: str | None = None  # set for dead letters received to be replayed
+
+    def to_dict(self) -> dict[str, Any]:
+        try:
+            body: Any = json.loads(self.raw)
+        except ValueError:
+            body = self.raw
+        return {
+            "queue": self.queue,
+            "message_id": self.message_id,
+            "kind": self.kind,
+            "record": body,
+        }
+
+    @property
+    def kind(self) -> str:
+        if self.record is None:
+            return "unreadable"
+        kind = self.record.failure.kind
+        # The redrive policy moves a message unchanged: in the dead-letter queue, a record
+        # that failed for a reason that may pass has run out of attempts.
+        if self.queue == DEAD_LETTER and kind in (FailureKind.TRANSIENT, FailureKind.AMBIGUOUS):
+            return FailureKind.EXHAUSTED.value
+        return kind.value
+
+
+def _read(raw: str) -> QueuedRecord | None:
+    try:
+        return QueuedRecord.from_json(raw)
+    except (ValidationError, ValueError):
+        return None
+
+
+def waiting_in_replay(runtime: Runtime) -> list[Entry]:
+    """What waits in ReplayQueue, from the table (the queue is not touched)."""
+    entries = []
+    for item in runtime.store.waiting(REPLAY):
+        raw = item["message"]["S"]
+        record = _read(raw)
+        at = record.failure.at if record else datetime.now(UTC)
+        entries.append(Entry(REPLAY, item["message_id"]["S"], at, record, raw))
+    return entries
+
+
+def dead_letters(runtime: Runtime, limit: int = 10_000, hold_seconds: int = 0) -> list[Entry]:
+    """Messages in DeadLetterQueue (released again at once unless held for a replay)."""
+    entries = []
+    url = runtime.queue.url(DEAD_LETTER)
+    for message in receive_all(runtime.sqs, url, limit=limit, hold_seconds=hold_seconds):
+        sent = int(message.get("Attributes", {}).get("SentTimestamp", "0")) / 1000
+        entries.append(
+            Entry(
+                DEAD_LETTER,
+                message["MessageId"],
+                datetime.fromtimestamp(sent, UTC),
+                _read(message["Body"]),
+                message["Body"],
+                message["ReceiptHandle"] if hold_seconds else None,
+            )
+        )
+    return entries
+
+
+def entries(runtime: Runtime, queue: str, limit: int) -> list[Entry]:
+    found = waiting_in_replay(runtime) if queue == REPLAY else dead_letters(runtime, limit)
+    return found[:limit]
+
+
+@dataclass(frozen=True)
+class Filters:
+    kind: str | None = None
+    line: int | None = None
+    source: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: frozenset[str] = frozenset()
+
+    def match(self, entry: Entry) -> bool:
+        record = entry.record
+        if self.ids and not any(entry.message_id.startswith(i) for i in self.ids):
+            return False
+        if self.kind and entry.kind != self.kind:
+            return False
+        if record is None:
+            return not (self.line or self.since or self.until or self.source)
+        usage = record.usage
+        if self.line is not None and usage.subscription_line != self.line:
+            return False
+        if self.source is not None and usage.source != self.source:
+            return False
+        if self.since and usage.date_time < self.since:
+            return False
+        return not (self.until and usage.date_time > self.until)
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayCounts:
+    chosen: int = 0
+    posted: int = 0
+    duplicate: int = 0
+    queued: int = 0
+    rejected: int = 0
+    not_stored: int = 0
+    unreadable: int = 0
+
+    def text(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in vars(self).items())
+
+
+def choose_dead_letters(runtime: Runtime, filters: Filters, limit: int) -> list[Entry]:
+    """Take (hold) the dead letters that match, up to `limit`; release the others at once."""
+    taken = dead_letters(runtime, hold_seconds=DLQ_HOLD_SECONDS)
+    chosen = [e for e in taken if filters.match(e)][:limit]
+    picked = {e.message_id for e in chosen}
+    release(
+        runtime.sqs,
+        runtime.queue.url(DEAD_LETTER),
+        [e.receipt_handle for e in taken if e.message_id not in picked and e.receipt_handle],
+    )
+    return chosen
+
+
+def replay_dead_letters(
+    runtime: Runtime,
+    chosen: list[Entry],
+    *,
+    rate: float | None,
+    report: Callable[[Entry, str, Any], None],
+    resolve: Callable[[Usage], Usage] = lambda usage: usage,
+) -> ReplayCounts:
+    """Replay chosen dead letters through the shared submit path, at most `rate` per second.
+    Each one that reached a state (posted, duplicate, a fresh dead letter, handed to
+    ReplayQueue) is deleted; one that could not be stored is released for a later replay."""
+    url = runtime.queue.url(DEAD_LETTER)
+    counts = ReplayCounts(chosen=len(chosen))
+    interval = 1.0 / rate if rate else 0.0
+    for entry in chosen:
+        started = time.monotonic()
+        assert entry.receipt_handle is not None
+        if entry.record is None:
+            counts.unreadable += 1
+            runtime.sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=entry.receipt_handle, VisibilityTimeout=0
+            )
+            report(entry, "unreadable", None)
+            continue
+        result = redeliver_dead_letter(
+            entry.record, runtime.submitter, runtime.queue, Deadline.after(60), resolve
+        )
+        status = result.outcome.status.value if result.outcome.status else "not_stored"
+        setattr(counts, status, getattr(counts, status) + 1)
+        if result.verdict is Verdict.DONE:
+            runtime.sqs.delete_message(QueueUrl=url, ReceiptHandle=entry.receipt_handle)
+        else:
+            runtime.sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=entry.receipt_handle, VisibilityTimeout=0
+            )
+        report(entry, status, result.outcome)
+        if interval:
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    return counts
+
+
+# --- reconcile ---------------------------------------------------------------------------------
+
+
+def reconcile(
+    runtime: Runtime, line: int, since: datetime, until: datetime, now: datetime | None = None
+) -> dict[str, Any]:
+    """Compare what the adapter recorded as posted for a line and period with what Piriod
+    lists for it (`date_time__gte` / `date_time__lte`). A usage the adapter has no record of
+    is "not recorded" only while its keys would still be remembered: one Piriod created
+    before the retention period began is reported apart, as beyond retention."""
+    settings = runtime.settings
+    now = now or datetime.now(UTC)
+    retention_start = now - timedelta(days=settings.idempotency_ttl_days)
+    tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
+    items = runtime.store.posted_between(line, since, until)
+    ours = {
+        int(i["usage_id"]["N"]): i
+        for i in items
+        if i["status"]["S"] == "posted" and "usage_id" in i
+    }
+    waiting = [i for i in items if i["status"]["S"] != "posted"]
+    theirs: dict[int, dict[str, Any]] = {}
+    for usage in _listed(runtime, line, since, until, tenant):
+        usage_id = usage_id_of(usage)
+        assert usage_id is not None
+        theirs[usage_id] = usage
+    missing_in_piriod = sorted(set(ours) - set(theirs))
+    unknown = sorted(set(theirs) - set(ours))
+    beyond = [u for u in unknown if _created(theirs[u]) < retention_start]
+    not_recorded = [u for u in unknown if u not in set(beyond)]
+    return {
+        "subscription_line": line,
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "retention_days": settings.idempotency_ttl_days,
+        "adapter_posted": len(ours),
+        "piriod_listed": len(theirs),
+        "matched": len(set(ours) & set(theirs)),
+        "missing_in_piriod": [
+            {
+                "usage_id": uid,
+                "key": ours[uid]["pk"]["S"],
+                "date_time": ours[uid]["date_time"]["S"],
+                "quantity": ours[uid]["quantity"]["S"],
+            }
+            for uid in missing_in_piriod
+        ],
+        "not_recorded_by_adapter": [_their(theirs[uid]) for uid in not_recorded],
+        "beyond_retention": [_their(theirs[uid]) for uid in beyond],
+        "waiting_in_queues": len(waiting),
+    }
+
+
+def _listed(
+    runtime: Runtime, line: int, since: datetime, until: datetime, tenant: Tenant
+) -> Iterator[dict[str, Any]]:
+    """Piriod's usages of a line in [since, until], by its range filters (and checked again
+    here, in case a filter is not applied)."""
+    filters = {
+        "subscription_line": line,
+        "date_time__gte": since.astimezone(UTC).isoformat(),
+        "date_time__lte": until.astimezone(UTC).isoformat(),
+    }
+    for usage in runtime.piriod.list_usages(filters, tenant, Deadline.after(300)):
+        try:
+            instant = parse_rfc3339(str(usage.get("date_time")))
+        except ValueError:
+            continue
+        if since <= instant <= until:
+            yield usage
+
+
+def _created(usage: dict[str, Any]) -> datetime:
+    try:
+        return parse_rfc3339(str(usage.get("created")))
+    except ValueError:
+        return datetime.now(UTC)  # unknown: treat as recent, so it is reported, not excused
+
+
+def _their(usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "usage_id": usage_id_of(usage),
+        "date_time": str(usage.get("date_time")),
+        "quantity": str(usage.get("quantity")),
+        "created": str(usage.get("created")),
+        "creation_scheme": str(usage.get("creation_scheme")),
+    }
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def _age(then: datetime) -> str:
+    seconds = max(0, int((datetime.now(UTC) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def errors_text(record: QueuedRecord | None) -> str:
+    if record is None:
+        return "unreadable message body"
+    failure = record.failure
+    if failure.errors:
+        return "; ".join(f"{k}: {' '.join(v)}" for k, v in failure.errors.items())
+    return failure.error or ""
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(found: list[Entry], out: TextIO) -> None:
+    headers = [
+        "queue",
+        "message",
+        "line",
+        "date_time",
+        "quantity",
+        "key",
+        "kind",
+        "status",
+        "attempts",
+        "age",
+        "errors",
+    ]
+    rows = []
+    for e in found:
+        r = e.record
+        u = r.usage if r else None
+        line = "?"
+        if u is not None:
+            line = str(u.subscription_line) if u.subscription_line else f"meter:{u.meter_id}"
+        rows.append(
+            [
+                e.queue,
+                e.message_id[:8],
+                _short(line, 24),
+                u.date_time_text if u else "?",
+                _short(u.quantity_text, 24) if u else "?",
+                _short(u.key.text, 29) if u else "?",
+                e.kind,
+                str(r.failure.status or "-") if r else "-",
+                str(r.attempts) if r else "-",
+                _age(r.first_failure_at if r else e.sent_at),
+                _short(errors_text(r), 60),
+            ]
+        )
+    widths = [
+        max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+        for i, h in enumerate(headers)
+    ]
+    out.write(
+        "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n"
+    )
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    out.write(f"{len(rows)} message(s)\n")
+
+
+class Progress:
+    """A plain progress bar on stderr, shown only for long runs on a terminal (or when asked)."""
+
+    def __init__(self, total: int, out: TextIO, enabled: bool) -> None:
+        self.total, self.out, self.enabled, self.done = total, out, enabled, 0
+        self.started = time.monotonic()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / max(1, self.total))
+        rate = self.done / max(1e-6, time.monotonic() - self.started)
+        self.out.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+            f"{rate:.1f}/s {label[:30]:<30}"
+        )
+        self.out.flush()
+        if self.done >= self.total:
+            self.out.write("\n")
