@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -48,7 +48,7 @@ class Adapter:
     env: dict[str, str]
     monkeypatch: pytest.MonkeyPatch
     secret: str = LOCAL_SIGNING_SECRET
-    sent: list[dict[str, Any]] = field(default_factory=list)
+    sources_parameter: str = ""  # the SSM parameter of its source profiles, once provisioned
 
     def fresh_runtime(self, **env: str) -> None:
         """A new container: settings and clients are created again from the environment."""

@@ -9,9 +9,9 @@ from pathlib import Path
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from piriod_devkit.events import LOCAL_SIGNING_SECRET, load_event, sign_event
+    from piriod_devkit.events import load_event, sign_event
 
-    event = sign_event(load_event(args.event), args.secret or LOCAL_SIGNING_SECRET)
+    event = sign_event(load_event(args.event), args.secret)
     text = json.dumps(event, indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text)
@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     standins.add_argument("--gateway", help="Docker bridge gateway to serve containers on")
     sign = commands.add_parser("sign", help="sign an API Gateway event file for sam local invoke")
     sign.add_argument("event", help="a file in events/ (name or path)")
-    sign.add_argument("--secret", help="whsec_ signing secret (default: the local one)")
+    sign.add_argument(
+        "--secret",
+        help="signing secret (default: the local one; for a source's event, the local secret "
+        "of its profile in examples/sources.json)",
+    )
     sign.add_argument("-o", "--output", help="write here instead of standard output")
     args = parser.parse_args(argv)
     if args.command == "demo":

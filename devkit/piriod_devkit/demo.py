@@ -24,6 +24,7 @@ from piriod_devkit.events import LOCAL_SIGNING_SECRET, event_body, load_event, s
 from piriod_devkit.local_api import LocalApiServer
 from piriod_devkit.piriod_standin import PiriodStandin
 from piriod_devkit.poller import drain
+from piriod_devkit.sources import example_document, provision_sources
 
 WORKSPACE = "acc_local_demo"
 TOKEN = "local-demo-token"  # noqa: S105 (stand-in credential)
@@ -85,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
             signing_secrets=[LOCAL_SIGNING_SECRET],
             prefix="piriod-local",
         )
-        print(f"moto server (Secrets Manager, SQS, DynamoDB) on {moto.url}")
+        print(f"moto server (Secrets Manager, SQS, DynamoDB, SSM) on {moto.url}")
+        sources = example_document()
+        if args.subscription_line is not None:  # the real Piriod: a line of the user's own
+            sources["sources"]["acme-storage"]["subscription_line"] = args.subscription_line
+        sources_config = provision_sources(moto.url, "/piriod-local/sources", sources)
         standin = None
         if real_piriod:
             piriod_url, workspace = args.piriod_url, args.workspace
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             REPLAY_BACKOFF_SECONDS="0",
             POWERTOOLS_LOG_LEVEL="ERROR",
             POWERTOOLS_METRICS_DISABLED="true",
+            SOURCES_CONFIG=sources_config,
         )
         os.environ.update(env)
         from piriod_adapter.handlers.replay import lambda_handler as replay_handler
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         reset_runtime()
         api = LocalApiServer(port=args.port).start()
         print(f"webhook on {api.url}/v1/usages (signing secret: events/README.md)")
+        print(f"third-party meters on {api.url}/v1/sources/{{source}}/usages")
         http = urllib3.PoolManager()
         try:
             for name, title in [
@@ -130,6 +137,14 @@ def run(args: argparse.Namespace) -> int:
             _print_answer(
                 "webhook-single.json again (the sender retries)",
                 *_send(http, api.url, single),
+                shown,
+            )
+
+            print("\n■ A third-party meter: its own payload, signed its own way (examples/)")
+            meter = sign_event(load_event("source-acme-storage.json"), sources=sources)
+            _print_answer(
+                "source-acme-storage.json: Stripe-signed readings in bytes, posted in GB",
+                *_send(http, api.url, meter),
                 shown,
             )
 

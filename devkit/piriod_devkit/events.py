@@ -90,12 +90,23 @@ def event_body(event: dict[str, Any]) -> bytes:
 
 def sign_event(
     event: dict[str, Any],
-    secret: str = LOCAL_SIGNING_SECRET,
+    secret: str | None = None,
     *,
     message_id: str | None = None,
     timestamp: int | None = None,
+    sources: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return a copy of `event` signed now (or at `timestamp`) with `secret`."""
+    """Return a copy of `event` signed now (or at `timestamp`). The native route is signed
+    with Standard Webhooks and `secret` (default: the local one); a source's event the way
+    its profile in `sources` (default: examples/sources.json) says, with `secret` or the
+    local secret of that profile."""
+    from piriod_devkit.sources import LOCAL_SOURCE_SECRETS, example_document, sign_source, source_of
+
+    name = source_of(event)
+    if name is not None:
+        profile = (sources or example_document())["sources"][name]
+        key = secret or LOCAL_SOURCE_SECRETS[profile["signature"]["secret_id"]]
+        return sign_source(event, profile, key, timestamp=timestamp, message_id=message_id)
     signed = copy.deepcopy(event)
     headers = signed.setdefault("headers", {})
     message_id = message_id or headers.get("webhook-id") or f"msg_{uuid.uuid4().hex}"
@@ -103,7 +114,7 @@ def sign_event(
     headers["webhook-id"] = message_id
     headers["webhook-timestamp"] = str(timestamp)
     headers["webhook-signature"] = sign_standard(
-        standard_key(secret), message_id, timestamp, event_body(signed)
+        standard_key(secret or LOCAL_SIGNING_SECRET), message_id, timestamp, event_body(signed)
     )
     return signed
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from piriod_devkit.aws import LocalResources, MotoServer, provision
 from piriod_devkit.events import LOCAL_SIGNING_SECRET
+from piriod_devkit.sources import provision_sources
 from piriod_devkit.standin_process import StandinProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,8 @@ def local_standins(gateway: str | None) -> Iterator[LocalStandins]:
         resources = provision(
             moto.url, token=TOKEN, signing_secrets=[LOCAL_SIGNING_SECRET], prefix=prefix
         )
+        # the example source profiles, where env/local.json's SOURCES_CONFIG points
+        provision_sources(moto.url, env["SOURCES_CONFIG"].removeprefix("ssm:"))
         with StandinProcess(
             token=TOKEN, workspace=env["PIRIOD_WORKSPACE_ID"], hosts=hosts, port=PIRIOD_PORT
         ) as piriod:

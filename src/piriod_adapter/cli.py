@@ -8,7 +8,7 @@ AWS endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-i
 Exit codes: 0 done; 1 nothing found or not confirmed; 2 invalid arguments or settings;
 3 reconcile found differences; 4 AWS (SQS, DynamoDB, CloudFormation, Secrets Manager) could
 not be reached or refused; 5 Piriod could not be reached or refused; 6 a replayed record
-could be neither posted nor stored (run the replay again).
+could be neither posted nor stored (run the replay again); 7 an unexpected error (a defect).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from piriod_adapter.runtime import Runtime
 from piriod_adapter.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DIFFERENCES = 0, 1, 2, 3
-EXIT_AWS, EXIT_PIRIOD, EXIT_NOT_STORED = 4, 5, 6
+EXIT_AWS, EXIT_PIRIOD, EXIT_NOT_STORED, EXIT_INTERNAL = 4, 5, 6, 7
 MAX_LIMIT = 10_000
+MIN_RATE, MAX_RATE = 0.01, 1000.0  # records per second
 
 
 class CommandError(Exception):
@@ -99,8 +100,8 @@ def _rate(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1000:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 1000 per second")
+    if not MIN_RATE <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_RATE} to {MAX_RATE} per second")
     return value
 
 
@@ -264,25 +265,24 @@ def _failure_line(exc: Exception) -> tuple[int, str]:
     from piriod_adapter.piriod import PiriodUnavailable
     from piriod_adapter.queue import QueueUnavailable
     from piriod_adapter.secrets import SecretUnavailable
+    from piriod_adapter.sources import SourcesUnavailable
 
     if isinstance(exc, CommandError):
         return exc.code, str(exc)
-    if isinstance(exc, SettingsError):
+    if isinstance(exc, SettingsError | SourcesUnavailable):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, PiriodUnavailable):
         return EXIT_PIRIOD, f"Piriod: {exc}"
     if isinstance(exc, (StoreUnavailable, QueueUnavailable, SecretUnavailable)):
         return EXIT_AWS, f"AWS: {exc}"
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # pragma: no cover
-        raise exc from None
+    from botocore.exceptions import BotoCoreError, ClientError
+
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return EXIT_AWS, f"AWS refused: {error.get('Code', '?')}: {error.get('Message', '')}"
     if isinstance(exc, BotoCoreError):
         return EXIT_AWS, f"AWS unreachable: {type(exc).__name__}: {exc}"
-    raise exc
+    return EXIT_INTERNAL, f"unexpected error ({type(exc).__name__}): {exc}"
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -35,7 +35,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -114,12 +114,13 @@ class KeyState:
 
 @dataclass(frozen=True)
 class Claim:
-    """The result of trying to take a key."""
+    """The result of trying to take a key. When taken, it is also what `record_posted`
+    writes the result over (the item stays inside this module)."""
 
     pk: str
     token: str | None  # set when we hold the key now
     previous: KeyState | None  # the state before (when taken) or the holder's (when not)
-    item: dict[str, Any] | None = None  # what we wrote, to write the result over it later
+    _item: dict[str, Any] | None = field(default=None, repr=False)  # what we wrote
 
     @property
     def acquired(self) -> bool:
@@ -171,7 +172,7 @@ class IdempotencyStore:
                 Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
             )
-            return Claim(pk=pk, token=token, previous=None, item=item)
+            return Claim(pk=pk, token=token, previous=None, _item=item)
         except self._client.exceptions.ConditionalCheckFailedException:
             pass
         except Exception as exc:
@@ -225,7 +226,7 @@ class IdempotencyStore:
         previous = KeyState.from_item(old) if old else None
         if old and "ambiguous_since" in old:
             item = {**item, "ambiguous_since": old["ambiguous_since"]}
-        return Claim(pk=pk, token=item["lock_token"]["S"], previous=previous, item=item)
+        return Claim(pk=pk, token=item["lock_token"]["S"], previous=previous, _item=item)
 
     def get(self, pk: str) -> KeyState | None:
         try:
@@ -237,24 +238,28 @@ class IdempotencyStore:
         item = response.get("Item")
         return KeyState.from_item(item) if item else None
 
-    def wait_while_locked(self, pk: str, deadline: Deadline) -> KeyState | None:
-        """Poll a key held by a concurrent delivery until it settles or our time runs out."""
+    def wait_while_locked(self, pk: str, deadline: Deadline, at_most: float) -> KeyState | None:
+        """Poll a key held by a concurrent delivery until it settles, `at_most` seconds pass,
+        or our time runs out."""
+        until = self._clock() + at_most
         state = self.get(pk)
         while (
             state is not None
             and state.locked(self._clock())
             and deadline.remaining() > POLL_SECONDS
+            and self._clock() < until
         ):
             self._sleep(POLL_SECONDS)
             state = self.get(pk)
         return state
 
-    def record_posted(self, posted: list[tuple[dict[str, Any], int]]) -> None:
-        """Write `posted` for each (claimed item, usage id), 25 items per BatchWriteItem."""
+    def record_posted(self, posted: list[tuple[Claim, int]]) -> None:
+        """Write `posted` for each (claim, usage id), 25 items per BatchWriteItem."""
         now = _num(self._clock())
         requests = []
-        for item, usage_id in posted:
-            result = {k: v for k, v in item.items() if k not in _TRANSIENT_ATTRIBUTES}
+        for claim, usage_id in posted:
+            assert claim._item is not None, "only a claim that was taken is recorded"
+            result = {k: v for k, v in claim._item.items() if k not in _TRANSIENT_ATTRIBUTES}
             result.update(
                 status={"S": KeyStatus.POSTED.value},
                 usage_id={"N": str(usage_id)},
@@ -388,13 +393,22 @@ class IdempotencyStore:
             },
         )
 
-    def posted_between(self, line: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    def recorded_between(self, line: int, start: datetime, end: datetime) -> list[KeyRecord]:
         """What the adapter recorded for a subscription line in [start, end] (for reconcile)."""
-        return self.query_line(line, sortable_utc(start), sortable_utc(end))
+        return [
+            KeyRecord(
+                key=item["pk"]["S"],
+                status=KeyStatus(item["status"]["S"]),
+                usage_id=int(item["usage_id"]["N"]) if "usage_id" in item else None,
+                date_time=item["date_time"]["S"],
+                quantity=item["quantity"]["S"],
+            )
+            for item in self.query_line(line, sortable_utc(start), sortable_utc(end))
+        ]
 
-    def waiting(self, queue: str) -> list[dict[str, Any]]:
-        """The items whose record waits in `queue` ("replay" or "dead-letter"), oldest first,
-        with their queue message: read from the table, the queue itself is not touched."""
+    def waiting(self, queue: str) -> list[Waiting]:
+        """What waits in `queue` ("replay" or "dead-letter"), oldest first, with its queue
+        message: read from the table, the queue itself is not touched."""
         items = []
         for shard in range(WAITING_SHARDS):
             items += self._query(
@@ -402,7 +416,29 @@ class IdempotencyStore:
                 KeyConditionExpression="waiting = :w",
                 ExpressionAttributeValues={":w": {"S": f"{queue}#{shard}"}},
             )
-        return sorted(items, key=lambda i: i["waiting_since"]["S"])
+        return sorted(
+            (
+                Waiting(
+                    queue=queue,
+                    message_id=item["message_id"]["S"],
+                    message=item["message"]["S"],
+                    since=item["waiting_since"]["S"],
+                )
+                for item in items
+            ),
+            key=lambda w: w.since,
+        )
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What the table says of one key (for reconcile)."""
+
+    key: str
+    status: KeyStatus
+    usage_id: int | None
+    date_time: str
+    quantity: str
 
 
 @dataclass(frozen=True)

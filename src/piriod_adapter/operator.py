@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from piriod_adapter.clock import Deadline
+from piriod_adapter.idempotency import KeyStatus
 from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, parse_rfc3339
 from piriod_adapter.piriod import usage_id_of
 from piriod_adapter.queue import DEAD_LETTER, REPLAY, receive_all, release
@@ -74,11 +75,10 @@ def _read(raw: str) -> QueuedRecord | None:
 def waiting_in_replay(runtime: Runtime) -> list[Entry]:
     """What waits in ReplayQueue, from the table (the queue is not touched)."""
     entries = []
-    for item in runtime.store.waiting(REPLAY):
-        raw = item["message"]["S"]
-        record = _read(raw)
+    for waiting in runtime.store.waiting(REPLAY):
+        record = _read(waiting.message)
         at = record.failure.at if record else datetime.now(UTC)
-        entries.append(Entry(REPLAY, item["message_id"]["S"], at, record, raw))
+        entries.append(Entry(REPLAY, waiting.message_id, at, record, waiting.message))
     return entries
 
 
@@ -177,7 +177,10 @@ def replay_dead_letters(
     url = runtime.queue.url(DEAD_LETTER)
     counts = ReplayCounts(chosen=len(chosen))
     interval = 1.0 / rate if rate else 0.0
-    for entry in chosen:
+    started = time.monotonic()
+    for number, entry in enumerate(chosen):
+        if interval and number:
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
         started = time.monotonic()
         assert entry.receipt_handle is not None
         if entry.record is None:
@@ -199,8 +202,6 @@ def replay_dead_letters(
                 QueueUrl=url, ReceiptHandle=entry.receipt_handle, VisibilityTimeout=0
             )
         report(entry, status, result.outcome)
-        if interval:
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
     return counts
 
 
@@ -218,13 +219,9 @@ def reconcile(
     now = now or datetime.now(UTC)
     retention_start = now - timedelta(days=settings.idempotency_ttl_days)
     tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
-    items = runtime.store.posted_between(line, since, until)
-    ours = {
-        int(i["usage_id"]["N"]): i
-        for i in items
-        if i["status"]["S"] == "posted" and "usage_id" in i
-    }
-    waiting = [i for i in items if i["status"]["S"] != "posted"]
+    recorded = runtime.store.recorded_between(line, since, until)
+    ours = {r.usage_id: r for r in recorded if r.status is KeyStatus.POSTED and r.usage_id}
+    waiting = [r for r in recorded if r.status is not KeyStatus.POSTED]
     theirs: dict[int, dict[str, Any]] = {}
     for usage in _listed(runtime, line, since, until, tenant):
         usage_id = usage_id_of(usage)
@@ -245,9 +242,9 @@ def reconcile(
         "missing_in_piriod": [
             {
                 "usage_id": uid,
-                "key": ours[uid]["pk"]["S"],
-                "date_time": ours[uid]["date_time"]["S"],
-                "quantity": ours[uid]["quantity"]["S"],
+                "key": ours[uid].key,
+                "date_time": ours[uid].date_time,
+                "quantity": ours[uid].quantity,
             }
             for uid in missing_in_piriod
         ],

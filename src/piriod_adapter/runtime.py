@@ -12,12 +12,14 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_ssm import SSMClient
 
     from piriod_adapter.idempotency import IdempotencyStore
     from piriod_adapter.models import Usage
     from piriod_adapter.piriod import PiriodClient
     from piriod_adapter.queue import FailureQueue
     from piriod_adapter.secrets import SecretStore
+    from piriod_adapter.sources import SourceCatalog
     from piriod_adapter.submit import Submitter
 
 STORE_RESERVE_SECONDS = 2.0  # time kept to store a record after its post
@@ -58,6 +60,11 @@ class Runtime:
     @cached_property
     def secretsmanager(self) -> SecretsManagerClient:
         client: SecretsManagerClient = self._client("secretsmanager")
+        return client
+
+    @cached_property
+    def ssm(self) -> SSMClient:
+        client: SSMClient = self._client("ssm")
         return client
 
     @cached_property
@@ -117,9 +124,23 @@ class Runtime:
             settle_after_seconds=settings.settle_after_seconds,
         )
 
+    @cached_property
+    def sources(self) -> SourceCatalog:
+        from piriod_adapter.observability import logger
+        from piriod_adapter.sources import SourceCatalog
+
+        return SourceCatalog(
+            self.settings.sources_config,
+            ssm=lambda: self.ssm,
+            ttl_seconds=self.settings.sources_cache_seconds,
+            log=lambda problem: logger.error(problem, extra={"setting": "SOURCES_CONFIG"}),
+        )
+
     def resolve_usage(self, usage: Usage) -> Usage:
         """A record with what can be mapped now (a meter's line, added to its profile)."""
-        return usage
+        from piriod_adapter.sources import resolve_meter_line
+
+        return resolve_meter_line(usage, self.sources)
 
 
 _runtime: Runtime | None = None

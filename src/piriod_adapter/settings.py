@@ -31,6 +31,8 @@ class Settings(BaseModel):
     dead_letter_queue_url: NonEmpty = Field(alias="DEAD_LETTER_QUEUE_URL")
     idempotency_table: NonEmpty = Field(alias="IDEMPOTENCY_TABLE")
     sources_config: str = Field(default="", alias="SOURCES_CONFIG")
+    # How long a read of SOURCES_CONFIG is used before it is read again (SPEC: at most 60 s).
+    sources_cache_seconds: float = Field(default=60.0, ge=0, le=60, alias="SOURCES_CACHE_SECONDS")
 
     idempotency_ttl_days: int = Field(default=30, ge=7, alias="IDEMPOTENCY_TTL_DAYS")
     post_concurrency: int = Field(default=16, ge=1, le=64, alias="POST_CONCURRENCY")
@@ -45,6 +47,15 @@ class Settings(BaseModel):
     # An ambiguous post is looked up in Piriod only once it is at least this old, so that a
     # request still in flight inside Piriod cannot land after the lookup said "not there".
     settle_after_seconds: float = Field(default=60.0, ge=0, alias="SETTLE_AFTER_SECONDS")
+
+    @field_validator("sources_config")
+    @classmethod
+    def _sources_config(cls, value: str) -> str:
+        value = value.strip()
+        kind, _, where = value.partition(":")
+        if value and (kind not in ("ssm", "file") or not where):
+            raise ValueError("must be 'ssm:<parameter name>', 'file:<path>' or empty")
+        return value
 
     @field_validator("piriod_test_mode", mode="before")
     @classmethod

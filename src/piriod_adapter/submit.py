@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import (
@@ -75,8 +74,8 @@ class Outcome:
     settled: bool = False  # posted by finding the earlier, unseen attempt in Piriod
     busy: bool = False  # another attempt holds the key right now
     reason: str | None = None
-    # Posted, and its result still to be written over this claimed item (done per batch).
-    unrecorded: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # Posted, and its result still to be written over this claim (done per batch).
+    unrecorded: Claim | None = field(default=None, repr=False, compare=False)
 
     @property
     def tried(self) -> bool:
@@ -171,10 +170,15 @@ class Submitter:
     ) -> Outcome:
         try:
             claim = attempt.claim = self._claim(sub, deadline, replay)
+            if not claim.acquired:
+                handled = self._already_handled(claim, sub, deadline, sink, replay)
+                if handled is not None:
+                    return handled
+                claim = attempt.claim = self._claim(sub, deadline, replay)  # free again
+                if not claim.acquired:
+                    return self._hand_over(sub, claim.previous, sink)
         except StoreUnavailable as exc:
             return Outcome(None, reason=str(exc))
-        if not claim.acquired:
-            return self._already_handled(claim, sub, deadline, sink, replay)
 
         since = attempt.since = _unsettled_since(claim.previous, sub.previous)
         usage = sub.usage
@@ -197,7 +201,7 @@ class Submitter:
             attempt.sent_at = self.clock()
             result = self.piriod.post_usage(usage, sub.tenant, deadline)
         if result.kind is PostKind.CREATED:
-            return Outcome(Status.POSTED, usage_id=result.usage_id, unrecorded=claim.item)
+            return Outcome(Status.POSTED, usage_id=result.usage_id, unrecorded=claim)
         unseen = attempt.sent_at if result.kind is PostKind.AMBIGUOUS else None
         return self._store_failure(claim, sub, result, unseen, sink)
 
@@ -216,24 +220,42 @@ class Submitter:
 
     def _already_handled(
         self, claim: Claim, sub: Submission, deadline: Deadline, sink: FailureSink, replay: bool
-    ) -> Outcome:
+    ) -> Outcome | None:
+        """The key was not taken: a duplicate of a stored state, a conflict, a key held by
+        another attempt (handed over), or None when the key is free again (claim it again).
+        Raises StoreUnavailable."""
         holder = claim.previous
         if holder is not None and holder.fingerprint not in (None, sub.usage.fingerprint):
             return self._conflict(sub, sink)
         if holder is not None and holder.locked(self.clock()):
-            if replay:
+            if replay:  # ReplayFunction looks again shortly, without using up an attempt
                 return Outcome(None, busy=True, reason="another attempt holds this key")
-            try:  # a concurrent delivery of the same key: wait for it to finish
-                holder = self.store.wait_while_locked(claim.pk, deadline)
-            except StoreUnavailable as exc:
-                return Outcome(None, reason=str(exc))
+            # A concurrent delivery of the same key: wait as long as one post can take.
+            holder = self.store.wait_while_locked(
+                claim.pk, deadline, min(deadline.remaining(), self.post_budget_seconds)
+            )
             if holder is not None and holder.locked(self.clock()):
-                return Outcome(
-                    None, busy=True, reason="a concurrent delivery of this key is still in progress"
-                )
-        if holder is None or holder.status in (KeyStatus.RELEASED, KeyStatus.IN_PROGRESS):
-            return Outcome(None, busy=True, reason="key changed hands while claiming; retry")
-        return Outcome(Status.DUPLICATE, usage_id=holder.usage_id)
+                return self._hand_over(sub, holder, sink)
+        if holder is not None and holder.status in (
+            KeyStatus.POSTED,
+            KeyStatus.QUEUED,
+            KeyStatus.REJECTED,
+        ):
+            return Outcome(Status.DUPLICATE, usage_id=holder.usage_id)
+        return None
+
+    def _hand_over(self, sub: Submission, holder: KeyState | None, sink: FailureSink) -> Outcome:
+        """Another attempt holds the key past a post's time (it is slow, or it stopped
+        mid-post and its lock has not expired yet): whatever it did is unseen. The record
+        waits in ReplayQueue flagged ambiguous; ReplayFunction takes the key once it is
+        free and looks the record up in Piriod before posting it."""
+        since = holder.attempt_started if holder is not None else None
+        unseen = PostResult(
+            PostKind.AMBIGUOUS,
+            error="another attempt holds this key; its outcome is settled on replay",
+            attempted=False,
+        )
+        return self._store_failure(None, sub, unseen, since or self.clock(), sink)
 
     def _conflict(self, sub: Submission, sink: FailureSink) -> Outcome:
         """A key already used for a different record: this record is not posted, and not

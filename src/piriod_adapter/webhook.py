@@ -15,16 +15,24 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.models import RecordResult, Tenant, Usage
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.secrets import SecretUnavailable
-from piriod_adapter.signatures import SignatureError, verify_standard
+from piriod_adapter.signatures import (
+    SignatureError,
+    verify_hmac_hex,
+    verify_standard,
+    verify_stripe,
+)
 from piriod_adapter.submit import Outcome, Submission
-from piriod_adapter.validation import BodyError, check_size, parse_native_body
+
+if TYPE_CHECKING:
+    from piriod_adapter.sources import Profile
+from piriod_adapter.validation import BodyError, check_size, decode_json, parse_native_body
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ def raw_body(event: dict[str, Any]) -> bytes:
         return b""
     if not isinstance(body, str):
         raise BodyError(400, "body must be text (or base64 text)")
-    if event.get("isBase64Encoded"):
+    if event.get("isBase64Encoded") is True:
         try:
             return base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
@@ -57,6 +65,17 @@ def raw_body(event: dict[str, Any]) -> bytes:
         return body.encode("utf-8")
     except UnicodeEncodeError:
         raise BodyError(400, "body is not valid UTF-8 text") from None
+
+
+def text_headers(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with every header a string, as API Gateway sends them (a hand-written event
+    for `sam local invoke` may hold numbers, which Powertools' response code cannot read)."""
+    headers = event.get("headers")
+    if isinstance(headers, dict) and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        return {**event, "headers": {str(k): str(v) for k, v in headers.items()}}
+    return event
 
 
 def lower_headers(event: dict[str, Any]) -> dict[str, str]:
@@ -93,6 +112,75 @@ def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) 
     return submit_and_answer(runtime, usages, tenant, deadline, delivery=message_id)
 
 
+def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline: Deadline) -> Reply:
+    """POST /v1/sources/{source}/usages: the source's profile says how the delivery is signed
+    and how its payload maps onto usages; from there on, it is the native route's path."""
+    from piriod_adapter.sources import Mapper, SourcesUnavailable
+
+    try:
+        raw = raw_body(event)
+        check_size(raw)
+    except BodyError as exc:
+        return Reply(exc.status, exc.public())
+    try:
+        profile = runtime.sources.profile(name)
+    except SourcesUnavailable as exc:
+        return Reply(
+            503,
+            {"message": "third-party sources are not configured correctly; retry later"},
+            cause=str(exc),
+        )
+    if profile is None:
+        return Reply(404, {"message": f"no source named {name[:64]!r} is configured"})
+    try:
+        delivery = authenticate_source(name, profile, lower_headers(event), raw, runtime)
+    except SecretUnavailable as exc:
+        return unavailable(str(exc))
+    except SignatureError as exc:
+        return refused(str(exc), source=name)
+    try:
+        usages = Mapper(name, profile).usages(decode_json(raw))
+    except BodyError as exc:
+        logger.info(
+            "delivery invalid",
+            extra={"source": name, "status": exc.status, "problems": len(exc.problems)},
+        )
+        return Reply(exc.status, exc.public())
+    settings = runtime.settings
+    tenant = Tenant(
+        workspace=settings.piriod_workspace_id,
+        test_mode=settings.piriod_test_mode or profile.test_mode,
+    )
+    return submit_and_answer(runtime, usages, tenant, deadline, delivery=delivery)
+
+
+def authenticate_source(
+    name: str, profile: Profile, headers: dict[str, str], raw: bytes, runtime: Runtime
+) -> str:
+    """Check a source's delivery with its profile's scheme and secrets; return an id for the
+    delivery (the webhook-id with Standard Webhooks). Raises SignatureError (401) or
+    SecretUnavailable (503: fail closed)."""
+    scheme, now = profile.signature, time.time()
+    if scheme.scheme == "standard-webhooks":
+        keys = runtime.secrets.standard_keys(scheme.secret_id)
+        return verify_standard(headers, raw, keys, now, scheme.tolerance_seconds)
+    secrets = runtime.secrets.signing_secrets(scheme.secret_id)
+    if scheme.scheme == "stripe":
+        verify_stripe(headers, raw, secrets, now, scheme.tolerance_seconds)
+    else:
+        assert scheme.header is not None
+        verify_hmac_hex(
+            headers,
+            raw,
+            secrets,
+            now,
+            header=scheme.header,
+            timestamp_header=scheme.timestamp_header,
+            tolerance=scheme.tolerance_seconds,
+        )
+    return f"{name}@{int(now)}"
+
+
 def unavailable(cause: str) -> Reply:
     """The signature (or a source profile) cannot be checked right now: fail closed."""
     logger.error("cannot authenticate deliveries right now; refusing", extra={"error": cause})
@@ -101,8 +189,8 @@ def unavailable(cause: str) -> Reply:
     )
 
 
-def refused(reason: str) -> Reply:
-    logger.warning("delivery refused", extra={"reason": reason})
+def refused(reason: str, source: str | None = None) -> Reply:
+    logger.warning("delivery refused", extra={"reason": reason, "source": source})
     metrics.add_metric(name="signature_failures", unit="Count", value=1)
     return Reply(401, {"message": f"webhook signature verification failed: {reason}"})
 

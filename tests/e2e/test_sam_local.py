@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,36 @@ def test_start_api_answers_as_the_spec_says(api: StartApi, standins: LocalStandi
         "POST", api.url + "/v1/usages", body=event_body(second), headers=second["headers"]
     )
     assert json.loads(response.data)["results"][0]["status"] == "duplicate"
+
+
+# Each third-party meter's sample, signed its own way, through the real runtime: the profiles
+# come from the SSM parameter env/local.json names (provisioned on moto by the stand-ins).
+SOURCE_CASES = [
+    ("source-acme-storage.json", ["posted", "posted"], {3001: 2}),
+    ("source-ci-minutes.json", ["posted", "posted"], {3101: 1, 3102: 1}),
+    ("source-fleet-telemetry.json", ["posted", "posted"], {3201: 1, 3202: 1}),
+    ("source-ci-minutes-unmapped.json", ["rejected"], {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "outcomes", "posted"), SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES]
+)
+def test_every_source_event_through_sam_local_invoke(
+    built: Path,
+    standins: LocalStandins,
+    tmp_path: Path,
+    name: str,
+    outcomes: list[str],
+    posted: dict[int, int],
+) -> None:
+    # given a third-party meter's sample event, signed now with its profile's scheme
+    before = Counter(u["subscription_line"] for u in standins.piriod.usages())
+    # when the real runtime runs the webhook function on it
+    result = invoke("WebhookFunction", sign_event(load_event(name)), tmp_path)
+    # then its records are mapped and each ends where its status says
+    body = json.loads(result["body"])
+    assert result["statusCode"] == 202, body
+    assert [r["status"] for r in body["results"]] == outcomes
+    after = Counter(u["subscription_line"] for u in standins.piriod.usages())
+    assert after - before == Counter(posted)

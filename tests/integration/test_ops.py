@@ -346,6 +346,8 @@ def test_piriod_unreachable_during_reconcile_is_one_line_and_exit_5(
         ("replay", "--limit", "0"),
         ("list", "--limit", "ten"),
         ("replay", "--rate", "0"),
+        ("replay", "--rate", "1e-300"),
+        ("replay", "--rate", "nan"),
         ("list", "--line", "0"),
         ("reconcile", "--line", "1", "--since", "yesterday", "--until", "2026-11-01T00:00:00Z"),
     ],

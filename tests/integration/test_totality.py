@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import pytest
@@ -216,3 +217,70 @@ def test_a_key_item_can_be_listed_while_its_record_waits(adapter: Adapter, pirio
         )["Attributes"]["ApproximateNumberOfMessages"]
         == "1"
     )
+
+
+# --- a key held by an attempt that is slow, or gone ----------------------------------------------
+
+
+def test_a_key_held_by_a_stopped_attempt_is_queued_not_503(adapter: Adapter, piriod: Any) -> None:
+    from piriod_adapter.clock import Deadline
+    from piriod_adapter.runtime import get_runtime
+    from piriod_adapter.validation import parse_native_body
+    from tests.integration.test_replay import drain_replay
+
+    # given an attempt that claimed a record's key and then stopped (its Lambda was killed),
+    # leaving the key locked for a few more seconds
+    raw = json.dumps(RECORD).encode()
+    [usage] = parse_native_body(raw, "msg_orphan")
+    get_runtime().store.claim(usage, Deadline.after(1))
+    # when the sender retries the delivery while every store is up
+    status, body = adapter.deliver(RECORD, message_id="msg_orphan")
+    # then the record is not refused with a 503: it waits in ReplayQueue, flagged unseen
+    assert status == 202 and body["results"][0]["status"] == "queued"
+    [waiting] = adapter.messages("replay")
+    assert waiting["failure"]["kind"] == "ambiguous" and waiting["ambiguous_since"]
+    # and once the lock has expired, ReplayFunction settles it: posted exactly once
+    time.sleep(6.5)
+    drain_replay(adapter)
+    assert len(piriod.usages()) == 1 and adapter.messages("replay") == []
+    status, again = adapter.deliver(RECORD, message_id="msg_orphan")
+    assert again["results"][0] == {
+        "index": 0,
+        "status": "duplicate",
+        "usage_id": piriod.usages()[0]["id"],
+    }
+
+
+def test_a_post_recorded_nowhere_is_settled_not_posted_twice(adapter: Adapter, piriod: Any) -> None:
+    from piriod_adapter.idempotency import IdempotencyStore, StoreUnavailable
+    from tests.integration.test_replay import drain_replay
+
+    # given DynamoDB failing just when a posted record's result is written
+    real = IdempotencyStore.record_posted
+
+    def blip(self: IdempotencyStore, posted: Any) -> None:
+        raise StoreUnavailable("blip")
+
+    adapter.monkeypatch.setattr(IdempotencyStore, "record_posted", blip)
+    first = adapter.deliver(RECORD, message_id="msg_blip", timeout_seconds=10)
+    adapter.monkeypatch.setattr(IdempotencyStore, "record_posted", real)
+    # when the sender resends it while the key is still locked
+    status, body = adapter.deliver(RECORD, message_id="msg_blip")
+    # then it was posted once, the resend waits in ReplayQueue, and replay settles it by lookup
+    assert first[1]["results"][0]["status"] == "posted"
+    assert status == 202 and body["results"][0]["status"] == "queued"
+    time.sleep(6.5)  # the first attempt's lock (its 10 s function timeout) expires
+    drain_replay(adapter)
+    assert len(piriod.usages()) == 1 and adapter.messages("replay") == []
+    assert [r["method"] for r in piriod.requests].count("POST") == 1
+
+
+def test_header_values_that_are_numbers_are_read_as_text(adapter: Adapter, piriod: Any) -> None:
+    # given a hand-written event whose timestamp header is a JSON number
+    event = adapter.event(RECORD)
+    event["headers"]["webhook-timestamp"] = int(event["headers"]["webhook-timestamp"])
+    event["headers"]["x-count"] = 3
+    # when it is invoked
+    status, body = adapter.invoke(event)
+    # then it is handled like its text form
+    assert status == 202 and body["results"][0]["status"] == "posted"

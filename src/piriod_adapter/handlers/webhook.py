@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from piriod_adapter.clock import Deadline
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import get_runtime
-from piriod_adapter.webhook import Reply, receive_native
+from piriod_adapter.webhook import Reply, receive_native, receive_source, text_headers
 
 DEADLINE_RESERVE_SECONDS = 5.0  # stop starting posts this long before the function times out
 
@@ -34,9 +34,20 @@ def native_usages() -> Response[Any]:
     return _response(receive_native(app.current_event.raw_event, get_runtime(), deadline))
 
 
+@app.post("/v1/sources/<source>/usages")
+def source_usages(source: str) -> Response[Any]:
+    deadline = Deadline.from_context(app.lambda_context, DEADLINE_RESERVE_SECONDS)
+    return _response(receive_source(app.current_event.raw_event, source, get_runtime(), deadline))
+
+
 @app.not_found
 def not_found(exc: Exception) -> Response[Any]:
-    return _response(Reply(404, {"message": "not found: POST /v1/usages is the native route"}))
+    return _response(
+        Reply(
+            404,
+            {"message": "not found: POST /v1/usages or POST /v1/sources/{source}/usages"},
+        )
+    )
 
 
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
@@ -54,4 +65,4 @@ def unexpected(exc: Exception) -> Response[Any]:
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return app.resolve(text_headers(event), context)

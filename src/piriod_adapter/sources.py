@@ -1,0 +1,516 @@
+"""Third-party sources (SPEC section 8): the profile document, where it comes from, and how a
+profile maps a meter's own payload onto usages.
+
+A profile is configuration, not code: it names a signature scheme and secret, where the
+records are in the payload (JMESPath, the library Powertools ships, with its
+`powertools_json` / `powertools_base64` functions), how to read each field, and how to find
+the subscription line. Every mapped record then goes through the native route's rules
+(`models.check_*`), and everything after that is the native route's one path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from piriod_adapter import jsondoc
+from piriod_adapter.models import (
+    MAX_BATCH,
+    MAX_LINE,
+    KeyKind,
+    Usage,
+    UsageKey,
+    check_instant,
+    check_line,
+    check_quantity,
+    parse_rfc3339,
+    to_utc,
+)
+from piriod_adapter.validation import FieldProblem, invalid
+
+if TYPE_CHECKING:
+    from mypy_boto3_ssm import SSMClient
+
+MAX_CACHE_SECONDS = 60.0
+MAX_ID_LENGTH = 4096
+MAX_METER_ID_LENGTH = 256
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SOURCE_NAME = re.compile(r"[a-z0-9-]{1,64}")
+_NUMERIC_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_EXACT = Context(prec=200, traps=[Inexact, InvalidOperation])
+
+
+class SourcesUnavailable(RuntimeError):
+    """The profile document cannot be read or does not validate: the sources route answers
+    503 (the native route keeps working). The message names the source and the field."""
+
+
+# --- the profile document ----------------------------------------------------------------------
+
+
+def _compiles(expression: str) -> str:
+    import jmespath
+
+    try:
+        jmespath.compile(expression)
+    except Exception as exc:  # jmespath raises LexerError, ParseError, ...
+        raise ValueError(f"is not a valid JMESPath expression: {exc}") from None
+    return expression
+
+
+JMESPath = Annotated[str, StringConstraints(min_length=1), AfterValidator(_compiles)]
+LineId = Annotated[int, Field(ge=1, le=MAX_LINE, strict=True)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+def _exact_factor(value: str) -> str:
+    if not _NUMERIC_TEXT.fullmatch(value):
+        raise ValueError('must be an exact decimal written as a string, e.g. "0.000000001"')
+    if Decimal(value) <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SignatureProfile(_Strict):
+    scheme: Literal["standard-webhooks", "stripe", "hmac-sha256-hex"]
+    secret_id: NonEmpty
+    header: NonEmpty | None = None
+    timestamp_header: NonEmpty | None = None
+    tolerance_seconds: int = Field(default=300, ge=1, le=3600, strict=True)
+
+    @model_validator(mode="after")
+    def _headers_for_hmac_only(self) -> SignatureProfile:
+        if self.scheme == "hmac-sha256-hex" and self.header is None:
+            raise ValueError("header is required with scheme hmac-sha256-hex")
+        if self.scheme != "hmac-sha256-hex" and (self.header or self.timestamp_header):
+            raise ValueError("header and timestamp_header apply to hmac-sha256-hex only")
+        return self
+
+
+class FieldPaths(_Strict):
+    date_time: JMESPath | None = None
+    quantity: JMESPath
+    event_id: JMESPath | None = None
+    subscription_line: JMESPath | None = None
+    meter_id: JMESPath | None = None
+
+
+class Profile(_Strict):
+    signature: SignatureProfile
+    shape: Literal["json", "cloudevents"] = "json"
+    records: JMESPath = "@"
+    fields: FieldPaths
+    time_format: Literal["rfc3339", "epoch_seconds", "epoch_millis"] = "rfc3339"
+    quantity_factor: Annotated[str, AfterValidator(_exact_factor)] = "1"
+    subscription_line: LineId | None = None
+    lines: dict[Annotated[str, StringConstraints(max_length=MAX_METER_ID_LENGTH)], LineId] = {}
+    test_mode: bool = Field(default=False, strict=True)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Profile:
+        if self.shape == "json":
+            if self.fields.date_time is None:
+                raise ValueError("fields.date_time is required with shape json")
+            if self.fields.event_id is None:
+                raise ValueError("fields.event_id is required with shape json")
+        elif self.fields.event_id is not None:
+            raise ValueError("fields.event_id does not apply to cloudevents (source and id do)")
+        if (
+            self.fields.subscription_line is None
+            and self.subscription_line is None
+            and self.fields.meter_id is None
+        ):
+            raise ValueError(
+                "no way to find the line: give fields.subscription_line, "
+                "subscription_line, or fields.meter_id with lines"
+            )
+        return self
+
+    @cached_property
+    def compiled(self) -> dict[str, Any]:
+        """Every JMESPath of the profile, compiled once."""
+        import jmespath
+
+        paths = {"records": self.records, **self.fields.model_dump(exclude_none=True)}
+        if self.shape == "cloudevents" and "date_time" not in paths:
+            paths["date_time"] = "time"
+        return {name: jmespath.compile(text) for name, text in paths.items()}
+
+
+SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
+
+
+class SourcesDocument(_Strict):
+    version: Literal[1]
+    sources: dict[SourceName, Profile] = {}
+
+
+def parse_document(raw: bytes) -> SourcesDocument:
+    """Validate a profile document; a problem raises SourcesUnavailable naming the source
+    and the field."""
+    try:
+        data = jsondoc.loads(raw)
+    except jsondoc.JsonError as exc:
+        raise SourcesUnavailable(f"sources document is not valid JSON: {exc}") from None
+    try:
+        document = SourcesDocument.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        loc = [str(part) for part in error["loc"]]
+        where = (
+            f"source {loc[1]!r}, field {'.'.join(loc[2:]) or '(profile)'}"
+            if len(loc) >= 2 and loc[0] == "sources"
+            else f"field {'.'.join(loc) or '(document)'}"
+        )
+        message = error["msg"].removeprefix("Value error, ")
+        raise SourcesUnavailable(f"sources document invalid: {where}: {message}") from None
+    for profile in document.sources.values():
+        profile.compiled  # noqa: B018 (compile every JMESPath now, at load)
+    return document
+
+
+# --- where the document comes from, cached with a bound ----------------------------------------
+
+
+class SourceCatalog:
+    """The profile document named by SOURCES_CONFIG: `ssm:<parameter name>` (an SSM String
+    parameter), `file:<path>` (relative to the function's code, or absolute), or empty (no
+    sources). Read at most once per `ttl_seconds` (at most 60), good or bad, so that an edit
+    takes effect without a deploy and a broken document is logged once per period."""
+
+    def __init__(
+        self,
+        config: str,
+        ssm: Callable[[], SSMClient],
+        ttl_seconds: float,
+        log: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config.strip()
+        self._ssm = ssm
+        self._ttl = min(ttl_seconds, MAX_CACHE_SECONDS)
+        self._log = log
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._loaded: tuple[float, SourcesDocument | SourcesUnavailable] | None = None
+
+    def document(self) -> SourcesDocument:
+        with self._lock:
+            now = self._clock()
+            if self._loaded is None or now - self._loaded[0] >= self._ttl:
+                try:
+                    result: SourcesDocument | SourcesUnavailable = parse_document(self._read())
+                except SourcesUnavailable as exc:
+                    self._log(str(exc))
+                    result = exc
+                self._loaded = (now, result)
+            found = self._loaded[1]
+        if isinstance(found, SourcesUnavailable):
+            raise found
+        return found
+
+    def profile(self, name: str) -> Profile | None:
+        """The named source's profile, or None when there is no such source."""
+        if not SOURCE_NAME.fullmatch(name):
+            return None
+        return self.document().sources.get(name)
+
+    def _read(self) -> bytes:
+        config = self._config
+        if not config:
+            return b'{"version": 1, "sources": {}}'
+        kind, _, where = config.partition(":")
+        if kind == "file" and where:
+            path = Path(where)
+            if not path.is_absolute():
+                path = Path(__file__).resolve().parent.parent / path  # the function's code
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise SourcesUnavailable(
+                    f"cannot read SOURCES_CONFIG file {where!r}: {exc}"
+                ) from None
+        if kind == "ssm" and where:
+            try:
+                response = self._ssm().get_parameter(Name=where)
+            except Exception as exc:
+                raise SourcesUnavailable(
+                    f"cannot read SSM parameter {where!r}: {type(exc).__name__}"
+                ) from None
+            value: str = response["Parameter"]["Value"]
+            return value.encode("utf-8", "surrogatepass")
+        raise SourcesUnavailable(
+            "SOURCES_CONFIG must be 'ssm:<parameter name>', 'file:<path>' or empty"
+        )
+
+
+# --- mapping ----------------------------------------------------------------------------------
+
+
+class _Unmappable(ValueError):
+    """One field of one record cannot be mapped."""
+
+
+def _search(profile: Profile, name: str, data: Any) -> Any:
+    import jmespath
+    from aws_lambda_powertools.utilities.jmespath_utils import PowertoolsFunctions
+
+    options = jmespath.Options(custom_functions=PowertoolsFunctions())
+    try:
+        return profile.compiled[name].search(data, options=options)
+    except Exception as exc:  # a function given the wrong type, a bad powertools_json ...
+        raise _Unmappable(f"could not be evaluated: {type(exc).__name__}") from None
+
+
+def _number(value: Any) -> Decimal:
+    """A JSON number or a numeric string, exactly (no float, no underscores, no NaN)."""
+    if isinstance(value, bool):
+        raise _Unmappable("must be a number, not a boolean")
+    if isinstance(value, int | Decimal):
+        return Decimal(value)
+    if isinstance(value, float):  # only from powertools_json inside an expression
+        return Decimal(repr(value))
+    if isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value.strip()):
+        return Decimal(value.strip())
+    raise _Unmappable("must be a number or a numeric string")
+
+
+def _instant(value: Any, time_format: str) -> datetime:
+    if time_format == "rfc3339":
+        if not isinstance(value, str):
+            raise _Unmappable("must be an RFC 3339 string")
+        return parse_rfc3339(value)
+    seconds = _number(value)
+    if time_format == "epoch_millis":
+        seconds = seconds.scaleb(-3)
+    micros = seconds.scaleb(6)
+    if micros != micros.to_integral_value():
+        raise _Unmappable("must not be more precise than microseconds")
+    try:
+        return to_utc(EPOCH + timedelta(microseconds=int(micros)))
+    except OverflowError:
+        raise _Unmappable("cannot be represented in UTC (before year 1 or after 9999)") from None
+
+
+def _identifier(value: Any, name: str, limit: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _Unmappable(f"{name} must be a string or an integer")
+    text = str(value)
+    if not text or len(text) > limit or not text.isprintable():
+        raise _Unmappable(f"{name} must be 1 to {limit} printable characters")
+    return text
+
+
+def _original(value: Any) -> Any:
+    """A meter's own value, kept for a person (bounded, JSON-safe)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, str):
+        return value[:256]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return json.dumps(value, default=str)[:256]
+
+
+class Mapper:
+    """Maps one delivery's payload onto usages with one source's profile."""
+
+    def __init__(self, name: str, profile: Profile, now: datetime | None = None) -> None:
+        self.name = name
+        self.profile = profile
+        self.scope = f"v1/sources/{name}"
+        self.now = now or datetime.now(UTC)
+
+    def usages(self, document: Any) -> list[Usage]:
+        """Every record of the payload as a Usage; any problem is a 422 naming the record
+        index and the profile field, and nothing is posted."""
+        found, problems = self._records(document)
+        if not problems and not 1 <= len(found) <= MAX_BATCH:
+            problems.append(
+                FieldProblem(
+                    None, "records", f"found {len(found)} records; 1 to {MAX_BATCH} are accepted"
+                )
+            )
+        if problems:
+            raise invalid(problems)
+        usages = []
+        for index, one in enumerate(found):
+            try:
+                usages.append(self._usage(one))
+            except _FieldError as exc:
+                problems.append(FieldProblem(index, exc.field, exc.message))
+        if problems:
+            raise invalid(problems)
+        return usages
+
+    def _records(self, document: Any) -> tuple[list[_Found], list[FieldProblem]]:
+        """Each record in the payload, with its key text when the shape decides it."""
+        problems: list[FieldProblem] = []
+        if self.profile.shape == "json":
+            records, _ = self._select(document, None, problems)
+            return [_Found(r) for r in records], problems
+        # CloudEvents: one event, or a batch (a JSON array); `records` is found in each
+        # event, and the key is the event's source and id (and the record's place in it,
+        # when `records` finds a list inside an event).
+        events = document if isinstance(document, list) else [document]
+        found: list[_Found] = []
+        for position, event in enumerate(events):
+            problem = _cloudevent_problem(event)
+            if problem is not None:
+                problems.append(FieldProblem(position, "event", problem))
+                continue
+            records, single = self._select(event, position, problems)
+            for number, record in enumerate(records):
+                parts = [event["source"], event["id"]] + ([] if single else [number])
+                found.append(_Found(record, json.dumps(parts, separators=(",", ":")), event))
+        return found, problems
+
+    def _select(
+        self, data: Any, position: int | None, problems: list[FieldProblem]
+    ) -> tuple[list[Any], bool]:
+        """The records `records` finds in `data`, and whether it found one (not a list)."""
+        try:
+            selected = _search(self.profile, "records", data)
+        except _Unmappable as exc:
+            problems.append(FieldProblem(position, "records", f"{self.profile.records}: {exc}"))
+            return [], True
+        if selected is None:
+            problems.append(FieldProblem(position, "records", f"{self.profile.records}: no value"))
+            return [], True
+        if isinstance(selected, list):
+            return selected, False
+        return [selected], True
+
+    def _raw(self, record: Any, name: str) -> Any:
+        """The value a field's JMESPath finds in the record (a problem if none)."""
+        try:
+            value = _search(self.profile, name, record)
+        except _Unmappable as exc:
+            raise _FieldError(name, f"{self.profile.compiled[name].expression}: {exc}") from None
+        if value is None:
+            raise _FieldError(name, f"{self.profile.compiled[name].expression}: no value")
+        return value
+
+    def _field(self, name: str, raw: Any, convert: Callable[[Any], Any]) -> Any:
+        try:
+            return convert(raw)
+        except ValueError as exc:  # _Unmappable, and the native rules' own ValueError
+            raise _FieldError(name, f"{self.profile.compiled[name].expression}: {exc}") from None
+
+    def _usage(self, found: _Found) -> Usage:
+        profile, record, key_text = self.profile, found.record, found.key_text
+        # A CloudEvent's own `time` is the default, wherever `records` points inside it.
+        in_event = found.event is not None and profile.fields.date_time is None
+        raw_time = self._raw(found.event if in_event else record, "date_time")
+        instant = self._field(
+            "date_time",
+            raw_time,
+            lambda v: check_instant(_instant(v, profile.time_format), self.now),
+        )
+        raw_quantity = self._raw(record, "quantity")
+        quantity = self._field("quantity", raw_quantity, self._quantity)
+        if key_text is None:
+            key_text = self._field(
+                "event_id",
+                self._raw(record, "event_id"),
+                lambda v: _identifier(v, "event_id", MAX_ID_LENGTH),
+            )
+        meter_id: str | None = None
+        line: int | None
+        if "subscription_line" in profile.compiled:
+            line = self._field(
+                "subscription_line", self._raw(record, "subscription_line"), check_line
+            )
+        elif profile.subscription_line is not None:
+            line = profile.subscription_line
+        else:
+            meter_id = self._field(
+                "meter_id",
+                self._raw(record, "meter_id"),
+                lambda v: _identifier(v, "meter_id", MAX_METER_ID_LENGTH),
+            )
+            line = profile.lines.get(meter_id)
+        original = {
+            "event_id": key_text[:256],
+            "date_time": _original(raw_time),
+            "quantity": _original(raw_quantity),
+        }
+        if meter_id is not None:
+            original["meter_id"] = meter_id
+        return Usage(
+            subscription_line=line,
+            date_time=instant,
+            quantity=quantity,
+            key=UsageKey(kind=KeyKind.EVENT, scope=self.scope, text=key_text),
+            source=self.name,
+            meter_id=meter_id,
+            original=original,
+        )
+
+    def _quantity(self, value: Any) -> Decimal:
+        number = _number(value)
+        try:
+            with localcontext(_EXACT):
+                scaled = number * Decimal(self.profile.quantity_factor)
+        except (Inexact, InvalidOperation):
+            raise _Unmappable("times quantity_factor is not exact") from None
+        return check_quantity(scaled)
+
+
+@dataclass(frozen=True)
+class _Found:
+    record: Any
+    key_text: str | None = None  # set when the shape decides the key (CloudEvents)
+    event: Any = None  # the CloudEvent the record came from
+
+
+class _FieldError(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _cloudevent_problem(event: Any) -> str | None:
+    """Why `event` is not a structured CloudEvents 1.0 event, or None."""
+    if not isinstance(event, dict):
+        return "must be a CloudEvents object"
+    if event.get("specversion") != "1.0":
+        return 'specversion must be "1.0"'
+    for attribute in ("id", "source", "type"):
+        value = event.get(attribute)
+        if not isinstance(value, str) or not value or len(value) > 1024:
+            return f"{attribute} must be a non-empty string (at most 1024 characters)"
+    return None
+
+
+def resolve_meter_line(usage: Usage, catalog: SourceCatalog) -> Usage:
+    """An unmapped meter's record with its line, once the source's profile maps it."""
+    if usage.subscription_line is not None or usage.source is None or usage.meter_id is None:
+        return usage
+    profile = catalog.profile(usage.source)
+    line = profile.lines.get(usage.meter_id) if profile is not None else None
+    return usage if line is None else usage.model_copy(update={"subscription_line": line})

@@ -1,0 +1,336 @@
+"""Source profiles and their mapping, in isolation: the document's validation, each way of
+reading a time, a quantity and a line, and generated payloads per time format."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from piriod_adapter.models import KeyKind
+from piriod_adapter.sources import (
+    Mapper,
+    Profile,
+    SourceCatalog,
+    SourcesUnavailable,
+    parse_document,
+    resolve_meter_line,
+)
+from piriod_adapter.validation import BodyError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "sources.json"
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def profile(**overrides: Any) -> Profile:
+    base: dict[str, Any] = {
+        "signature": {"scheme": "stripe", "secret_id": "s"},
+        "fields": {"date_time": "t", "quantity": "q", "event_id": "id"},
+        "subscription_line": 7,
+    }
+    return Profile.model_validate({**base, **overrides})
+
+
+def mapped(p: Profile, payload: Any) -> list[Any]:
+    return Mapper("meter", p, now=NOW).usages(payload)
+
+
+def problems(p: Profile, payload: Any) -> set[tuple[int | None, str]]:
+    with pytest.raises(BodyError) as err:
+        mapped(p, payload)
+    assert err.value.status == 422
+    return {(x.index, x.field) for x in err.value.problems}
+
+
+def test_the_shipped_examples_validate_and_compile() -> None:
+    document = parse_document(EXAMPLES.read_bytes())
+    assert sorted(document.sources) == ["acme-storage", "ci-minutes", "fleet-telemetry"]
+    assert all(p.compiled for p in document.sources.values())
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        ({"version": 1, "sources": {"x": {"signature": {}}}}, "source 'x', field signature"),
+        ({"version": 1, "sources": {"UPPER": {}}}, "UPPER"),
+        ({"version": 1, "sources": {"a" * 65: {}}}, "a" * 65),
+        ({"version": 2, "sources": {}}, "field version"),
+        ({"version": 1, "extra": 1}, "field extra"),
+        ([], "document"),
+    ],
+)
+def test_document_problems_name_the_source_and_the_field(document: Any, says: str) -> None:
+    with pytest.raises(SourcesUnavailable, match=says):
+        parse_document(json.dumps(document).encode())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"records": "a[?"}, "JMESPath"),
+        ({"quantity_factor": "1e-3x"}, "exact decimal"),
+        ({"quantity_factor": "0"}, "greater than 0"),
+        ({"subscription_line": 0}, "subscription_line"),
+        ({"subscription_line": "7"}, "subscription_line"),
+        ({"lines": {"m": 2**63}}, "lines"),
+        ({"time_format": "iso"}, "time_format"),
+        ({"shape": "xml"}, "shape"),
+        ({"signature": {"scheme": "hmac-sha256-hex", "secret_id": "s"}}, "header is required"),
+        ({"signature": {"scheme": "stripe", "secret_id": "s", "header": "X"}}, "hmac-sha256-hex"),
+        ({"fields": {"quantity": "q", "event_id": "id"}}, "date_time is required"),
+        ({"subscription_line": None}, "no way to find the line"),
+        ({"unknown": 1}, "unknown"),
+    ],
+)
+def test_profile_rules(overrides: dict[str, Any], says: str) -> None:
+    fields = {**json.loads(profile().model_dump_json(exclude_none=True)), **overrides}
+    document = {"version": 1, "sources": {"m": {k: v for k, v in fields.items() if v is not None}}}
+    with pytest.raises(SourcesUnavailable, match=says):
+        parse_document(json.dumps(document).encode())
+
+
+# --- mapping -----------------------------------------------------------------------------------
+
+
+def test_records_may_be_a_list_or_one_record() -> None:
+    p = profile(records="data")
+    one = mapped(p, {"data": {"t": "2026-11-01T00:00:00Z", "q": 1, "id": "a"}})
+    many = mapped(
+        p, {"data": [{"t": "2026-11-01T00:00:00Z", "q": 1, "id": str(i)} for i in range(3)]}
+    )
+    assert len(one) == 1 and len(many) == 3
+    assert one[0].key.kind is KeyKind.EVENT and one[0].key.scope == "v1/sources/meter"
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"data": None}, {(None, "records")}),
+        ({"data": []}, {(None, "records")}),
+        ({"data": [{"q": 1, "id": "a"}] * 101}, {(None, "records")}),
+        ({"data": [{"t": "2026-11-01T00:00:00Z", "q": "x", "id": "a"}]}, {(0, "quantity")}),
+        ({"data": [{"t": "2026-11-01T00:00:00Z", "q": "1_000", "id": "a"}]}, {(0, "quantity")}),
+        ({"data": [{"t": "2026-11-01T00:00:00Z", "q": True, "id": "a"}]}, {(0, "quantity")}),
+        ({"data": [{"t": "2026-11-01T00:00:00Z", "q": "NaN", "id": "a"}]}, {(0, "quantity")}),
+        ({"data": [{"t": "2026-11-01", "q": 1, "id": "a"}]}, {(0, "date_time")}),
+        ({"data": [{"t": "2026-11-01T00:00:00Z", "q": 1, "id": {"x": 1}}]}, {(0, "event_id")}),
+        ({"data": [{"t": "2026-11-01T00:00:00Z", "q": 1, "id": ""}]}, {(0, "event_id")}),
+        ({"data": [{"t": "2026-11-01T00:00:00Z", "q": 1}]}, {(0, "event_id")}),
+        ({"data": [{"t": "2027-01-01T00:00:00Z", "q": 1, "id": "a"}]}, {(0, "date_time")}),
+    ],
+)
+def test_what_cannot_be_mapped_names_the_record_and_the_profile_field(
+    payload: Any, expected: set[tuple[int | None, str]]
+) -> None:
+    assert problems(profile(records="data"), payload) == expected
+
+
+@pytest.mark.parametrize(
+    ("time_format", "value", "utc"),
+    [
+        ("rfc3339", "2026-11-01T10:00:00+02:00", "2026-11-01T08:00:00Z"),
+        ("epoch_seconds", 1793527200, "2026-11-01T10:00:00Z"),
+        ("epoch_seconds", "1793527200.5", "2026-11-01T10:00:00.500000Z"),
+        ("epoch_seconds", Decimal("1793527200.000001"), "2026-11-01T10:00:00.000001Z"),
+        ("epoch_millis", 1793527200123, "2026-11-01T10:00:00.123000Z"),
+        ("epoch_millis", Decimal("1793527200123.456"), "2026-11-01T10:00:00.123456Z"),
+        ("epoch_seconds", -62135596800, "0001-01-01T00:00:00Z"),
+    ],
+)
+def test_times_in_each_format_are_sent_as_utc(time_format: str, value: Any, utc: str) -> None:
+    [usage] = mapped(profile(time_format=time_format), {"t": value, "q": 1, "id": "a"})
+    assert usage.date_time_text == utc
+
+
+@pytest.mark.parametrize(
+    ("time_format", "value"),
+    [
+        ("epoch_seconds", Decimal("1.0000001")),
+        ("epoch_millis", Decimal("1.0001")),
+        ("epoch_seconds", 10**12),
+        ("epoch_seconds", -(10**12)),
+        ("epoch_seconds", "1e400"),
+        ("epoch_millis", True),
+        ("rfc3339", 1793527200),
+    ],
+)
+def test_times_that_cannot_be_taken_as_they_are_are_refused(time_format: str, value: Any) -> None:
+    assert problems(profile(time_format=time_format), {"t": value, "q": 1, "id": "a"}) == {
+        (0, "date_time")
+    }
+
+
+def test_the_factor_is_exact_decimal() -> None:
+    p = profile(quantity_factor="0.000000001")
+    [usage] = mapped(p, {"t": "2026-11-01T00:00:00Z", "q": 1073741824, "id": "a"})
+    assert usage.quantity_text == "1.073741824"
+    too_fine = profile(quantity_factor="0." + "0" * 39 + "1")
+    assert problems(too_fine, {"t": "2026-11-01T00:00:00Z", "q": "0.5", "id": "a"}) == {
+        (0, "quantity")
+    }
+
+
+def test_the_line_comes_from_the_payload_the_profile_or_the_meter_lookup() -> None:
+    record = {"t": "2026-11-01T00:00:00Z", "q": 1, "id": "a", "line": 9, "cust": "c1"}
+    from_payload = profile(
+        fields={"date_time": "t", "quantity": "q", "event_id": "id", "subscription_line": "line"}
+    )
+    lookup = profile(
+        subscription_line=None,
+        lines={"c1": 11},
+        fields={"date_time": "t", "quantity": "q", "event_id": "id", "meter_id": "cust"},
+    )
+    assert mapped(from_payload, record)[0].subscription_line == 9
+    assert mapped(profile(), record)[0].subscription_line == 7
+    [found] = mapped(lookup, record)
+    assert (found.subscription_line, found.meter_id) == (11, "c1")
+    [unmapped] = mapped(lookup, {**record, "cust": "c2"})
+    assert (unmapped.subscription_line, unmapped.meter_id) == (None, "c2")
+    assert unmapped.original == {
+        "event_id": "a",
+        "date_time": "2026-11-01T00:00:00Z",
+        "quantity": 1,
+        "meter_id": "c2",
+    }
+
+
+def test_an_unmapped_record_is_mapped_once_its_meter_has_a_line() -> None:
+    lookup = profile(
+        subscription_line=None,
+        lines={},
+        fields={"date_time": "t", "quantity": "q", "event_id": "id", "meter_id": "cust"},
+    )
+    [unmapped] = mapped(lookup, {"t": "2026-11-01T00:00:00Z", "q": 1, "id": "a", "cust": "c2"})
+
+    class Catalog:
+        def __init__(self, lines: dict[str, int]) -> None:
+            self.lines = lines
+
+        def profile(self, name: str) -> Profile | None:
+            return lookup.model_copy(update={"lines": self.lines}) if name == "meter" else None
+
+    assert resolve_meter_line(unmapped, Catalog({})).subscription_line is None  # type: ignore[arg-type]
+    resolved = resolve_meter_line(unmapped, Catalog({"c2": 12}))  # type: ignore[arg-type]
+    assert resolved.subscription_line == 12
+    assert resolved.fingerprint == unmapped.fingerprint  # the same record, now with its line
+
+
+def test_cloudevents_keys_are_source_and_id_and_time_defaults_to_time() -> None:
+    p = profile(shape="cloudevents", fields={"quantity": "data.q"})
+    event = {
+        "specversion": "1.0",
+        "id": "e1",
+        "source": "urn:a",
+        "type": "t",
+        "time": "2026-11-01T00:00:00Z",
+        "data": {"q": 2},
+    }
+    [usage] = mapped(p, event)
+    assert json.loads(usage.key.text) == ["urn:a", "e1"]
+    batch = mapped(p, [event, {**event, "source": "urn:b"}])
+    assert len({u.key.text for u in batch}) == 2
+    readings = profile(shape="cloudevents", records="data.readings", fields={"quantity": "q"})
+    many = mapped(readings, {**event, "data": {"readings": [{"q": 1}, {"q": 2}]}})
+    assert [json.loads(u.key.text) for u in many] == [["urn:a", "e1", 0], ["urn:a", "e1", 1]]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"specversion": "0.3", "id": "e", "source": "s", "type": "t"},
+        {"specversion": "1.0", "source": "s", "type": "t"},
+        {"specversion": "1.0", "id": "", "source": "s", "type": "t"},
+        {"specversion": "1.0", "id": "e", "source": "s"},
+        "not an event",
+    ],
+)
+def test_what_is_not_a_cloudevent_is_422(event: Any) -> None:
+    p = profile(shape="cloudevents", fields={"quantity": "data.q"})
+    assert problems(p, [event]) == {(0, "event")}
+
+
+def test_the_catalog_is_read_again_after_its_bound_and_keeps_a_bad_read_for_it() -> None:
+    reads: list[str] = []
+    logged: list[str] = []
+    state = {"now": 0.0, "text": '{"version": 1, "sources": {}}'}
+
+    class Ssm:
+        def get_parameter(self, Name: str) -> dict[str, Any]:
+            reads.append(Name)
+            return {"Parameter": {"Value": state["text"]}}
+
+    catalog = SourceCatalog(
+        "ssm:/p",
+        Ssm,  # type: ignore[arg-type]
+        ttl_seconds=600,
+        log=logged.append,
+        clock=lambda: state["now"],  # type: ignore[arg-type,return-value]
+    )
+    assert catalog.profile("x") is None
+    state["text"] = "{broken"
+    state["now"] = 59.0
+    assert catalog.profile("x") is None  # still within the bound (capped at 60 s)
+    state["now"] = 60.0
+    for _ in range(3):
+        with pytest.raises(SourcesUnavailable):
+            catalog.profile("x")
+    assert reads == ["/p", "/p"] and len(logged) == 1
+
+
+# --- generated payloads, per time format -----------------------------------------------------
+
+EXAMPLES_PER_FORMAT = 1000
+instants = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2026, 11, 25), timezones=st.just(UTC)
+)
+factors = st.sampled_from(["1", "0.000000001", "0.001", "1000", "0.25", "3.6", "1e-6"])
+amounts = st.one_of(
+    st.integers(0, 10**12),
+    st.decimals(min_value=0, max_value=10**9, places=6, allow_nan=False, allow_infinity=False),
+)
+
+
+def _expect(amount: Decimal | int, factor: str) -> Decimal:
+    return Decimal(amount) * Decimal(factor)
+
+
+@pytest.mark.parametrize("time_format", ["rfc3339", "epoch_seconds", "epoch_millis"])
+def test_mapping_never_changes_a_meters_quantity_or_instant(time_format: str) -> None:
+    seen: list[int] = []
+
+    @settings(max_examples=EXAMPLES_PER_FORMAT, deadline=None, derandomize=True, database=None)
+    @given(
+        moment=instants,
+        amount=amounts,
+        factor=factors,
+        as_text=st.booleans(),
+        offset=st.integers(-23 * 60, 23 * 60),
+    )
+    def check(moment: datetime, amount: Any, factor: str, as_text: bool, offset: int) -> None:
+        if time_format == "rfc3339":
+            from datetime import timezone
+
+            value: Any = moment.astimezone(timezone(timedelta(minutes=offset))).isoformat()
+        else:
+            micros = (moment - EPOCH) // timedelta(microseconds=1)
+            value = Decimal(micros).scaleb(-6 if time_format == "epoch_seconds" else -3)
+            value = str(value) if as_text else value
+        quantity = str(amount) if as_text else amount
+        p = profile(time_format=time_format, quantity_factor=factor)
+        [usage] = mapped(p, {"t": value, "q": quantity, "id": "e"})
+        assert usage.date_time == moment
+        assert usage.quantity == _expect(amount, factor)
+        assert Decimal(json.loads(usage.piriod_body(), parse_float=Decimal)["quantity"]) == (
+            _expect(amount, factor)
+        )
+        seen.append(1)
+
+    check()
+    assert len(seen) >= EXAMPLES_PER_FORMAT
