@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import uuid
@@ -158,7 +157,3 @@ def function_environment(
         "POWERTOOLS_SERVICE_NAME": "piriod-usage-adapter",
         **extra,
     }
-
-
-def apply_environment(env: dict[str, str]) -> None:
-    os.environ.update(env)

@@ -51,7 +51,6 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
 
 @dataclass
 class DrainReport:
-    batches: int = 0
     received: int = 0
     deleted: int = 0
     failed: int = 0
@@ -87,7 +86,6 @@ def poll_once(
         if message["MessageId"] not in failed:
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
             report.deleted += 1
-    report.batches += 1
     report.received += len(received)
     report.failed += len(failed)
     report.responses.append(response)

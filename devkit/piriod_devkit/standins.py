@@ -31,10 +31,6 @@ class LocalStandins:
     piriod: StandinProcess
     resources: LocalResources
 
-    @property
-    def aws_endpoint(self) -> str:
-        return self.moto.url
-
 
 def local_env() -> dict[str, str]:
     env: dict[str, str] = json.loads(ENV_FILE.read_text())["Parameters"]

@@ -33,8 +33,8 @@ MAX_LINE = 2**63 - 1  # Piriod's ids are 64-bit integers
 MAX_INTEGER_DIGITS = 20  # quantity < 10^20
 MAX_FRACTION_DIGITS = 40  # quantity has at most 40 decimal places
 MAX_KEY_LENGTH = 255
-MAX_FRACTION_INPUT = 9  # RFC 3339 fractions may be written with up to 9 digits...
-PRECISION = "microseconds"  # ...but must not carry more than Piriod stores
+MAX_FRACTION_INPUT = 9  # RFC 3339 fractions may be written with up to 9 digits, but must
+# not carry more than Piriod stores (microseconds)
 
 # RFC 3339 date-time with an explicit offset ("Z" or +hh:mm); no bare dates, no naive times.
 _RFC3339 = re.compile(
