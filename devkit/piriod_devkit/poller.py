@@ -82,10 +82,15 @@ def poll_once(
     ]
     response = handler(sqs_event(received, arn), LambdaContext(timeout_seconds, "ReplayFunction"))
     failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
-    for message in received:
-        if message["MessageId"] not in failed:
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-            report.deleted += 1
+    done = [m for m in received if m["MessageId"] not in failed]
+    if done:  # as the event source mapping does: one DeleteMessageBatch
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done)
+            ],
+        )
+        report.deleted += len(done)
     report.received += len(received)
     report.failed += len(failed)
     report.responses.append(response)

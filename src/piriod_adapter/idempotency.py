@@ -18,9 +18,12 @@ reconcile can compare a period. A record waiting in a queue also carries its que
 (`waiting`, indexed by `by_waiting`), so that the operator can list ReplayQueue without
 receiving from it (a receive would count towards its maxReceiveCount).
 
-The common path costs one conditional PutItem per record (the claim) and one BatchWriteItem
-per 25 posted records (the result). Writing the result unconditionally is safe because the
-claim's lock outlives the holder's own function timeout: nobody else can hold the key.
+A record costs one conditional PutItem (the claim); the final states of a delivery's records
+(posted, queued, rejected, released) are written together, one BatchWriteItem per 25.
+Writing them unconditionally is safe because the claim's lock outlives the holder's own
+function timeout: nobody else can hold the key. (A TransactWriteItems of up to 100 claims
+would be one round trip instead of one per record, but costs twice the write capacity of
+each claim, and a record's claim runs concurrently with the others' posts anyway.)
 
 Why not Powertools Idempotency: it caches a handler's or function's return value per payload
 hash, and a record whose post was sent but never answered would either be replayed blindly or
@@ -114,8 +117,8 @@ class KeyState:
 
 @dataclass(frozen=True)
 class Claim:
-    """The result of trying to take a key. When taken, it is also what `record_posted`
-    writes the result over (the item stays inside this module)."""
+    """The result of trying to take a key. When taken, it is also what `record_results`
+    writes the final state over (the item stays inside this module)."""
 
     pk: str
     token: str | None  # set when we hold the key now
@@ -222,10 +225,11 @@ class IdempotencyStore:
             return Claim(pk=pk, token=None, previous=holder)
         except Exception as exc:
             raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
-        old = response.get("Attributes")
+        old = response.get("Attributes") or {}
         previous = KeyState.from_item(old) if old else None
-        if old and "ambiguous_since" in old:
-            item = {**item, "ambiguous_since": old["ambiguous_since"]}
+        # What the new attempt must keep: an earlier attempt's unseen post, and where the
+        # record waits while this attempt is on it.
+        item = {**item, **{k: v for k, v in old.items() if k in _KEPT_ON_TAKE_OVER}}
         return Claim(pk=pk, token=item["lock_token"]["S"], previous=previous, _item=item)
 
     def get(self, pk: str) -> KeyState | None:
@@ -253,19 +257,34 @@ class IdempotencyStore:
             state = self.get(pk)
         return state
 
-    def record_posted(self, posted: list[tuple[Claim, int]]) -> None:
-        """Write `posted` for each (claim, usage id), 25 items per BatchWriteItem."""
+    def record_results(self, results: list[Result]) -> None:
+        """Write each attempt's final state over its claim: posted (with Piriod's id), waiting
+        in a queue (with its message), or released (free to take again). One BatchWriteItem
+        per 25; unconditional, because the claim's lock outlives the holder's own function
+        timeout: nobody else can hold the key. Raises StoreUnavailable."""
         now = _num(self._clock())
         requests = []
-        for claim, usage_id in posted:
-            assert claim._item is not None, "only a claim that was taken is recorded"
-            result = {k: v for k, v in claim._item.items() if k not in _TRANSIENT_ATTRIBUTES}
-            result.update(
-                status={"S": KeyStatus.POSTED.value},
-                usage_id={"N": str(usage_id)},
-                posted_at={"N": now},
-            )
-            requests.append({"PutRequest": {"Item": result}})
+        for result in results:
+            claim = result.claim
+            assert claim._item is not None, "only a claim that was taken is written over"
+            item = {k: v for k, v in claim._item.items() if k not in _ATTEMPT_ATTRIBUTES}
+            item["status"] = {"S": result.status.value}
+            if result.status is KeyStatus.POSTED:
+                assert result.usage_id is not None
+                for name in _WAIT_ATTRIBUTES:
+                    item.pop(name, None)
+                item.update(usage_id={"N": str(result.usage_id)}, posted_at={"N": now})
+            elif result.ambiguous_since is not None:
+                item["ambiguous_since"] = {"N": _num(result.ambiguous_since)}
+            if result.waiting is not None:
+                waiting = result.waiting
+                item.update(
+                    waiting={"S": f"{waiting.queue}#{_shard(claim.pk)}"},
+                    waiting_since={"S": waiting.since},
+                    message_id={"S": waiting.message_id},
+                    message={"S": waiting.message},
+                )
+            requests.append({"PutRequest": {"Item": item}})
         try:
             for start in range(0, len(requests), 25):
                 pending: Any = {self._table: requests[start : start + 25]}
@@ -280,7 +299,7 @@ class IdempotencyStore:
         except StoreUnavailable:
             raise
         except Exception as exc:
-            raise StoreUnavailable(f"cannot record posted usages: {type(exc).__name__}") from None
+            raise StoreUnavailable(f"cannot record results: {type(exc).__name__}") from None
 
     def settle(self, pk: str, token: str, usage_id: int) -> None:
         """Record that an earlier, unseen attempt did land in Piriod as `usage_id`."""
@@ -323,45 +342,23 @@ class IdempotencyStore:
                 busy = True
         return held, busy
 
-    def mark_waiting(
-        self,
-        pk: str,
-        token: str,
-        status: KeyStatus,
-        ambiguous_since: float | None,
-        waiting: Waiting | None = None,
-    ) -> None:
-        """The record now waits in a queue (queued/rejected, with its message) or is free
-        again (released; where it waited before, if anywhere, is kept). `ambiguous_since` is
-        kept when an attempt's outcome is unknown, and cleared otherwise."""
-        sets = ["#s = :status"]
-        removes = ["lock_expires", "lock_token"]
-        values: dict[str, Any] = {":status": {"S": status.value}, ":token": {"S": token}}
+    def release(self, pk: str, token: str, ambiguous_since: float | None) -> None:
+        """Free a key we hold (an attempt that stopped on an unexpected error), keeping an
+        unseen post flagged so that the next holder settles it by lookup."""
+        values: dict[str, Any] = {
+            ":status": {"S": KeyStatus.RELEASED.value},
+            ":token": {"S": token},
+        }
         if ambiguous_since is None:
-            removes.append("ambiguous_since")
+            update = "SET #s = :status REMOVE lock_expires, lock_token"
         else:
-            sets.append("ambiguous_since = :since")
+            update = "SET #s = :status, ambiguous_since = :since REMOVE lock_expires, lock_token"
             values[":since"] = {"N": _num(ambiguous_since)}
-        if waiting is not None:
-            sets += [
-                "waiting = :waiting",
-                "waiting_since = :waiting_since",
-                "message_id = :message_id",
-                "message = :message",
-            ]
-            values.update(
-                {
-                    ":waiting": {"S": f"{waiting.queue}#{_shard(pk)}"},
-                    ":waiting_since": {"S": waiting.since},
-                    ":message_id": {"S": waiting.message_id},
-                    ":message": {"S": waiting.message},
-                }
-            )
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": pk}},
-                UpdateExpression=f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
+                UpdateExpression=update,
                 ConditionExpression="lock_token = :token",
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues=values,
@@ -451,16 +448,28 @@ class Waiting:
     since: str  # when it failed, as sortable UTC text
 
 
-# Attributes of an attempt in progress or of a wait in a queue: none of them survive a post.
-_TRANSIENT_ATTRIBUTES = (
-    "lock_expires",
-    "lock_token",
+_KEPT_ON_TAKE_OVER = (
     "ambiguous_since",
     "waiting",
     "waiting_since",
     "message_id",
     "message",
 )
+# Attributes of an attempt in progress, and of a wait in a queue: none of them survive a post.
+_ATTEMPT_ATTRIBUTES = ("lock_expires", "lock_token", "ambiguous_since")
+_WAIT_ATTRIBUTES = ("waiting", "waiting_since", "message_id", "message")
+_TRANSIENT_ATTRIBUTES = _ATTEMPT_ATTRIBUTES + _WAIT_ATTRIBUTES
+
+
+@dataclass(frozen=True)
+class Result:
+    """An attempt's final state, to write over its claim."""
+
+    claim: Claim
+    status: KeyStatus  # POSTED, QUEUED, REJECTED or RELEASED
+    usage_id: int | None = None  # POSTED
+    ambiguous_since: float | None = None  # an unseen post still to settle
+    waiting: Waiting | None = None  # QUEUED / REJECTED: where, and the message
 
 
 def _same_value(item: dict[str, Any], quantity: Decimal) -> bool:

@@ -193,7 +193,11 @@ def replay_dead_letters(
         result = redeliver_dead_letter(
             entry.record, runtime.submitter, runtime.queue, Deadline.after(60), resolve
         )
-        status = result.outcome.status.value if result.outcome.status else "not_stored"
+        status = (
+            result.outcome.status.value
+            if result.outcome and result.outcome.status
+            else "not_stored"
+        )
         setattr(counts, status, getattr(counts, status) + 1)
         if result.verdict is Verdict.DONE:
             runtime.sqs.delete_message(QueueUrl=url, ReceiptHandle=entry.receipt_handle)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.models import FailureKind, QueuedRecord
+from piriod_adapter.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
+    from mypy_boto3_sqs.type_defs import (
+        MessageAttributeValueTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
 
 REPLAY = "replay"
 DEAD_LETTER = "dead-letter"
@@ -39,33 +44,50 @@ class FailureQueue:
     def url(self, queue: str) -> str:
         return self.replay_url if queue == REPLAY else self.dead_letter_url
 
-    def store(self, message: QueuedRecord) -> Placement:
-        """Where a failed record waits (SPEC 5): refused for the record itself ->
-        DeadLetterQueue, for a person; any passing failure -> ReplayQueue, for ReplayFunction."""
-        if message.failure.kind is FailureKind.REJECTED:
-            return self.send(DEAD_LETTER, message)
-        return self.send(REPLAY, message)
+    def store_failed(self, failed: Sequence[tuple[object, QueuedRecord]]) -> list[Placement | None]:
+        """The submit path's sink for the webhook and the operator: store each message."""
+        return self.store_all([message for _, message in failed])
 
-    def send(self, queue: str, message: QueuedRecord, delay_seconds: int = 0) -> Placement:
-        attributes: dict[str, MessageAttributeValueTypeDef] = {
-            "kind": {"DataType": "String", "StringValue": message.failure.kind.value},
-            "scope": {"DataType": "String", "StringValue": message.usage.key.scope},
-        }
-        if message.usage.subscription_line is not None:
-            attributes["subscription_line"] = {
-                "DataType": "Number",
-                "StringValue": str(message.usage.subscription_line),
-            }
-        try:
-            response = self._client.send_message(
-                QueueUrl=self.url(queue),
-                MessageBody=message.to_json(),
-                MessageAttributes=attributes,
-                DelaySeconds=max(0, min(MAX_DELAY_SECONDS, delay_seconds)),
-            )
-        except Exception as exc:  # endpoint down, throttled, access denied: not stored
-            raise QueueUnavailable(f"cannot send to queue: {type(exc).__name__}") from None
-        return Placement(queue, response["MessageId"], message)
+    def store_all(self, messages: list[QueuedRecord]) -> list[Placement | None]:
+        """Where failed records wait (SPEC 5): refused for the record itself ->
+        DeadLetterQueue, for a person; any passing failure -> ReplayQueue, for
+        ReplayFunction. None for a message that could not be stored."""
+        return self.send_all(
+            [
+                (DEAD_LETTER if m.failure.kind is FailureKind.REJECTED else REPLAY, m, 0)
+                for m in messages
+            ]
+        )
+
+    def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
+        """Send (queue, message, delay seconds) with SendMessageBatch: ten per call and at
+        most 200 KiB per call. None for each message SQS did not take."""
+        placed: list[Placement | None] = [None] * len(sends)
+        for queue in (REPLAY, DEAD_LETTER):
+            mine = [i for i, (q, _, _) in enumerate(sends) if q == queue]
+            for chunk in _chunks([(i, sends[i][1].to_json()) for i in mine]):
+                entries: list[SendMessageBatchRequestEntryTypeDef] = [
+                    {
+                        "Id": str(i),
+                        "MessageBody": body,
+                        "DelaySeconds": max(0, min(MAX_DELAY_SECONDS, sends[i][2])),
+                        "MessageAttributes": _attributes(sends[i][1]),
+                    }
+                    for i, body in chunk
+                ]
+                try:
+                    response = self._client.send_message_batch(
+                        QueueUrl=self.url(queue), Entries=entries
+                    )
+                except Exception as exc:  # endpoint down, throttled, access denied
+                    logger.warning(
+                        "cannot send to queue", extra={"queue": queue, "error": type(exc).__name__}
+                    )
+                    continue
+                for ok in response.get("Successful", []):
+                    i = int(ok["Id"])
+                    placed[i] = Placement(queue, ok["MessageId"], sends[i][1])
+        return placed
 
     def send_raw(self, queue: str, body: str, kind: str) -> str:
         """Forward a message body as it is (one that cannot be read as a record)."""
@@ -95,6 +117,36 @@ class FailureQueue:
             "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
             "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
         }
+
+
+MAX_BATCH_BYTES = 200 * 1024  # SendMessageBatch takes 256 KiB in all; attributes need some
+
+
+def _chunks(bodies: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """Bodies grouped ten at a time, each group under MAX_BATCH_BYTES."""
+    groups: list[list[tuple[int, str]]] = []
+    size = 0
+    for item in bodies:
+        length = len(item[1].encode())
+        if not groups or len(groups[-1]) == 10 or size + length > MAX_BATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += length
+    return groups
+
+
+def _attributes(message: QueuedRecord) -> dict[str, MessageAttributeValueTypeDef]:
+    attributes: dict[str, MessageAttributeValueTypeDef] = {
+        "kind": {"DataType": "String", "StringValue": message.failure.kind.value},
+        "scope": {"DataType": "String", "StringValue": message.usage.key.scope},
+    }
+    if message.usage.subscription_line is not None:
+        attributes["subscription_line"] = {
+            "DataType": "Number",
+            "StringValue": str(message.usage.subscription_line),
+        }
+    return attributes
 
 
 WALK_HOLD_SECONDS = 30

@@ -1,10 +1,12 @@
 """Replay: re-post queued records through the same submit path as the webhook (SPEC 5).
 
-Attempts are counted in the message (`attempts`: posts or lookups tried so far) and by SQS
-(each receive of a ReplayQueue message, towards the redrive policy's maxReceiveCount). A
-receive in which Piriod was not asked anything (the function's time ran out first, or an
-unseen post is too recent to look up) must not use up an attempt: the record is sent again
-as a fresh message, whose receive count starts over, and the received one is deleted.
+A batch of ReplayQueue messages is submitted together, concurrently, like a delivery's
+records. Attempts are counted in the message (`attempts`: posts or lookups tried so far) and
+by SQS (each receive of a ReplayQueue message, towards the redrive policy's
+maxReceiveCount). A receive in which Piriod was not asked anything (the function's time ran
+out first, an unseen post is too recent to look up, another attempt holds the key) must not
+use up an attempt: the record is sent again as a fresh message, whose receive count starts
+over, and the received one is deleted.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.models import FailureKind, QueuedRecord, Status, Usage
 from piriod_adapter.observability import logger
-from piriod_adapter.queue import DEAD_LETTER, REPLAY, FailureQueue, Placement, QueueUnavailable
+from piriod_adapter.queue import DEAD_LETTER, REPLAY, FailureQueue, Placement
 from piriod_adapter.submit import FailureSink, Outcome, Submission, Submitter
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
 
 # SQS refuses a visibility timeout that reaches 12 hours after the message was received.
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
@@ -32,33 +41,55 @@ class Verdict(StrEnum):
 
 
 @dataclass(frozen=True)
+class Received:
+    """One ReplayQueue message as the event source hands it over."""
+
+    message_id: str
+    body: str
+    receive_count: int  # SQS's ApproximateReceiveCount, this receive included
+
+
+@dataclass(frozen=True)
 class ReplayResult:
     verdict: Verdict
-    outcome: Outcome
-    message: QueuedRecord
+    outcome: Outcome | None  # None: the message could not be read as a record
+    message: QueuedRecord | None  # with the attempts of earlier receives counted
 
 
 def consumer_sink(
-    queue: FailureQueue, message_id: str, last_attempt: bool, resend_delay: Callable[[], int]
+    queue: FailureQueue,
+    received: dict[int, Received],
+    max_attempts: int,
+    resend_delay: Callable[[QueuedRecord], int],
 ) -> FailureSink:
-    """Where ReplayFunction leaves a record that failed again: rejected -> DeadLetterQueue; not
-    tried at all -> a fresh ReplayQueue message (no attempt used up); after the last attempt
-    -> DeadLetterQueue as `exhausted`; otherwise it stays where it is (`message_id`)."""
+    """Where ReplayFunction leaves records that failed again: rejected -> DeadLetterQueue;
+    not tried at all -> a fresh ReplayQueue message (no attempt used up); after the last
+    attempt -> DeadLetterQueue as `exhausted`; otherwise each stays where it is."""
 
-    def sink(message: QueuedRecord) -> Placement:
-        if message.failure.kind is FailureKind.REJECTED:
-            return queue.send(DEAD_LETTER, message)
-        if not message.failure.attempted:
-            placement = queue.send(REPLAY, message, delay_seconds=resend_delay())
-            return Placement(placement.queue, placement.message_id, message, resent=True)
-        if last_attempt:
-            exhausted = message.model_copy(
-                update={
-                    "failure": message.failure.model_copy(update={"kind": FailureKind.EXHAUSTED})
-                }
-            )
-            return queue.send(DEAD_LETTER, exhausted)
-        return Placement(REPLAY, message_id, message)
+    def sink(failed: list[tuple[Submission, QueuedRecord]]) -> list[Placement | None]:
+        placed: list[Placement | None] = [None] * len(failed)
+        sends: list[tuple[int, str, QueuedRecord, int]] = []
+        for n, (sub, message) in enumerate(failed):
+            got = received[sub.index]
+            if message.failure.kind is FailureKind.REJECTED:
+                sends.append((n, DEAD_LETTER, message, 0))
+            elif not message.failure.attempted:
+                sends.append((n, REPLAY, message, resend_delay(message)))
+            elif got.receive_count >= max_attempts:
+                exhausted = message.model_copy(
+                    update={
+                        "failure": message.failure.model_copy(
+                            update={"kind": FailureKind.EXHAUSTED}
+                        )
+                    }
+                )
+                sends.append((n, DEAD_LETTER, exhausted, 0))
+            else:
+                placed[n] = Placement(REPLAY, got.message_id, message)
+        results = queue.send_all([(q, m, d) for _, q, m, d in sends])
+        for (n, q, _, _), result in zip(sends, results, strict=True):
+            placed[n] = replace(result, resent=True) if result and q == REPLAY else result
+        return placed
 
     return sink
 
@@ -79,53 +110,84 @@ def settle_wait(message: QueuedRecord, settle_after: float, now: float | None = 
     return max(0, int(message.ambiguous_since.timestamp() + settle_after - now) + 1)
 
 
-def replay_one(
-    message: QueuedRecord,
-    message_id: str,
-    receive_count: int,
+def replay_batch(
+    batch: list[Received],
     submitter: Submitter,
     queue: FailureQueue,
     deadline: Deadline,
     max_attempts: int,
-) -> ReplayResult:
-    """One ReplayQueue message. `receive_count` is SQS's ApproximateReceiveCount: earlier
-    receives of this very message each tried once."""
-    message = message.model_copy(update={"attempts": message.attempts + receive_count - 1})
+    concurrency: int,
+) -> list[ReplayResult]:
+    """A batch of ReplayQueue messages, submitted together; one result per message."""
+    results: dict[int, ReplayResult] = {}
+    subs: list[Submission] = []
+    for index, got in enumerate(batch):
+        try:
+            message = QueuedRecord.from_json(got.body)
+        except (ValidationError, ValueError):
+            results[index] = _unreadable(got, queue)
+            continue
+        # earlier receives of this very message each tried once
+        message = message.model_copy(update={"attempts": message.attempts + got.receive_count - 1})
+        subs.append(Submission.from_message(message, index=index))
     sink = consumer_sink(
         queue,
-        message_id,
-        last_attempt=receive_count >= max_attempts,
-        resend_delay=lambda: settle_wait(message, submitter.settle_after_seconds),
+        dict(enumerate(batch)),
+        max_attempts,
+        lambda message: settle_wait(message, submitter.settle_after_seconds),
     )
-    outcome = submitter.submit(Submission.from_message(message), deadline, sink, replay=True)
-    verdict = Verdict.DONE
-    if outcome.busy:  # another attempt holds the key: look again soon, no attempt used up
-        try:
-            placement = queue.send(REPLAY, message, delay_seconds=BUSY_RETRY_SECONDS)
-            outcome = replace(outcome, placement=replace(placement, resent=True))
-        except QueueUnavailable:
-            verdict = Verdict.RETRY
-    elif outcome.status is None or (
-        outcome.status is Status.QUEUED
-        and outcome.placement is not None
-        and outcome.placement.queue == REPLAY
-        and not outcome.placement.resent
+    outcomes = submitter.submit_all(subs, deadline, sink, concurrency, replay=True)
+    busy = [(s, o) for s, o in zip(subs, outcomes, strict=True) if o.busy]
+    resent = queue.send_all(
+        [(REPLAY, s.previous, BUSY_RETRY_SECONDS) for s, _ in busy if s.previous]
+    )
+    again = {s.index: placed for (s, _), placed in zip(busy, resent, strict=True)}
+    for sub, outcome in zip(subs, outcomes, strict=True):
+        placed = again.get(sub.index)
+        results[sub.index] = _verdict(
+            sub, replace(outcome, placement=placed) if placed else outcome
+        )
+    return [results[i] for i in range(len(batch))]
+
+
+def _verdict(sub: Submission, outcome: Outcome) -> ReplayResult:
+    placement = outcome.placement
+    waits_here = placement is not None and placement.queue == REPLAY and not placement.resent
+    resent_busy = outcome.busy and placement is not None
+    if (outcome.status is None and not resent_busy) or (
+        outcome.status is Status.QUEUED and waits_here
     ):
         verdict = Verdict.RETRY
+    else:
+        verdict = Verdict.DONE
+    message = sub.previous
+    assert message is not None
     logger.info(
         "replayed record",
         extra={
             "scope": message.usage.key.scope,
             "status": outcome.status.value if outcome.status else "not_stored",
             "verdict": verdict.value,
-            "attempts": message.attempts + (1 if outcome.tried else 0),
-            "tried": outcome.tried,
+            "attempts": message.attempts + (1 if outcome.tried and not outcome.busy else 0),
+            "tried": outcome.tried and not outcome.busy,
             "ambiguous": outcome.ambiguous,
             "settled": outcome.settled,
             "failure_kind": outcome.failure.kind.value if outcome.failure else None,
         },
     )
     return ReplayResult(verdict, outcome, message)
+
+
+def _unreadable(got: Received, queue: FailureQueue) -> ReplayResult:
+    """Not a record this version can read: a person must look at it, now rather than after
+    every attempt has failed the same way."""
+    try:
+        queue.send_raw(DEAD_LETTER, got.body, kind="unreadable")
+    except Exception as exc:
+        logger.error("unreadable message not moved; it stays", extra={"error": str(exc)})
+        return ReplayResult(Verdict.RETRY, None, None)
+    logger.error("unreadable ReplayQueue message moved to DeadLetterQueue")
+    return ReplayResult(Verdict.DONE, None, None)
 
 
 def redeliver_dead_letter(
@@ -140,9 +202,42 @@ def redeliver_dead_letter(
     Rejected again: a fresh dead letter with the new errors, for a person. Failed for a
     passing reason (timeout, reset, 5xx, 429): handed to ReplayQueue, where ReplayFunction
     backs off, settles an unseen post by lookup and retries, as for a webhook delivery."""
-    usage = resolve(message.usage)
+    sub = Submission.from_message(message, resolve(message.usage))
     outcome = submitter.submit(
-        Submission.from_message(message, usage), deadline, queue.store, replay=True
+        sub, deadline, lambda failed: queue.store_all([m for _, m in failed]), replay=True
     )
     verdict = Verdict.DONE if outcome.status is not None else Verdict.RETRY
     return ReplayResult(verdict, outcome, message)
+
+
+def retry_later(
+    sqs: SQSClient,
+    queue_url: str,
+    handled: list[tuple[str, ReplayResult]],
+    base_seconds: float,
+    since_receipt: float,
+) -> None:
+    """Hide each message to retry for its back-off (ChangeMessageVisibilityBatch); where SQS
+    does not take it, the queue's own visibility timeout applies instead."""
+    entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
+        {
+            "Id": str(n),
+            "ReceiptHandle": receipt,
+            "VisibilityTimeout": backoff_seconds(
+                result.message.attempts if result.message else 1, base_seconds, since_receipt
+            ),
+        }
+        for n, (receipt, result) in enumerate(handled)
+        if result.verdict is Verdict.RETRY
+    ]
+    for start in range(0, len(entries), 10):
+        try:
+            response = sqs.change_message_visibility_batch(
+                QueueUrl=queue_url, Entries=entries[start : start + 10]
+            )
+            failed = len(response.get("Failed", []))
+        except Exception as exc:
+            logger.warning("could not set back-off", extra={"error": type(exc).__name__})
+            continue
+        if failed:
+            logger.warning("could not set back-off", extra={"messages": failed})

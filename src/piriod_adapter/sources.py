@@ -136,8 +136,6 @@ class Profile(_Strict):
                 raise ValueError("fields.date_time is required with shape json")
             if self.fields.event_id is None:
                 raise ValueError("fields.event_id is required with shape json")
-        elif self.fields.event_id is not None:
-            raise ValueError("fields.event_id does not apply to cloudevents (source and id do)")
         if (
             self.fields.subscription_line is None
             and self.subscription_line is None
@@ -155,8 +153,9 @@ class Profile(_Strict):
         import jmespath
 
         paths = {"records": self.records, **self.fields.model_dump(exclude_none=True)}
-        if self.shape == "cloudevents" and "date_time" not in paths:
-            paths["date_time"] = "time"
+        if self.shape == "cloudevents":
+            paths.pop("event_id", None)  # the key is the event's source and id
+            paths.setdefault("date_time", "time")
         return {name: jmespath.compile(text) for name, text in paths.items()}
 
 
@@ -180,11 +179,10 @@ def parse_document(raw: bytes) -> SourcesDocument:
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         loc = [str(part) for part in error["loc"]]
-        where = (
-            f"source {loc[1]!r}, field {'.'.join(loc[2:]) or '(profile)'}"
-            if len(loc) >= 2 and loc[0] == "sources"
-            else f"field {'.'.join(loc) or '(document)'}"
-        )
+        if len(loc) >= 2 and loc[0] == "sources":
+            where = f"source {loc[1]!r}" + (f", field {'.'.join(loc[2:])}" if loc[2:] else "")
+        else:
+            where = f"field {'.'.join(loc)}" if loc else "the document"
         message = error["msg"].removeprefix("Value error, ")
         raise SourcesUnavailable(f"sources document invalid: {where}: {message}") from None
     for profile in document.sources.values():

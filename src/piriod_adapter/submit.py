@@ -1,16 +1,18 @@
-"""Submit one record: the single path shared by the webhook and replay.
+"""Submit records: the single path shared by the webhook and replay.
 
-claim the key -> settle an earlier unseen attempt -> post -> record the outcome or store the
-failure. Every path ends with the record posted once, waiting in a queue, or reported as
-"not stored" so that whoever sent it sends it again (a 503 for the webhook, a retried
-message for replay). Nothing is acknowledged that is not in one of those places, and an
-unexpected error in one record ends that record as "not stored" (its key released), never
-the others.
+Per record, concurrently: claim the key -> settle an earlier unseen attempt -> post. Then,
+for the whole delivery at once: store the records that failed (SendMessageBatch), and write
+every key's final state over its claim (BatchWriteItem). Every path ends with the record
+posted once, waiting in a queue, or reported as "not stored" so that whoever sent it sends
+it again (a 503 for the webhook, a retried message for replay). Nothing is acknowledged that
+is not in one of those places, and an unexpected error in one record ends that record as
+"not stored" (its key released), never the others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ from piriod_adapter.idempotency import (
     IdempotencyStore,
     KeyState,
     KeyStatus,
+    Result,
     StoreUnavailable,
     Waiting,
 )
@@ -37,10 +40,11 @@ from piriod_adapter.models import (
 )
 from piriod_adapter.observability import logger
 from piriod_adapter.piriod import PiriodClient, PiriodUnavailable, PostKind, PostResult
-from piriod_adapter.queue import Placement, QueueUnavailable
+from piriod_adapter.queue import Placement
 
 CLOCK_SKEW_SECONDS = 60.0  # Piriod's `created` versus our clock, when settling
 CLAIM_TRIES = 3
+BREAKER_FAILURES = 3  # connections refused in a row before the rest of a delivery is queued
 KEY_CONFLICT = (
     "this key was already used for a different record (another line, time or quantity); "
     "this record was not posted: send it with a key of its own"
@@ -57,8 +61,10 @@ class Submission:
     previous: QueuedRecord | None = None  # the queue message, when this is a replay
 
     @classmethod
-    def from_message(cls, message: QueuedRecord, usage: Usage | None = None) -> Submission:
-        return cls(0, usage or message.usage, message.tenant, previous=message)
+    def from_message(
+        cls, message: QueuedRecord, usage: Usage | None = None, index: int = 0
+    ) -> Submission:
+        return cls(index, usage or message.usage, message.tenant, previous=message)
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,6 @@ class Outcome:
     settled: bool = False  # posted by finding the earlier, unseen attempt in Piriod
     busy: bool = False  # another attempt holds the key right now
     reason: str | None = None
-    # Posted, and its result still to be written over this claim (done per batch).
-    unrecorded: Claim | None = field(default=None, repr=False, compare=False)
 
     @property
     def tried(self) -> bool:
@@ -83,9 +87,49 @@ class Outcome:
         return self.failure is None or self.failure.attempted
 
 
-# Stores a failed record where it belongs and says where (the replay sink may leave it where
-# it is, send a fresh copy, or turn it into an `exhausted` dead letter).
-FailureSink = Callable[[QueuedRecord], Placement]
+# Stores failed records where they belong, in one go, and says where each went (None: not
+# stored). Given each record's submission with its message; the replay sink may leave a
+# message where it is, send a fresh copy, or turn it into an `exhausted` dead letter.
+FailureSink = Callable[[list[tuple[Submission, QueuedRecord]]], list[Placement | None]]
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A record that failed its attempt, still to be stored (phase 2)."""
+
+    sub: Submission
+    claim: Claim | None  # None: the key is not ours (a conflict, or held by another)
+    message: QueuedRecord
+    unseen_since: float | None
+
+
+@dataclass(frozen=True)
+class _Posted:
+    """A record Piriod created, its result still to be written over the claim (phase 3)."""
+
+    claim: Claim
+    usage_id: int
+
+
+_Step = Outcome | _Failed | _Posted
+
+
+class _Breaker:
+    """Piriod refusing connections: after a few in a row, the rest of the delivery is queued
+    without trying (the answer comes at once, and Piriod is not hammered)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refused = 0
+
+    @property
+    def open(self) -> bool:
+        return self._refused >= BREAKER_FAILURES
+
+    def saw(self, result: PostResult) -> None:
+        refused = result.kind is PostKind.TRANSIENT and result.status is None and result.attempted
+        with self._lock:
+            self._refused = self._refused + 1 if refused else 0
 
 
 @dataclass
@@ -100,7 +144,7 @@ class Submitter:
         self, sub: Submission, deadline: Deadline, sink: FailureSink, *, replay: bool = False
     ) -> Outcome:
         """Submit one record and record its result."""
-        return self._record([self._guarded(sub, deadline, sink, replay)])[0]
+        return self.submit_all([sub], deadline, sink, 1, replay=replay)[0]
 
     def submit_all(
         self,
@@ -111,42 +155,66 @@ class Submitter:
         *,
         replay: bool = False,
     ) -> list[Outcome]:
-        """Submit records concurrently, at most `concurrency` in flight, results in order;
-        the posted results are then written together."""
+        """Submit records concurrently, at most `concurrency` in flight; outcomes in order."""
+        breaker = None if replay else _Breaker()
+
+        def attempt(sub: Submission) -> _Step:
+            return self._guarded(sub, deadline, replay, breaker)
+
         if len(subs) <= 1 or concurrency <= 1:
-            outcomes = [self._guarded(s, deadline, sink, replay) for s in subs]
+            steps = [attempt(s) for s in subs]
         else:
             with ThreadPoolExecutor(max_workers=min(concurrency, len(subs))) as pool:
-                outcomes = list(pool.map(lambda s: self._guarded(s, deadline, sink, replay), subs))
-        return self._record(outcomes)
+                steps = list(pool.map(attempt, subs))
+        return self._finish(steps, sink)
 
-    def _record(self, outcomes: list[Outcome]) -> list[Outcome]:
-        posted = [
-            (o.unrecorded, o.usage_id)
-            for o in outcomes
-            if o.unrecorded is not None and o.usage_id is not None
-        ]
-        if posted:
+    # --- phases 2 and 3: store the failures, then write every key's state ----------------------
+
+    def _finish(self, steps: list[_Step], sink: FailureSink) -> list[Outcome]:
+        failed = [s for s in steps if isinstance(s, _Failed)]
+        placements: list[Placement | None] = [None] * len(failed)
+        if failed:
             try:
-                self.store.record_posted(posted)
+                placements = sink([(f.sub, f.message) for f in failed])
+            except Exception as exc:  # the sink is ours; a defect here must not lose records
+                logger.exception("storing failed records raised", extra={"error": str(exc)})
+        stored = dict(zip(map(id, failed), placements, strict=True))
+        results: list[Result] = []
+        outcomes = []
+        for step in steps:
+            if isinstance(step, _Posted):
+                results.append(Result(step.claim, KeyStatus.POSTED, usage_id=step.usage_id))
+                outcomes.append(Outcome(Status.POSTED, usage_id=step.usage_id))
+            elif isinstance(step, _Failed):
+                outcome, result = _placed(step, stored[id(step)])
+                outcomes.append(outcome)
+                if result is not None:
+                    results.append(result)
+            else:
+                outcomes.append(step)
+        if results:
+            try:
+                self.store.record_results(results)
             except StoreUnavailable as exc:
-                # Posted but not recorded: the keys stay locked until their expiry, after
-                # which the next attempt settles them by lookup instead of posting again.
+                # In Piriod or in a queue, but the keys not updated: they stay locked until
+                # their expiry, after which the next attempt settles them by lookup.
                 logger.error(
-                    "posted but could not record it; a retry will settle by lookup",
-                    extra={"records": len(posted), "error": str(exc)},
+                    "records handled but their keys not updated; a retry settles by lookup",
+                    extra={"records": len(results), "error": str(exc)},
                 )
         return outcomes
 
+    # --- phase 1: one record's attempt -----------------------------------------------------
+
     def _guarded(
-        self, sub: Submission, deadline: Deadline, sink: FailureSink, replay: bool
-    ) -> Outcome:
+        self, sub: Submission, deadline: Deadline, replay: bool, breaker: _Breaker | None
+    ) -> _Step:
         """The per-record boundary: whatever goes wrong in one record ends that record as
         "not stored" with its key released (flagged unseen, so the next holder looks it up
         in Piriod before posting), and the other records of the delivery go on."""
         attempt = _Attempt()
         try:
-            return self._submit(sub, deadline, sink, replay, attempt)
+            return self._attempt(sub, deadline, replay, breaker, attempt)
         except Exception as exc:
             logger.exception(
                 "unexpected error submitting a record; it is not stored",
@@ -155,28 +223,26 @@ class Submitter:
             claim = attempt.claim
             if claim is not None and claim.token is not None:
                 with contextlib.suppress(Exception):
-                    self.store.mark_waiting(
-                        claim.pk, claim.token, KeyStatus.RELEASED, attempt.unseen_since()
-                    )
+                    self.store.release(claim.pk, claim.token, attempt.unseen_since())
             return Outcome(None, reason=f"unexpected error ({type(exc).__name__}); retry")
 
-    def _submit(
+    def _attempt(
         self,
         sub: Submission,
         deadline: Deadline,
-        sink: FailureSink,
         replay: bool,
+        breaker: _Breaker | None,
         attempt: _Attempt,
-    ) -> Outcome:
+    ) -> _Step:
         try:
             claim = attempt.claim = self._claim(sub, deadline, replay)
             if not claim.acquired:
-                handled = self._already_handled(claim, sub, deadline, sink, replay)
+                handled = self._already_handled(claim, sub, deadline, replay)
                 if handled is not None:
                     return handled
                 claim = attempt.claim = self._claim(sub, deadline, replay)  # free again
                 if not claim.acquired:
-                    return self._hand_over(sub, claim.previous, sink)
+                    return self._hand_over(sub, claim.previous)
         except StoreUnavailable as exc:
             return Outcome(None, reason=str(exc))
 
@@ -185,25 +251,34 @@ class Submitter:
         if usage.subscription_line is None:
             meter = f"no subscription line for meter {usage.meter_id!r} in source {usage.source!r}"
             refused = PostResult(PostKind.REJECTED, errors={"meter_id": [meter]}, attempted=False)
-            return self._store_failure(claim, sub, refused, since, sink)
+            return self._failed(claim, sub, refused, since)
         if since is not None:
             settled = self._settle(claim, sub, since, deadline)
             if settled is not None:
                 if settled.kind is PostKind.CREATED:
                     return Outcome(Status.POSTED, usage_id=settled.usage_id, settled=True)
-                return self._store_failure(claim, sub, settled, since, sink)
+                return self._failed(claim, sub, settled, since)
 
         if deadline.remaining() < self.post_budget_seconds:
             result = PostResult(
                 PostKind.TRANSIENT, error="function time running out; not posted", attempted=False
             )
+        elif breaker is not None and breaker.open:
+            result = PostResult(
+                PostKind.TRANSIENT,
+                error="Piriod refused the delivery's first connections; not tried",
+                attempted=False,
+            )
         else:
             attempt.sent_at = self.clock()
             result = self.piriod.post_usage(usage, sub.tenant, deadline)
+            if breaker is not None:
+                breaker.saw(result)
         if result.kind is PostKind.CREATED:
-            return Outcome(Status.POSTED, usage_id=result.usage_id, unrecorded=claim)
+            assert result.usage_id is not None
+            return _Posted(claim, result.usage_id)
         unseen = attempt.sent_at if result.kind is PostKind.AMBIGUOUS else None
-        return self._store_failure(claim, sub, result, unseen, sink)
+        return self._failed(claim, sub, result, unseen)
 
     def _claim(self, sub: Submission, deadline: Deadline, replay: bool) -> Claim:
         claim = self.store.claim(sub.usage, deadline, replay=replay)
@@ -219,14 +294,14 @@ class Submitter:
         return claim
 
     def _already_handled(
-        self, claim: Claim, sub: Submission, deadline: Deadline, sink: FailureSink, replay: bool
-    ) -> Outcome | None:
+        self, claim: Claim, sub: Submission, deadline: Deadline, replay: bool
+    ) -> _Step | None:
         """The key was not taken: a duplicate of a stored state, a conflict, a key held by
         another attempt (handed over), or None when the key is free again (claim it again).
         Raises StoreUnavailable."""
         holder = claim.previous
         if holder is not None and holder.fingerprint not in (None, sub.usage.fingerprint):
-            return self._conflict(sub, sink)
+            return self._conflict(sub)
         if holder is not None and holder.locked(self.clock()):
             if replay:  # ReplayFunction looks again shortly, without using up an attempt
                 return Outcome(None, busy=True, reason="another attempt holds this key")
@@ -235,7 +310,7 @@ class Submitter:
                 claim.pk, deadline, min(deadline.remaining(), self.post_budget_seconds)
             )
             if holder is not None and holder.locked(self.clock()):
-                return self._hand_over(sub, holder, sink)
+                return self._hand_over(sub, holder)
         if holder is not None and holder.status in (
             KeyStatus.POSTED,
             KeyStatus.QUEUED,
@@ -244,7 +319,7 @@ class Submitter:
             return Outcome(Status.DUPLICATE, usage_id=holder.usage_id)
         return None
 
-    def _hand_over(self, sub: Submission, holder: KeyState | None, sink: FailureSink) -> Outcome:
+    def _hand_over(self, sub: Submission, holder: KeyState | None) -> _Failed:
         """Another attempt holds the key past a post's time (it is slow, or it stopped
         mid-post and its lock has not expired yet): whatever it did is unseen. The record
         waits in ReplayQueue flagged ambiguous; ReplayFunction takes the key once it is
@@ -255,16 +330,16 @@ class Submitter:
             error="another attempt holds this key; its outcome is settled on replay",
             attempted=False,
         )
-        return self._store_failure(None, sub, unseen, since or self.clock(), sink)
+        return self._failed(None, sub, unseen, since or self.clock())
 
-    def _conflict(self, sub: Submission, sink: FailureSink) -> Outcome:
+    def _conflict(self, sub: Submission) -> _Failed:
         """A key already used for a different record: this record is not posted, and not
         dropped either: it is rejected into DeadLetterQueue with the reason (the key stays
         with the record that had it first)."""
         refused = PostResult(
             PostKind.REJECTED, errors={"idempotency_key": [KEY_CONFLICT]}, attempted=False
         )
-        return self._store_failure(None, sub, refused, None, sink)
+        return self._failed(None, sub, refused, None)
 
     def _settle(
         self, claim: Claim, sub: Submission, since: float, deadline: Deadline
@@ -306,15 +381,14 @@ class Submitter:
             return PostResult(PostKind.CREATED, usage_id=usage_id)
         return None
 
-    def _store_failure(
+    def _failed(
         self,
         claim: Claim | None,
         sub: Submission,
         result: PostResult,
         unseen_since: float | None,
-        sink: FailureSink,
-    ) -> Outcome:
-        """Put a failed record in its queue, then mark its key (when we hold it)."""
+    ) -> _Failed:
+        """The queue message of a record that failed, to be stored with the others."""
         now = datetime.now(UTC)
         kind = {
             PostKind.REJECTED: FailureKind.REJECTED,
@@ -337,36 +411,42 @@ class Submitter:
             first_failure_at=previous.first_failure_at if previous else now,
             ambiguous_since=datetime.fromtimestamp(unseen_since, UTC) if unseen_since else None,
         )
-        ambiguous = unseen_since is not None
-        try:
-            placement = sink(message)
-        except QueueUnavailable as exc:
-            # If even this fails, the lock expires on its own and the next holder settles.
-            if claim is not None and claim.token is not None:
-                with contextlib.suppress(StoreUnavailable):
-                    self.store.mark_waiting(claim.pk, claim.token, KeyStatus.RELEASED, unseen_since)
-            return Outcome(None, failure=failure, ambiguous=ambiguous, reason=str(exc))
-        stored = placement.message.failure
-        rejected = stored.kind is FailureKind.REJECTED
-        if claim is not None and claim.token is not None:
-            waiting = Waiting(
-                queue=placement.queue,
-                message_id=placement.message_id,
-                message=placement.message.to_json(),
-                since=sortable_utc(stored.at),
-            )
-            status = KeyStatus.REJECTED if rejected else KeyStatus.QUEUED
-            try:
-                self.store.mark_waiting(claim.pk, claim.token, status, unseen_since, waiting)
-            except StoreUnavailable as exc:
-                logger.warning("stored in queue but key not updated", extra={"error": str(exc)})
-        return Outcome(
-            Status.REJECTED if rejected else Status.QUEUED,
-            errors=stored.errors if rejected else None,
-            failure=stored,
-            placement=placement,
+        return _Failed(sub, claim, message, unseen_since)
+
+
+def _placed(step: _Failed, placement: Placement | None) -> tuple[Outcome, Result | None]:
+    """A failed record's outcome once stored (or not), and its key's final state."""
+    ambiguous = step.unseen_since is not None
+    claim = step.claim if step.claim is not None and step.claim.token is not None else None
+    if placement is None:
+        outcome = Outcome(
+            None,
+            failure=step.message.failure,
             ambiguous=ambiguous,
+            reason="could not be stored in a queue (SQS unavailable); retry",
         )
+        if claim is None:
+            return outcome, None
+        return outcome, Result(claim, KeyStatus.RELEASED, ambiguous_since=step.unseen_since)
+    failure = placement.message.failure
+    rejected = failure.kind is FailureKind.REJECTED
+    outcome = Outcome(
+        Status.REJECTED if rejected else Status.QUEUED,
+        errors=failure.errors if rejected else None,
+        failure=failure,
+        placement=placement,
+        ambiguous=ambiguous,
+    )
+    if claim is None:
+        return outcome, None
+    waiting = Waiting(
+        queue=placement.queue,
+        message_id=placement.message_id,
+        message=placement.message.to_json(),
+        since=sortable_utc(failure.at),
+    )
+    status = KeyStatus.REJECTED if rejected else KeyStatus.QUEUED
+    return outcome, Result(claim, status, ambiguous_since=step.unseen_since, waiting=waiting)
 
 
 @dataclass

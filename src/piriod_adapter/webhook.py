@@ -208,7 +208,7 @@ def submit_and_answer(
         Submission(index=index, usage=usage, tenant=tenant) for index, usage in enumerate(usages)
     ]
     outcomes = runtime.submitter.submit_all(
-        submissions, deadline, runtime.queue.store, runtime.settings.post_concurrency
+        submissions, deadline, runtime.queue.store_failed, runtime.settings.post_concurrency
     )
     return summarize(delivery, outcomes)
 

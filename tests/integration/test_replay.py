@@ -200,9 +200,9 @@ def test_replay_keeps_decimal_digits_and_test_mode(adapter: Adapter, piriod: Any
 def test_records_a_slow_batch_never_reached_do_not_lose_an_attempt(
     adapter: Adapter, piriod: Any
 ) -> None:
-    # given five queued records, a Piriod that now answers in 2 s, and a function with time
-    # for only the first two posts (13.5 s: 5 s reserve, 6 s post budget per start)
-    adapter.fresh_runtime(PIRIOD_CONNECT_TIMEOUT="1", PIRIOD_READ_TIMEOUT="3")
+    # given five queued records, a Piriod that now answers in 2 s, one post at a time, and a
+    # function with time for only the first two posts (13.5 s: 5 s reserve, 6 s post budget)
+    adapter.fresh_runtime(PIRIOD_CONNECT_TIMEOUT="1", PIRIOD_READ_TIMEOUT="3", POST_CONCURRENCY="1")
     piriod.add_fault("status", status=403, count=5)
     adapter.deliver({"usages": [{**RECORD, "subscription_line": 60 + i} for i in range(5)]})
     piriod.add_fault("latency", delay=2)

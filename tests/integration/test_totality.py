@@ -165,7 +165,7 @@ def test_every_5xx_is_counted_in_a_metric_and_logged_with_its_cause(
     assert any(d.get("responses_5xx") == [1.0] for d in metrics)
     [logged] = [r for r in caplog.records if r.getMessage() == "answered 5xx"]
     assert logged.levelname == "ERROR"
-    assert "cannot send to queue" in logged.cause  # type: ignore[attr-defined]
+    assert "SQS" in logged.cause  # type: ignore[attr-defined]
 
 
 # --- hostile events ----------------------------------------------------------------------------
@@ -256,20 +256,20 @@ def test_a_post_recorded_nowhere_is_settled_not_posted_twice(adapter: Adapter, p
     from tests.integration.test_replay import drain_replay
 
     # given DynamoDB failing just when a posted record's result is written
-    real = IdempotencyStore.record_posted
+    real = IdempotencyStore.record_results
 
     def blip(self: IdempotencyStore, posted: Any) -> None:
         raise StoreUnavailable("blip")
 
-    adapter.monkeypatch.setattr(IdempotencyStore, "record_posted", blip)
-    first = adapter.deliver(RECORD, message_id="msg_blip", timeout_seconds=10)
-    adapter.monkeypatch.setattr(IdempotencyStore, "record_posted", real)
+    adapter.monkeypatch.setattr(IdempotencyStore, "record_results", blip)
+    first = adapter.deliver(RECORD, message_id="msg_blip", timeout_seconds=12)
+    adapter.monkeypatch.setattr(IdempotencyStore, "record_results", real)
     # when the sender resends it while the key is still locked
     status, body = adapter.deliver(RECORD, message_id="msg_blip")
     # then it was posted once, the resend waits in ReplayQueue, and replay settles it by lookup
     assert first[1]["results"][0]["status"] == "posted"
     assert status == 202 and body["results"][0]["status"] == "queued"
-    time.sleep(6.5)  # the first attempt's lock (its 10 s function timeout) expires
+    time.sleep(8.5)  # the first attempt's lock (its 12 s function timeout) expires
     drain_replay(adapter)
     assert len(piriod.usages()) == 1 and adapter.messages("replay") == []
     assert [r["method"] for r in piriod.requests].count("POST") == 1
@@ -284,3 +284,24 @@ def test_header_values_that_are_numbers_are_read_as_text(adapter: Adapter, pirio
     status, body = adapter.invoke(event)
     # then it is handled like its text form
     assert status == 202 and body["results"][0]["status"] == "posted"
+
+
+def test_debug_logging_never_writes_a_secret(
+    adapter: Adapter, piriod: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.conftest import TOKEN
+
+    # given the root logger at DEBUG, as Lambda sets it for LogLevel=DEBUG (staging, sam local)
+    caplog.set_level(logging.DEBUG)
+    adapter.fresh_runtime()
+    # when deliveries are handled (secrets read, Piriod called, a failure queued)
+    adapter.deliver(RECORD)
+    piriod.add_fault("status", status=500, count=1)
+    adapter.deliver({**RECORD, "quantity": 3})
+    # then no log line holds the Piriod token or the signing secret
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert len(caplog.records) > 3
+    assert TOKEN not in text and adapter.secret not in text
+    assert adapter.secret.removeprefix("whsec_") not in text

@@ -23,19 +23,21 @@ from piriod_adapter.piriod import Answer, _error_map, _retry_after, usage_id_of
 from piriod_adapter.queue import DEAD_LETTER, REPLAY, Placement
 from piriod_adapter.replay import (
     MAX_VISIBILITY_SECONDS,
+    Received,
     backoff_seconds,
     consumer_sink,
     settle_wait,
 )
+from piriod_adapter.submit import Submission
 
 
 class FakeQueue:
     def __init__(self) -> None:
         self.sent: list[tuple[str, QueuedRecord, int]] = []
 
-    def send(self, queue: str, message: QueuedRecord, delay_seconds: int = 0) -> Placement:
-        self.sent.append((queue, message, delay_seconds))
-        return Placement(queue, f"new-{len(self.sent)}", message)
+    def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
+        self.sent += sends
+        return [Placement(q, f"new-{len(self.sent)}-{n}", m) for n, (q, m, _) in enumerate(sends)]
 
 
 def message(
@@ -118,19 +120,26 @@ def test_backoff_grows_and_stays_below_the_sqs_ceiling_counted_from_receipt() ->
     assert backoff_seconds(10_000, 3600) < MAX_VISIBILITY_SECONDS
 
 
+def sink_for(queue: FakeQueue, receive_count: int, delay: int = 0) -> Any:
+    received = {0: Received("m-1", "{}", receive_count)}
+    return consumer_sink(queue, received, 8, lambda message: delay)  # type: ignore[arg-type]
+
+
+def sub() -> Submission:
+    return Submission.from_message(message(FailureKind.TRANSIENT))
+
+
 def test_replay_sink_keeps_tried_failures_in_place_until_the_last_attempt() -> None:
     queue = FakeQueue()
-    sink = consumer_sink(queue, "m-1", last_attempt=False, resend_delay=lambda: 0)  # type: ignore[arg-type]
     # given a transient failure before the last attempt: the message stays where it is
-    kept = sink(message(FailureKind.TRANSIENT))
+    [kept] = sink_for(queue, 3)([(sub(), message(FailureKind.TRANSIENT))])
     assert (kept.queue, kept.message_id, kept.resent) == (REPLAY, "m-1", False)
     assert queue.sent == []
     # on the last attempt it becomes an exhausted dead letter
-    last = consumer_sink(queue, "m-1", last_attempt=True, resend_delay=lambda: 0)  # type: ignore[arg-type]
-    moved = last(message(FailureKind.AMBIGUOUS))
+    [moved] = sink_for(queue, 8)([(sub(), message(FailureKind.AMBIGUOUS))])
     assert moved.queue == DEAD_LETTER and moved.message.failure.kind is FailureKind.EXHAUSTED
     # and a rejection always goes to the dead-letter queue as rejected
-    rejected = sink(message(FailureKind.REJECTED))
+    [rejected] = sink_for(queue, 1)([(sub(), message(FailureKind.REJECTED))])
     assert rejected.queue == DEAD_LETTER
     assert rejected.message.failure.kind is FailureKind.REJECTED
 
@@ -138,11 +147,12 @@ def test_replay_sink_keeps_tried_failures_in_place_until_the_last_attempt() -> N
 def test_replay_sink_resends_a_record_that_was_not_tried() -> None:
     # given a record whose attempt never asked Piriod (time ran out, or too early to settle)
     queue = FakeQueue()
-    sink = consumer_sink(queue, "m-1", last_attempt=True, resend_delay=lambda: 42)  # type: ignore[arg-type]
     # when it is stored, even on what would be the last attempt
-    placed = sink(message(FailureKind.TRANSIENT, attempted=False))
+    [placed] = sink_for(queue, 8, delay=42)(
+        [(sub(), message(FailureKind.TRANSIENT, attempted=False))]
+    )
     # then it is a fresh ReplayQueue message, delayed, not an exhausted dead letter
-    assert placed.queue == REPLAY and placed.resent and placed.message_id == "new-1"
+    assert placed.queue == REPLAY and placed.resent and placed.message_id.startswith("new-")
     assert queue.sent[0][0] == REPLAY and queue.sent[0][2] == 42
 
 

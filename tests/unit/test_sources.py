@@ -334,3 +334,19 @@ def test_mapping_never_changes_a_meters_quantity_or_instant(time_format: str) ->
 
     check()
     assert len(seen) >= EXAMPLES_PER_FORMAT
+
+
+def test_a_cloudevents_profile_may_name_event_id_but_the_key_is_source_and_id() -> None:
+    # given a cloudevents profile written from SPEC section 8's schema, event_id included
+    p = profile(shape="cloudevents", fields={"quantity": "data.q", "event_id": "data.ref"})
+    event = {
+        "specversion": "1.0",
+        "id": "e1",
+        "source": "urn:a",
+        "type": "t",
+        "time": "2026-11-01T00:00:00Z",
+        "data": {"q": 2, "ref": "other"},
+    }
+    # then the document validates, and the key is still the event's source and id
+    [usage] = mapped(p, event)
+    assert json.loads(usage.key.text) == ["urn:a", "e1"]
