@@ -44,7 +44,7 @@ test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q tests/e2e
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/batch_latency.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

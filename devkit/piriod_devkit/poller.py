@@ -49,6 +49,17 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
     }
 
 
+_ARNS: dict[str, str] = {}
+
+
+def _arn(sqs: Any, queue_url: str) -> str:
+    if queue_url not in _ARNS:
+        _ARNS[queue_url] = sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+    return _ARNS[queue_url]
+
+
 @dataclass
 class DrainReport:
     received: int = 0
@@ -68,29 +79,33 @@ def poll_once(
 ) -> DrainReport:
     """One receive-invoke-delete round, as the event source mapping does it."""
     report = report or DrainReport()
-    received = sqs.receive_message(
-        QueueUrl=queue_url,
-        MaxNumberOfMessages=batch_size,
-        AttributeNames=["All"],
-        MessageAttributeNames=["All"],
-        WaitTimeSeconds=0,
-    ).get("Messages", [])
+    received: list[dict[str, Any]] = []
+    while len(received) < batch_size:  # the mapping gathers a batch ten messages at a time
+        got = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=min(10, batch_size - len(received)),
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+            WaitTimeSeconds=0,
+        ).get("Messages", [])
+        received += got
+        if len(got) < 10:
+            break
     if not received:
         return report
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
+    arn = _arn(sqs, queue_url)
     response = handler(sqs_event(received, arn), LambdaContext(timeout_seconds, "ReplayFunction"))
     failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
     done = [m for m in received if m["MessageId"] not in failed]
-    if done:  # as the event source mapping does: one DeleteMessageBatch
+    for start in range(0, len(done), 10):  # as the mapping does: DeleteMessageBatch
+        chunk = done[start : start + 10]
         sqs.delete_message_batch(
             QueueUrl=queue_url,
             Entries=[
-                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done)
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(chunk)
             ],
         )
-        report.deleted += len(done)
+    report.deleted += len(done)
     report.received += len(received)
     report.failed += len(failed)
     report.responses.append(response)

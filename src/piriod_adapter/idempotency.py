@@ -164,12 +164,18 @@ class IdempotencyStore:
 
     def claim(self, usage: Usage, deadline: Deadline, *, replay: bool = False) -> Claim:
         """Take the usage's key for one attempt. A webhook takes a new, expired or released
-        key; a replay may also take a key whose record waits in a queue."""
+        key; a replay may also take a key whose record waits in a queue. One request in the
+        common case: a conditional put for a webhook's (new) key, a conditional update for a
+        replay's (existing) key; the other one only when the guess was wrong."""
         pk = key_pk(usage.key)
         now = self._clock()
         token = uuid.uuid4().hex
         item = self._item(pk, usage, token, now, deadline.wall_at + LOCK_MARGIN_SECONDS)
-        try:  # the common case: a key never seen before
+        if replay:
+            taken = self._take_over(pk, item, now, replay)
+            if taken.acquired or taken.previous is not None:
+                return taken
+        try:
             self._client.put_item(
                 TableName=self._table,
                 Item=item,
@@ -194,15 +200,13 @@ class IdempotencyStore:
             ":token": item["lock_token"],
             ":fp": item["fingerprint"],
             ":started": item["attempt_started"],
-            ":expires": item["expires_at"],
         }
+        # Only the lock: the attempt's final state is written over the whole claim later
+        # (`record_results`: retention, a meter's newly mapped line and the rest).
         update = (
             "SET #s = :in_progress, lock_expires = :lock, lock_token = :token, "
-            "attempt_started = :started, expires_at = :expires"
+            "attempt_started = :started"
         )
-        if "line" in item:  # a meter's line may have been mapped since
-            update += ", line = :line"
-            values[":line"] = item["line"]
         if replay:
             takeable += " OR #s IN (:queued, :rejected)"
             values[":queued"] = {"S": KeyStatus.QUEUED.value}

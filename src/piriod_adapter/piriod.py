@@ -26,7 +26,8 @@ from piriod_adapter import jsondoc
 from piriod_adapter.clock import Deadline
 from piriod_adapter.models import MAX_LINE, Tenant, Usage
 
-CONNECT_RETRIES = 2  # only for failures where the request surely never reached Piriod
+CONNECT_RETRIES = 1  # only for failures where the request surely never reached Piriod
+CONNECT_RETRY_PAUSE = 0.05
 THROTTLE_RETRIES = 2  # 429 / 503 with a Retry-After that fits in the time left
 MIN_ATTEMPT_SECONDS = 0.5
 MAX_RESPONSE_BYTES = 1024 * 1024  # Piriod's answers are small; a larger one is not Piriod's
@@ -165,7 +166,7 @@ class PiriodClient:
             except ConnectTimeoutError as exc:  # refused / unreachable: never reached Piriod
                 if connect_retries > 0 and deadline.remaining() > self._connect_timeout:
                     connect_retries -= 1
-                    self._sleep(0.1 * (CONNECT_RETRIES - connect_retries))
+                    self._sleep(CONNECT_RETRY_PAUSE)
                     continue
                 return PostResult(
                     PostKind.TRANSIENT, error=f"cannot connect to Piriod: {_reason(exc)}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.models import FailureKind, QueuedRecord
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 REPLAY = "replay"
 DEAD_LETTER = "dead-letter"
 MAX_DELAY_SECONDS = 900  # SQS's DelaySeconds ceiling
+MAX_PARALLEL_SENDS = 10
 
 
 class QueueUnavailable(RuntimeError):
@@ -36,10 +39,16 @@ class Placement:
 
 
 class FailureQueue:
-    def __init__(self, client: SQSClient, replay_url: str, dead_letter_url: str) -> None:
-        self._client = client
+    def __init__(
+        self, client: Callable[[], SQSClient], replay_url: str, dead_letter_url: str
+    ) -> None:
+        self._make_client = client  # made on first use: a delivery with no failure needs none
         self.replay_url = replay_url
         self.dead_letter_url = dead_letter_url
+
+    @cached_property
+    def _client(self) -> SQSClient:
+        return self._make_client()
 
     def url(self, queue: str) -> str:
         return self.replay_url if queue == REPLAY else self.dead_letter_url
@@ -61,32 +70,46 @@ class FailureQueue:
 
     def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
         """Send (queue, message, delay seconds) with SendMessageBatch: ten per call and at
-        most 200 KiB per call. None for each message SQS did not take."""
+        most 200 KiB per call, the calls side by side. None for each message SQS did not
+        take."""
+        calls = [
+            (queue, chunk)
+            for queue in (REPLAY, DEAD_LETTER)
+            for chunk in _chunks(
+                [(i, m.to_json()) for i, (q, m, _) in enumerate(sends) if q == queue]
+            )
+        ]
         placed: list[Placement | None] = [None] * len(sends)
-        for queue in (REPLAY, DEAD_LETTER):
-            mine = [i for i, (q, _, _) in enumerate(sends) if q == queue]
-            for chunk in _chunks([(i, sends[i][1].to_json()) for i in mine]):
-                entries: list[SendMessageBatchRequestEntryTypeDef] = [
-                    {
-                        "Id": str(i),
-                        "MessageBody": body,
-                        "DelaySeconds": max(0, min(MAX_DELAY_SECONDS, sends[i][2])),
-                        "MessageAttributes": _attributes(sends[i][1]),
-                    }
-                    for i, body in chunk
-                ]
-                try:
-                    response = self._client.send_message_batch(
-                        QueueUrl=self.url(queue), Entries=entries
-                    )
-                except Exception as exc:  # endpoint down, throttled, access denied
-                    logger.warning(
-                        "cannot send to queue", extra={"queue": queue, "error": type(exc).__name__}
-                    )
-                    continue
-                for ok in response.get("Successful", []):
-                    i = int(ok["Id"])
-                    placed[i] = Placement(queue, ok["MessageId"], sends[i][1])
+
+        def call(queue: str, chunk: list[tuple[int, str]]) -> None:
+            entries: list[SendMessageBatchRequestEntryTypeDef] = [
+                {
+                    "Id": str(i),
+                    "MessageBody": body,
+                    "DelaySeconds": max(0, min(MAX_DELAY_SECONDS, sends[i][2])),
+                    "MessageAttributes": _attributes(sends[i][1]),
+                }
+                for i, body in chunk
+            ]
+            try:
+                response = self._client.send_message_batch(
+                    QueueUrl=self.url(queue), Entries=entries
+                )
+            except Exception as exc:  # endpoint down, throttled, access denied
+                logger.warning(
+                    "cannot send to queue", extra={"queue": queue, "error": type(exc).__name__}
+                )
+                return
+            for ok in response.get("Successful", []):
+                i = int(ok["Id"])
+                placed[i] = Placement(queue, ok["MessageId"], sends[i][1])
+
+        if len(calls) <= 1:
+            for queue, chunk in calls:
+                call(queue, chunk)
+        else:
+            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SENDS, len(calls))) as pool:
+                list(pool.map(lambda c: call(*c), calls))
         return placed
 
     def send_raw(self, queue: str, body: str, kind: str) -> str:

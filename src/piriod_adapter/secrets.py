@@ -56,6 +56,11 @@ class SecretStore:
             self._cache[secret_id] = (now, value)
             return value
 
+    def clear(self) -> None:
+        """Forget every cached secret (the next read asks Secrets Manager)."""
+        with self._lock:
+            self._cache.clear()
+
     def piriod_token(self, secret_id: str, *, stale: str | None = None) -> str:
         """SecretString is {"api_token": "..."} or the bare token. `stale` is a token Piriod
         refused: it is read again once, unless another thread already replaced it."""

@@ -13,7 +13,7 @@ import binascii
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,49 @@ class Reply:
             "statusCode": self.status,
             "headers": {"content-type": "application/json"},
             "body": json.dumps(self.body, separators=(",", ":")),
+            "isBase64Encoded": False,
         }
+
+
+NATIVE_PATH = "/v1/usages"
+NOT_FOUND = "not found: POST /v1/usages or POST /v1/sources/{source}/usages"
+
+
+def answer(event: dict[str, Any], runtime: Callable[[], Runtime], deadline: Deadline) -> Reply:
+    """Route a request to its receiver and answer it; every 5xx is counted and logged with
+    its cause, and an unexpected error (a defect) is a 500, never a crash."""
+    try:
+        reply = route(text_headers(event), runtime, deadline)
+    except Exception as exc:
+        logger.exception("unexpected error")
+        reply = Reply(
+            500,
+            {"message": "internal error; retry the delivery"},
+            cause=f"unexpected {type(exc).__name__}",
+        )
+    metrics.add_metric(name=f"deliveries_{reply.status}", unit="Count", value=1)
+    if reply.status >= 500:
+        metrics.add_metric(name="responses_5xx", unit="Count", value=1)
+        logger.error("answered 5xx", extra={"status": reply.status, "cause": reply.cause})
+    return reply
+
+
+def route(event: dict[str, Any], runtime: Callable[[], Runtime], deadline: Deadline) -> Reply:
+    """POST /v1/usages, POST /v1/sources/{source}/usages, or 404."""
+    http = (event.get("requestContext") or {}).get("http") or {}
+    method = str(http.get("method") or event.get("httpMethod") or "").upper()
+    path = str(event.get("rawPath") or http.get("path") or "").rstrip("/")
+    parts = path.split("/")
+    if method == "POST" and path == NATIVE_PATH:
+        return receive_native(event, runtime(), deadline)
+    if (
+        method == "POST"
+        and len(parts) == 5
+        and parts[1:3] == ["v1", "sources"]
+        and parts[4] == "usages"
+    ):
+        return receive_source(event, parts[3], runtime(), deadline)
+    return Reply(404, {"message": NOT_FOUND})
 
 
 def raw_body(event: dict[str, Any]) -> bytes:

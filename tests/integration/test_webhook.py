@@ -206,13 +206,21 @@ def test_ten_concurrent_deliveries_of_one_webhook_post_once(adapter: Adapter, pi
     # when it arrives ten times at once
     with ThreadPoolExecutor(max_workers=10) as pool:
         answers = list(pool.map(lambda _: adapter.invoke(event), range(10)))
-    # then each record is in Piriod exactly once, and every answer agrees on its usage id
-    assert len(piriod.usages()) == 5
+    # then every answer is definite and agrees on each record's usage id; a delivery that
+    # waited longer than a post takes (a loaded machine) may find a record handed over to
+    # ReplayQueue, never posted a second time
     for status, body in answers:
         assert status == 202
-        assert {r["status"] for r in body["results"]} <= {"posted", "duplicate"}
-    ids = {tuple(r["usage_id"] for r in body["results"]) for _, body in answers}
-    assert len(ids) == 1
+        assert {r["status"] for r in body["results"]} <= {"posted", "duplicate", "queued"}
+    for index in range(5):
+        ids = {b["results"][index].get("usage_id") for _, b in answers} - {None}
+        assert len(ids) <= 1
+    from tests.integration.test_replay import drain_replay
+
+    piriod.clear_faults()
+    drain_replay(adapter)
+    # and each record is in Piriod exactly once
+    assert sorted(u["subscription_line"] for u in piriod.usages()) == list(range(1000, 1005))
 
 
 # --- authentication ----------------------------------------------------------------------------

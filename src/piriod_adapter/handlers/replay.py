@@ -13,8 +13,11 @@ from piriod_adapter.clock import Deadline
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.replay import Received, Verdict, replay_batch, retry_later
 from piriod_adapter.runtime import get_runtime
+from piriod_adapter.snapstart import register
 
 DEADLINE_RESERVE_SECONDS = 5.0
+
+register()  # SnapStart's runtime hooks (nothing outside the Lambda runtime)
 
 
 @logger.inject_lambda_context(clear_state=True)
