@@ -9,7 +9,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration e2e bench clean
+TOOLS := .tools
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+PIP_AUDIT := $(TOOLS)/audit/bin/pip-audit
+
+.PHONY: demo test lint typecheck security unit integration e2e bench clean
 
 $(STAMP): pyproject.toml src/requirements.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed (3.13 preferred)" >&2; exit 1; }
@@ -28,6 +32,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# checkov and pip-audit each live in a venv of their own: their dependencies are many and
+# would clash with the project's.
+$(CHECKOV):
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/python -m pip install --quiet "checkov==3.3.30"
+
+$(PIP_AUDIT):
+	$(PYTHON) -m venv $(TOOLS)/audit
+	$(TOOLS)/audit/bin/python -m pip install --quiet "pip-audit==2.10.1"
+
+security: $(STAMP) $(CHECKOV) $(PIP_AUDIT)
+	$(BIN)/cfn-lint template.yaml
+	$(CHECKOV) --quiet --compact --skip-download -f template.yaml
+	$(BIN)/bandit -q -c pyproject.toml -r src
+	bash scripts/audit-requirements.sh $(PIP_AUDIT)
+
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
@@ -38,7 +58,7 @@ e2e: $(STAMP)
 	bash scripts/sam-local-setup.sh
 	$(BIN)/pytest -q tests/e2e
 
-test: lint typecheck $(STAMP)
+test: lint typecheck security $(STAMP)
 	bash scripts/sam-local-setup.sh
 	$(BIN)/pytest -q -n 2 tests/unit tests/integration
 	$(BIN)/pytest -q tests/e2e

@@ -351,8 +351,8 @@ def replay_throughput(env_lab: Lab, runs: int) -> Figure:
 def replay_batch_size() -> int:
     from piriod_devkit.template import load_template, parameter_default, resource
 
-    event = resource(load_template(), "ReplayFunction")["Events"]["ReplayQueueMessages"]
-    return int(parameter_default(load_template(), event["Properties"]["BatchSize"]))
+    trigger = resource(load_template(), "ReplayQueueTrigger")
+    return int(parameter_default(load_template(), trigger["BatchSize"]))
 
 
 def artifact_size() -> Figure:

@@ -29,8 +29,10 @@ from piriod_adapter.operator import (
     entries,
     errors_text,
     reconcile,
+    render_status,
     render_table,
     replay_dead_letters,
+    status,
 )
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.settings import Settings, SettingsError, load_settings
@@ -153,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--line", type=_positive_int(MAX_LINE), required=True)
     rc.add_argument("--since", type=_instant, required=True)
     rc.add_argument("--until", type=_instant, required=True)
+    rc.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    st = sub.add_parser("status", help="queue depths, oldest records, dead letters, last hour")
+    st.add_argument("--json", action="store_true", help="one JSON document")
     return parser
 
 
@@ -244,10 +250,18 @@ def cmd_purge(runtime: Runtime, args: argparse.Namespace, out: TextIO, err: Text
     return EXIT_OK
 
 
-def cmd_reconcile(runtime: Runtime, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_reconcile(runtime: Runtime, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.since > args.until:
         raise CommandError(EXIT_USAGE, "--since is after --until: the period is empty")
-    report = reconcile(runtime, args.line, args.since, args.until)
+    bar = Progress(0, err, enabled=args.progress if args.progress is not None else err.isatty())
+    report = reconcile(
+        runtime,
+        args.line,
+        args.since,
+        args.until,
+        progress=lambda listed: bar.count(listed, "usages listed"),
+    )
+    bar.end()
     out.write(json.dumps(report, indent=2, default=str) + "\n")
     clean = not report["missing_in_piriod"] and not report["not_recorded_by_adapter"]
     return EXIT_OK if clean else EXIT_DIFFERENCES
@@ -298,7 +312,14 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             return cmd_replay(runtime, args, out, err)
         if args.command == "purge":
             return cmd_purge(runtime, args, out, err)
-        return cmd_reconcile(runtime, args, out)
+        if args.command == "status":
+            report = status(runtime)
+            if args.json:
+                out.write(json.dumps(report, default=str) + "\n")
+            else:
+                render_status(report, out)
+            return EXIT_OK
+        return cmd_reconcile(runtime, args, out, err)
     except Exception as exc:
         code, message = _failure_line(exc)
         err.write(f"piriod-adapter: {message}\n")

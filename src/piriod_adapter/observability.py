@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 
 SERVICE = "piriod-usage-adapter"
 
 logger = Logger(service=SERVICE)
-metrics = Metrics(namespace="PiriodUsageAdapter", service=SERVICE)
+NAMESPACE = "PiriodUsageAdapter"
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 # The AWS SDK and the HTTP client log whole requests and answers at DEBUG: Secrets Manager's
 # answers hold the Piriod token and the signing secrets. Lambda sets the root logger to the
 # function's log level, so they are held at WARNING whatever LogLevel says.
 for _noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+
+def count_records(counts: Mapping[str, int], source: str | None) -> None:
+    """Records by outcome (`records_<outcome>`), for the whole service, which the alarms
+    watch, and, for a third-party meter, once more with its `source` as a dimension."""
+    for name, value in counts.items():
+        if value:
+            metrics.add_metric(name=f"records_{name}", unit=MetricUnit.Count, value=value)
+    if source is None:
+        return
+    for name, value in counts.items():
+        if value:
+            with single_metric(f"records_{name}", value) as metric:
+                metric.add_dimension(name="source", value=source)
+
+
+def single_metric(name: str, value: float, unit: MetricUnit = MetricUnit.Count) -> Any:
+    from aws_lambda_powertools.metrics import single_metric as powertools_single
+
+    return powertools_single(
+        name=name,
+        unit=unit,
+        value=value,
+        namespace=NAMESPACE,
+        default_dimensions={"service": SERVICE},
+    )

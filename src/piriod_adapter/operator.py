@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import KeyStatus
 from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, parse_rfc3339
+from piriod_adapter.observability import NAMESPACE, SERVICE
 from piriod_adapter.piriod import usage_id_of
 from piriod_adapter.queue import DEAD_LETTER, REPLAY, receive_all, release
 from piriod_adapter.replay import Verdict, redeliver_dead_letter
@@ -213,7 +215,12 @@ def replay_dead_letters(
 
 
 def reconcile(
-    runtime: Runtime, line: int, since: datetime, until: datetime, now: datetime | None = None
+    runtime: Runtime,
+    line: int,
+    since: datetime,
+    until: datetime,
+    now: datetime | None = None,
+    progress: Callable[[int], None] = lambda listed: None,
 ) -> dict[str, Any]:
     """Compare what the adapter recorded as posted for a line and period with what Piriod
     lists for it (`date_time__gte` / `date_time__lte`). A usage the adapter has no record of
@@ -231,6 +238,7 @@ def reconcile(
         usage_id = usage_id_of(usage)
         assert usage_id is not None
         theirs[usage_id] = usage
+        progress(len(theirs))
     missing_in_piriod = sorted(set(ours) - set(theirs))
     unknown = sorted(set(theirs) - set(ours))
     beyond = [u for u in unknown if _created(theirs[u]) < retention_start]
@@ -373,6 +381,17 @@ class Progress:
         self.total, self.out, self.enabled, self.done = total, out, enabled, 0
         self.started = time.monotonic()
 
+    def count(self, done: int, label: str) -> None:
+        """A run of unknown length: how far it got, every hundred."""
+        if self.enabled and done % 100 == 0:
+            rate = done / max(1e-6, time.monotonic() - self.started)
+            self.out.write(f"\r{done} {label} ({rate:.0f}/s)")
+            self.out.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            self.out.write("\n")
+
     def step(self, label: str) -> None:
         self.done += 1
         if not self.enabled:
@@ -387,3 +406,85 @@ class Progress:
         self.out.flush()
         if self.done >= self.total:
             self.out.write("\n")
+
+
+# --- status ------------------------------------------------------------------------------------
+
+RECENT_OUTCOMES = ("received", "posted", "duplicate", "queued", "rejected", "not_stored")
+
+
+def status(runtime: Runtime, now: datetime | None = None) -> dict[str, Any]:
+    """What an on-call engineer asks first: how much waits where, for how long, why, and what
+    the webhook did in the last hour (from CloudWatch, when it can be read)."""
+    now = now or datetime.now(UTC)
+    waiting = waiting_in_replay(runtime)
+    dead = dead_letters(runtime)
+    ages = {
+        REPLAY: _oldest([e.record.failure.at for e in waiting if e.record]),
+        DEAD_LETTER: _oldest([e.sent_at for e in dead]),
+    }
+    return {
+        "queues": {
+            queue: {**runtime.queue.counts(queue), "oldest_seconds": _seconds(ages[queue], now)}
+            for queue in QUEUES
+        },
+        "dead_letters_by_kind": dict(sorted(Counter(e.kind for e in dead).items())),
+        "replay_by_kind": dict(sorted(Counter(e.kind for e in waiting).items())),
+        "last_hour": recent_outcomes(runtime, now),
+    }
+
+
+def recent_outcomes(runtime: Runtime, now: datetime) -> dict[str, int] | str:
+    """Records by outcome over the last hour, from the functions' metrics."""
+    try:
+        cloudwatch = runtime.cloudwatch
+        totals = {}
+        for name in RECENT_OUTCOMES:
+            points = cloudwatch.get_metric_statistics(
+                Namespace=NAMESPACE,
+                MetricName=f"records_{name}",
+                Dimensions=[{"Name": "service", "Value": SERVICE}],
+                StartTime=now - timedelta(hours=1),
+                EndTime=now,
+                Period=3600,
+                Statistics=["Sum"],
+            )["Datapoints"]
+            totals[name] = int(sum(p.get("Sum", 0) for p in points))
+        return totals
+    except Exception as exc:  # no CloudWatch (local stand-ins) or no permission
+        return f"unavailable ({type(exc).__name__})"
+
+
+def _oldest(moments: list[datetime]) -> datetime | None:
+    return min(moments) if moments else None
+
+
+def _seconds(then: datetime | None, now: datetime) -> int | None:
+    return None if then is None else max(0, int((now - then).total_seconds()))
+
+
+def render_status(report: dict[str, Any], out: TextIO) -> None:
+    out.write("QUEUE        VISIBLE  IN_FLIGHT  DELAYED  OLDEST\n")
+    for queue, c in report["queues"].items():
+        oldest = "-" if c["oldest_seconds"] is None else _duration(c["oldest_seconds"])
+        out.write(
+            f"{queue:<12} {c['visible']:>7}  {c['in_flight']:>9}  {c['delayed']:>7}  {oldest}\n"
+        )
+    for title, kinds in (
+        ("waiting in replay", report["replay_by_kind"]),
+        ("dead letters", report["dead_letters_by_kind"]),
+    ):
+        text = ", ".join(f"{k}={v}" for k, v in kinds.items()) or "none"
+        out.write(f"{title}: {text}\n")
+    recent = report["last_hour"]
+    if isinstance(recent, dict):
+        out.write("last hour: " + ", ".join(f"{k}={v}" for k, v in recent.items()) + "\n")
+    else:
+        out.write(f"last hour: {recent}\n")
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -25,6 +25,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError
 from piriod_adapter import jsondoc
 from piriod_adapter.clock import Deadline
 from piriod_adapter.models import MAX_LINE, Tenant, Usage
+from piriod_adapter.tracing import Tracer
 
 CONNECT_RETRIES = 1  # only for failures where the request surely never reached Piriod
 CONNECT_RETRY_PAUSE = 0.05
@@ -83,7 +84,9 @@ class PiriodClient:
         connect_timeout: float,
         read_timeout: float,
         sleep: Callable[[float], None] = time.sleep,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or Tracer(enabled=False)
         self._http = http
         self._base = base_url.rstrip("/")
         self._token = token
@@ -118,6 +121,19 @@ class PiriodClient:
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: Any
     ) -> Answer:
         """One request, its body read up to MAX_RESPONSE_BYTES (raises urllib3 HTTPError)."""
+        with self._tracer.subsegment("Piriod") as trace:
+            trace["http"] = {"request": {"method": method, "url": url.split("?", 1)[0]}}
+            answer = self._send(method, url, headers, body, timeout)
+            trace["http"]["response"] = {"status": answer.status}
+            if answer.status >= 500:
+                trace["fault"] = True
+            elif answer.status >= 400:
+                trace["error"] = True
+            return answer
+
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: Any
+    ) -> Answer:
         response = self._http.request(
             method,
             url,

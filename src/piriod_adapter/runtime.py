@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from piriod_adapter.secrets import SecretStore
     from piriod_adapter.sources import SourceCatalog
     from piriod_adapter.submit import Submitter
+    from piriod_adapter.tracing import Tracer
 
 STORE_RESERVE_SECONDS = 2.0  # time kept to store a record after its post
 
@@ -36,11 +37,20 @@ class Runtime:
         return self._settings or load_settings()
 
     @cached_property
+    def tracer(self) -> Tracer:
+        """X-Ray subsegments for AWS and Piriod calls, when PIRIOD_TRACING is true."""
+        from piriod_adapter.tracing import Tracer
+
+        return Tracer(self.settings.tracing)
+
+    @cached_property
     def _session(self) -> Any:
         """One botocore session for every client: its loaders and caches are shared."""
         import boto3  # deferred: importing boto3 costs cold-start time
 
-        return boto3.session.Session()
+        session = boto3.session.Session()
+        self.tracer.watch_aws(session._session)
+        return session
 
     def _client(self, service: str) -> Any:
         from botocore.config import Config
@@ -72,6 +82,11 @@ class Runtime:
         return client
 
     @cached_property
+    def cloudwatch(self) -> Any:
+        """For the operator's status view only (the functions publish metrics as EMF logs)."""
+        return self._client("cloudwatch")
+
+    @cached_property
     def ssm(self) -> SSMClient:
         client: SSMClient = self._client("ssm")
         return client
@@ -101,6 +116,7 @@ class Runtime:
             token=lambda stale: self.secrets.piriod_token(secret_id, stale=stale),
             connect_timeout=self.settings.piriod_connect_timeout,
             read_timeout=self.settings.piriod_read_timeout,
+            tracer=self.tracer,
         )
 
     @cached_property

@@ -29,6 +29,8 @@ class Settings(BaseModel):
     )
     piriod_workspace_id: NonEmpty = Field(alias="PIRIOD_WORKSPACE_ID")
     piriod_test_mode: bool = Field(default=False, alias="PIRIOD_TEST_MODE")
+    # X-Ray subsegments for Piriod and AWS calls (template parameter Tracing).
+    tracing: bool = Field(default=False, alias="PIRIOD_TRACING")
     piriod_token_secret_id: NonEmpty = Field(alias="PIRIOD_TOKEN_SECRET_ID")
     webhook_secret_id: NonEmpty = Field(alias="WEBHOOK_SECRET_ID")
     replay_queue_url: NonEmpty = Field(alias="REPLAY_QUEUE_URL")
@@ -61,7 +63,7 @@ class Settings(BaseModel):
             raise ValueError("must be 'ssm:<parameter name>', 'file:<path>' or empty")
         return value
 
-    @field_validator("piriod_test_mode", mode="before")
+    @field_validator("piriod_test_mode", "tracing", mode="before")
     @classmethod
     def _strict_bool(cls, value: object) -> object:
         if isinstance(value, str):

@@ -21,7 +21,8 @@ import hmac
 from collections.abc import Mapping, Sequence
 
 TOLERANCE_SECONDS = 300
-SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+# A prefix, not a secret.
+SECRET_PREFIX = "whsec_"  # noqa: S105  # nosec B105
 MAX_ID_LENGTH = 4096  # a webhook-id this long still works: long keys are hashed to fit
 MAX_TIMESTAMP_DIGITS = 12
 MAX_SIGNATURES = 32  # signatures looked at in one header (rotation needs two or three)

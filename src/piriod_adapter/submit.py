@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import (
     Claim,
@@ -38,7 +40,7 @@ from piriod_adapter.models import (
     Usage,
     sortable_utc,
 )
-from piriod_adapter.observability import logger
+from piriod_adapter.observability import logger, metrics
 from piriod_adapter.piriod import PiriodClient, PiriodUnavailable, PostKind, PostResult
 from piriod_adapter.queue import Placement
 
@@ -272,6 +274,7 @@ class Submitter:
         else:
             attempt.sent_at = self.clock()
             result = self.piriod.post_usage(usage, sub.tenant, deadline)
+            _measure(result, self.clock() - attempt.sent_at)
             if breaker is not None:
                 breaker.saw(result)
         if result.kind is PostKind.CREATED:
@@ -412,6 +415,20 @@ class Submitter:
             ambiguous_since=datetime.fromtimestamp(unseen_since, UTC) if unseen_since else None,
         )
         return _Failed(sub, claim, message, unseen_since)
+
+
+def _measure(result: PostResult, seconds: float) -> None:
+    """Piriod's latency per post, and its refusals of the token (the token alarm's metric).
+    Powertools' metric store is not thread-safe, so threads add under one lock."""
+    with _METRICS_LOCK:
+        metrics.add_metric(
+            name="piriod_latency", unit=MetricUnit.Milliseconds, value=seconds * 1000
+        )
+        if result.status == 401:
+            metrics.add_metric(name="piriod_unauthorized", unit=MetricUnit.Count, value=1)
+
+
+_METRICS_LOCK = threading.Lock()
 
 
 def _placed(step: _Failed, placement: Placement | None) -> tuple[Outcome, Result | None]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.models import RecordResult, Tenant, Usage
-from piriod_adapter.observability import logger, metrics
+from piriod_adapter.observability import count_records, logger, metrics
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.secrets import SecretUnavailable
 from piriod_adapter.signatures import (
@@ -193,7 +193,7 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
         workspace=settings.piriod_workspace_id,
         test_mode=settings.piriod_test_mode or profile.test_mode,
     )
-    return submit_and_answer(runtime, usages, tenant, deadline, delivery=delivery)
+    return submit_and_answer(runtime, usages, tenant, deadline, delivery=delivery, source=name)
 
 
 def authenticate_source(
@@ -244,6 +244,7 @@ def submit_and_answer(
     deadline: Deadline,
     *,
     delivery: str,
+    source: str | None = None,
 ) -> Reply:
     """Submit every record of a valid delivery and answer for all of them."""
     submissions = [
@@ -252,38 +253,50 @@ def submit_and_answer(
     outcomes = runtime.submitter.submit_all(
         submissions, deadline, runtime.queue.store_failed, runtime.settings.post_concurrency
     )
-    return summarize(delivery, outcomes)
+    return summarize(delivery, submissions, outcomes, source)
 
 
-def summarize(delivery: str, outcomes: list[Outcome]) -> Reply:
-    """202 when every record reached a state; 503 when any could be neither posted nor stored."""
+def summarize(
+    delivery: str,
+    submissions: Sequence[Submission],
+    outcomes: list[Outcome],
+    source: str | None = None,
+) -> Reply:
+    """202 when every record reached a state; 503 when any could be neither posted nor stored.
+    Each record's outcome is logged (delivery, key, source, outcome) and counted."""
     results = []
-    counts: Counter[str] = Counter()
-    for index, outcome in enumerate(outcomes):
+    counts: Counter[str] = Counter({"received": len(outcomes)})
+    for sub, outcome in zip(submissions, outcomes, strict=True):
         status = outcome.status.value if outcome.status else "not_stored"
         counts[status] += 1
-        if outcome.ambiguous:
-            counts["ambiguous"] += 1
-            logger.warning(
-                "post outcome unseen; queued as ambiguous",
-                extra={
-                    "delivery": delivery[:200],
-                    "index": index,
-                    "error": outcome.failure and outcome.failure.error,
-                },
-            )
+        counts["ambiguous"] += outcome.ambiguous
+        logger.info(
+            "record handled",
+            extra={
+                "delivery": delivery[:200],
+                "index": sub.index,
+                "idempotency_key": sub.usage.key.text[:200],
+                "source": source,
+                "outcome": status,
+                "usage_id": outcome.usage_id,
+                "ambiguous": outcome.ambiguous,
+                "error": outcome.failure.error if outcome.failure else outcome.reason,
+            },
+        )
         results.append(
             RecordResult(
-                index=index,
+                index=sub.index,
                 status=outcome.status or "not_stored",
                 usage_id=outcome.usage_id,
                 errors=outcome.errors,
                 message=outcome.reason if outcome.status is None else None,
             ).public()
         )
-    for name, count in counts.items():
-        metrics.add_metric(name=f"records_{name}", unit="Count", value=count)
-    logger.info("delivery handled", extra={"delivery": delivery[:200], "outcomes": dict(counts)})
+    count_records(counts, source)
+    logger.info(
+        "delivery handled",
+        extra={"delivery": delivery[:200], "source": source, "outcomes": dict(counts)},
+    )
     if counts["not_stored"]:
         reasons = sorted({o.reason or "?" for o in outcomes if o.status is None})
         return Reply(

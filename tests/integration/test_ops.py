@@ -419,3 +419,39 @@ def test_reconcile_tells_beyond_retention_apart_from_missing(adapter: Adapter, p
     assert len(later["beyond_retention"]) == 3 and later["not_recorded_by_adapter"] == []
     today = reconcile(get_runtime(), 42, *day)
     assert len(today["not_recorded_by_adapter"]) == 3 and today["beyond_retention"] == []
+
+
+def test_status_shows_depths_ages_and_dead_letters_by_kind(adapter: Adapter, piriod: Any) -> None:
+    # given two records waiting in ReplayQueue and one rejected into DeadLetterQueue
+    piriod.set_unmetered_lines(51)
+    piriod.add_fault("status", status=403, lines=[52, 53])
+    adapter.deliver({"usages": [record(51, 1), record(52, 1), record(53, 1)]})
+    # when the operator asks for the status, as a table and as JSON
+    code, text = ops("status")
+    code_json, raw = ops("status", "--json")
+    report = json.loads(raw)
+    # then each queue's depth and oldest record, and the dead letters' kinds, are shown
+    assert code == code_json == 0
+    assert report["queues"]["replay"]["visible"] == 2
+    assert report["queues"]["dead-letter"]["visible"] == 1
+    assert report["queues"]["replay"]["oldest_seconds"] is not None
+    assert report["dead_letters_by_kind"] == {"rejected": 1}
+    assert report["replay_by_kind"] == {"transient": 2}
+    assert "replay" in text and "dead letters: rejected=1" in text
+    # and looking did not take anything
+    assert len(adapter.messages("replay")) == 2 and len(adapter.messages("dead_letter")) == 1
+
+
+def test_reconcile_shows_its_progress_when_asked(adapter: Adapter, piriod: Any) -> None:
+    adapter.deliver({"usages": [record(61, h % 24, quantity=h) for h in range(100)]})
+    code, text = ops(
+        "reconcile",
+        "--line",
+        "61",
+        "--since",
+        "2026-11-01T00:00:00Z",
+        "--until",
+        "2026-11-01T23:59:59Z",
+        "--progress",
+    )
+    assert code == 0 and "100 usages listed" in text

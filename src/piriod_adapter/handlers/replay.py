@@ -47,6 +47,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     )
     for result in results:
         outcome = result.outcome
+        if outcome is not None and outcome.tried and not outcome.busy:
+            metrics.add_metric(name="replay_attempts", unit="Count", value=1)
         status = outcome.status.value if outcome and outcome.status else "not_stored"
         metrics.add_metric(
             name=f"replay_{status if outcome else 'unreadable'}", unit="Count", value=1

@@ -1,0 +1,51 @@
+"""The leak test, around every integration test: with every logger at DEBUG, each captured log
+line, each metric document and each message left in the test's queues is scanned for the
+secret values the suite uses. A hit fails the test that leaked it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from piriod_devkit.events import LOCAL_SIGNING_SECRET
+from piriod_devkit.sources import LOCAL_SOURCE_SECRETS
+from tests.conftest import TOKEN, Adapter
+from tests.integration.test_webhook import OTHER_SECRET
+
+SECRETS = {
+    TOKEN,
+    "piriod-test-token-2",
+    "rotated-token",
+    "some-other-token",
+    LOCAL_SIGNING_SECRET,
+    LOCAL_SIGNING_SECRET.removeprefix("whsec_"),
+    base64.b64decode(LOCAL_SIGNING_SECRET.removeprefix("whsec_")).decode(),
+    OTHER_SECRET,
+    OTHER_SECRET.removeprefix("whsec_"),
+    *LOCAL_SOURCE_SECRETS.values(),
+    "whsec_new_one",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_secret_leaks(
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    seen = [f"{r.getMessage()} {json.dumps(r.__dict__, default=str)}" for r in records]
+    out = capsys.readouterr()
+    seen += [out.out, out.err]  # EMF metric documents and anything printed
+    adapter = request.node.funcargs.get("adapter") or request.node.funcargs.get("sources")
+    if isinstance(adapter, Adapter):
+        for queue in ("replay", "dead_letter"):
+            seen += [json.dumps(m) for m in adapter.messages(queue)]
+    leaked = sorted(s for s in SECRETS if any(s in text for text in seen))
+    assert not leaked, f"secret value(s) found in logs, metrics or queue messages: {leaked}"
