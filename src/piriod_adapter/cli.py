@@ -1,14 +1,16 @@
-"""`piriod-adapter`: the operator's command. Find, inspect and replay failed records, and
-reconcile what the adapter posted with what Piriod lists.
+"""`piriod-adapter`: the operator's command. Set up the secrets (`init`, `signing-secret`),
+send a signed test delivery (`send`), find, inspect and replay failed records, and reconcile
+what the adapter posted with what Piriod lists.
 
 Where the resources are: `--stack NAME` reads them from the CloudFormation stack's outputs and
 parameters; without it, the same environment variables as the functions (SPEC section 6).
 AWS endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-ins too.
 
-Exit codes: 0 done; 1 nothing found or not confirmed; 2 invalid arguments or settings;
-3 reconcile found differences; 4 AWS (SQS, DynamoDB, CloudFormation, Secrets Manager) could
-not be reached or refused; 5 Piriod could not be reached or refused; 6 a replayed record
-could be neither posted nor stored (run the replay again); 7 an unexpected error (a defect).
+Exit codes: 0 done; 1 nothing found, not confirmed, or `send` not answered 202; 2 invalid
+arguments or settings; 3 reconcile found differences; 4 AWS (SQS, DynamoDB, CloudFormation,
+Secrets Manager) could not be reached or refused; 5 Piriod could not be reached or refused;
+6 a replayed record could be neither posted nor stored (run the replay again); 7 an
+unexpected error (a defect).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from piriod_adapter.models import MAX_LINE, parse_rfc3339
@@ -54,8 +57,7 @@ class CommandError(Exception):
 def settings_from_stack(stack: str) -> Settings:
     import boto3
 
-    cfn = boto3.client("cloudformation")
-    [description] = cfn.describe_stacks(StackName=stack)["Stacks"]
+    [description] = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in description.get("Outputs", [])}
     params = {p["ParameterKey"]: p.get("ParameterValue", "") for p in description["Parameters"]}
     return load_settings(
@@ -95,6 +97,22 @@ def _positive_int(maximum: int) -> Any:
         return value
 
     return parse
+
+
+def _decimal(text: str) -> str:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        if not Decimal(text).is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return text
+
+
+def _rfc3339_text(text: str) -> str:
+    _instant(text)
+    return text
 
 
 def _rate(text: str) -> float:
@@ -159,6 +177,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="queue depths, oldest records, dead letters, last hour")
     st.add_argument("--json", action="store_true", help="one JSON document")
+
+    init = sub.add_parser(
+        "init",
+        help="create or update the two secrets (and name them in a samconfig environment)",
+        description='Creates <name>/piriod-token ({"api_token": ...}, asked for without '
+        "echo) and <name>/webhook-signing-secrets (a new whsec_ secret, shown once). "
+        "Re-runnable: the signing secrets are kept, the token replaced when given.",
+    )
+    init.add_argument("--name", default="piriod-usage-adapter", help="the stack's name")
+    token = init.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-stdin", action="store_true", help="read the Piriod token from standard input"
+    )
+    token.add_argument("--keep-token", action="store_true", help="keep the stored token")
+    init.add_argument("--workspace", help="Piriod workspace id (PiriodWorkspaceId)")
+    init.add_argument("--test-mode", choices=["true", "false"], help="PiriodTestMode")
+    init.add_argument("--config-env", help="write the parameters into this samconfig environment")
+    init.add_argument("--samconfig", default="samconfig.toml", help="(default: %(default)s)")
+    init.add_argument("--region", help="the region, for a new samconfig environment")
+
+    rotate = sub.add_parser(
+        "signing-secret",
+        help="rotate the webhook signing secret: add a new one, then retire the old",
+    )
+    rotate.add_argument("action", choices=["add", "retire", "count"])
+    rotate.add_argument("--name", default="piriod-usage-adapter", help="the stack's name")
+    rotate.add_argument("--secret-id", help="the secret itself (default: <name>/webhook-...)")
+
+    send = sub.add_parser(
+        "send",
+        help="send one signed test delivery and show its outcome",
+        description="With --stack, the URL and the signing secret come from the stack's "
+        "outputs (WebhookUrl, WebhookSecretArn). The secret is, in this order: --secret-id, "
+        "$PIRIOD_SIGNING_SECRET, the stack's.",
+    )
+    send.add_argument("--url", help="the webhook's URL (default: the stack's WebhookUrl)")
+    send.add_argument(
+        "--secret-id", help="read the signing secret from this Secrets Manager secret"
+    )
+    send.add_argument("--line", type=_positive_int(MAX_LINE), help="a metered subscription line")
+    send.add_argument("--quantity", type=_decimal, default="1", help="(default: %(default)s)")
+    send.add_argument("--date-time", type=_rfc3339_text, help="(default: now)")
+    send.add_argument("--key", help="an idempotency_key")
+    send.add_argument("--file", type=Path, help="send this body as it is instead")
     return parser
 
 
@@ -299,9 +361,128 @@ def _failure_line(exc: Exception) -> tuple[int, str]:
     return EXIT_INTERNAL, f"unexpected error ({type(exc).__name__}): {exc}"
 
 
+def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import getpass
+
+    from piriod_adapter.onboarding import ensure_secrets, write_samconfig
+
+    token = None
+    if args.token_stdin:
+        token = sys.stdin.readline().strip()
+    elif not args.keep_token:
+        token = getpass.getpass("Piriod API token (not shown): ").strip()
+    if token == "":
+        raise CommandError(EXIT_USAGE, "the Piriod token is empty")
+    made = ensure_secrets(_secrets_manager(), args.name, token)
+    out.write(f"PiriodTokenSecretArn={made.token_arn}\nWebhookSecretArn={made.signing_arn}\n")
+    if made.new_signing_secret:
+        err.write(
+            "New webhook signing secret, shown once; give it to your meters "
+            "(`signing-secret add` rotates it):\n"
+        )
+        out.write(f"{made.new_signing_secret}\n")
+    else:
+        err.write("The webhook signing secrets were kept (`signing-secret add` rotates them).\n")
+    if args.config_env:
+        overrides = {"PiriodTokenSecretArn": made.token_arn, "WebhookSecretArn": made.signing_arn}
+        if args.workspace:
+            overrides["PiriodWorkspaceId"] = args.workspace
+        if args.test_mode:
+            overrides["PiriodTestMode"] = args.test_mode
+        write_samconfig(Path(args.samconfig), args.config_env, args.name, overrides, args.region)
+        err.write(f"Wrote them into [{args.config_env}.deploy.parameters] of {args.samconfig}.\n")
+    return EXIT_OK
+
+
+def cmd_signing_secret(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from piriod_adapter.onboarding import (
+        add_signing_secret,
+        retire_signing_secrets,
+        signing_secrets,
+    )
+
+    manager = _secrets_manager()
+    secret_id = args.secret_id or f"{args.name}/webhook-signing-secrets"
+    if args.action == "add":
+        made, active = add_signing_secret(manager, secret_id)
+        err.write(
+            f"{active} signing secrets active; the new one, shown once (give it to your "
+            "meters, then `signing-secret retire`):\n"
+        )
+        out.write(f"{made}\n")
+    elif args.action == "retire":
+        retired = retire_signing_secrets(manager, secret_id)
+        out.write(f"retired {retired}; the newest signing secret is the only one active\n")
+    else:
+        out.write(f"{len(signing_secrets(manager, secret_id))} signing secret(s) active\n")
+    return EXIT_OK
+
+
+def stack_outputs(stack: str) -> dict[str, str]:
+    import boto3
+
+    [description] = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"]
+    return {o["OutputKey"]: o["OutputValue"] for o in description.get("Outputs", [])}
+
+
+def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
+    import os
+
+    from piriod_adapter.onboarding import send, signing_secrets, test_delivery
+
+    outputs = stack_outputs(args.stack) if args.stack else {}
+    url = args.url or outputs.get("WebhookUrl")
+    if not url:
+        raise CommandError(EXIT_USAGE, "give --url, or --stack of a deployed adapter")
+    secret_id = args.secret_id
+    if not secret_id and not os.environ.get("PIRIOD_SIGNING_SECRET"):
+        secret_id = outputs.get("WebhookSecretArn")
+    if secret_id:
+        secrets = signing_secrets(_secrets_manager(), secret_id)
+    elif os.environ.get("PIRIOD_SIGNING_SECRET"):
+        secrets = [os.environ["PIRIOD_SIGNING_SECRET"]]
+    else:
+        raise CommandError(EXIT_USAGE, "give --secret-id or --stack, or set PIRIOD_SIGNING_SECRET")
+    if args.file is not None:
+        body = args.file.read_bytes()
+    elif args.line is not None:
+        body = test_delivery(args.line, args.quantity, args.date_time, args.key)
+    else:
+        raise CommandError(EXIT_USAGE, "give --line (a metered subscription line) or --file")
+    status_code, answer = send(url, body, secrets)
+    out.write(f"HTTP {status_code}\n")
+    if isinstance(answer, dict):
+        for result in answer.get("results", []):
+            detail = " ".join(
+                f"{k}={json.dumps(v)}" for k, v in result.items() if k not in ("index", "status")
+            )
+            out.write(f"record {result['index']}: {result['status']} {detail}".rstrip() + "\n")
+        if "results" not in answer:
+            out.write(f"{answer.get('message', '')}\n")
+            for problem in answer.get("errors", []):
+                out.write(
+                    f"  record {problem['index']} · {problem['field']}: {problem['message']}\n"
+                )
+    else:
+        out.write(f"{answer}\n")
+    return EXIT_OK if status_code == 202 else EXIT_NOT_FOUND
+
+
+def _secrets_manager() -> Any:
+    import boto3
+
+    return boto3.client("secretsmanager")
+
+
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "init":
+            return cmd_init(args, out, err)
+        if args.command == "signing-secret":
+            return cmd_signing_secret(args, out, err)
+        if args.command == "send":
+            return cmd_send(args, out)
         runtime = Runtime(settings_from_stack(args.stack) if args.stack else None)
         runtime.settings  # noqa: B018 (fail now, with the setting's name, if one is wrong)
         if args.command == "list":

@@ -1,0 +1,205 @@
+"""Before and after the first deploy: the two secrets in the shapes the functions read, the
+samconfig environment that names them, rotating the signing secret, and one signed test
+delivery to a deployed (or local) webhook. Used by `piriod-adapter init`, `signing-secret`
+and `send`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import time
+import tomllib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from piriod_adapter.signatures import SECRET_PREFIX, sign_standard, standard_key
+
+SIGNING_KEY_BYTES = 32
+
+
+def new_signing_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` and the base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode()
+
+
+@dataclass(frozen=True)
+class Secrets:
+    token_arn: str
+    signing_arn: str
+    new_signing_secret: str | None  # made by this run (shown once), None when kept
+
+
+def ensure_secrets(manager: Any, name: str, token: str | None) -> Secrets:
+    """Create or update `<name>/piriod-token` ({"api_token": ...}) and
+    `<name>/webhook-signing-secrets` ({"signing_secrets": [...]}). Re-runnable: an existing
+    token is replaced only when a token is given; existing signing secrets are kept."""
+    token_arn = _existing(manager, f"{name}/piriod-token")
+    if token is not None:
+        value = json.dumps({"api_token": token})
+        if token_arn is None:
+            token_arn = manager.create_secret(
+                Name=f"{name}/piriod-token",
+                Description="Piriod API token of the usage adapter",
+                SecretString=value,
+            )["ARN"]
+        else:
+            manager.put_secret_value(SecretId=token_arn, SecretString=value)
+    elif token_arn is None:
+        raise ValueError("no Piriod token yet: give one (it is asked for, or --token-stdin)")
+    signing_arn = _existing(manager, f"{name}/webhook-signing-secrets")
+    made = None
+    if signing_arn is None:
+        made = new_signing_secret()
+        signing_arn = manager.create_secret(
+            Name=f"{name}/webhook-signing-secrets",
+            Description="Standard Webhooks signing secrets of the usage adapter's native route",
+            SecretString=json.dumps({"signing_secrets": [made]}),
+        )["ARN"]
+    return Secrets(token_arn, signing_arn, made)
+
+
+def _existing(manager: Any, secret_id: str) -> str | None:
+    try:
+        arn: str = manager.describe_secret(SecretId=secret_id)["ARN"]
+        return arn
+    except manager.exceptions.ResourceNotFoundException:
+        return None
+
+
+def signing_secrets(manager: Any, secret_id: str) -> list[str]:
+    raw = manager.get_secret_value(SecretId=secret_id)["SecretString"].strip()
+    found = json.loads(raw)["signing_secrets"] if raw.startswith("{") else [raw]
+    return [str(s) for s in found]
+
+
+def add_signing_secret(manager: Any, secret_id: str) -> tuple[str, int]:
+    """Rotation, step 1: a new secret next to the current ones (any of them verifies).
+    Returns the new secret and how many are now active."""
+    current = signing_secrets(manager, secret_id)
+    made = new_signing_secret()
+    manager.put_secret_value(
+        SecretId=secret_id, SecretString=json.dumps({"signing_secrets": [*current, made]})
+    )
+    return made, len(current) + 1
+
+
+def retire_signing_secrets(manager: Any, secret_id: str) -> int:
+    """Rotation, step 2, once every sender signs with the newest: keep only that one.
+    Returns how many were retired."""
+    current = signing_secrets(manager, secret_id)
+    manager.put_secret_value(
+        SecretId=secret_id, SecretString=json.dumps({"signing_secrets": current[-1:]})
+    )
+    return len(current) - 1
+
+
+# --- samconfig.toml ----------------------------------------------------------------------------
+
+
+def write_samconfig(
+    path: Path, environment: str, stack: str, overrides: dict[str, str], region: str | None
+) -> None:
+    """Put these parameter overrides (and the stack name) into one samconfig environment's
+    deploy parameters, creating the environment if it is new; other lines are kept."""
+    text = path.read_text() if path.exists() else "version = 0.1\n"
+    header = f"[{environment}.deploy.parameters]"
+    if header not in text:
+        text = text.rstrip("\n") + "\n\n" + _new_environment(environment, stack, region)
+    start = text.index(header)
+    end = _section_end(text, start + len(header))
+    section = text[start:end]
+    block = re.search(r"parameter_overrides = \[(.*?)^\]", section, re.DOTALL | re.MULTILINE)
+    if block is None:
+        section = section.rstrip("\n") + "\nparameter_overrides = [\n]\n\n"
+        block = re.search(r"parameter_overrides = \[(.*?)^\]", section, re.DOTALL | re.MULTILINE)
+        assert block is not None
+    body = block.group(1)
+    for key, value in overrides.items():  # a line per key; its comment, if any, is kept
+        line = re.compile(rf'^(\s*)"{key}=(?:[^"\\]|\\.)*"', re.MULTILINE)
+        found = line.search(body)
+        if found:
+            new = f'{found.group(1)}"{key}={value}"'
+            body = body[: found.start()] + new + body[found.end() :]
+        else:
+            body = body.rstrip(" ") + f'    "{key}={value}",\n'
+    section = section[: block.start(1)] + body + section[block.end(1) :]
+    text = text[:start] + section + text[end:]
+    parsed = tomllib.loads(text)  # never leave a file sam cannot read
+    assert parsed[environment]["deploy"]["parameters"]["parameter_overrides"]
+    path.write_text(text)
+
+
+def _section_end(text: str, after: int) -> int:
+    following = re.search(r"^\[", text[after:], re.MULTILINE)
+    return after + following.start() if following else len(text)
+
+
+def _new_environment(environment: str, stack: str, region: str | None) -> str:
+    return (
+        f"[{environment}.global.parameters]\n"
+        f'stack_name = "{stack}"\n\n'
+        f"[{environment}.deploy.parameters]\n"
+        'capabilities = "CAPABILITY_IAM"\n'
+        "confirm_changeset = true\n"
+        "resolve_s3 = true\n"
+        f's3_prefix = "{stack}"\n'
+        + (f'region = "{region}"\n' if region else "")
+        + "parameter_overrides = [\n]\n"
+    )
+
+
+# --- one signed test delivery ---------------------------------------------------------------
+
+
+def test_delivery(line: int, quantity: str, date_time: str | None, key: str | None) -> bytes:
+    record: dict[str, Any] = {
+        "subscription_line": line,
+        "date_time": date_time
+        or datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "quantity": "__QUANTITY__",
+    }
+    if key:
+        record["idempotency_key"] = key
+    # the quantity goes in as a JSON number with exactly the digits given
+    return json.dumps(record).replace('"__QUANTITY__"', quantity).encode()
+
+
+def signed_headers(
+    body: bytes, secrets: Sequence[str], message_id: str | None = None
+) -> dict[str, str]:
+    """Standard Webhooks headers, one signature per secret (during a rotation the webhook
+    may still hold only the old list, or already only the new one)."""
+    webhook_id = message_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time())
+    return {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(
+            sign_standard(standard_key(secret), webhook_id, timestamp, body) for secret in secrets
+        ),
+    }
+
+
+def send(url: str, body: bytes, secrets: Sequence[str], timeout: float = 30.0) -> tuple[int, Any]:
+    """POST one signed delivery; the answer's status and body (JSON when it is)."""
+    import urllib3
+
+    response = urllib3.PoolManager().request(
+        "POST",
+        url,
+        body=body,
+        headers=signed_headers(body, secrets),
+        timeout=urllib3.Timeout(connect=10, read=timeout),
+        retries=False,
+    )
+    try:
+        return response.status, json.loads(response.data)
+    except ValueError:
+        return response.status, response.data.decode("utf-8", "replace")
