@@ -1,34 +1,28 @@
 #!/usr/bin/env bash
-# Prepare this machine for `sam local invoke` / `sam local start-api` with no
-# internet and no container registry (only PyPI and Debian's packages):
+# Prepare this machine for `sam local invoke` / `sam local start-api`, and say which
+# samconfig environment to use for them (written to .tools/sam-config-env):
 #
-#   1. Debian's docker.io (+ debootstrap), installed only if missing;
-#   2. dockerd started in the background only if `docker info` fails, with
-#      --iptables=false --ip-masq=false --ip-forward=false (containers reach
-#      this machine's own addresses, e.g. the bridge gateway, and nothing
-#      beyond) and --ip=127.0.0.1 (published ports bind loopback only); the
-#      bridge's IPv4 forwarding is switched off (even for a dockerd that was
-#      already running), so the host never routes a container's packet out;
-#   3. a stand-in for the AWS python3.13 Lambda base image, built offline
-#      (debootstrap bookworm + pyenv's Python 3.13 + awslambdaric/boto3 from
-#      PyPI) and tagged $SAM_LOCAL_IMAGE, only if absent;
-#   4. the SAM CLI in the isolated venv .tools/sam, only if missing.
+#   default  a Docker engine that can pull AWS's public Lambda image: nothing is installed
+#            but the SAM CLI (in .tools/sam); no root, no apt-get, no debootstrap. This is a
+#            Mac with Docker Desktop, or any machine with Docker and internet.
+#   offline  no container registry (this project's CI): as root, Debian's docker.io and
+#            debootstrap are installed if missing, dockerd is started if it does not
+#            answer (containers reach this machine and nothing beyond), and a stand-in for
+#            the AWS python3.13 Lambda image is built offline and tagged $SAM_LOCAL_IMAGE;
+#            samconfig.toml's `offline` environment uses it.
 #
 # Idempotent and fast when everything is there. Works with CI=true, no stdin.
 #
 #   scripts/sam-local-setup.sh                 # set up, then print a summary
-#   scripts/sam-local-setup.sh --print-gateway # only print the bridge gateway IP
-#
-# Then, e.g.:
-#   export SAM_CLI_TELEMETRY=0 PATH="/root/.pyenv/versions/3.13.0/bin:$PATH"
-#   .tools/sam/bin/sam build
-#   .tools/sam/bin/sam local invoke WebhookFunction -e events/x.json \
-#       --invoke-image piriod-adapter/python3.13-lambda:offline --skip-pull-image
+#   scripts/sam-local-setup.sh --print-gateway # only print the address containers reach
+#   scripts/sam-local-setup.sh --config-env    # only print default or offline
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYENV_PY="${PYENV_PY:-/root/.pyenv/versions/3.13.0}"
+PYENV_PY="${PYENV_PY:-$HOME/.pyenv/versions/3.13.0}"
 SAM_LOCAL_IMAGE="${SAM_LOCAL_IMAGE:-piriod-adapter/python3.13-lambda:offline}"
+STANDARD_IMAGE="public.ecr.aws/lambda/python:3.13"
+CONFIG_ENV_FILE="$REPO_ROOT/.tools/sam-config-env"
 SAM_CLI_VERSION="1.170.0"
 AWSLAMBDARIC_SPEC="awslambdaric>=4.2,<5"
 BOTO3_SPEC="boto3>=1.40,<2"
@@ -53,6 +47,11 @@ docker_cli() {
 
 gateway_ip() {
     local gw iface
+    if [[ "$(uname -s)" != Linux ]]; then
+        # Docker Desktop: host.docker.internal reaches this machine's loopback.
+        printf '127.0.0.1\n'
+        return
+    fi
     gw="$(docker_cli network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)"
     if [[ -z "$gw" ]]; then
         # dockerd 20.10 leaves Gateway out of the default bridge's IPAM config:
@@ -69,16 +68,30 @@ gateway_ip() {
 if [[ "${1:-}" == "--print-gateway" ]]; then
     gateway_ip
     exit 0
+elif [[ "${1:-}" == "--config-env" ]]; then
+    cat "$CONFIG_ENV_FILE" 2>/dev/null || echo default
+    exit 0
 elif [[ $# -gt 0 ]]; then
-    die "unknown argument: $1 (usage: $0 [--print-gateway])"
+    die "unknown argument: $1 (usage: $0 [--print-gateway | --config-env])"
 fi
 
-[[ "$(id -u)" == 0 ]] || die "must run as root (installs packages, runs dockerd)"
-[[ -x "$PYENV_PY/bin/python3.13" ]] || die "Python 3.13 not found at $PYENV_PY/bin/python3.13"
+# Python 3.13, the Lambda runtime's, for the SAM CLI and `sam build`.
+if [[ ! -x "$PYENV_PY/bin/python3.13" ]]; then
+    found="$(command -v python3.13 || true)"
+    [[ -n "$found" ]] || die "Python 3.13 is needed (pyenv's, or python3.13 on PATH)"
+    PYENV_PY="$(cd "$(dirname "$found")/.." && pwd)"
+fi
+mkdir -p "$REPO_ROOT/.tools"
 
-# ------------------------------------------------------------ 1. packages
+need_root() {
+    [[ "$(id -u)" == 0 ]] || die "$1: run as root, or start Docker yourself (Docker Desktop)"
+}
+
+# ------------------------------------------------------------ 1. a Docker engine
 apt_updated=0
 apt_install() {
+    need_root "installing $*"
+    command -v apt-get >/dev/null 2>&1 || die "no Docker engine, and no apt-get to install one"
     if [[ $apt_updated == 0 ]]; then
         log "apt-get update"
         apt-get update -q >/dev/null
@@ -88,20 +101,14 @@ apt_install() {
     apt-get install -y -q --no-install-recommends "$@" >/dev/null
 }
 
-missing=()
-command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-if [[ ${#missing[@]} -gt 0 ]]; then
-    apt_install "${missing[@]}"
-else
-    log "docker.io and debootstrap already installed"
-fi
-
-# ------------------------------------------------------------ 2. dockerd
 if docker_cli info >/dev/null 2>&1; then
     log "dockerd already answering"
 else
+    missing=()
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
+    need_root "starting dockerd"
     log "starting dockerd (log: $DOCKERD_LOG)"
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     # setsid + nohup: dockerd outlives this script and its CI step.
@@ -121,18 +128,38 @@ else
     log "dockerd is up"
 fi
 
-# Whatever started dockerd: packets arriving on the bridge are never forwarded.
-bridge_if="$(docker_cli network inspect bridge \
-    -f '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null || true)"
-bridge_if="${bridge_if:-docker0}"
-if [[ -e "/proc/sys/net/ipv4/conf/$bridge_if/forwarding" ]]; then
-    echo 0 >"/proc/sys/net/ipv4/conf/$bridge_if/forwarding"
-    log "IPv4 forwarding off on $bridge_if (containers reach this machine only)"
+# ------------------------------------------------------------ 2. the Lambda image
+# A machine found offline before, with its image built, is not asked to pull again on every
+# run (delete .tools/sam-config-env to check again).
+if [[ "$(cat "$CONFIG_ENV_FILE" 2>/dev/null)" == offline ]] \
+    && docker_cli image inspect "$SAM_LOCAL_IMAGE" >/dev/null 2>&1 \
+    && ! docker_cli image inspect "$STANDARD_IMAGE" >/dev/null 2>&1; then
+    config_env=offline
+    log "offline before, and $SAM_LOCAL_IMAGE is here: samconfig's offline environment"
+elif docker_cli image inspect "$STANDARD_IMAGE" >/dev/null 2>&1 \
+    || docker_cli pull -q "$STANDARD_IMAGE" >/dev/null 2>&1; then
+    config_env=default
+    log "AWS's image $STANDARD_IMAGE is available: samconfig's default environment"
 else
-    die "bridge interface $bridge_if not found"
+    config_env=offline
+    log "no container registry: the offline image and samconfig's offline environment"
 fi
 
-# ------------------------------------------------------------ 3. base image
+if [[ $config_env == offline && "$(uname -s)" == Linux ]]; then
+    # A dockerd on a machine without a registry (ours, or one found running): packets
+    # arriving on the bridge are never forwarded.
+    need_root "closing the Docker bridge"
+    bridge_if="$(docker_cli network inspect bridge \
+        -f '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null || true)"
+    bridge_if="${bridge_if:-docker0}"
+    if [[ -e "/proc/sys/net/ipv4/conf/$bridge_if/forwarding" ]]; then
+        echo 0 >"/proc/sys/net/ipv4/conf/$bridge_if/forwarding"
+        log "IPv4 forwarding off on $bridge_if (containers reach this machine only)"
+    else
+        die "bridge interface $bridge_if not found"
+    fi
+fi
+# ------------------------------------------------------------ the offline image
 # Remove a build dir, unmounting first anything debootstrap left mounted in it.
 cleanup_workdir() {
     local work="$1" mnt
@@ -237,13 +264,18 @@ EOF
     log "image $SAM_LOCAL_IMAGE built in $((SECONDS - start))s"
 }
 
-if docker_cli image inspect "$SAM_LOCAL_IMAGE" >/dev/null 2>&1; then
-    log "image $SAM_LOCAL_IMAGE already present"
-else
-    build_image
+if [[ $config_env == offline ]]; then
+    if docker_cli image inspect "$SAM_LOCAL_IMAGE" >/dev/null 2>&1; then
+        log "image $SAM_LOCAL_IMAGE already present"
+    else
+        command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+        need_root "building the offline image"
+        build_image
+    fi
 fi
+printf '%s\n' "$config_env" >"$CONFIG_ENV_FILE"
 
-# ------------------------------------------------------------ 4. SAM CLI
+# ------------------------------------------------------------ 3. SAM CLI
 if [[ -x "$SAM_VENV/bin/sam" ]]; then
     log "SAM CLI already in $SAM_VENV"
 else
@@ -259,8 +291,11 @@ fi
 # ------------------------------------------------------------ summary
 gw="$(gateway_ip)"
 sam_version="$("$SAM_VENV/bin/sam" --version 2>/dev/null || echo '?')"
+image="$STANDARD_IMAGE"
+[[ $config_env == offline ]] && image="$SAM_LOCAL_IMAGE"
 cat <<EOF
-docker bridge gateway: $gw
-invoke image:          $SAM_LOCAL_IMAGE
+containers reach:      $gw
+samconfig environment: $config_env (sam local ... --config-env $config_env)
+invoke image:          $image
 sam:                   $SAM_VENV/bin/sam ($sam_version)
 EOF

@@ -42,7 +42,16 @@ def sam_env() -> dict[str, str]:
     return env
 
 
+def config_env() -> str:
+    """The samconfig environment this machine's `sam local` needs (the setup script says:
+    `default`, AWS's image, or `offline`, the image it built)."""
+    marker = ROOT / ".tools" / "sam-config-env"
+    return marker.read_text().strip() if marker.exists() else "default"
+
+
 def run_sam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    if args[:1] == ("local",):
+        args = (*args, "--config-env", config_env())
     return subprocess.run(
         [str(SAM), *args],
         cwd=ROOT,
@@ -110,6 +119,8 @@ class StartApi:
                 str(self.port),
                 "--warm-containers",
                 "EAGER",
+                "--config-env",
+                config_env(),
             ],
             cwd=ROOT,
             env=sam_env(),
