@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         "of its profile in examples/sources.json)",
     )
     sign.add_argument("-o", "--output", help="write here instead of standard output")
+    openapi = commands.add_parser(
+        "openapi", help="write openapi.yaml (the sender's contract) from the models"
+    )
+    openapi.add_argument("-o", "--output", help="write here instead of openapi.yaml")
+    openapi.add_argument(
+        "--check", action="store_true", help="fail when the file is not what the models say"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.token and not args.workspace:
@@ -50,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from piriod_devkit.standins import serve
 
         return serve(args.gateway)
+    if args.command == "openapi":
+        from piriod_devkit import openapi as contract
+
+        return contract.main(args.output, args.check)
     if args.command == "faults":
         from piriod_devkit import faults as suite
 

@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
 )
 
-# --- bounds (README "Bounds"), enforced before anything is claimed or posted ----------------
+# --- bounds (docs/senders.md), enforced before anything is claimed or posted -----------------
 
 MAX_BATCH = 100
 MAX_FUTURE = timedelta(minutes=5)
@@ -41,6 +41,11 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})"
     rf"(?:\.(\d{{1,{MAX_FRACTION_INPUT}}}))?([Zz]|[+-]\d{{2}}:\d{{2}})",
     re.ASCII,
+)
+# The same form as a JSON Schema pattern (openapi.yaml)
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    rf"(\.[0-9]{{1,{MAX_FRACTION_INPUT}}})?([Zz]|[+-][0-9]{{2}}:[0-9]{{2}})$"
 )
 
 
@@ -252,16 +257,56 @@ class FailureKind(StrEnum):
 class RecordResult(BaseModel):
     """The outcome of one record, as returned in the 202 (or 503) body."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    index: int
-    status: Status | Literal["not_stored"]
-    usage_id: int | None = None
-    errors: dict[str, list[str]] | None = None
-    message: str | None = None
+    index: int = Field(ge=0, le=MAX_BATCH - 1, description="the record's place in the delivery")
+    status: Status | Literal["not_stored"] = Field(
+        description="posted, duplicate, queued or rejected; not_stored only in a 503"
+    )
+    usage_id: int | None = Field(
+        default=None, description="Piriod's usage id (posted; duplicate when known)"
+    )
+    errors: dict[str, list[str]] | None = Field(
+        default=None, description="rejected: Piriod's error map, by field"
+    )
+    message: str | None = Field(default=None, description="not_stored: why")
 
-    def public(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True, mode="json")
+
+class Problem(BaseModel):
+    """One problem of a refused delivery: the record's index (null: the delivery as a whole),
+    the field, and what is wrong."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int | None = Field(description="the record's index; null: the delivery as a whole")
+    field: str = Field(max_length=200)
+    message: str = Field(max_length=500)
+
+
+class Refusal(BaseModel):
+    """The body of every answer without per-record results: a 4xx refuses the whole delivery
+    (nothing claimed, posted or stored); a 5xx asks for the whole delivery again."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message: str
+    errors: list[Problem] | None = Field(
+        default=None, max_length=100, description="a 422: each problem (at most 100)"
+    )
+    errors_total: int | None = Field(
+        default=None, description="a 422 with more than 100 problems: how many there were"
+    )
+
+
+class Answered(BaseModel):
+    """The body of a 202, or of a 503 when some record could be neither posted nor stored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message: str | None = Field(default=None, description="a 503: what the sender must do")
+    results: list[RecordResult] = Field(
+        min_length=1, max_length=MAX_BATCH, description="one per record, in delivery order"
+    )
 
 
 MAX_ERROR_FIELDS = 20

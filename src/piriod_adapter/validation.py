@@ -13,13 +13,26 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from aws_lambda_powertools.utilities.parser import parse
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from piriod_adapter import jsondoc
 from piriod_adapter.models import (
     MAX_BATCH,
+    MAX_INTEGER_DIGITS,
     MAX_KEY_LENGTH,
+    MAX_LINE,
+    RFC3339_PATTERN,
     KeyKind,
+    Problem,
+    Refusal,
     Usage,
     UsageKey,
     check_instant,
@@ -39,8 +52,8 @@ class FieldProblem:
     field: str
     message: str
 
-    def public(self) -> dict[str, Any]:
-        return {"index": self.index, "field": self.field[:200], "message": self.message[:500]}
+    def public(self) -> Problem:
+        return Problem(index=self.index, field=self.field[:200], message=self.message[:500])
 
 
 @dataclass
@@ -51,13 +64,12 @@ class BodyError(Exception):
     message: str
     problems: list[FieldProblem] = field(default_factory=list)
 
-    def public(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"message": self.message}
-        if self.problems:
-            body["errors"] = [p.public() for p in self.problems[:MAX_PROBLEMS]]
-            if len(self.problems) > MAX_PROBLEMS:
-                body["errors_total"] = len(self.problems)
-        return body
+    def public(self) -> Refusal:
+        return Refusal(
+            message=self.message,
+            errors=[p.public() for p in self.problems[:MAX_PROBLEMS]] or None,
+            errors_total=len(self.problems) if len(self.problems) > MAX_PROBLEMS else None,
+        )
 
 
 def invalid(problems: list[FieldProblem]) -> BodyError:
@@ -104,15 +116,61 @@ def _printable(value: str) -> str:
 
 class NativeRecord(BaseModel):
     """One usage as a meter sends it to the native route. Strict: no coercion, no unknown
-    fields; every bound checked (README "Bounds")."""
+    fields; every bound checked (docs/senders.md)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    subscription_line: Annotated[int, BeforeValidator(check_line)]
-    date_time: Annotated[datetime, BeforeValidator(_rfc3339_text)]
-    quantity: Annotated[Decimal, BeforeValidator(_json_number), AfterValidator(check_quantity)]
+    # WithJsonSchema: what openapi.yaml tells senders (the validators are the rule).
+    subscription_line: Annotated[
+        int,
+        BeforeValidator(check_line),
+        WithJsonSchema(
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_LINE,
+                "description": "Piriod subscription line id; a string or float is refused",
+            }
+        ),
+    ]
+    date_time: Annotated[
+        datetime,
+        BeforeValidator(_rfc3339_text),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "format": "date-time",
+                "pattern": RFC3339_PATTERN,
+                "description": "RFC 3339 with an explicit offset (Z or +hh:mm), at most "
+                "microsecond precision, at most 5 minutes in the future",
+            }
+        ),
+    ]
+    quantity: Annotated[
+        Decimal,
+        BeforeValidator(_json_number),
+        AfterValidator(check_quantity),
+        WithJsonSchema(
+            {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMaximum": 10**MAX_INTEGER_DIGITS,
+                "description": "finite, >= 0, below 10^20, at most 40 decimal places; its "
+                "digits reach Piriod unchanged (1.10 is sent as 1.10); a string is refused",
+            }
+        ),
+    ]
     idempotency_key: (
-        Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH), AfterValidator(_printable)]
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=MAX_KEY_LENGTH,
+                description="optional; 1 to 255 printable characters. Without it the key is "
+                "{webhook-id}:{index}",
+            ),
+            AfterValidator(_printable),
+        ]
         | None
     ) = None
 

@@ -1,6 +1,6 @@
 """The webhook: authenticate a delivery, validate it, submit every record, answer (SPEC 3).
 
-Every answer is definite (README "What each answer means"): a 4xx refuses the whole delivery
+Every answer is definite (docs/senders.md, "The answer"): a 4xx refuses the whole delivery
 with nothing claimed, posted or stored; a 202 means every record is posted, a duplicate of a
 stored state, queued, or rejected and kept; a 503 means a store is down and some record is in
 neither Piriod nor a queue, so the sender must retry the whole delivery.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.models import RecordResult, Tenant, Usage
+from piriod_adapter.models import Answered, RecordResult, Refusal, Tenant, Usage
 from piriod_adapter.observability import count_records, logger, metrics
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.secrets import SecretUnavailable
@@ -37,17 +36,24 @@ from piriod_adapter.validation import BodyError, check_size, decode_json, parse_
 
 @dataclass(frozen=True)
 class Reply:
+    """An answer. Its body is one of the models that openapi.yaml is generated from, so what
+    is sent is what the sender's contract describes."""
+
     status: int
-    body: dict[str, Any]
+    body: Refusal | Answered
     cause: str | None = None  # why a 5xx was answered: logged and counted, not sent
 
     def to_api_gateway(self) -> dict[str, Any]:
         return {
             "statusCode": self.status,
             "headers": {"content-type": "application/json"},
-            "body": json.dumps(self.body, separators=(",", ":")),
+            "body": self.body.model_dump_json(exclude_defaults=True),
             "isBase64Encoded": False,
         }
+
+
+def refusal(status: int, message: str, cause: str | None = None) -> Reply:
+    return Reply(status, Refusal(message=message), cause)
 
 
 NATIVE_PATH = "/v1/usages"
@@ -61,10 +67,8 @@ def answer(event: dict[str, Any], runtime: Callable[[], Runtime], deadline: Dead
         reply = route(text_headers(event), runtime, deadline)
     except Exception as exc:
         logger.exception("unexpected error")
-        reply = Reply(
-            500,
-            {"message": "internal error; retry the delivery"},
-            cause=f"unexpected {type(exc).__name__}",
+        reply = refusal(
+            500, "internal error; retry the delivery", cause=f"unexpected {type(exc).__name__}"
         )
     metrics.add_metric(name=f"deliveries_{reply.status}", unit="Count", value=1)
     if reply.status >= 500:
@@ -88,7 +92,7 @@ def route(event: dict[str, Any], runtime: Callable[[], Runtime], deadline: Deadl
         and parts[4] == "usages"
     ):
         return receive_source(event, parts[3], runtime(), deadline)
-    return Reply(404, {"message": NOT_FOUND})
+    return refusal(404, NOT_FOUND)
 
 
 def raw_body(event: dict[str, Any]) -> bytes:
@@ -167,13 +171,11 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
     try:
         profile = runtime.sources.profile(name)
     except SourcesUnavailable as exc:
-        return Reply(
-            503,
-            {"message": "third-party sources are not configured correctly; retry later"},
-            cause=str(exc),
+        return refusal(
+            503, "third-party sources are not configured correctly; retry later", cause=str(exc)
         )
     if profile is None:
-        return Reply(404, {"message": f"no source named {name[:64]!r} is configured"})
+        return refusal(404, f"no source named {name[:64]!r} is configured")
     try:
         delivery = authenticate_source(name, profile, lower_headers(event), raw, runtime)
     except SecretUnavailable as exc:
@@ -226,15 +228,13 @@ def authenticate_source(
 def unavailable(cause: str) -> Reply:
     """The signature (or a source profile) cannot be checked right now: fail closed."""
     logger.error("cannot authenticate deliveries right now; refusing", extra={"error": cause})
-    return Reply(
-        503, {"message": "signature cannot be checked right now; retry later"}, cause=cause
-    )
+    return refusal(503, "signature cannot be checked right now; retry later", cause=cause)
 
 
 def refused(reason: str, source: str | None = None) -> Reply:
     logger.warning("delivery refused", extra={"reason": reason, "source": source})
     metrics.add_metric(name="signature_failures", unit="Count", value=1)
-    return Reply(401, {"message": f"webhook signature verification failed: {reason}"})
+    return refusal(401, f"webhook signature verification failed: {reason}")
 
 
 def submit_and_answer(
@@ -264,7 +264,7 @@ def summarize(
 ) -> Reply:
     """202 when every record reached a state; 503 when any could be neither posted nor stored.
     Each record's outcome is logged (delivery, key, source, outcome) and counted."""
-    results = []
+    results: list[RecordResult] = []
     counts: Counter[str] = Counter({"received": len(outcomes)})
     for sub, outcome in zip(submissions, outcomes, strict=True):
         status = outcome.status.value if outcome.status else "not_stored"
@@ -290,7 +290,7 @@ def summarize(
                 usage_id=outcome.usage_id,
                 errors=outcome.errors,
                 message=outcome.reason if outcome.status is None else None,
-            ).public()
+            )
         )
     count_records(counts, source)
     logger.info(
@@ -301,11 +301,11 @@ def summarize(
         reasons = sorted({o.reason or "?" for o in outcomes if o.status is None})
         return Reply(
             503,
-            {
-                "message": "some records could be neither posted nor stored; retry the whole "
+            Answered(
+                message="some records could be neither posted nor stored; retry the whole "
                 "delivery (records already handled will be reported as duplicates)",
-                "results": results,
-            },
+                results=results,
+            ),
             cause="records not stored: " + "; ".join(reasons)[:500],
         )
-    return Reply(202, {"results": results})
+    return Reply(202, Answered(results=results))
