@@ -524,11 +524,13 @@ def _mixes(world: World, data: Any) -> None:
     store_down = data.draw(st.sampled_from([False] * 30 + [True]))
     if store_down:  # SQS unreachable: a record Piriod does not take can be stored nowhere
         adapter.fresh_runtime(AWS_ENDPOINT_URL_SQS=world.dead)
-    status = deliver(world, body, webhook_id, valid=True, store_down=store_down)
-    if store_down:
-        adapter.monkeypatch.delenv("AWS_ENDPOINT_URL_SQS")
-        adapter.fresh_runtime()
-    piriod.clear_faults()
+    try:
+        status = deliver(world, body, webhook_id, valid=True, store_down=store_down)
+    finally:  # a failing example must not leave the next ones without a queue
+        if store_down:
+            adapter.monkeypatch.delenv("AWS_ENDPOINT_URL_SQS")
+            adapter.fresh_runtime()
+        piriod.clear_faults()
     # the sender retries a delivery that was not acknowledged, or sometimes resends one that was
     if status == 503 or data.draw(st.booleans()):
         assert deliver(world, body, webhook_id, valid=True) == 202
@@ -542,10 +544,37 @@ def _mixes(world: World, data: Any) -> None:
     no_second_post(world)
 
 
+def _outage_once(world: World) -> None:
+    """One certain outage, so the mix below never depends on drawing it: Piriod refuses and
+    SQS is unreachable, so the record is `not_stored` and the answer `503`; the sender's retry,
+    with everything up, is `202`."""
+    webhook_id = f"msg_{next(_lines)}"
+    record = Sent(
+        {
+            "subscription_line": str(next(_lines)),
+            "date_time": '"2026-01-01T00:00:00Z"',
+            "quantity": "1",
+        }
+    )
+    body = ('{"usages": [' + record.text + "]}").encode()
+    world.piriod.add_fault("status", status=503)
+    world.adapter.fresh_runtime(AWS_ENDPOINT_URL_SQS=world.dead)
+    try:
+        status = deliver(world, body, webhook_id, valid=True, store_down=True)
+    finally:
+        world.adapter.monkeypatch.delenv("AWS_ENDPOINT_URL_SQS")
+        world.adapter.fresh_runtime()
+        world.piriod.clear_faults()
+    assert status == 503
+    assert deliver(world, body, webhook_id, valid=True) == 202
+    no_second_post(world)
+
+
 def test_valid_mixes_with_piriod_and_store_faults_keep_every_record_once(world: World) -> None:
     # given batches with every kind of key, Piriod answering oddly, stores going down,
     # senders retrying and reusing keys
     # when each is delivered, then checked (in `check` and `no_second_post`)
+    _outage_once(world)
     _mixes(world)
     # and every usage in Piriod belongs to exactly one generated record
     assert world.piriod.usages() and max(world.ledger_lines().values()) == 1
