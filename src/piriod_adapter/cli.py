@@ -371,7 +371,7 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         token = sys.stdin.readline().strip()
     elif not args.keep_token:
         token = getpass.getpass("Piriod API token (not shown): ").strip()
-    if token == "":
+    if token is not None and not token:
         raise CommandError(EXIT_USAGE, "the Piriod token is empty")
     made = ensure_secrets(_secrets_manager(), args.name, token)
     out.write(f"PiriodTokenSecretArn={made.token_arn}\nWebhookSecretArn={made.signing_arn}\n")
