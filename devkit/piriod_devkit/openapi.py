@@ -48,9 +48,10 @@ RESPONSES: dict[str, tuple[str, str]] = {
     "202": (
         "Every record reached a definite state: `posted` (in Piriod; `usage_id` returned), "
         "`duplicate` (already handled; nothing sent again), `queued` (Piriod could not take it "
-        "now; it is in the replay queue and will be posted) or `rejected` (Piriod refused it; "
-        "`errors` holds Piriod's error map and the record is kept for a person to fix and "
-        "replay). Do not send these records again.",
+        "now; it is in the replay queue and will be posted) or `rejected` (kept for a person "
+        "to fix and replay; `errors` says why: Piriod's error map, `idempotency_key` for a key "
+        "already used for a different record, or `meter_id` for a source meter with no "
+        "subscription line). Do not send these records again.",
         "Answered",
     ),
     "400": (
@@ -102,13 +103,13 @@ def _header(name: str, required: bool, description: str, **schema: Any) -> dict[
     }
 
 
-def _standard_headers(required: bool) -> list[dict[str, Any]]:
+def _standard_headers(required: bool, keyed: str) -> list[dict[str, Any]]:
     return [
         _header(
             "webhook-id",
             required,
             "A unique id of the delivery, the same on every retry of it: printable ASCII, at "
-            "most 4096 characters. Records without an idempotency_key are keyed by it.",
+            f"most 4096 characters. {keyed}",
             minLength=1,
             maxLength=4096,
             pattern="^[!-~]([ -~]*[!-~])?$",
@@ -185,13 +186,14 @@ def _operation(
     parameters: list[dict[str, Any]],
     statuses: list[str],
     body: dict[str, Any],
+    media_types: tuple[str, ...] = ("application/json",),
 ) -> dict[str, Any]:
     return {
         "operationId": operation_id,
         "summary": summary,
         "description": description,
         "parameters": parameters,
-        "requestBody": {"required": True, "content": {"application/json": body}},
+        "requestBody": {"required": True, "content": dict.fromkeys(media_types, body)},
         "responses": {
             status: {"$ref": f"#/components/responses/{RESPONSE_NAMES[status]}"}
             for status in statuses
@@ -220,7 +222,9 @@ def document() -> dict[str, Any]:
         "Report usage in the native format",
         'One record, or `{"usages": [...]}` with 1 to 100 records. Unknown fields are an '
         "error. Records are posted to Piriod concurrently; the answer gives each one's state.",
-        _standard_headers(required=True),
+        _standard_headers(
+            required=True, keyed="Records without an idempotency_key are keyed by it."
+        ),
         NATIVE_STATUSES,
         {
             "schema": {
@@ -261,7 +265,7 @@ def document() -> dict[str, Any]:
         "postSourceUsages",
         "Report usage from a configured third-party meter",
         "The body is the meter's own payload (JSON or CloudEvents 1.0), mapped onto usages by "
-        'the source\'s profile (README, "Third-party sources"); from there on it is the '
+        'the source\'s profile (README, "Third-party meters"); from there on it is the '
         "native route. The signature headers depend on the profile's scheme: Standard Webhooks "
         "(the `webhook-*` headers), `Stripe-Signature`, or the profile's own header with "
         "`hmac-sha256-hex`.",
@@ -273,7 +277,11 @@ def document() -> dict[str, Any]:
                 "description": "The source's name in the profile document.",
                 "schema": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"},
             },
-            *_standard_headers(required=False),
+            *_standard_headers(
+                required=False,
+                keyed="Records are keyed by the profile's event_id (a CloudEvent's source and "
+                "id), not by it.",
+            ),
             _header(
                 "Stripe-Signature",
                 False,
@@ -282,6 +290,11 @@ def document() -> dict[str, Any]:
         ],
         SOURCE_STATUSES,
         {"schema": {"description": "the meter's own payload, as its profile describes it"}},
+        (
+            "application/json",
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+        ),
     )
     responses = {
         RESPONSE_NAMES[status]: {
@@ -328,7 +341,11 @@ def _version() -> str:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style for text of several lines, so the descriptions read as written."""
+    """Block style for text of several lines, so the descriptions read as written; a value
+    used twice is written out twice (no YAML anchors for a reader to chase)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

@@ -42,7 +42,8 @@ def local_standins(gateway: str | None) -> Iterator[LocalStandins]:
     """Start both stand-ins as env/local.json expects them, provisioned, and stop them after.
     `gateway`: the Docker bridge address to serve containers on (None: loopback only)."""
     env = local_env()
-    hosts = ("127.0.0.1", gateway) if gateway else ("127.0.0.1",)
+    # (Docker Desktop reaches this machine's loopback itself: there the gateway is 127.0.0.1)
+    hosts = ("127.0.0.1", gateway) if gateway and gateway != "127.0.0.1" else ("127.0.0.1",)
     # moto serves one address: the gateway when containers need it (this machine reaches it too)
     with MotoServer(host=gateway or "127.0.0.1", port=MOTO_PORT) as moto:
         prefix = env["IDEMPOTENCY_TABLE"].removesuffix("-idempotency")

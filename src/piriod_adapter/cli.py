@@ -195,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--test-mode", choices=["true", "false"], help="PiriodTestMode")
     init.add_argument("--config-env", help="write the parameters into this samconfig environment")
     init.add_argument("--samconfig", default="samconfig.toml", help="(default: %(default)s)")
-    init.add_argument("--region", help="the region, for a new samconfig environment")
+    init.add_argument(
+        "--region",
+        help="where the secrets go, written into the samconfig environment too "
+        "(default: your AWS configuration's region)",
+    )
 
     rotate = sub.add_parser(
         "signing-secret",
@@ -373,7 +377,12 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         token = getpass.getpass("Piriod API token (not shown): ").strip()
     if token is not None and not token:
         raise CommandError(EXIT_USAGE, "the Piriod token is empty")
-    made = ensure_secrets(_secrets_manager(), args.name, token)
+    manager = _secrets_manager(args.region)
+    region: str = manager.meta.region_name
+    try:
+        made = ensure_secrets(manager, args.name, token)
+    except ValueError as exc:  # --keep-token before there is a token
+        raise CommandError(EXIT_USAGE, str(exc)) from None
     out.write(f"PiriodTokenSecretArn={made.token_arn}\nWebhookSecretArn={made.signing_arn}\n")
     if made.new_signing_secret:
         err.write(
@@ -389,8 +398,11 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             overrides["PiriodWorkspaceId"] = args.workspace
         if args.test_mode:
             overrides["PiriodTestMode"] = args.test_mode
-        write_samconfig(Path(args.samconfig), args.config_env, args.name, overrides, args.region)
-        err.write(f"Wrote them into [{args.config_env}.deploy.parameters] of {args.samconfig}.\n")
+        write_samconfig(Path(args.samconfig), args.config_env, args.name, overrides, region)
+        err.write(
+            f"Wrote them and region {region} into [{args.config_env}.deploy.parameters] "
+            f"of {args.samconfig}.\n"
+        )
     return EXIT_OK
 
 
@@ -434,9 +446,9 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     url = args.url or outputs.get("WebhookUrl")
     if not url:
         raise CommandError(EXIT_USAGE, "give --url, or --stack of a deployed adapter")
-    secret_id = args.secret_id
-    if not secret_id and not os.environ.get("PIRIOD_SIGNING_SECRET"):
-        secret_id = outputs.get("WebhookSecretArn")
+    # The secret the command is told of wins: --secret-id, then the stack's, then the
+    # environment's (a local secret, for a local URL).
+    secret_id = args.secret_id or outputs.get("WebhookSecretArn")
     if secret_id:
         secrets = signing_secrets(_secrets_manager(), secret_id)
     elif os.environ.get("PIRIOD_SIGNING_SECRET"):
@@ -468,10 +480,16 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK if status_code == 202 else EXIT_NOT_FOUND
 
 
-def _secrets_manager() -> Any:
+def _secrets_manager(region: str | None = None) -> Any:
     import boto3
+    from botocore.exceptions import NoRegionError
 
-    return boto3.client("secretsmanager")
+    try:
+        return boto3.client("secretsmanager", region_name=region)
+    except NoRegionError:
+        raise CommandError(
+            EXIT_USAGE, "no AWS region: give --region, or set AWS_DEFAULT_REGION"
+        ) from None
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -267,7 +267,8 @@ class RecordResult(BaseModel):
         default=None, description="Piriod's usage id (posted; duplicate when known)"
     )
     errors: dict[str, list[str]] | None = Field(
-        default=None, description="rejected: Piriod's error map, by field"
+        default=None,
+        description="rejected: why, by field (Piriod's error map, idempotency_key or meter_id)",
     )
     message: str | None = Field(default=None, description="not_stored: why")
 

@@ -105,8 +105,8 @@ def retire_signing_secrets(manager: Any, secret_id: str) -> int:
 def write_samconfig(
     path: Path, environment: str, stack: str, overrides: dict[str, str], region: str | None
 ) -> None:
-    """Put these parameter overrides (and the stack name) into one samconfig environment's
-    deploy parameters, creating the environment if it is new; other lines are kept."""
+    """Put these parameter overrides, the region and (for a new environment) the stack name
+    into one samconfig environment's deploy parameters; other lines are kept."""
     text = path.read_text() if path.exists() else "version = 0.1\n"
     header = f"[{environment}.deploy.parameters]"
     if header not in text:
@@ -129,6 +129,14 @@ def write_samconfig(
         else:
             body = body.rstrip(" ") + f'    "{key}={value}",\n'
     section = section[: block.start(1)] + body + section[block.end(1) :]
+    if region:  # the region the secrets were made in, so the stack goes there too
+        line = re.compile(r"^region = .*$", re.MULTILINE)
+        if line.search(section):
+            section = line.sub(lambda _: f'region = "{region}"', section, count=1)
+        else:
+            section = section.replace(
+                "parameter_overrides = [", f'region = "{region}"\nparameter_overrides = [', 1
+            )
     text = text[:start] + section + text[end:]
     parsed = tomllib.loads(text)  # never leave a file sam cannot read
     assert parsed[environment]["deploy"]["parameters"]["parameter_overrides"]

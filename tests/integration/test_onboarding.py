@@ -52,6 +52,17 @@ def secret_value(adapter: Adapter, secret_id: str) -> Any:
     return json.loads(manager.get_secret_value(SecretId=secret_id)["SecretString"])
 
 
+def test_init_keeping_a_token_that_does_not_exist_is_a_usage_error(
+    adapter: Adapter, name: str
+) -> None:
+    # when the first init of a name is told to keep the token
+    code, out, err = cli("init", "--name", name, "--keep-token")
+    # then it says there is none yet, exit 2, and makes nothing
+    assert code == 2 and "no Piriod token yet" in err and out == ""
+    with pytest.raises(Exception, match="ResourceNotFound"):
+        secret_value(adapter, f"{name}/webhook-signing-secrets")
+
+
 def test_init_makes_both_secrets_in_their_shapes_and_is_rerunnable(
     adapter: Adapter, name: str
 ) -> None:
@@ -102,13 +113,14 @@ def test_init_writes_the_arns_into_a_samconfig_environment(
         "init",
         "--name",
         name,
-        "--keep-token",
+        "--token-stdin",
         "--config-env",
         "eu",
         "--samconfig",
         str(samconfig),
         "--region",
         "eu-west-1",
+        stdin="tok\n",
     )
     # then each environment names the secrets once, and the rest of the file is unchanged
     parsed = tomllib.loads(samconfig.read_text())
@@ -120,6 +132,16 @@ def test_init_writes_the_arns_into_a_samconfig_environment(
     assert parsed["prod"] == tomllib.loads((ROOT / "samconfig.toml").read_text())["prod"]
     assert parsed["eu"]["global"]["parameters"]["stack_name"] == name
     assert parsed["eu"]["deploy"]["parameters"]["region"] == "eu-west-1"
+    # and the stack goes where the secrets are: the region the secrets were made in
+    # replaces staging's placeholder, and eu's secrets are in eu-west-1
+    made_in = client("secretsmanager", adapter.endpoint).meta.region_name
+    assert parsed["staging"]["deploy"]["parameters"]["region"] == made_in
+    staging = samconfig.read_text().split("[staging.deploy.parameters]")[1].split("\n[")[0]
+    assert "placeholder" not in staging
+    eu_arn = dict(
+        p.split("=", 1) for p in parsed["eu"]["deploy"]["parameters"]["parameter_overrides"]
+    )
+    assert ":eu-west-1:" in eu_arn["WebhookSecretArn"]
 
 
 def test_rotation_adds_a_second_secret_then_retires_the_first(
@@ -170,3 +192,8 @@ def test_send_delivers_one_signed_record_and_shows_its_outcome(
     monkeypatch.setenv("PIRIOD_SIGNING_SECRET", "whsec_" + "QUFBQUFBQUFBQUFBQUFBQQ==")
     code, out, _ = cli("send", "--url", url, "--line", "42")
     assert code == 1 and out.startswith("HTTP 401") and "signature" in out
+    # while a secret named on the command line wins over the environment's
+    code, out, _ = cli(
+        "send", "--url", url, "--secret-id", adapter.resources.webhook_secret_arn, "--line", "43"
+    )
+    assert code == 0 and out.startswith("HTTP 202")
