@@ -9,8 +9,15 @@ from pathlib import Path
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from piriod_devkit.events import load_event, sign_event
+    from piriod_devkit.events import load_event, sign_event, sign_samples
 
+    if args.samples:
+        for path in sign_samples():
+            sys.stdout.write(f"signed {path.name}\n")
+        return 0
+    if args.event is None:
+        sys.stderr.write("piriod-local sign: give an event file, or --samples\n")
+        return 2
     event = sign_event(load_event(args.event), args.secret)
     text = json.dumps(event, indent=2) + "\n"
     if args.output:
@@ -34,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     standins.add_argument("--gateway", help="Docker bridge gateway to serve containers on")
     sign = commands.add_parser("sign", help="sign an API Gateway event file for sam local invoke")
-    sign.add_argument("event", help="a file in events/ (name or path)")
+    sign.add_argument("event", nargs="?", help="a file in events/ (name or path)")
+    sign.add_argument(
+        "--samples",
+        action="store_true",
+        help="sign every sample in events/ again, in place, at the time env/local.json names "
+        "(after editing one; `sam local invoke -e events/<file>.json` then works as is)",
+    )
     sign.add_argument(
         "--secret",
         help="signing secret (default: the local one; for a source's event, the local secret "

@@ -23,6 +23,39 @@ EVENTS = ROOT / "events"
 LOCAL_SIGNING_SECRET = "whsec_" + base64.b64encode(b"piriod-local-signing-key-0001").decode()
 
 
+# A signature that does not match (events/webhook-bad-signature.json is signed with it).
+WRONG_SIGNING_SECRET = "whsec_" + base64.b64encode(b"not-the-local-signing-key-0001").decode()
+
+
+def sample_signature_timestamp() -> int:
+    """When the committed sample events are signed: env/local.json's setting, which the
+    function honours under `sam local` only, so `sam local invoke -e events/<file>.json`
+    works as committed."""
+    env = json.loads((ROOT / "env" / "local.json").read_text())["Parameters"]
+    return int(env["SAMPLE_SIGNATURE_TIMESTAMP"])
+
+
+def is_http_event(event: dict[str, Any]) -> bool:
+    return "requestContext" in event and "headers" in event
+
+
+def signed_sample(name: str) -> dict[str, Any]:
+    """A sample event as committed: signed at the sample time with the local secret (its
+    profile's, for a source), or with a wrong one for the bad-signature sample."""
+    wrong = WRONG_SIGNING_SECRET if "bad-signature" in name else None
+    return sign_event(load_event(name), wrong, timestamp=sample_signature_timestamp())
+
+
+def sign_samples() -> list[Path]:
+    """Sign every HTTP sample in events/ again at the sample time (after editing one)."""
+    written = []
+    for path in sorted(EVENTS.glob("*.json")):
+        if is_http_event(load_event(path.name)):
+            path.write_text(json.dumps(signed_sample(path.name), indent=2) + "\n")
+            written.append(path)
+    return written
+
+
 def load_event(name: str) -> dict[str, Any]:
     path = Path(name) if Path(name).exists() else EVENTS / name
     event: dict[str, Any] = json.loads(path.read_text())

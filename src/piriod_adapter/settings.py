@@ -53,6 +53,14 @@ class Settings(BaseModel):
     # An ambiguous post is looked up in Piriod only once it is at least this old, so that a
     # request still in flight inside Piriod cannot land after the lookup said "not there".
     settle_after_seconds: float = Field(default=60.0, ge=0, alias="SETTLE_AFTER_SECONDS")
+    # Local only (env/local.json): the time the sample events in events/ are signed at, so
+    # `sam local invoke -e events/<file>.json` works as committed. Honoured only when
+    # `sam local` runs the function (it sets AWS_SAM_LOCAL=true); the template declares the
+    # variable only for local testing (AwsEndpointUrl set). See `signature_clocks`.
+    sample_signature_timestamp: int | None = Field(
+        default=None, ge=0, le=10**11, alias="SAMPLE_SIGNATURE_TIMESTAMP"
+    )
+    aws_sam_local: str = Field(default="", alias="AWS_SAM_LOCAL")
 
     @field_validator("sources_config")
     @classmethod
@@ -62,6 +70,11 @@ class Settings(BaseModel):
         if value and (kind not in ("ssm", "file") or not where):
             raise ValueError("must be 'ssm:<parameter name>', 'file:<path>' or empty")
         return value
+
+    @field_validator("sample_signature_timestamp", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("piriod_test_mode", "tracing", mode="before")
     @classmethod
@@ -76,6 +89,15 @@ class Settings(BaseModel):
     @property
     def api_url(self) -> str:
         return self.piriod_api_url.rstrip("/")
+
+    def signature_clocks(self, now: float) -> tuple[float, ...]:
+        """The times a delivery's signature is checked at: now; and under `sam local` alone,
+        also the sample events' signing time. A deployed function never has AWS_SAM_LOCAL, so
+        there a signature is only ever checked against now."""
+        sample = self.sample_signature_timestamp
+        if sample is None or self.aws_sam_local != "true":
+            return (now,)
+        return (now, float(sample))
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

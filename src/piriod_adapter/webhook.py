@@ -144,8 +144,12 @@ def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) 
         keys = runtime.secrets.standard_keys(settings.webhook_secret_id)
     except SecretUnavailable as exc:
         return unavailable(str(exc))
+    headers = lower_headers(event)
     try:
-        message_id = verify_standard(lower_headers(event), raw, keys, now=time.time())
+        message_id = first_passing(
+            lambda now: verify_standard(headers, raw, keys, now=now),
+            settings.signature_clocks(time.time()),
+        )
     except SignatureError as exc:
         return refused(str(exc))
 
@@ -204,25 +208,43 @@ def authenticate_source(
     """Check a source's delivery with its profile's scheme and secrets; return an id for the
     delivery (the webhook-id with Standard Webhooks). Raises SignatureError (401) or
     SecretUnavailable (503: fail closed)."""
-    scheme, now = profile.signature, time.time()
+    scheme = profile.signature
     if scheme.scheme == "standard-webhooks":
         keys = runtime.secrets.standard_keys(scheme.secret_id)
-        return verify_standard(headers, raw, keys, now, scheme.tolerance_seconds)
-    secrets = runtime.secrets.signing_secrets(scheme.secret_id)
-    if scheme.scheme == "stripe":
-        verify_stripe(headers, raw, secrets, now, scheme.tolerance_seconds)
     else:
-        assert scheme.header is not None
-        verify_hmac_hex(
-            headers,
-            raw,
-            secrets,
-            now,
-            header=scheme.header,
-            timestamp_header=scheme.timestamp_header,
-            tolerance=scheme.tolerance_seconds,
-        )
-    return f"{name}@{int(now)}"
+        secrets = runtime.secrets.signing_secrets(scheme.secret_id)
+
+    def check(now: float) -> str:
+        if scheme.scheme == "standard-webhooks":
+            return verify_standard(headers, raw, keys, now, scheme.tolerance_seconds)
+        if scheme.scheme == "stripe":
+            verify_stripe(headers, raw, secrets, now, scheme.tolerance_seconds)
+        else:
+            assert scheme.header is not None
+            verify_hmac_hex(
+                headers,
+                raw,
+                secrets,
+                now,
+                header=scheme.header,
+                timestamp_header=scheme.timestamp_header,
+                tolerance=scheme.tolerance_seconds,
+            )
+        return f"{name}@{int(now)}"
+
+    return first_passing(check, runtime.settings.signature_clocks(time.time()))
+
+
+def first_passing(check: Callable[[float], str], clocks: tuple[float, ...]) -> str:
+    """The first clock the signature passes at; otherwise the refusal at the first (now)."""
+    first: SignatureError | None = None
+    for now in clocks:
+        try:
+            return check(now)
+        except SignatureError as exc:
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 def unavailable(cause: str) -> Reply:

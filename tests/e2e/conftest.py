@@ -89,10 +89,14 @@ def standins(gateway: str) -> Iterator[LocalStandins]:
         yield found
 
 
-def invoke(function: str, event: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
-    """`sam local invoke` with env/local.json; returns the function's result."""
-    path = tmp_path / f"event-{time.monotonic_ns()}.json"
-    path.write_text(json.dumps(event))
+def invoke(function: str, event: dict[str, Any] | Path, tmp_path: Path) -> dict[str, Any]:
+    """`sam local invoke` with env/local.json on an event (or an event file, as it is);
+    returns the function's result."""
+    if isinstance(event, Path):
+        path = event
+    else:
+        path = tmp_path / f"event-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps(event))
     result = run_sam("local", "invoke", function, "-e", str(path))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.strip().startswith("{")]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from piriod_devkit.events import event_body, load_event, sign_event
+from piriod_devkit.events import EVENTS, event_body, load_event, sign_event
 from piriod_devkit.standins import LocalStandins
 from tests.e2e.conftest import StartApi, invoke, run_sam
 
@@ -63,14 +63,10 @@ def test_every_webhook_event_through_sam_local_invoke(
     outcomes: list[str] | None,
     ledger: list[int],
 ) -> None:
-    # given the sample event, signed now (the bad-signature one keeps its wrong signature)
-    event = load_event(name)
-    if name == "webhook-bad-signature.json":
-        event["headers"]["webhook-timestamp"] = str(int(__import__("time").time()))
-    else:
-        event = sign_event(event)
-    # when the real runtime runs the webhook function on it
-    result = invoke("WebhookFunction", event, tmp_path)
+    # given the sample event as committed (signed at env/local.json's sample time, which
+    # sam local honours), when the real runtime runs the webhook function on it:
+    # `sam local invoke -e events/<file>.json`, as SPEC section 7 has it
+    result = invoke("WebhookFunction", EVENTS / name, tmp_path)
     # then the answer and the effect on Piriod are the documented ones
     body = json.loads(result["body"])
     assert result["statusCode"] == status, body
@@ -166,10 +162,11 @@ def test_every_source_event_through_sam_local_invoke(
     outcomes: list[str],
     posted: dict[int, int],
 ) -> None:
-    # given a third-party meter's sample event, signed now with its profile's scheme
+    # given a third-party meter's sample event as committed (signed with its profile's
+    # scheme at the sample time)
     before = Counter(u["subscription_line"] for u in standins.piriod.usages())
-    # when the real runtime runs the webhook function on it
-    result = invoke("WebhookFunction", sign_event(load_event(name)), tmp_path)
+    # when the real runtime runs the webhook function on the file as it is
+    result = invoke("WebhookFunction", EVENTS / name, tmp_path)
     # then its records are mapped and each ends where its status says
     body = json.loads(result["body"])
     assert result["statusCode"] == 202, body

@@ -644,3 +644,23 @@ def test_secrets_manager_unreachable_fails_closed(
     status, _ = adapter.deliver(RECORD)
     # then the signature cannot be checked, so it is refused for now
     assert status == 503 and piriod.requests == []
+
+
+def test_committed_samples_pass_only_under_sam_local(adapter: Adapter, piriod: Any) -> None:
+    # given the committed sample (signed at env/local.json's sample time, long past) and a
+    # function with that setting
+    from piriod_devkit.events import sample_signature_timestamp
+
+    event = load_event("webhook-single.json")
+    adapter.fresh_runtime(SAMPLE_SIGNATURE_TIMESTAMP=str(sample_signature_timestamp()))
+    # when it runs outside sam local, then the old signature is refused and nothing posted
+    status, answer = adapter.invoke(event)
+    assert status == 401 and "webhook-timestamp" in answer["message"]
+    assert piriod.usages() == []
+    # when sam local runs it (AWS_SAM_LOCAL=true), then the sample is taken as committed
+    adapter.fresh_runtime(AWS_SAM_LOCAL="true")
+    status, answer = adapter.invoke(event)
+    assert status == 202 and [r["status"] for r in answer["results"]] == ["posted"]
+    # and the bad-signature sample is still refused there
+    status, answer = adapter.invoke(load_event("webhook-bad-signature.json"))
+    assert status == 401 and "signature" in answer["message"]

@@ -43,3 +43,17 @@ def test_missing_setting_is_named(name: str) -> None:
     env = {k: v for k, v in REQUIRED.items() if k != name}
     with pytest.raises(SettingsError, match=name):
         load_settings(env)
+
+
+def test_sample_signature_time_counts_only_under_sam_local() -> None:
+    # given env/local.json's sample signing time
+    sample = {**REQUIRED, "SAMPLE_SIGNATURE_TIMESTAMP": "1795600800"}
+    # then a function outside `sam local` checks signatures against now alone
+    assert load_settings(sample).signature_clocks(2e9) == (2e9,)
+    assert load_settings({**sample, "AWS_SAM_LOCAL": "1"}).signature_clocks(2e9) == (2e9,)
+    # and under `sam local` (which sets AWS_SAM_LOCAL=true) against the sample time too
+    local = load_settings({**sample, "AWS_SAM_LOCAL": "true"})
+    assert local.signature_clocks(2e9) == (2e9, 1795600800.0)
+    # and the template's empty declaration (local testing) means unset
+    unset = load_settings({**REQUIRED, "SAMPLE_SIGNATURE_TIMESTAMP": "", "AWS_SAM_LOCAL": "true"})
+    assert unset.signature_clocks(2e9) == (2e9,)
