@@ -440,7 +440,7 @@ def stack_outputs(stack: str) -> dict[str, str]:
 def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     import os
 
-    from piriod_adapter.onboarding import send, signing_secrets, test_delivery
+    from piriod_adapter.onboarding import one_record_delivery, send, signing_secrets
 
     outputs = stack_outputs(args.stack) if args.stack else {}
     url = args.url or outputs.get("WebhookUrl")
@@ -458,7 +458,10 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     if args.file is not None:
         body = args.file.read_bytes()
     elif args.line is not None:
-        body = test_delivery(args.line, args.quantity, args.date_time, args.key)
+        try:
+            body = one_record_delivery(args.line, args.quantity, args.date_time, args.key)
+        except ValueError as exc:
+            raise CommandError(EXIT_USAGE, str(exc)) from None
     else:
         raise CommandError(EXIT_USAGE, "give --line (a metered subscription line) or --file")
     status_code, answer = send(url, body, secrets)

@@ -165,7 +165,14 @@ def _new_environment(environment: str, stack: str, region: str | None) -> str:
 # --- one signed test delivery ---------------------------------------------------------------
 
 
-def test_delivery(line: int, quantity: str, date_time: str | None, key: str | None) -> bytes:
+JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def one_record_delivery(line: int, quantity: str, date_time: str | None, key: str | None) -> bytes:
+    """The body of `send --line`: one record, its quantity a JSON number with exactly the
+    digits given (ValueError when `quantity` is not a JSON number)."""
+    if not JSON_NUMBER.fullmatch(quantity):
+        raise ValueError(f"--quantity must be a JSON number, not {quantity[:40]!r}")
     record: dict[str, Any] = {
         "subscription_line": line,
         "date_time": date_time
@@ -174,7 +181,6 @@ def test_delivery(line: int, quantity: str, date_time: str | None, key: str | No
     }
     if key:
         record["idempotency_key"] = key
-    # the quantity goes in as a JSON number with exactly the digits given
     return json.dumps(record).replace('"__QUANTITY__"', quantity).encode()
 
 

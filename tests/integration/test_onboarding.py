@@ -192,6 +192,9 @@ def test_send_delivers_one_signed_record_and_shows_its_outcome(
     monkeypatch.setenv("PIRIOD_SIGNING_SECRET", "whsec_" + "QUFBQUFBQUFBQUFBQUFBQQ==")
     code, out, _ = cli("send", "--url", url, "--line", "42")
     assert code == 1 and out.startswith("HTTP 401") and "signature" in out
+    # and a quantity that is not a JSON number is refused before anything is sent
+    code, _, err = cli("send", "--url", url, "--line", "44", "--quantity", ".5")
+    assert code == 2 and "JSON number" in err
     # while a secret named on the command line wins over the environment's
     code, out, _ = cli(
         "send", "--url", url, "--secret-id", adapter.resources.webhook_secret_arn, "--line", "43"
