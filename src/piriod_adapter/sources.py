@@ -57,6 +57,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SOURCE_NAME = re.compile(r"[a-z0-9-]{1,64}")
 _NUMERIC_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _EXACT = Context(prec=200, traps=[Inexact, InvalidOperation])
+# Year 9999 is about 2.5e17 microseconds after the epoch; more digits are out of range.
+_MAX_EPOCH_MICROS_DIGITS = 18
 
 
 class SourcesUnavailable(RuntimeError):
@@ -301,12 +303,16 @@ def _instant(value: Any, time_format: str) -> datetime:
         if not isinstance(value, str):
             raise _Unmappable("must be an RFC 3339 string")
         return parse_rfc3339(value)
-    seconds = _number(value)
-    if time_format == "epoch_millis":
-        seconds = seconds.scaleb(-3)
-    micros = seconds.scaleb(6)
-    if micros != micros.to_integral_value():
-        raise _Unmappable("must not be more precise than microseconds")
+    number = _number(value)
+    try:  # exactly: an exponent that overflows, underflows or rounds is refused, not bent
+        with localcontext(_EXACT):
+            micros = number.scaleb(3 if time_format == "epoch_millis" else 6)
+            if micros != micros.to_integral_value():
+                raise _Unmappable("must not be more precise than microseconds")
+    except (Inexact, InvalidOperation):
+        raise _Unmappable("must be an epoch time no finer than microseconds") from None
+    if micros.adjusted() > _MAX_EPOCH_MICROS_DIGITS:  # far beyond year 9999: no big int
+        raise _Unmappable("cannot be represented in UTC (before year 1 or after 9999)")
     try:
         return to_utc(EPOCH + timedelta(microseconds=int(micros)))
     except OverflowError:
@@ -355,11 +361,20 @@ class Mapper:
         if problems:
             raise invalid(problems)
         usages = []
+        first_of: dict[UsageKey, int] = {}
         for index, one in enumerate(found):
             try:
-                usages.append(self._usage(one))
+                usage = self._usage(one)
             except _FieldError as exc:
                 problems.append(FieldProblem(index, exc.field, exc.message))
+                continue
+            usages.append(usage)
+            # one key twice in a delivery is refused, as on the native route
+            first = first_of.setdefault(usage.key, index)
+            if first != index:
+                field = "event_id" if one.key_text is None else "event"
+                what = "event id" if one.key_text is None else "CloudEvent source and id"
+                problems.append(FieldProblem(index, field, f"repeats the {what} of record {first}"))
         if problems:
             raise invalid(problems)
         return usages

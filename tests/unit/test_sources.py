@@ -157,6 +157,13 @@ def test_times_in_each_format_are_sent_as_utc(time_format: str, value: Any, utc:
         ("epoch_seconds", 10**12),
         ("epoch_seconds", -(10**12)),
         ("epoch_seconds", "1e400"),
+        # exponents that overflow, underflow or round in decimal's default context
+        ("epoch_millis", Decimal("1e999999999")),
+        ("epoch_millis", Decimal("-1e999999999")),
+        ("epoch_millis", Decimal("1e-999999999")),
+        ("epoch_seconds", "1e-999999999"),
+        ("epoch_millis", Decimal("1764130000000.0000000000000000000000001")),
+        ("epoch_seconds", Decimal("1e500000")),
         ("epoch_millis", True),
         ("rfc3339", 1793527200),
     ],
@@ -350,3 +357,23 @@ def test_a_cloudevents_profile_may_name_event_id_but_the_key_is_source_and_id() 
     # then the document validates, and the key is still the event's source and id
     [usage] = mapped(p, event)
     assert json.loads(usage.key.text) == ["urn:a", "e1"]
+
+
+def test_one_key_twice_in_a_delivery_is_refused_as_on_the_native_route() -> None:
+    # given a meter that repeats an event id, and a CloudEvents batch that repeats source+id
+    p = profile(records="r")
+    same = {"t": "2026-11-01T00:00:00Z", "q": 1, "id": "dup"}
+    event = {
+        "specversion": "1.0",
+        "id": "e1",
+        "source": "urn:a",
+        "type": "t",
+        "time": "2026-11-01T00:00:00Z",
+        "data": {"q": 2},
+    }
+    cloud = profile(shape="cloudevents", fields={"quantity": "data.q"})
+    # then each is a 422 naming the repeating record, and nothing is mapped
+    assert problems(p, {"r": [same, {**same, "q": 2}, {**same, "id": "other"}]}) == {
+        (1, "event_id")
+    }
+    assert problems(cloud, [event, {**event, "data": {"q": 3}}]) == {(1, "event")}
