@@ -3,6 +3,7 @@ reading a time, a quantity and a line, and generated payloads per time format.""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -377,3 +378,22 @@ def test_one_key_twice_in_a_delivery_is_refused_as_on_the_native_route() -> None
         (1, "event_id")
     }
     assert problems(cloud, [event, {**event, "data": {"q": 3}}]) == {(1, "event")}
+
+
+def test_a_cloudevent_with_data_base64_maps_through_powertools_functions() -> None:
+    # given a CloudEvent whose data travels as data_base64, and the README's field path
+    p = profile(
+        shape="cloudevents",
+        fields={"quantity": "powertools_json(powertools_base64(data_base64)).q"},
+    )
+    event = {
+        "specversion": "1.0",
+        "id": "e1",
+        "source": "urn:a",
+        "type": "t",
+        "time": "2026-11-01T00:00:00Z",
+        "data_base64": base64.b64encode(b'{"q": "2.50"}').decode(),
+    }
+    # when it is mapped, then the quantity keeps its digits and the time is the event's
+    [usage] = mapped(p, event)
+    assert (usage.quantity_text, usage.date_time) == ("2.50", datetime(2026, 11, 1, tzinfo=UTC))
