@@ -6,7 +6,7 @@ Where the resources are: `--stack NAME` reads them from the CloudFormation stack
 parameters; without it, the same environment variables as the functions (SPEC section 6).
 AWS endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-ins too.
 
-Exit codes: 0 done; 1 nothing found, not confirmed, or `send` not answered 202; 2 invalid
+Exit codes: 0 done; 1 `show` found nothing, not confirmed, or `send` not answered 202; 2 invalid
 arguments or settings; 3 reconcile found differences; 4 AWS (SQS, DynamoDB, CloudFormation,
 Secrets Manager) could not be reached or refused; 5 Piriod could not be reached or refused;
 6 a replayed record could be neither posted nor stored (run the replay again); 7 an
@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from piriod_adapter.models import MAX_LINE, parse_rfc3339
 from piriod_adapter.operator import (
@@ -125,8 +126,24 @@ def _rate(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an argument error on one line of stderr (exit 2), as every error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def _text(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text.strip():  # an empty shell variable must not widen a choice to everything
+            raise argparse.ArgumentTypeError(f"{what} must not be empty")
+        return text.strip()
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="piriod-adapter",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,11 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
             "--kind", choices=["transient", "ambiguous", "rejected", "exhausted", "unreadable"]
         )
         p.add_argument("--line", type=_positive_int(MAX_LINE), help="subscription line")
-        p.add_argument("--source", help="third-party source name")
+        p.add_argument("--source", type=_text("--source"), help="third-party source name")
         p.add_argument("--since", type=_instant, help="record date_time from (RFC 3339)")
         p.add_argument("--until", type=_instant, help="record date_time until (RFC 3339)")
         p.add_argument(
-            "--id", dest="ids", action="append", default=[], help="message id (repeatable)"
+            "--id",
+            dest="ids",
+            action="append",
+            default=[],
+            type=_text("--id"),
+            help="message id (repeatable)",
         )
 
     ls = sub.add_parser("list", help="list what waits in the queues, as a table")
@@ -259,11 +281,20 @@ def cmd_list(runtime: Runtime, args: argparse.Namespace, out: TextIO) -> int:
 def cmd_show(runtime: Runtime, args: argparse.Namespace, out: TextIO) -> int:
     if not args.message_id.strip():
         raise CommandError(EXIT_USAGE, "give a message id (or its first characters)")
-    for queue in _queues(args.queue):
-        for e in entries(runtime, queue, MAX_LIMIT):
-            if e.message_id.startswith(args.message_id):
-                out.write(json.dumps(e.to_dict(), indent=2) + "\n")
-                return EXIT_OK
+    found = [
+        e
+        for queue in _queues(args.queue)
+        for e in entries(runtime, queue, MAX_LIMIT)
+        if e.message_id.startswith(args.message_id)
+    ]
+    exact = [e for e in found if e.message_id == args.message_id]
+    if len(exact) == 1 or len(found) == 1:
+        out.write(json.dumps((exact or found)[0].to_dict(), indent=2) + "\n")
+        return EXIT_OK
+    if found:
+        raise CommandError(
+            EXIT_USAGE, f"{args.message_id!r} begins {len(found)} message ids; give more of it"
+        )
     raise CommandError(EXIT_NOT_FOUND, f"no message {args.message_id!r} found")
 
 
@@ -292,8 +323,13 @@ def cmd_replay(runtime: Runtime, args: argparse.Namespace, out: TextIO, err: Tex
         line += status
         if outcome is not None and outcome.usage_id:
             line += f"  usage_id={outcome.usage_id}"
-        if status == "rejected":
+        if status == "rejected" and outcome is not None and outcome.errors:
+            # this attempt's errors: a record rejected again may be rejected for a new reason
+            line += "  " + "; ".join(f"{k}: {' '.join(v)}" for k, v in outcome.errors.items())
+        elif status == "rejected":
             line += f"  {errors_text(entry.record)}"
+        elif status == "unreadable":
+            line += f"  {entry.problem}"
         out.write(line + "\n")
         bar.step(status)
 
@@ -495,8 +531,21 @@ def _secrets_manager(region: str | None = None) -> Any:
         ) from None
 
 
+def _logs_to(stream: TextIO) -> None:
+    """The functions' log lines go to stderr here, so stdout holds only the command's own
+    output (tables, reports, --json)."""
+    import logging
+
+    from piriod_adapter.observability import logger
+
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+
+
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = build_parser().parse_args(argv)
+    _logs_to(err)
     try:
         if args.command == "init":
             return cmd_init(args, out, err)

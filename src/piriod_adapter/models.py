@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -33,6 +34,7 @@ MAX_LINE = 2**63 - 1  # Piriod's ids are 64-bit integers
 MAX_INTEGER_DIGITS = 20  # quantity < 10^20
 MAX_FRACTION_DIGITS = 40  # quantity has at most 40 decimal places
 MAX_KEY_LENGTH = 255
+MAX_NUMBER_TEXT = 100  # a quantity read back from a queue message, as text
 MAX_FRACTION_INPUT = 9  # RFC 3339 fractions may be written with up to 9 digits, but must
 # not carry more than Piriod stores (microseconds)
 
@@ -179,7 +181,14 @@ def _utc_datetime(value: Any) -> Any:
 
 
 def _decimal_text(value: Any) -> Any:
-    return Decimal(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    if len(value) > MAX_NUMBER_TEXT:
+        raise ValueError(f"must be a decimal number of at most {MAX_NUMBER_TEXT} characters")
+    try:
+        return Decimal(value)
+    except ArithmeticError:  # decimal's InvalidOperation: pydantic would not catch it
+        raise ValueError("must be a decimal number") from None
 
 
 UtcInstant = Annotated[
@@ -203,9 +212,11 @@ class Usage(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    subscription_line: int | None
+    # The native bounds hold for every Usage, also one read back from a queue message (a
+    # dead letter edited by hand is checked again before it is replayed).
+    subscription_line: Annotated[int, Field(strict=True), AfterValidator(check_line)] | None
     date_time: UtcInstant
-    quantity: PlainDecimal
+    quantity: Annotated[PlainDecimal, AfterValidator(check_quantity)]
     key: UsageKey
     source: str | None = None
     meter_id: str | None = None
@@ -368,6 +379,16 @@ class QueuedRecord(BaseModel):
     attempts: int = Field(ge=0)  # posts (or lookups) tried so far
     first_failure_at: datetime
     ambiguous_since: datetime | None = None
+
+    @field_validator("usage")
+    @classmethod
+    def _not_ahead(cls, usage: Usage) -> Usage:
+        # It was at most 5 minutes ahead when it came in, so it is at most that now.
+        try:
+            check_instant(usage.date_time)
+        except ValueError as exc:
+            raise ValueError(f"date_time {exc}") from None
+        return usage
 
     def to_json(self) -> str:
         # Quantity is written as a string so its digits survive any JSON tool on the way.

@@ -43,9 +43,14 @@ class Entry:
     raw: str
     receipt_handle: str | None = None  # set for dead letters received to be replayed
 
+    @property
+    def problem(self) -> str | None:
+        """Why the message cannot be read as a record (None when it can)."""
+        return None if self.record is not None else _problem(self.raw)
+
     def to_dict(self) -> dict[str, Any]:
-        try:
-            body: Any = json.loads(self.raw)
+        try:  # NaN and Infinity stay text: what is printed is JSON
+            body: Any = json.loads(self.raw, parse_constant=_no_constant)
         except ValueError:
             body = self.raw
         return {
@@ -72,6 +77,23 @@ def _read(raw: str) -> QueuedRecord | None:
         return QueuedRecord.from_json(raw)
     except (ValidationError, ValueError):
         return None
+
+
+def _problem(raw: str) -> str:
+    """The first reason a message body is not a record this version reads."""
+    try:
+        QueuedRecord.from_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "record"
+        return f"{where}: {first['msg'].removeprefix('Value error, ')}"[:300]
+    except ValueError as exc:
+        return str(exc)[:300]
+    return "unreadable message body"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def waiting_in_replay(runtime: Runtime) -> list[Entry]:
@@ -313,9 +335,9 @@ def _age(then: datetime) -> str:
     return f"{seconds}s"
 
 
-def errors_text(record: QueuedRecord | None) -> str:
+def errors_text(record: QueuedRecord | None, problem: str | None = None) -> str:
     if record is None:
-        return "unreadable message body"
+        return problem or "unreadable message body"
     failure = record.failure
     if failure.errors:
         return "; ".join(f"{k}: {' '.join(v)}" for k, v in failure.errors.items())
@@ -359,7 +381,7 @@ def render_table(found: list[Entry], out: TextIO) -> None:
                 str(r.failure.status or "-") if r else "-",
                 str(r.attempts) if r else "-",
                 _age(r.first_failure_at if r else e.sent_at),
-                _short(errors_text(r), 60),
+                _short(errors_text(r, e.problem), 60),
             ]
         )
     widths = [

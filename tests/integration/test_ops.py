@@ -350,15 +350,21 @@ def test_piriod_unreachable_during_reconcile_is_one_line_and_exit_5(
         ("replay", "--rate", "nan"),
         ("list", "--line", "0"),
         ("reconcile", "--line", "1", "--since", "yesterday", "--until", "2026-11-01T00:00:00Z"),
+        ("replay", "--id", ""),  # an empty shell variable must not mean "every dead letter"
+        ("list", "--source", " "),
+        ("list", "--no-such-flag"),
     ],
 )
 def test_invalid_arguments_are_refused_before_anything_is_done(
     adapter: Adapter, argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # when the command is given an argument it cannot take
     with pytest.raises(SystemExit) as exited:
         ops(*argv)
+    # then it exits 2 with one line on stderr that names the argument
     assert exited.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "argument" in err, err
 
 
 def test_a_period_that_ends_before_it_begins_is_refused(adapter: Adapter) -> None:
@@ -455,3 +461,55 @@ def test_reconcile_shows_its_progress_when_asked(adapter: Adapter, piriod: Any) 
         "--progress",
     )
     assert code == 0 and "100 usages listed" in text
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("quantity", "-5", "usage.quantity"),
+        ("quantity", "1e60", "usage.quantity"),
+        ("quantity", "abc", "usage.quantity"),
+        ("subscription_line", "4004", "usage.subscription_line"),
+        ("subscription_line", 0, "usage.subscription_line"),
+        ("date_time", "2099-01-01T00:00:00Z", "5 minutes in the future"),
+    ],
+)
+def test_a_dead_letter_edited_outside_the_rules_is_not_replayed(
+    rejected_batch: Adapter, piriod: Any, field: str, value: Any, says: str
+) -> None:
+    # given the dead letters, one of them edited by hand to break a record rule
+    sqs = client("sqs", rejected_batch.endpoint)
+    url = rejected_batch.resources.dead_letter_queue_url
+    [first, *_] = rejected_batch.messages("dead_letter")
+    sqs.purge_queue(QueueUrl=url)
+    edited = {**first, "usage": {**first["usage"], field: value}}
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(edited))
+    piriod.set_unmetered_lines()  # whatever Piriod would take now
+    before = len(piriod.usages())
+    # when the operator lists it, then replays everything
+    listed = ops("list", "--queue", "dead-letter")[1]
+    code, text = ops("replay")
+    # then it is shown as unreadable with the rule it breaks, nothing is posted, and it stays
+    assert "unreadable" in listed
+    assert code == 0 and "unreadable=1" in text and says in text
+    assert len(piriod.usages()) == before
+    assert rejected_batch.messages("dead_letter") == [edited]
+
+
+def test_list_json_and_show_print_json_even_for_a_body_with_nan(adapter: Adapter) -> None:
+    # given a dead letter whose body holds NaN and Infinity (not JSON)
+    sqs = client("sqs", adapter.endpoint)
+    sent = sqs.send_message(
+        QueueUrl=adapter.resources.dead_letter_queue_url,
+        MessageBody='{"usage": NaN, "x": -Infinity}',
+    )
+
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} printed"))
+
+    # when it is listed as JSON and shown, then each output is JSON, with the body as text
+    code, text = ops("list", "--queue", "dead-letter", "--json")
+    [entry] = [strict(line) for line in text.splitlines() if line.startswith("{")]
+    assert code == 0 and entry["kind"] == "unreadable" and "NaN" in entry["record"]
+    code, text = ops("show", sent["MessageId"])
+    assert code == 0 and strict(text)["record"] == '{"usage": NaN, "x": -Infinity}'

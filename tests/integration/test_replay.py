@@ -283,3 +283,23 @@ def test_a_long_back_off_is_accepted_by_sqs(
         QueueUrl=adapter.resources.replay_queue_url, AttributeNames=["All"]
     )["Attributes"]
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+def test_a_replay_queue_record_that_breaks_a_rule_goes_to_a_person_not_to_piriod(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given a queued record whose quantity was changed into something that is not a number
+    piriod.add_fault("status", status=503)
+    adapter.deliver(RECORD)
+    [message] = adapter.messages("replay")
+    piriod.clear_faults()
+    sqs = client("sqs", adapter.endpoint)
+    sqs.purge_queue(QueueUrl=adapter.resources.replay_queue_url)
+    broken = {**message, "usage": {**message["usage"], "quantity": "abc"}}
+    sqs.send_message(QueueUrl=adapter.resources.replay_queue_url, MessageBody=json.dumps(broken))
+    # when ReplayFunction takes it
+    report = drain_replay(adapter)
+    # then the function does not fail; the message is in DeadLetterQueue unchanged, unposted
+    assert report.deleted == 1 and receive_count(adapter) == 0
+    assert adapter.messages("dead_letter") == [broken]
+    assert piriod.usages() == []
