@@ -513,3 +513,24 @@ def test_list_json_and_show_print_json_even_for_a_body_with_nan(adapter: Adapter
     assert code == 0 and entry["kind"] == "unreadable" and "NaN" in entry["record"]
     code, text = ops("show", sent["MessageId"])
     assert code == 0 and strict(text)["record"] == '{"usage": NaN, "x": -Infinity}'
+
+
+def test_show_refuses_an_id_prefix_that_begins_several_messages(
+    adapter: Adapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given two messages whose ids begin alike (and one that is exactly the other's prefix)
+    from datetime import UTC, datetime
+
+    from piriod_adapter import cli
+    from piriod_adapter.operator import Entry
+
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    found = [Entry("dead-letter", i, at, None, f'"{i}"') for i in ("abc", "abc1", "abc2")]
+    monkeypatch.setattr(cli, "entries", lambda runtime, queue, limit: found)
+    # when show is given the common prefix, then it says so (exit 2) instead of picking one
+    code, text = ops("show", "ab", "--queue", "dead-letter")
+    assert code == 2 and "begins 3 message ids" in text
+    # and an exact id, or a prefix of one message only, is shown
+    assert ops("show", "abc", "--queue", "dead-letter")[0] == 0
+    code, text = ops("show", "abc2", "--queue", "dead-letter")
+    assert code == 0 and '"message_id": "abc2"' in text
