@@ -640,7 +640,7 @@ class PiriodStandin:
 
         `answer_after_store` stores a valid usage, then answers `status` (default 200) with
         `body`: the usage ("usage"), the usage without its id ("no_id"), with an id that is
-        not an integer ("bad_id"), or nothing ("empty")."""
+        not an integer ("bad_id"), or nothing ("empty"); with `retry_after`, that header too."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
         if count is not None and (
@@ -850,13 +850,14 @@ class PiriodStandin:
             return created
         assert fault.status is not None
         payload = dict(created.payload)
+        headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
         if fault.body == "empty":
-            return _Response(fault.status)
+            return _Response(fault.status, headers=headers)
         if fault.body == "no_id":
             del payload["id"]
         elif fault.body == "bad_id":
             payload["id"] = str(payload["id"])
-        return _Response(fault.status, payload)
+        return _Response(fault.status, payload, headers)
 
     def _take_faults(self, method: str, line: int | None) -> _Fault | None:
         latency = 0.0

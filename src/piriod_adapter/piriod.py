@@ -1,10 +1,10 @@
 """Piriod's usages API over one pooled urllib3 client (SPEC section 4).
 
 Only a definite refusal means "not created": a connection that never reached Piriod, or a
-`400`, `401`, `403`, `404`, `405`, `429`, or `503` with `Retry-After`. Every other answer
-(an unexpected 2xx, a 2xx without a usable id, any other 5xx, a 3xx, a broken or timed-out
-response) may have stored the usage: it is AMBIGUOUS, and is settled by lookup before any
-second post.
+`400`, `401`, `403`, `404`, `405` or `429` (a throttle refuses before the view runs). Every
+other answer (an unexpected 2xx, a 2xx without a usable id, any 5xx, `503` with
+`Retry-After` included, a 3xx, a broken or timed-out response) may have stored the usage:
+it is AMBIGUOUS, and is settled by lookup before any second post.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from piriod_adapter.tracing import Tracer
 
 CONNECT_RETRIES = 1  # only for failures where the request surely never reached Piriod
 CONNECT_RETRY_PAUSE = 0.05
-THROTTLE_RETRIES = 2  # 429 / 503 with a Retry-After that fits in the time left
+THROTTLE_RETRIES = 2  # 429 with a Retry-After that fits in the time left
 MIN_ATTEMPT_SECONDS = 0.5
 MAX_RESPONSE_BYTES = 1024 * 1024  # Piriod's answers are small; a larger one is not Piriod's
 DEFINITE_REFUSALS = frozenset({401, 403, 404, 405, 429})
@@ -214,8 +214,11 @@ class PiriodClient:
                         PostKind.TRANSIENT, status=401, error=f"token re-read failed: {exc}"
                     )
                 continue
+            # SPEC section 4 allows a retry on 503 with Retry-After too, but a 503 does not
+            # prove the usage was not stored (a gateway may answer it while the request goes
+            # on): it is ambiguous, and is settled by lookup before any second post.
             wait = _retry_after(answer.headers.get("Retry-After"))
-            if status == 429 or (status == 503 and wait is not None):
+            if status == 429:
                 budget = deadline.remaining() - self._connect_timeout - self._read_timeout
                 if throttle_retries > 0 and wait is not None and wait <= budget:
                     throttle_retries -= 1
@@ -237,13 +240,19 @@ class PiriodClient:
             "date_time": usage.date_time_text,
             "quantity": usage.quantity_text,
         }
-        return list(self.list_usages(query, tenant, deadline))
+        return list(self.list_usages(query, tenant, deadline, usable_only=False))
 
     def list_usages(
-        self, filters: dict[str, Any], tenant: Tenant, deadline: Deadline
+        self,
+        filters: dict[str, Any],
+        tenant: Tenant,
+        deadline: Deadline,
+        *,
+        usable_only: bool = True,
     ) -> Iterator[dict[str, Any]]:
         """Every usage matching `filters`, following pagination; only entries with a usable id
-        are yielded. Raises PiriodUnavailable."""
+        are yielded, unless `usable_only` is false (settling must see an entry it cannot read
+        too). Raises PiriodUnavailable."""
         url: str | None = f"{self._base}/usages/?" + urlencode({**filters, "page_size": 100})
         try:
             token = self._token(None)
@@ -274,7 +283,11 @@ class PiriodClient:
             results = page.get("results") if isinstance(page, dict) else None
             if not isinstance(results, list):
                 raise PiriodUnavailable("listing usages returned an unexpected body")
-            yield from (u for u in results if isinstance(u, dict) and usage_id_of(u) is not None)
+            yield from (
+                u
+                for u in results
+                if isinstance(u, dict) and (not usable_only or usage_id_of(u) is not None)
+            )
             url = self._same_host(page.get("next"))
             pages += 1
             if pages > 10_000:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -38,13 +40,24 @@ from piriod_adapter.models import (
     Status,
     Tenant,
     Usage,
+    parse_rfc3339,
     sortable_utc,
 )
 from piriod_adapter.observability import logger, metrics
-from piriod_adapter.piriod import PiriodClient, PiriodUnavailable, PostKind, PostResult
+from piriod_adapter.piriod import (
+    PiriodClient,
+    PiriodUnavailable,
+    PostKind,
+    PostResult,
+    usage_id_of,
+)
 from piriod_adapter.queue import Placement
 
-CLOCK_SKEW_SECONDS = 60.0  # Piriod's `created` versus our clock, when settling
+# Piriod's `created` versus our clock, when settling: a matching usage created up to this
+# long before our first attempt is still taken as ours. Wider means more clock skew is
+# tolerated without a second post; a usage made elsewhere with the same line, instant and
+# value in that window would settle ours (under-billing one record, never over-billing).
+CLOCK_SKEW_SECONDS = 300.0
 CLAIM_TRIES = 3
 BREAKER_FAILURES = 3  # connections refused in a row before the rest of a delivery is queued
 KEY_CONFLICT = (
@@ -366,23 +379,35 @@ class Submitter:
             found = self.piriod.find_usages(sub.usage, sub.tenant, deadline)
         except PiriodUnavailable as exc:
             return PostResult(PostKind.AMBIGUOUS, error=f"cannot ask Piriod yet: {exc}")
-        for usage in sorted(found, key=lambda u: int(u["id"])):
-            usage_id = int(usage["id"])
-            created = _parse_created(usage.get("created"))
-            if usage_id in held or created is None or created < since - CLOCK_SKEW_SECONDS:
-                continue
-            try:
-                self.store.settle(claim.pk, claim.token, usage_id)
-            except StoreUnavailable as exc:
+        ours: list[int] = []  # surely this record, created since (about) the first attempt
+        unsure = False  # a listed usage that may be this record's but cannot be read
+        for listed in found:
+            same = _same_record(listed, sub.usage)
+            usage_id = usage_id_of(listed)
+            if same is False or (usage_id is not None and usage_id in held):
+                continue  # another record, or another key's identical record
+            created = _parse_created(listed.get("created"))
+            if same is None or usage_id is None or created is None:
+                unsure = True
+            elif created >= since - CLOCK_SKEW_SECONDS:  # else: existed before our attempt
+                ours.append(usage_id)
+        if not ours:
+            if unsure:  # it may be ours: never post again on a guess
                 return PostResult(
-                    PostKind.AMBIGUOUS, error=f"found in Piriod, cannot record: {exc}"
+                    PostKind.AMBIGUOUS,
+                    error="Piriod lists a matching usage the adapter cannot read; not posted again",
                 )
-            logger.info(
-                "ambiguous post settled: found in Piriod",
-                extra={"usage_id": usage_id, "scope": sub.usage.key.scope, "index": sub.index},
-            )
-            return PostResult(PostKind.CREATED, usage_id=usage_id)
-        return None
+            return None
+        usage_id = min(ours)
+        try:
+            self.store.settle(claim.pk, claim.token, usage_id)
+        except StoreUnavailable as exc:
+            return PostResult(PostKind.AMBIGUOUS, error=f"found in Piriod, cannot record: {exc}")
+        logger.info(
+            "ambiguous post settled: found in Piriod",
+            extra={"usage_id": usage_id, "scope": sub.usage.key.scope, "index": sub.index},
+        )
+        return PostResult(PostKind.CREATED, usage_id=usage_id)
 
     def _failed(
         self,
@@ -487,10 +512,31 @@ def _unsettled_since(previous: KeyState | None, message: QueuedRecord | None) ->
     return min(candidates) if candidates else None
 
 
+def _same_record(listed: dict[str, Any], usage: Usage) -> bool | None:
+    """Whether a listed usage has this record's line, instant and value: False when it
+    surely differs, None when a field cannot be read (it may be this record)."""
+    try:
+        line = listed.get("subscription_line")
+        instant = parse_rfc3339(str(listed.get("date_time")))
+        quantity = Decimal(str(listed.get("quantity")))
+    except (ValueError, ArithmeticError):
+        return None
+    if isinstance(line, bool) or not isinstance(line, int) or not quantity.is_finite():
+        return None
+    return (
+        line == usage.subscription_line
+        and instant == usage.date_time
+        and (quantity == usage.quantity)
+    )
+
+
 def _parse_created(value: object) -> float | None:
-    if not isinstance(value, str):
+    """Piriod's `created`, when it is a time with an offset (a naive time is not read as
+    ours or anyone's: its zone is unknown)."""
+    if not isinstance(value, str) or len(value) > 64:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        return None if parsed.tzinfo is None else parsed.timestamp()
     except (ValueError, OverflowError):
         return None

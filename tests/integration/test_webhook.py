@@ -446,7 +446,7 @@ def test_piriod_400_is_rejected_with_its_error_map_and_dead_lettered(
         (404, None, "transient"),
         (405, None, "transient"),
         (429, 120, "transient"),
-        (503, 120, "transient"),
+        (503, 120, "ambiguous"),  # a 503 does not prove the usage was not stored
         (500, None, "ambiguous"),
         (502, None, "ambiguous"),
         (503, None, "ambiguous"),
@@ -664,3 +664,23 @@ def test_committed_samples_pass_only_under_sam_local(adapter: Adapter, piriod: A
     # and the bad-signature sample is still refused there
     status, answer = adapter.invoke(load_event("webhook-bad-signature.json"))
     assert status == 401 and "signature" in answer["message"]
+
+
+@pytest.mark.parametrize("retry_after", [0, 1, 3600])
+def test_a_503_with_retry_after_after_storing_is_settled_not_posted_again(
+    adapter: Adapter, piriod: Any, retry_after: int
+) -> None:
+    # given Piriod storing the usage, then answering 503 with Retry-After
+    piriod.add_fault(
+        "answer_after_store", status=503, retry_after=retry_after, body="empty", count=1
+    )
+    # when a record is delivered, then it is queued as ambiguous (no second post at once)
+    status, answer = adapter.deliver(RECORD, message_id=f"msg_503_{retry_after}")
+    assert status == 202 and answer["results"][0]["status"] == "queued"
+    assert adapter.messages("replay")[0]["failure"]["kind"] == "ambiguous"
+    # and when replay runs, it finds the usage instead of posting it a second time
+    from tests.integration.test_replay import drain_replay
+
+    drain_replay(adapter)
+    assert len(piriod.usages()) == 1
+    assert [r["method"] for r in piriod.requests].count("POST") == 1
