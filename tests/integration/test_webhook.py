@@ -479,15 +479,29 @@ def test_piriod_errors_that_may_pass_are_queued_for_replay(
 
 
 @pytest.mark.parametrize(
-    ("status_code", "body"), [(200, "usage"), (201, "no_id"), (202, "empty"), (201, "bad_id")]
+    ("status_code", "body", "retry_after"),
+    [
+        (200, "usage", None),
+        (201, "no_id", None),
+        (202, "empty", None),
+        (201, "bad_id", None),
+        # a 503 with Retry-After does not prove the usage was not stored either
+        (503, "empty", 0),
+        (503, "empty", 1),
+        (503, "empty", 3600),
+    ],
 )
-def test_an_odd_success_answer_is_ambiguous_and_replay_settles_it_once(
-    adapter: Adapter, piriod: Any, status_code: int, body: str
+def test_an_odd_answer_is_ambiguous_and_replay_settles_it_once(
+    adapter: Adapter, piriod: Any, status_code: int, body: str, retry_after: int | None
 ) -> None:
     # given Piriod storing the usage but answering in a way that does not prove it
-    piriod.add_fault("answer_after_store", status=status_code, body=body, count=1)
+    piriod.add_fault(
+        "answer_after_store", status=status_code, body=body, retry_after=retry_after, count=1
+    )
     # when a record is delivered
-    status, answer = adapter.deliver(RECORD, message_id=f"msg_odd_{status_code}_{body}")
+    status, answer = adapter.deliver(
+        RECORD, message_id=f"msg_odd_{status_code}_{body}_{retry_after}"
+    )
     # then it is queued as ambiguous, not as surely-not-created
     assert status == 202 and answer["results"][0]["status"] == "queued"
     assert adapter.messages("replay")[0]["failure"]["kind"] == "ambiguous"
@@ -664,23 +678,3 @@ def test_committed_samples_pass_only_under_sam_local(adapter: Adapter, piriod: A
     # and the bad-signature sample is still refused there
     status, answer = adapter.invoke(load_event("webhook-bad-signature.json"))
     assert status == 401 and "signature" in answer["message"]
-
-
-@pytest.mark.parametrize("retry_after", [0, 1, 3600])
-def test_a_503_with_retry_after_after_storing_is_settled_not_posted_again(
-    adapter: Adapter, piriod: Any, retry_after: int
-) -> None:
-    # given Piriod storing the usage, then answering 503 with Retry-After
-    piriod.add_fault(
-        "answer_after_store", status=503, retry_after=retry_after, body="empty", count=1
-    )
-    # when a record is delivered, then it is queued as ambiguous (no second post at once)
-    status, answer = adapter.deliver(RECORD, message_id=f"msg_503_{retry_after}")
-    assert status == 202 and answer["results"][0]["status"] == "queued"
-    assert adapter.messages("replay")[0]["failure"]["kind"] == "ambiguous"
-    # and when replay runs, it finds the usage instead of posting it a second time
-    from tests.integration.test_replay import drain_replay
-
-    drain_replay(adapter)
-    assert len(piriod.usages()) == 1
-    assert [r["method"] for r in piriod.requests].count("POST") == 1

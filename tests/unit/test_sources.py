@@ -28,6 +28,14 @@ from piriod_adapter.validation import BodyError
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "sources.json"
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A structured CloudEvent's required attributes and time; each test adds its data.
+CLOUD_EVENT = {
+    "specversion": "1.0",
+    "id": "e1",
+    "source": "urn:a",
+    "type": "t",
+    "time": "2026-11-01T00:00:00Z",
+}
 
 
 def profile(**overrides: Any) -> Profile:
@@ -232,14 +240,7 @@ def test_an_unmapped_record_is_mapped_once_its_meter_has_a_line() -> None:
 
 def test_cloudevents_keys_are_source_and_id_and_time_defaults_to_time() -> None:
     p = profile(shape="cloudevents", fields={"quantity": "data.q"})
-    event = {
-        "specversion": "1.0",
-        "id": "e1",
-        "source": "urn:a",
-        "type": "t",
-        "time": "2026-11-01T00:00:00Z",
-        "data": {"q": 2},
-    }
+    event = {**CLOUD_EVENT, "data": {"q": 2}}
     [usage] = mapped(p, event)
     assert json.loads(usage.key.text) == ["urn:a", "e1"]
     batch = mapped(p, [event, {**event, "source": "urn:b"}])
@@ -347,14 +348,7 @@ def test_mapping_never_changes_a_meters_quantity_or_instant(time_format: str) ->
 def test_a_cloudevents_profile_may_name_event_id_but_the_key_is_source_and_id() -> None:
     # given a cloudevents profile written from SPEC section 8's schema, event_id included
     p = profile(shape="cloudevents", fields={"quantity": "data.q", "event_id": "data.ref"})
-    event = {
-        "specversion": "1.0",
-        "id": "e1",
-        "source": "urn:a",
-        "type": "t",
-        "time": "2026-11-01T00:00:00Z",
-        "data": {"q": 2, "ref": "other"},
-    }
+    event = {**CLOUD_EVENT, "data": {"q": 2, "ref": "other"}}
     # then the document validates, and the key is still the event's source and id
     [usage] = mapped(p, event)
     assert json.loads(usage.key.text) == ["urn:a", "e1"]
@@ -364,14 +358,7 @@ def test_one_key_twice_in_a_delivery_is_refused_as_on_the_native_route() -> None
     # given a meter that repeats an event id, and a CloudEvents batch that repeats source+id
     p = profile(records="r")
     same = {"t": "2026-11-01T00:00:00Z", "q": 1, "id": "dup"}
-    event = {
-        "specversion": "1.0",
-        "id": "e1",
-        "source": "urn:a",
-        "type": "t",
-        "time": "2026-11-01T00:00:00Z",
-        "data": {"q": 2},
-    }
+    event = {**CLOUD_EVENT, "data": {"q": 2}}
     cloud = profile(shape="cloudevents", fields={"quantity": "data.q"})
     # then each is a 422 naming the repeating record, and nothing is mapped
     assert problems(p, {"r": [same, {**same, "q": 2}, {**same, "id": "other"}]}) == {
@@ -386,14 +373,7 @@ def test_a_cloudevent_with_data_base64_maps_through_powertools_functions() -> No
         shape="cloudevents",
         fields={"quantity": "powertools_json(powertools_base64(data_base64)).q"},
     )
-    event = {
-        "specversion": "1.0",
-        "id": "e1",
-        "source": "urn:a",
-        "type": "t",
-        "time": "2026-11-01T00:00:00Z",
-        "data_base64": base64.b64encode(b'{"q": "2.50"}').decode(),
-    }
+    event = {**CLOUD_EVENT, "data_base64": base64.b64encode(b'{"q": "2.50"}').decode()}
     # when it is mapped, then the quantity keeps its digits and the time is the event's
     [usage] = mapped(p, event)
     assert (usage.quantity_text, usage.date_time) == ("2.50", datetime(2026, 11, 1, tzinfo=UTC))
