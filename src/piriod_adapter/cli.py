@@ -31,6 +31,7 @@ from piriod_adapter.operator import (
     Progress,
     choose_dead_letters,
     entries,
+    error_map_text,
     errors_text,
     reconcile,
     render_status,
@@ -55,11 +56,20 @@ class CommandError(Exception):
         self.code = code
 
 
-def settings_from_stack(stack: str) -> Settings:
+def _stack(stack: str) -> dict[str, Any]:
     import boto3
 
     [description] = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"]
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in description.get("Outputs", [])}
+    return dict(description)
+
+
+def _outputs(description: dict[str, Any]) -> dict[str, str]:
+    return {o["OutputKey"]: o["OutputValue"] for o in description.get("Outputs", [])}
+
+
+def settings_from_stack(stack: str) -> Settings:
+    description = _stack(stack)
+    outputs = _outputs(description)
     params = {p["ParameterKey"]: p.get("ParameterValue", "") for p in description["Parameters"]}
     return load_settings(
         {
@@ -100,14 +110,11 @@ def _positive_int(maximum: int) -> Any:
     return parse
 
 
-def _decimal(text: str) -> str:
-    from decimal import Decimal, InvalidOperation
+def _json_number(text: str) -> str:
+    from piriod_adapter.onboarding import JSON_NUMBER
 
-    try:
-        if not Decimal(text).is_finite():
-            raise InvalidOperation
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not JSON_NUMBER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be a JSON number, not {text[:40]!r}")
     return text
 
 
@@ -236,14 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="send one signed test delivery and show its outcome",
         description="With --stack, the URL and the signing secret come from the stack's "
         "outputs (WebhookUrl, WebhookSecretArn). The secret is, in this order: --secret-id, "
-        "$PIRIOD_SIGNING_SECRET, the stack's.",
+        "the stack's, $PIRIOD_SIGNING_SECRET.",
     )
     send.add_argument("--url", help="the webhook's URL (default: the stack's WebhookUrl)")
     send.add_argument(
         "--secret-id", help="read the signing secret from this Secrets Manager secret"
     )
     send.add_argument("--line", type=_positive_int(MAX_LINE), help="a metered subscription line")
-    send.add_argument("--quantity", type=_decimal, default="1", help="(default: %(default)s)")
+    send.add_argument("--quantity", type=_json_number, default="1", help="(default: %(default)s)")
     send.add_argument("--date-time", type=_rfc3339_text, help="(default: now)")
     send.add_argument("--key", help="an idempotency_key")
     send.add_argument("--file", type=Path, help="send this body as it is instead")
@@ -325,11 +332,9 @@ def cmd_replay(runtime: Runtime, args: argparse.Namespace, out: TextIO, err: Tex
             line += f"  usage_id={outcome.usage_id}"
         if status == "rejected" and outcome is not None and outcome.errors:
             # this attempt's errors: a record rejected again may be rejected for a new reason
-            line += "  " + "; ".join(f"{k}: {' '.join(v)}" for k, v in outcome.errors.items())
-        elif status == "rejected":
-            line += f"  {errors_text(entry.record)}"
-        elif status == "unreadable":
-            line += f"  {entry.problem}"
+            line += f"  {error_map_text(outcome.errors)}"
+        elif status in ("rejected", "unreadable"):
+            line += f"  {errors_text(entry.record, entry.problem)}"
         out.write(line + "\n")
         bar.step(status)
 
@@ -466,19 +471,12 @@ def cmd_signing_secret(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
     return EXIT_OK
 
 
-def stack_outputs(stack: str) -> dict[str, str]:
-    import boto3
-
-    [description] = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"]
-    return {o["OutputKey"]: o["OutputValue"] for o in description.get("Outputs", [])}
-
-
 def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     import os
 
     from piriod_adapter.onboarding import one_record_delivery, send, signing_secrets
 
-    outputs = stack_outputs(args.stack) if args.stack else {}
+    outputs = _outputs(_stack(args.stack)) if args.stack else {}
     url = args.url or outputs.get("WebhookUrl")
     if not url:
         raise CommandError(EXIT_USAGE, "give --url, or --stack of a deployed adapter")
@@ -494,10 +492,7 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     if args.file is not None:
         body = args.file.read_bytes()
     elif args.line is not None:
-        try:
-            body = one_record_delivery(args.line, args.quantity, args.date_time, args.key)
-        except ValueError as exc:
-            raise CommandError(EXIT_USAGE, str(exc)) from None
+        body = one_record_delivery(args.line, args.quantity, args.date_time, args.key)
     else:
         raise CommandError(EXIT_USAGE, "give --line (a metered subscription line) or --file")
     status_code, answer = send(url, body, secrets)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from piriod_adapter.secrets import SecretStore
 from piriod_adapter.signatures import SECRET_PREFIX, sign_standard, standard_key
 
 SIGNING_KEY_BYTES = 32
@@ -73,9 +74,9 @@ def _existing(manager: Any, secret_id: str) -> str | None:
 
 
 def signing_secrets(manager: Any, secret_id: str) -> list[str]:
-    raw = manager.get_secret_value(SecretId=secret_id)["SecretString"].strip()
-    found = json.loads(raw)["signing_secrets"] if raw.startswith("{") else [raw]
-    return [str(s) for s in found]
+    """The active signing secrets, read as the functions read them (raises
+    SecretUnavailable)."""
+    return SecretStore(manager, ttl_seconds=0).signing_secrets(secret_id)
 
 
 def add_signing_secret(manager: Any, secret_id: str) -> tuple[str, int]:
@@ -169,10 +170,8 @@ JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 def one_record_delivery(line: int, quantity: str, date_time: str | None, key: str | None) -> bytes:
-    """The body of `send --line`: one record, its quantity a JSON number with exactly the
-    digits given (ValueError when `quantity` is not a JSON number)."""
-    if not JSON_NUMBER.fullmatch(quantity):
-        raise ValueError(f"--quantity must be a JSON number, not {quantity[:40]!r}")
+    """The body of `send --line`: one record, `quantity` (the text of a JSON number, see
+    JSON_NUMBER) with exactly the digits given."""
     record: dict[str, Any] = {
         "subscription_line": line,
         "date_time": date_time

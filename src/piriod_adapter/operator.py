@@ -42,11 +42,7 @@ class Entry:
     record: QueuedRecord | None  # None: the message cannot be read as a record
     raw: str
     receipt_handle: str | None = None  # set for dead letters received to be replayed
-
-    @property
-    def problem(self) -> str | None:
-        """Why the message cannot be read as a record (None when it can)."""
-        return None if self.record is not None else _problem(self.raw)
+    problem: str | None = None  # why the message cannot be read as a record
 
     def to_dict(self) -> dict[str, Any]:
         try:  # NaN and Infinity stay text: what is printed is JSON
@@ -72,24 +68,17 @@ class Entry:
         return kind.value
 
 
-def _read(raw: str) -> QueuedRecord | None:
+def _read(raw: str) -> tuple[QueuedRecord | None, str | None]:
+    """The record a message body holds, or None and the first reason it is not one this
+    version reads."""
     try:
-        return QueuedRecord.from_json(raw)
-    except (ValidationError, ValueError):
-        return None
-
-
-def _problem(raw: str) -> str:
-    """The first reason a message body is not a record this version reads."""
-    try:
-        QueuedRecord.from_json(raw)
+        return QueuedRecord.from_json(raw), None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "record"
-        return f"{where}: {first['msg'].removeprefix('Value error, ')}"[:300]
+        return None, f"{where}: {first['msg'].removeprefix('Value error, ')}"[:300]
     except ValueError as exc:
-        return str(exc)[:300]
-    return "unreadable message body"
+        return None, str(exc)[:300]
 
 
 def _no_constant(name: str) -> Any:
@@ -100,9 +89,11 @@ def waiting_in_replay(runtime: Runtime) -> list[Entry]:
     """What waits in ReplayQueue, from the table (the queue is not touched)."""
     entries = []
     for waiting in runtime.store.waiting(REPLAY):
-        record = _read(waiting.message)
+        record, problem = _read(waiting.message)
         at = record.failure.at if record else datetime.now(UTC)
-        entries.append(Entry(REPLAY, waiting.message_id, at, record, waiting.message))
+        entries.append(
+            Entry(REPLAY, waiting.message_id, at, record, waiting.message, problem=problem)
+        )
     return entries
 
 
@@ -112,14 +103,16 @@ def dead_letters(runtime: Runtime, limit: int = 10_000, hold_seconds: int = 0) -
     url = runtime.queue.url(DEAD_LETTER)
     for message in receive_all(runtime.sqs, url, limit=limit, hold_seconds=hold_seconds):
         sent = int(message.get("Attributes", {}).get("SentTimestamp", "0")) / 1000
+        record, problem = _read(message["Body"])
         entries.append(
             Entry(
                 DEAD_LETTER,
                 message["MessageId"],
                 datetime.fromtimestamp(sent, UTC),
-                _read(message["Body"]),
+                record,
                 message["Body"],
                 message["ReceiptHandle"] if hold_seconds else None,
+                problem,
             )
         )
     return entries
@@ -299,6 +292,8 @@ def _listed(
         "date_time__lte": until.astimezone(UTC).isoformat(),
     }
     for usage in runtime.piriod.list_usages(filters, tenant, Deadline.after(300)):
+        if usage_id_of(usage) is None:
+            continue  # not a usage the adapter could have recorded
         try:
             instant = parse_rfc3339(str(usage.get("date_time")))
         except ValueError:
@@ -340,8 +335,13 @@ def errors_text(record: QueuedRecord | None, problem: str | None = None) -> str:
         return problem or "unreadable message body"
     failure = record.failure
     if failure.errors:
-        return "; ".join(f"{k}: {' '.join(v)}" for k, v in failure.errors.items())
+        return error_map_text(failure.errors)
     return failure.error or ""
+
+
+def error_map_text(errors: dict[str, list[str]]) -> str:
+    """A field-keyed error map on one line: `field: message; field: message`."""
+    return "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())
 
 
 def _short(text: str, width: int) -> str:

@@ -240,19 +240,13 @@ class PiriodClient:
             "date_time": usage.date_time_text,
             "quantity": usage.quantity_text,
         }
-        return list(self.list_usages(query, tenant, deadline, usable_only=False))
+        return list(self.list_usages(query, tenant, deadline))
 
     def list_usages(
-        self,
-        filters: dict[str, Any],
-        tenant: Tenant,
-        deadline: Deadline,
-        *,
-        usable_only: bool = True,
+        self, filters: dict[str, Any], tenant: Tenant, deadline: Deadline
     ) -> Iterator[dict[str, Any]]:
-        """Every usage matching `filters`, following pagination; only entries with a usable id
-        are yielded, unless `usable_only` is false (settling must see an entry it cannot read
-        too). Raises PiriodUnavailable."""
+        """Every listed usage matching `filters` (each a JSON object, as Piriod wrote it: a
+        caller checks its id and fields), following pagination. Raises PiriodUnavailable."""
         url: str | None = f"{self._base}/usages/?" + urlencode({**filters, "page_size": 100})
         try:
             token = self._token(None)
@@ -283,11 +277,7 @@ class PiriodClient:
             results = page.get("results") if isinstance(page, dict) else None
             if not isinstance(results, list):
                 raise PiriodUnavailable("listing usages returned an unexpected body")
-            yield from (
-                u
-                for u in results
-                if isinstance(u, dict) and (not usable_only or usage_id_of(u) is not None)
-            )
+            yield from (u for u in results if isinstance(u, dict))
             url = self._same_host(page.get("next"))
             pages += 1
             if pages > 10_000:

@@ -526,7 +526,7 @@ def _same_record(listed: dict[str, Any], usage: Usage) -> bool | None:
     return (
         line == usage.subscription_line
         and instant == usage.date_time
-        and (quantity == usage.quantity)
+        and quantity == usage.quantity
     )
 
 

@@ -167,7 +167,11 @@ def test_rotation_adds_a_second_secret_then_retires_the_first(
 
 
 def test_send_delivers_one_signed_record_and_shows_its_outcome(
-    adapter: Adapter, piriod: Any, api: LocalApiServer, monkeypatch: pytest.MonkeyPatch
+    adapter: Adapter,
+    piriod: Any,
+    api: LocalApiServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = f"{api.url}/v1/usages"
     # when the operator sends a test record with the signing secret from Secrets Manager
@@ -193,8 +197,10 @@ def test_send_delivers_one_signed_record_and_shows_its_outcome(
     code, out, _ = cli("send", "--url", url, "--line", "42")
     assert code == 1 and out.startswith("HTTP 401") and "signature" in out
     # and a quantity that is not a JSON number is refused before anything is sent
-    code, _, err = cli("send", "--url", url, "--line", "44", "--quantity", ".5")
-    assert code == 2 and "JSON number" in err
+    with pytest.raises(SystemExit) as exited:
+        cli("send", "--url", url, "--line", "44", "--quantity", ".5")
+    assert exited.value.code == 2 and "JSON number" in capsys.readouterr().err
+    assert [u["subscription_line"] for u in piriod.usages()].count(44) == 0
     # while a secret named on the command line wins over the environment's
     code, out, _ = cli(
         "send", "--url", url, "--secret-id", adapter.resources.webhook_secret_arn, "--line", "43"
