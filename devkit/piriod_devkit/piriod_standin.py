@@ -5,7 +5,10 @@ It answers like Piriod (Django REST framework conventions) for `POST /usages/`,
 `POST` body against the `Usage` schema of the vendored OpenAPI file
 (`openapi/piriod-usages.openapi.yaml`), records every request with the contract
 violations it carried, and injects faults (latency, error statuses, connection
-resets, read timeouts after the usage was stored).
+resets, read timeouts after the usage was stored, odd answers after storing, answers
+whose body drips out byte by byte, raw error bodies, listings whose `next` never ends).
+Listings can render and filter at a lower precision than was sent (`set_listing`), and
+usages made elsewhere can be put straight into the ledger (`seed_usage`).
 
 Control is a Python API (`PiriodStandin`) or, for other processes, HTTP routes
 under `/_standin/` that need no Piriod credentials. Run it alone with
@@ -15,6 +18,7 @@ under `/_standin/` that need no Piriod credentials. Run it alone with
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import copy
 import json
@@ -31,7 +35,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from functools import cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,14 +51,34 @@ __all__ = ["FAULT_KINDS", "OPENAPI_PATH", "PiriodStandin", "main"]
 
 OPENAPI_PATH: Final = Path(__file__).resolve().parent / "openapi" / "piriod-usages.openapi.yaml"
 FAULT_KINDS: Final = frozenset(
-    {"latency", "status", "reset", "timeout_after_store", "answer_after_store", "unauthorized"}
+    {
+        "latency",
+        "status",
+        "reset",
+        "timeout_after_store",
+        "answer_after_store",
+        "unauthorized",
+        "drip",
+        "reject_body",
+        "endless_listing",
+    }
 )
 # What an `answer_after_store` fault sends with its status, once the usage is stored.
-ANSWER_BODIES: Final = frozenset({"usage", "no_id", "bad_id", "empty"})
+ANSWER_BODIES: Final = frozenset({"usage", "no_id", "bad_id", "zero_id", "empty"})
+# What the pages of an `endless_listing` fault hold: the first page again, or nothing.
+ENDLESS_BODIES: Final = frozenset({"repeat", "empty"})
+# How a `drip` fault frames its body: one byte per chunk, or a Content-Length of the whole.
+DRIP_FRAMINGS: Final = frozenset({"chunked", "length"})
+# How listings (GET /usages/, GET /usages/{id}/) keep what was sent: see `set_listing`.
+DATE_TIME_PRECISIONS: Final = frozenset({"exact", "millis", "seconds"})
+FILTER_MODES: Final = frozenset({"stored", "exact_text"})
+POST_ANSWERS: Final = frozenset({"sent", "listed"})
 
 DEFAULT_PAGE_SIZE: Final = 20
 MAX_PAGE_SIZE: Final = 100
 MAX_BODY_BYTES: Final = 1024 * 1024
+MAX_CONTROL_BODY_BYTES: Final = 64 * 1024 * 1024  # a multi-megabyte reject_body, base64
+MAX_PLACES: Final = 30
 DEFAULT_STORE_TIMEOUT_DELAY: Final = 5.0
 MAX_LINE_ID: Final = 2**63 - 1
 
@@ -75,6 +99,8 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
 _WHOLE_NUMBER = re.compile(r"[+-]?\d+")
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_PLACES = re.compile(r"places:(\d{1,2})")
 _ORDERING_FIELDS = frozenset({"id", "created", "date_time"})
 _LIST_METHODS = ("GET", "POST", "HEAD", "OPTIONS")
 _DETAIL_METHODS = ("GET", "DELETE", "HEAD", "OPTIONS")
@@ -237,6 +263,26 @@ def _format_created(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _truncate_instant(moment: datetime, precision: str) -> datetime:
+    """`moment` cut down to milliseconds or whole seconds ("exact": as it is)."""
+    if precision == "millis":
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    if precision == "seconds":
+        return moment.replace(microsecond=0)
+    return moment
+
+
+def _truncate_date_time(text: str, precision: str) -> str:
+    """An RFC 3339 text with its fraction cut to 3 digits ("millis", always 3) or dropped
+    ("seconds"); everything else (the offset as sent, "Z" or "+01:00") is kept."""
+    match = _RFC3339.fullmatch(text)
+    if match is None or precision == "exact":
+        return text
+    fraction = match.group(7) or ""
+    kept = "." + (fraction[1:] + "000")[:3] if precision == "millis" else ""
+    return text[: match.end(6)] + kept + text[match.end(6) + len(fraction) :]
+
+
 # --- the contract, read from the vendored OpenAPI file ---------------------------------------
 
 
@@ -314,6 +360,87 @@ def _field_message(schema: dict[str, Any], value: Any, jsonschema_message: str) 
 # --- state -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """How listings keep a usage: the precision they store at, and how filters compare."""
+
+    quantity: str = "exact"
+    date_time: str = "exact"
+    filters: str = "stored"
+    post_answer: str = "sent"
+
+    def __post_init__(self) -> None:
+        places = _PLACES.fullmatch(self.quantity)
+        if self.quantity not in ("exact", "float") and (
+            places is None or int(places.group(1)) > MAX_PLACES
+        ):
+            raise ValueError(
+                f"quantity must be 'exact', 'float' or 'places:N' (N 0..{MAX_PLACES}),"
+                f" not {self.quantity!r}"
+            )
+        if self.date_time not in DATE_TIME_PRECISIONS:
+            raise ValueError(f"date_time must be one of {sorted(DATE_TIME_PRECISIONS)}")
+        if self.filters not in FILTER_MODES:
+            raise ValueError(f"filters must be one of {sorted(FILTER_MODES)}")
+        if self.post_answer not in POST_ANSWERS:
+            raise ValueError(f"post_answer must be one of {sorted(POST_ANSWERS)}")
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "quantity": self.quantity,
+            "date_time": self.date_time,
+            "filters": self.filters,
+            "post_answer": self.post_answer,
+        }
+
+    def _stored(self, number: Decimal) -> Decimal | float:
+        """A quantity as a FloatField or a DecimalField(decimal_places=N) would hold it."""
+        if self.quantity == "float":
+            return float(number)
+        places = _PLACES.fullmatch(self.quantity)
+        if places is None or not number.is_finite():
+            return number
+        digits = max(28, number.adjusted() + int(places.group(1)) + 2)
+        return number.quantize(
+            Decimal(1).scaleb(-int(places.group(1))),
+            rounding=ROUND_HALF_EVEN,
+            context=Context(prec=digits, Emax=999999, Emin=-999999),
+        )
+
+    def quantity_value(self, text: str) -> Any:
+        """What a listing renders for a quantity sent as `text`."""
+        if self.quantity == "exact":
+            return RawNumber(text)
+        stored = self._stored(Decimal(text))
+        if isinstance(stored, float):
+            # a number no float can hold (1E+400) keeps its digits: there is no float to show
+            return stored if math.isfinite(stored) else RawNumber(text)
+        return RawNumber(format(stored, "f"))
+
+    def quantity_matches(self, text: str, wanted: Decimal) -> bool:
+        """Whether the `quantity` filter `wanted` selects a usage whose quantity was `text`."""
+        if self.quantity == "exact":
+            return Decimal(text) == wanted
+        if self.filters == "stored":  # both sides at the stored precision
+            return self._stored(Decimal(text)) == self._stored(wanted)
+        shown = self.quantity_value(text)  # the stored value against the filter as typed
+        return Decimal(dumps(shown)) == wanted
+
+    def date_time_text(self, text: str) -> str:
+        return _truncate_date_time(text, self.date_time)
+
+    def instant(self, moment: datetime) -> datetime:
+        """A usage's instant as stored."""
+        return _truncate_instant(moment, self.date_time)
+
+    def filter_instant(self, moment: datetime) -> datetime:
+        """A date_time filter as compared: at the stored precision, or as typed."""
+        return moment if self.filters == "exact_text" else self.instant(moment)
+
+
+_EXACT_LISTING: Final = _Listing()
+
+
 @dataclass
 class _Usage:
     id: int
@@ -326,12 +453,12 @@ class _Usage:
     created: datetime
     body: bytes
 
-    def representation(self) -> dict[str, Any]:
+    def representation(self, listing: _Listing = _EXACT_LISTING) -> dict[str, Any]:
         return {
             "id": self.id,
             "subscription_line": self.subscription_line,
-            "date_time": self.date_time,
-            "quantity": RawNumber(self.quantity),
+            "date_time": listing.date_time_text(self.date_time),
+            "quantity": listing.quantity_value(self.quantity),
             "creation_scheme": "api",
             "created": _format_created(self.created),
         }
@@ -359,10 +486,13 @@ class _Fault:
     delay: float | None
     lines: frozenset[int] | None
     methods: frozenset[str]
-    body: str | None = None
+    body: str | bytes | None = None
+    framing: str | None = None
 
-    def matches(self, method: str, line: int | None) -> bool:
+    def matches(self, method: str, line: int | None, *, listing: bool = False) -> bool:
         if method not in self.methods:
+            return False
+        if self.kind == "endless_listing" and not listing:
             return False
         if self.lines is not None:
             return method == "POST" and line is not None and line in self.lines
@@ -377,7 +507,8 @@ class _Fault:
             "delay": self.delay,
             "lines": None if self.lines is None else sorted(self.lines),
             "methods": sorted(self.methods),
-            "body": self.body,
+            "body": self.body if not isinstance(self.body, bytes) else f"<{len(self.body)} bytes>",
+            "framing": self.framing,
         }
 
 
@@ -396,6 +527,9 @@ class _Response:
     status: int
     payload: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # sent as is instead of the payload's JSON
+    drip: float | None = None  # seconds between body bytes (None: the body at once)
+    framing: str = "length"  # "chunked": Transfer-Encoding chunked, "length": Content-Length
 
 
 @dataclass
@@ -492,6 +626,7 @@ class PiriodStandin:
         self._usages: dict[int, _Usage] = {}
         self._next_id = 1
         self._faults: list[_Fault] = []
+        self._listing = _EXACT_LISTING
         self._requests: list[dict[str, Any]] = []
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
@@ -624,6 +759,87 @@ class PiriodStandin:
         with self._lock:
             self._unmetered = frozenset(lines)
 
+    def set_listing(
+        self,
+        *,
+        quantity: str = "exact",
+        date_time: str = "exact",
+        filters: str = "stored",
+        post_answer: str = "sent",
+    ) -> None:
+        """How listings (GET /usages/ and GET /usages/{id}/) keep usages from now on.
+
+        `quantity`: "exact" (the digits sent), "float" (a FloatField: the JSON of
+        `float(Decimal(quantity))`) or "places:N" (a DecimalField(decimal_places=N): rounded
+        half-even, rendered with exactly N places). `date_time`: "exact", "millis" (cut to
+        milliseconds, always 3 digits) or "seconds" (cut to whole seconds), the offset as sent.
+        `filters`: "stored" (the quantity and date_time filters are converted to the stored
+        precision first, as Django converts a lookup value) or "exact_text" (they are compared
+        as typed with the stored value, so extra digits match nothing). `post_answer`: the 201
+        of a POST renders what was "sent", or the usage as "listed". `reset()` restores all."""
+        listing = _Listing(quantity, date_time, filters, post_answer)
+        with self._lock:
+            self._listing = listing
+
+    def listing(self) -> dict[str, str]:
+        """The listing precision in force (see `set_listing`)."""
+        with self._lock:
+            return self._listing.describe()
+
+    def seed_usage(
+        self,
+        subscription_line: int,
+        date_time: str,
+        quantity: str | int | Decimal,
+        *,
+        created: datetime | None = None,
+        test_mode: bool = False,
+    ) -> int:
+        """Put a usage into the ledger directly, as if made elsewhere (another client, the
+        dashboard); its id comes from the ledger's sequence. `quantity` is a JSON number,
+        its text kept ("1.10"); `created` is an aware datetime (default: now)."""
+        if isinstance(subscription_line, bool) or not isinstance(subscription_line, int):
+            raise ValueError("subscription_line must be an integer")
+        if not 1 <= subscription_line <= MAX_LINE_ID:
+            raise ValueError(f"subscription_line must be 1..{MAX_LINE_ID}")
+        instant = parse_rfc3339(date_time) if isinstance(date_time, str) else None
+        if instant is None:
+            raise ValueError("date_time must be an RFC 3339 date-time with an offset")
+        if isinstance(quantity, bool) or not isinstance(quantity, str | int | Decimal):
+            raise ValueError("quantity must be a JSON number (text, int or Decimal)")
+        subscription_line = int(subscription_line)
+        text = quantity if isinstance(quantity, str) else _raw_text(quantity)
+        if not _JSON_NUMBER.fullmatch(text):
+            raise ValueError(f"quantity must be a JSON number, not {text!r}")
+        if created is None:
+            created = datetime.now(UTC)
+        elif not isinstance(created, datetime) or created.utcoffset() is None:
+            raise ValueError("created must be an aware datetime")
+        if not isinstance(test_mode, bool):
+            raise ValueError("test_mode must be true or false")
+        body = dumps(
+            {
+                "subscription_line": subscription_line,
+                "date_time": date_time,
+                "quantity": RawNumber(text),
+            }
+        ).encode()
+        with self._lock:
+            usage = _Usage(
+                id=self._next_id,
+                workspace=self.workspace,
+                test_mode=test_mode,
+                subscription_line=subscription_line,
+                date_time=date_time,
+                instant=instant,
+                quantity=text,
+                created=created,
+                body=body,
+            )
+            self._next_id += 1
+            self._usages[usage.id] = usage
+            return usage.id
+
     def add_fault(
         self,
         kind: str,
@@ -633,14 +849,26 @@ class PiriodStandin:
         retry_after: float | str | None = None,
         delay: float | None = None,
         lines: Iterable[int] | None = None,
-        methods: Iterable[str] = ("POST",),
-        body: str | None = None,
+        methods: Iterable[str] | None = None,
+        body: str | bytes | None = None,
+        framing: str | None = None,
     ) -> None:
         """Inject a fault for the next `count` matching requests (None: until cleared).
 
+        `methods` defaults to ("POST",), for `endless_listing` to ("GET",).
         `answer_after_store` stores a valid usage, then answers `status` (default 200) with
         `body`: the usage ("usage"), the usage without its id ("no_id"), with an id that is
-        not an integer ("bad_id"), or nothing ("empty"); with `retry_after`, that header too."""
+        not an integer ("bad_id"), with id 0 ("zero_id", as a mock server answers), or
+        nothing ("empty"); with `retry_after`, that header too.
+        `drip` gives the normal answer (a POST stores its usage and answers `status`,
+        default 201, with the created body), its headers at once, then its body one byte
+        every `delay` seconds: `framing` "chunked" (default, no Content-Length) or "length"
+        (a Content-Length of the whole body).
+        `reject_body` stores nothing and answers `status` (default 400) with `body` as raw
+        bytes (text is UTF-8, a lone surrogate as its 3 bytes), labelled application/json.
+        `endless_listing` answers GET /usages/ with 200 pages whose `next` always points to
+        page N+1, holding the first page again (`body` "repeat", default) or nothing
+        ("empty"); `count` (default: until cleared) counts the pages it served."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
         if count is not None and (
@@ -654,21 +882,42 @@ class PiriodStandin:
             body = body or "usage"
             if body not in ANSWER_BODIES:
                 raise ValueError(f"body must be one of {sorted(ANSWER_BODIES)}")
+        elif kind == "endless_listing":
+            body = body or "repeat"
+            if body not in ENDLESS_BODIES:
+                raise ValueError(f"body must be one of {sorted(ENDLESS_BODIES)}")
+        elif kind == "reject_body":
+            status = 400 if status is None else status
+            if not isinstance(body, str | bytes):
+                raise ValueError("a 'reject_body' fault needs body=<text or bytes>")
+            if isinstance(body, str):
+                body.encode("utf-8", "surrogatepass")  # refuse now what could not be sent
         elif body is not None:
-            raise ValueError("body applies to 'answer_after_store' faults only")
-        if kind in ("status", "answer_after_store"):
+            raise ValueError(
+                "body applies to 'answer_after_store', 'reject_body' and 'endless_listing'"
+                " faults only"
+            )
+        if kind in ("status", "answer_after_store", "reject_body") or (
+            kind == "drip" and status is not None
+        ):
             if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
                 raise ValueError(f"a {kind!r} fault needs status=<200..599>")
         elif status is not None:
             raise ValueError(f"status applies to 'status' faults, not {kind!r}")
+        if kind == "drip":
+            framing = framing or "chunked"
+            if framing not in DRIP_FRAMINGS:
+                raise ValueError(f"framing must be one of {sorted(DRIP_FRAMINGS)}")
+        elif framing is not None:
+            raise ValueError("framing applies to 'drip' faults only")
         if retry_after is not None and not isinstance(retry_after, int | float | str):
             raise ValueError("retry_after must be seconds or an HTTP date")
         if delay is not None and (
             isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0
         ):
             raise ValueError("delay must be a non-negative number of seconds")
-        if kind == "latency" and delay is None:
-            raise ValueError("a 'latency' fault needs delay=<seconds>")
+        if kind in ("latency", "drip") and delay is None:
+            raise ValueError(f"a {kind!r} fault needs delay=<seconds>")
         if kind == "timeout_after_store" and delay is None:
             delay = DEFAULT_STORE_TIMEOUT_DELAY
         line_set = None
@@ -676,10 +925,14 @@ class PiriodStandin:
             line_set = frozenset(lines)
             if not all(isinstance(n, int) and not isinstance(n, bool) for n in line_set):
                 raise ValueError("lines must be subscription line ids (integers)")
-        if isinstance(methods, str):
+        if methods is None:
+            methods = ("GET",) if kind == "endless_listing" else ("POST",)
+        elif isinstance(methods, str):
             methods = (methods,)
         method_set = frozenset(str(m).upper() for m in methods)
-        fault = _Fault(kind, count, status, retry_after, delay, line_set, method_set, body)
+        if kind == "endless_listing" and (not method_set <= {"GET", "HEAD"} or line_set):
+            raise ValueError("an 'endless_listing' fault acts on GET (and HEAD) only, no lines")
+        fault = _Fault(kind, count, status, retry_after, delay, line_set, method_set, body, framing)
         with self._lock:
             self._faults.append(fault)
 
@@ -692,11 +945,13 @@ class PiriodStandin:
             self._faults.clear()
 
     def reset(self) -> None:
-        """Forget the ledger, recorded requests and faults; ids start at 1 again."""
+        """Forget the ledger, recorded requests, faults and listing precision; ids start at 1
+        again."""
         with self._lock:
             self._usages.clear()
             self._requests.clear()
             self._faults.clear()
+            self._listing = _EXACT_LISTING
             self._next_id = 1
 
     # --- connections (used by the request handler) ---------------------------------------------
@@ -799,7 +1054,7 @@ class PiriodStandin:
             )
         post = self._read_post(request, violations) if method == "POST" else None
         # faults: every matching latency adds its delay, then the first other matching fault acts
-        fault = self._take_faults(method, post.line if post else None)
+        fault = self._take_faults(method, post.line if post else None, listing=usage_id is None)
         if fault is not None:
             fault_kind.append(fault.kind)
             if fault.kind == "status":
@@ -809,10 +1064,42 @@ class PiriodStandin:
                 return _Abort("reset")
             if fault.kind == "answer_after_store":
                 return self._odd_answer(request, post, fault, workspace, test_mode)
+            if fault.kind == "reject_body":
+                assert fault.status is not None and fault.body is not None
+                raw = fault.body
+                if isinstance(raw, str):
+                    raw = raw.encode("utf-8", "surrogatepass")
+                headers = (
+                    {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+                )
+                return _Response(fault.status, headers=headers, raw=raw)
+            if fault.kind == "endless_listing":
+                assert isinstance(fault.body, str)
+                return self._list(request, workspace, test_mode, violations, endless=fault.body)
+            if fault.kind == "drip":
+                answer = self._answer(request, post, usage_id, workspace, test_mode, violations)
+                if fault.status is not None and method == "POST" and answer.status == 201:
+                    answer.status = fault.status
+                answer.drip = fault.delay or 0.0
+                answer.framing = fault.framing or "chunked"
+                return answer
             # timeout_after_store: the usage lands, the answer never comes
             if post is not None and post.error is None and post.data is not None:
                 self._create(request, post.data, workspace, test_mode)
             return _Abort("timeout", fault.delay or 0.0)
+        return self._answer(request, post, usage_id, workspace, test_mode, violations)
+
+    def _answer(
+        self,
+        request: _Request,
+        post: _PostBody | None,
+        usage_id: int | None,
+        workspace: str,
+        test_mode: bool,
+        violations: list[str],
+    ) -> _Response:
+        """The answer to a routed, authorised request when no fault acts on it."""
+        method = request.method
         if method == "POST":
             assert post is not None
             if post.error is not None:
@@ -832,7 +1119,7 @@ class PiriodStandin:
             found = self._usages.get(usage_id)
             if found is None or found.workspace != workspace or found.test_mode != test_mode:
                 return _detail(404, NOT_FOUND)
-            return _Response(200, found.representation())
+            return _Response(200, found.representation(self._listing))
 
     def _odd_answer(
         self,
@@ -857,14 +1144,18 @@ class PiriodStandin:
             del payload["id"]
         elif fault.body == "bad_id":
             payload["id"] = str(payload["id"])
+        elif fault.body == "zero_id":
+            payload["id"] = 0
         return _Response(fault.status, payload, headers)
 
-    def _take_faults(self, method: str, line: int | None) -> _Fault | None:
+    def _take_faults(
+        self, method: str, line: int | None, *, listing: bool = False
+    ) -> _Fault | None:
         latency = 0.0
         acting: _Fault | None = None
         with self._lock:
             for fault in list(self._faults):
-                if not fault.matches(method, line):
+                if not fault.matches(method, line, listing=listing):
                     continue
                 if fault.kind == "latency":
                     latency += fault.delay or 0.0
@@ -972,11 +1263,19 @@ class PiriodStandin:
             )
             self._next_id += 1
             self._usages[usage.id] = usage
-            return _Response(201, usage.representation())
+            shown = self._listing if self._listing.post_answer == "listed" else _EXACT_LISTING
+            return _Response(201, usage.representation(shown))
 
     def _list(
-        self, request: _Request, workspace: str, test_mode: bool, violations: list[str]
+        self,
+        request: _Request,
+        workspace: str,
+        test_mode: bool,
+        violations: list[str],
+        *,
+        endless: str | None = None,
     ) -> _Response:
+        """A page of the list; `endless` ("repeat", "empty"): a page that always has a next."""
         params = {
             key: values[-1]
             for key, values in parse_qs(request.query_string, keep_blank_values=True).items()
@@ -1010,6 +1309,7 @@ class PiriodStandin:
             return _Response(400, errors)
 
         with self._lock:
+            listing = self._listing
             selected = [
                 usage
                 for usage in self._usages.values()
@@ -1017,16 +1317,22 @@ class PiriodStandin:
             ]
         if wanted_line is not None:
             selected = [u for u in selected if u.subscription_line == wanted_line]
-        if "date_time" in datetimes:
-            selected = [u for u in selected if u.instant == datetimes["date_time"]]
-        if "date_time__gte" in datetimes:
-            selected = [u for u in selected if u.instant >= datetimes["date_time__gte"]]
-        if "date_time__lte" in datetimes:
-            selected = [u for u in selected if u.instant <= datetimes["date_time__lte"]]
+        # date_time and quantity compare as stored (see set_listing); created is exact
+        for name in ("date_time", "date_time__gte", "date_time__lte"):
+            if name in datetimes:
+                wanted = listing.filter_instant(datetimes[name])
+                if name == "date_time":
+                    selected = [u for u in selected if listing.instant(u.instant) == wanted]
+                elif name == "date_time__gte":
+                    selected = [u for u in selected if listing.instant(u.instant) >= wanted]
+                else:
+                    selected = [u for u in selected if listing.instant(u.instant) <= wanted]
         if "created__gte" in datetimes:
             selected = [u for u in selected if u.created >= datetimes["created__gte"]]
         if wanted_quantity is not None:
-            selected = [u for u in selected if Decimal(u.quantity) == wanted_quantity]
+            selected = [
+                u for u in selected if listing.quantity_matches(u.quantity, wanted_quantity)
+            ]
 
         selected.sort(key=lambda u: u.id)
         terms = [
@@ -1050,13 +1356,18 @@ class PiriodStandin:
         count = len(selected)
         pages = max(1, math.ceil(count / page_size))
         page_text = params.get("page", "1") or "1"
-        if page_text == "last":
+        if endless is not None:  # every page exists, and has a next
+            page = int(page_text) if page_text.isdigit() and int(page_text) >= 1 else 1
+            pages = page + 1
+        elif page_text == "last":
             page = pages
         elif page_text.isdigit() and 1 <= int(page_text) <= pages:
             page = int(page_text)
         else:
             return _detail(404, "Invalid page.")
         results = selected[(page - 1) * page_size : page * page_size]
+        if endless is not None:
+            results = selected[:page_size] if endless == "repeat" else []
         url = request.base_url + request.path
         if request.query_string:
             url += "?" + request.query_string
@@ -1070,7 +1381,7 @@ class PiriodStandin:
                 "count": count,
                 "next": next_url,
                 "previous": previous_url,
-                "results": [usage.representation() for usage in results],
+                "results": [usage.representation(listing) for usage in results],
             },
         )
 
@@ -1084,7 +1395,8 @@ class PiriodStandin:
             "/_standin/faults": ("GET", "POST", "DELETE"),
             "/_standin/tokens": ("POST",),
             "/_standin/unmetered": ("POST",),
-            "/_standin/ledger": ("GET",),
+            "/_standin/listing": ("GET", "POST"),
+            "/_standin/ledger": ("GET", "POST"),
             "/_standin/requests": ("GET",),
             "/_standin/violations": ("GET",),
             "/_standin/stats": ("GET",),
@@ -1095,7 +1407,10 @@ class PiriodStandin:
         if method not in routes[route]:
             return _detail(405, f'Method "{method}" not allowed.', Allow=", ".join(routes[route]))
         try:
-            body: Any = json.loads(request.body) if request.body else {}
+            if route == "/_standin/ledger" and request.body:  # a seeded quantity keeps its digits
+                body: Any = _loads_exact(request.body.decode("utf-8"), [])
+            else:
+                body = json.loads(request.body) if request.body else {}
         except ValueError as error:
             return _detail(400, f"JSON parse error - {error}")
         params = {k: v[-1] for k, v in parse_qs(request.query_string).items()}
@@ -1120,6 +1435,11 @@ class PiriodStandin:
                 for name in ("lines", "methods"):
                     if isinstance(arguments.get(name), list):
                         arguments[name] = tuple(arguments[name])
+                if "body_base64" in arguments:  # raw bytes for a reject_body fault
+                    encoded = arguments.pop("body_base64")
+                    if "body" in arguments or not isinstance(encoded, str):
+                        raise ValueError("send body (text) or body_base64 (a base64 string)")
+                    arguments["body"] = base64.b64decode(encoded, validate=True)
                 self.add_fault(kind, **arguments)
                 return _Response(201, {"faults": self.faults()})
             if method == "DELETE":
@@ -1139,6 +1459,25 @@ class PiriodStandin:
                 raise ValueError('send {"lines": [<subscription line id>, ...]}')
             self.set_unmetered_lines(*lines)
             return _Response(200, {"lines": sorted(set(lines))})
+        if route == "/_standin/listing":
+            if method == "POST":
+                if not isinstance(body, dict):
+                    raise ValueError('send the set_listing arguments as JSON: {"quantity": ...}')
+                self.set_listing(**body)
+            return _Response(200, {"listing": self.listing()})
+        if route == "/_standin/ledger" and method == "POST":
+            if not isinstance(body, dict):
+                raise ValueError(
+                    'send the seed_usage arguments as JSON: {"subscription_line": ...}'
+                )
+            arguments = dict(body)
+            created = arguments.get("created")
+            if created is not None:
+                moment = parse_rfc3339(created) if isinstance(created, str) else None
+                if moment is None:
+                    raise ValueError("created must be an RFC 3339 date-time with an offset")
+                arguments["created"] = moment
+            return _Response(201, {"id": self.seed_usage(**arguments)})
         if route == "/_standin/ledger":
             flag = params.get("test_mode")
             if flag not in (None, "", "true", "false"):
@@ -1244,6 +1583,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         """The request body (Content-Length or chunked); None if it cannot be read."""
+        limit = MAX_CONTROL_BODY_BYTES if self.path.startswith("/_standin") else MAX_BODY_BYTES
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks: list[bytes] = []
             total = 0
@@ -1258,7 +1598,7 @@ class _Handler(BaseHTTPRequestHandler):
                         pass  # trailers
                     return b"".join(chunks)
                 total += size
-                if total > MAX_BODY_BYTES:
+                if total > limit:
                     return None
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline(1024)
@@ -1269,7 +1609,7 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(length_text)
         except ValueError:
             return None
-        if not 0 <= length <= MAX_BODY_BYTES:
+        if not 0 <= length <= limit:
             return None
         return self.rfile.read(length)
 
@@ -1307,11 +1647,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _send(self, response: _Response, *, head_only: bool) -> None:
-        data = b"" if response.payload is None else dumps(response.payload).encode()
+        if response.raw is not None:
+            data = response.raw
+        else:
+            data = b"" if response.payload is None else dumps(response.payload).encode()
+        chunked = (
+            response.drip is not None and response.framing == "chunked" and response.status != 204
+        )
         self.send_response(response.status)
-        if response.payload is not None:
+        if response.payload is not None or response.raw is not None:
             self.send_header("Content-Type", "application/json")
-        if response.status != 204:
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        elif response.status != 204:
             self.send_header("Content-Length", str(len(data)))
         self.send_header("Vary", "Accept")
         for name, value in response.headers.items():
@@ -1319,8 +1667,25 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if data and not head_only:
+        if head_only:
+            return
+        if response.drip is not None:
+            self._drip(data, response.drip, chunked=chunked)
+        elif data:
             self.wfile.write(data)
+
+    def _drip(self, data: bytes, delay: float, *, chunked: bool) -> None:
+        """The body one byte every `delay` seconds (each byte its own chunk if `chunked`)."""
+        standin = self.server.standin
+        for index in range(len(data)):
+            standin._sleep(delay)
+            if standin._stopping.is_set():
+                self.close_connection = True
+                return
+            byte = data[index : index + 1]
+            self.wfile.write(b"1\r\n" + byte + b"\r\n" if chunked else byte)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def _reset_connection(self) -> None:
         """Abort with RST: linger on with a zero timeout, then close without a FIN."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -95,6 +97,28 @@ def usage(
 
 def post(http: urllib3.PoolManager, standin: PiriodStandin, body: bytes, **kw: Any) -> Call:
     return call(http, standin, "POST", "/usages/", body, **kw)
+
+
+def control_call(
+    http: urllib3.PoolManager, standin: PiriodStandin, method: str, path: str, body: Any = None
+) -> Call:
+    """A /_standin/ control route, without Piriod credentials (bytes: the body as is)."""
+    raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    return call(
+        http,
+        standin,
+        method,
+        "/_standin/" + path,
+        raw,
+        headers={"Authorization": None, "x-simple-workspace": None},
+    )
+
+
+def listed(http: urllib3.PoolManager, standin: PiriodStandin, query: str = "") -> list[int]:
+    """The ids GET /usages/ lists for a query."""
+    answer = call(http, standin, "GET", "/usages/" + (f"?{query}" if query else ""))
+    assert answer.status == 200, answer.body
+    return [u["id"] for u in answer.body["results"]]
 
 
 # --- the contract file -------------------------------------------------------------------------
@@ -437,6 +461,137 @@ def test_get_one_and_delete(http: urllib3.PoolManager, standin: PiriodStandin) -
     assert standin.usages() == []
 
 
+# --- listing precision -------------------------------------------------------------------------
+
+
+def test_listing_as_float_renders_repr_digits_and_filters_at_float_precision(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given a Piriod that stores quantities in a FloatField
+    standin.set_listing(quantity="float")
+    # when a quantity with more digits than a float holds is posted and listed
+    created = post(http, standin, usage(quantity="1.23456789012345678"))
+    listing = call(http, standin, "GET", "/usages/")
+    detail = call(http, standin, "GET", "/usages/1/")
+    # then the 201 renders what was sent, the list and the detail the float's repr digits
+    assert b'"quantity":1.23456789012345678,' in created.raw
+    assert b'"quantity":1.2345678901234567,' in listing.raw
+    assert b'"quantity":1.2345678901234567,' in detail.raw
+    assert standin.usages()[0]["quantity"] == "1.23456789012345678"  # the ledger is exact
+    # and a filter with the exact digits (or any that round to that float) still matches
+    assert listed(http, standin, "quantity=1.23456789012345678") == [1]
+    assert listed(http, standin, "quantity=1.2345678901234568") == [1]
+    # when filters compare the text as typed, then only the digits shown match
+    standin.set_listing(quantity="float", filters="exact_text")
+    assert listed(http, standin, "quantity=1.23456789012345678") == []
+    assert listed(http, standin, "quantity=1.2345678901234568") == []
+    assert listed(http, standin, "quantity=1.2345678901234567") == [1]
+
+
+def test_listing_at_decimal_places_rounds_half_even_with_exactly_n_places(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given a Piriod whose quantity is a DecimalField(decimal_places=2)
+    standin.set_listing(quantity="places:2")
+    for quantity in ("1.005", "2.675", "3", "1E+2"):
+        post(http, standin, usage(quantity=quantity))
+    # when the usages are listed
+    listing = call(http, standin, "GET", "/usages/")
+    # then each quantity is rounded half to even and shown with exactly 2 places
+    quantities = re.findall(rb'"quantity":([^,]+),', listing.raw)
+    assert quantities == [b"1.00", b"2.68", b"3.00", b"100.00"]
+    # and filters convert to 2 places first, so the digits sent match
+    assert listed(http, standin, "quantity=1.005") == [1]
+    assert listed(http, standin, "quantity=1") == [1]
+    assert listed(http, standin, "quantity=2.675") == [2]
+    # when filters compare as typed, then digits beyond the 2 stored match nothing
+    standin.set_listing(quantity="places:2", filters="exact_text")
+    assert listed(http, standin, "quantity=1.005") == []
+    assert listed(http, standin, "quantity=1.00") == [1]
+    # and places:0 shows whole numbers
+    standin.set_listing(quantity="places:0")
+    assert re.findall(rb'"quantity":([^,]+),', call(http, standin, "GET", "/usages/").raw) == [
+        b"1",
+        b"3",
+        b"3",
+        b"100",
+    ]
+
+
+def test_listing_date_times_cut_to_millis_or_seconds_keep_the_offset_sent(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given usages with microseconds, a fraction and an offset, and none
+    post(http, standin, usage(date_time="2026-01-01T10:00:00.123456Z"))
+    post(http, standin, usage(date_time="2026-01-01T11:00:00.5+01:00"))
+    post(http, standin, usage(date_time="2026-01-01T12:00:00Z"))
+
+    def date_times() -> list[str]:
+        return [u["date_time"] for u in call(http, standin, "GET", "/usages/").body["results"]]
+
+    # when Piriod's column holds milliseconds, then they are cut to 3 digits, offsets as sent
+    standin.set_listing(date_time="millis")
+    assert date_times() == [
+        "2026-01-01T10:00:00.123Z",
+        "2026-01-01T11:00:00.500+01:00",
+        "2026-01-01T12:00:00.000Z",
+    ]
+    assert call(http, standin, "GET", "/usages/1/").body["date_time"] == "2026-01-01T10:00:00.123Z"
+    # and a filter with the microseconds sent is cut too, so it still matches
+    assert listed(http, standin, "date_time=" + quote("2026-01-01T10:00:00.123456Z")) == [1]
+    assert listed(http, standin, "date_time__gte=" + quote("2026-01-01T10:00:00.123456Z")) == [
+        1,
+        2,
+        3,
+    ]
+    # when filters compare as typed, then the microseconds miss the stored milliseconds
+    standin.set_listing(date_time="millis", filters="exact_text")
+    assert listed(http, standin, "date_time=" + quote("2026-01-01T10:00:00.123456Z")) == []
+    assert listed(http, standin, "date_time=" + quote("2026-01-01T10:00:00.123Z")) == [1]
+    assert listed(http, standin, "date_time__gte=" + quote("2026-01-01T10:00:00.123456Z")) == [
+        2,
+        3,
+    ]
+    # when the column holds whole seconds, then the fraction is gone
+    standin.set_listing(date_time="seconds")
+    assert date_times() == [
+        "2026-01-01T10:00:00Z",
+        "2026-01-01T11:00:00+01:00",
+        "2026-01-01T12:00:00Z",
+    ]
+    assert listed(http, standin, "date_time=" + quote("2026-01-01T10:00:00.5Z")) == [1, 2]
+
+
+def test_listing_setting_post_answer_control_route_and_reset(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given the listing precision set over the control route, the 201 rendering as listed
+    set_to = {"quantity": "places:3", "date_time": "seconds", "post_answer": "listed"}
+    answer = control_call(http, standin, "POST", "listing", set_to)
+    assert answer.status == 200
+    assert answer.body == {"listing": {**set_to, "filters": "stored"}}
+    # when a usage is posted
+    created = post(http, standin, usage(date_time="2026-01-01T10:00:00.9Z", quantity="0.12345"))
+    # then the 201 renders it as a listing would
+    assert b'"quantity":0.123,' in created.raw
+    assert created.body["date_time"] == "2026-01-01T10:00:00Z"
+    # and nonsense is refused, in Python and over HTTP
+    with pytest.raises(ValueError, match="quantity"):
+        standin.set_listing(quantity="places:x")
+    with pytest.raises(ValueError, match="filters"):
+        standin.set_listing(filters="fuzzy")
+    assert control_call(http, standin, "POST", "listing", {"date_time": "nanos"}).status == 400
+    assert control_call(http, standin, "POST", "listing", {"precision": "float"}).status == 400
+    # when the stand-in is reset, then listings are exact again
+    standin.reset()
+    assert control_call(http, standin, "GET", "listing").body["listing"] == {
+        "quantity": "exact",
+        "date_time": "exact",
+        "filters": "stored",
+        "post_answer": "sent",
+    }
+
+
 # --- faults ------------------------------------------------------------------------------------
 
 
@@ -561,6 +716,191 @@ def test_token_rotation(http: urllib3.PoolManager, standin: PiriodStandin) -> No
     assert new.status == 201
 
 
+def test_drip_sends_headers_at_once_then_the_body_byte_by_byte(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given Piriod dripping its next answer, one byte every 4 ms
+    standin.add_fault("drip", delay=0.004, count=1)
+    # when a usage is posted
+    started = time.perf_counter()
+    response = http.request(
+        "POST",
+        standin.url + "/usages/",
+        body=usage(quantity="4.20"),
+        headers=HEADERS,
+        preload_content=False,
+        timeout=urllib3.Timeout(2, read=2),
+    )
+    headers_after = time.perf_counter() - started
+    stored_before_the_body = standin.usages()
+    raw = response.read()
+    body_after = time.perf_counter() - started
+    response.release_conn()
+    # then the 201 and its headers came at once, the usage was already stored,
+    # and the created body (chunked, no Content-Length) took a byte per delay
+    assert response.status == 201 and response.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in response.headers
+    assert [u["quantity"] for u in stored_before_the_body] == ["4.20"]
+    assert json.loads(raw)["id"] == 1 and b'"quantity":4.20,' in raw
+    assert headers_after < 0.1 < len(raw) * 0.004 * 0.8 <= body_after
+    assert standin.requests[0]["fault"] == "drip" and standin.stats() == {"201": 1}
+    # and the next answer is whole again
+    assert post(http, standin, usage()).status == 201
+
+
+def test_drip_with_a_content_length_defeats_a_per_read_timeout(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given a drip set over HTTP: status 200, a Content-Length of the whole body
+    added = control_call(
+        http,
+        standin,
+        "POST",
+        "faults",
+        {"kind": "drip", "delay": 0.004, "status": 200, "framing": "length", "count": 1},
+    )
+    assert added.status == 201 and added.body["faults"][0]["framing"] == "length"
+    # when a usage is posted with a 0.2 s read timeout
+    started = time.perf_counter()
+    answer = post(http, standin, usage(), timeout=urllib3.Timeout(1, read=0.2))
+    elapsed = time.perf_counter() - started
+    # then no single read waited 0.2 s, yet the whole answer took longer than that
+    assert answer.status == 200 and answer.body["id"] == 1
+    assert answer.headers["content-length"] == str(len(answer.raw))
+    assert "transfer-encoding" not in answer.headers
+    assert elapsed > 0.3
+    assert len(standin.usages()) == 1
+
+
+def test_drip_applies_to_a_listing_too(http: urllib3.PoolManager, standin: PiriodStandin) -> None:
+    # given a usage, and a drip on GETs
+    post(http, standin, usage())
+    standin.add_fault("drip", delay=0.001, methods=("GET",), count=1)
+    # when the list is read, then it is the normal page, slowly
+    answer = call(http, standin, "GET", "/usages/")
+    assert answer.status == 200 and [u["id"] for u in answer.body["results"]] == [1]
+    assert answer.headers["transfer-encoding"] == "chunked"
+
+
+def test_reject_body_sends_raw_bytes_and_stores_nothing(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given error maps Piriod might send: a lone-surrogate escape, invalid UTF-8, 3 MB of map
+    lone_surrogate = '{"quantity": ["\\ud800 is not a number."]}'
+    invalid_utf8 = b'{"detail": "\xff\xfe broken"}'
+    big = json.dumps({"quantity": ["x" * (3 * 1024 * 1024)]}).encode()
+    standin.add_fault("reject_body", body=lone_surrogate, count=1)
+    standin.add_fault("reject_body", status=422, body=invalid_utf8, count=1)
+    added = control_call(
+        http,
+        standin,
+        "POST",
+        "faults",
+        {"kind": "reject_body", "status": 502, "body_base64": base64.b64encode(big).decode()},
+    )
+    assert added.status == 201
+    assert added.body["faults"][1]["body"] == f"<{len(invalid_utf8)} bytes>"
+    assert added.body["faults"][2]["body"] == f"<{len(big)} bytes>"
+
+    # when three usages are posted
+    def raw_post() -> urllib3.BaseHTTPResponse:
+        return http.request(
+            "POST", standin.url + "/usages/", body=usage(), headers=HEADERS, retries=False
+        )
+
+    first, second, third = raw_post(), raw_post(), raw_post()
+    # then each answer is the raw bytes given, as JSON, and nothing was stored
+    assert (first.status, first.data) == (400, lone_surrogate.encode())
+    assert first.data.count(b"\\ud800") == 1
+    assert (second.status, second.data) == (422, invalid_utf8)
+    assert third.status == 502 and third.data == big
+    assert third.headers["content-length"] == str(len(big))
+    assert third.headers["content-type"] == "application/json"
+    assert standin.usages() == []
+    assert standin.stats() == {"400": 1, "422": 1, "502": 1}
+    # and a body that is not base64 is refused
+    bad = control_call(
+        http, standin, "POST", "faults", {"kind": "reject_body", "body_base64": "***"}
+    )
+    assert bad.status == 400
+
+
+def test_answer_after_store_with_id_zero(http: urllib3.PoolManager, standin: PiriodStandin) -> None:
+    # given Piriod answering like an OpenAPI mock server: 201 with id 0
+    standin.add_fault("answer_after_store", status=201, body="zero_id", count=1)
+    # when a usage is posted
+    answer = post(http, standin, usage())
+    # then the answer says id 0, while the ledger holds the usage under its real id
+    assert answer.status == 201 and answer.body["id"] == 0
+    assert [u["id"] for u in standin.usages()] == [1]
+
+
+def test_endless_listing_never_runs_out_of_next_pages(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given two usages and a listing whose next link never ends
+    post(http, standin, usage(line=1))
+    post(http, standin, usage(line=2))
+    standin.add_fault("endless_listing")
+    # when a client follows next for 30 pages
+    url: str | None = standin.url + "/usages/?page_size=1"
+    pages = []
+    for _ in range(30):
+        assert url is not None
+        response = http.request("GET", url, headers=HEADERS)
+        assert response.status == 200
+        pages.append(json.loads(response.data))
+        url = pages[-1]["next"]
+    # then every page pointed to one more, and repeated the first page's results
+    assert url == f"{standin.url}/usages/?page=31&page_size=1"
+    assert all(page["count"] == 2 for page in pages)
+    assert [[u["id"] for u in page["results"]] for page in pages] == [[1]] * 30
+    assert pages[4]["previous"] == f"{standin.url}/usages/?page=4&page_size=1"
+    # and the GETs it served are counted, while a POST and a detail GET were not touched
+    assert post(http, standin, usage(line=3)).status == 201
+    assert call(http, standin, "GET", "/usages/3/").status == 200
+    served = [r for r in standin.requests if r["fault"] == "endless_listing"]
+    assert len(served) == 30 and standin.stats()["200"] == 31
+    assert standin.faults()[0]["methods"] == ["GET"]
+
+
+def test_endless_listing_with_empty_pages_runs_out_after_count(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given a usage, and empty endless pages for 3 GETs, set over HTTP
+    post(http, standin, usage())
+    added = control_call(
+        http, standin, "POST", "faults", {"kind": "endless_listing", "body": "empty", "count": 3}
+    )
+    assert added.status == 201
+    # when pages 1 to 4 are read
+    answers = [call(http, standin, "GET", f"/usages/?page={n}") for n in range(1, 5)]
+    # then three were empty with a next, and the fourth is Piriod's own answer again
+    assert [a.body["results"] for a in answers[:3]] == [[], [], []]
+    assert answers[2].body["next"] == f"{standin.url}/usages/?page=4"
+    assert answers[3].status == 404 and answers[3].body == {"detail": "Invalid page."}
+
+
+def test_new_fault_kinds_refuse_nonsense(standin: PiriodStandin) -> None:
+    # given faults of the new kinds that cannot be
+    # then they are refused at once
+    with pytest.raises(ValueError, match="delay"):
+        standin.add_fault("drip")
+    with pytest.raises(ValueError, match="framing"):
+        standin.add_fault("drip", delay=0.1, framing="close")
+    with pytest.raises(ValueError, match="framing"):
+        standin.add_fault("status", status=500, framing="length")
+    with pytest.raises(ValueError, match="body"):
+        standin.add_fault("reject_body")
+    with pytest.raises(ValueError, match="body"):
+        standin.add_fault("drip", delay=0.1, body="usage")
+    with pytest.raises(ValueError, match="GET"):
+        standin.add_fault("endless_listing", methods=("POST",))
+    with pytest.raises(ValueError, match="body"):
+        standin.add_fault("endless_listing", body="zero_id")
+    assert standin.faults() == []
+
+
 def test_add_fault_refuses_nonsense(standin: PiriodStandin) -> None:
     # given faults that cannot be
     # then they are refused at once
@@ -613,6 +953,47 @@ def test_http_control_routes(http: urllib3.PoolManager, standin: PiriodStandin) 
     assert control("GET", "tokens").status == 405
     assert control("POST", "reset").status == 200
     assert standin.usages() == [] and standin.requests == []
+
+
+def test_seed_usage_puts_a_lookalike_into_the_ledger(
+    http: urllib3.PoolManager, standin: PiriodStandin
+) -> None:
+    # given a usage made elsewhere an hour ago, in Python, and a test-mode one over HTTP
+    an_hour_ago = datetime(2026, 11, 1, 9, 0, tzinfo=timezone(timedelta(hours=1)))
+    seeded = standin.seed_usage(7, "2026-11-01T10:00:00Z", "1.10", created=an_hour_ago)
+    over_http = control_call(
+        http,
+        standin,
+        "POST",
+        "ledger",
+        b'{"subscription_line": 8, "date_time": "2026-11-01T11:00:00+01:00", "quantity": 2.50,'
+        b' "created": "2026-11-01T08:30:00Z", "test_mode": true}',
+    )
+    # when a usage is then posted, and the ledger and lists are read
+    created = post(http, standin, usage(line=7, quantity="1.10"))
+    detail = call(http, standin, "GET", "/usages/1/")
+    test_list = call(http, standin, "GET", "/usages/", headers={"x-piriod-test-mode": "true"})
+    # then the seeded usages took ids from the ledger's sequence, their digits and times kept
+    assert seeded == 1 and over_http.status == 201 and over_http.body == {"id": 2}
+    assert created.body["id"] == 3
+    assert detail.body["created"] == "2026-11-01T08:00:00.000000Z"
+    assert b'"quantity":1.10,' in detail.raw
+    assert [(u["id"], u["created"]) for u in test_list.body["results"]] == [
+        (2, "2026-11-01T08:30:00.000000Z")
+    ]
+    assert b'"quantity":2.50,' in test_list.raw
+    assert [u["quantity"] for u in standin.usages()] == ["1.10", "2.50", "1.10"]
+    assert listed(http, standin, "subscription_line=7&quantity=1.1") == [1, 3]
+    # and a seed that is not a usage is refused
+    with pytest.raises(ValueError, match="aware"):
+        standin.seed_usage(7, "2026-11-01T10:00:00Z", "1", created=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="JSON number"):
+        standin.seed_usage(7, "2026-11-01T10:00:00Z", "1.")
+    with pytest.raises(ValueError, match="date_time"):
+        standin.seed_usage(7, "2026-11-01 10:00", "1")
+    bad = control_call(http, standin, "POST", "ledger", {"subscription_line": 7})
+    assert bad.status == 400
+    assert standin.seed_usage(9, "2026-11-01T10:00:00Z", 3, created=datetime.now(UTC)) == 4
 
 
 def test_requests_and_violations_are_recorded(
