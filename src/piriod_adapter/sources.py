@@ -3,22 +3,38 @@ profile maps a meter's own payload onto usages.
 
 A profile is configuration, not code: it names a signature scheme and secret, where the
 records are in the payload (JMESPath, the library Powertools ships, with its
-`powertools_json` / `powertools_base64` functions), how to read each field, and how to find
-the subscription line. Every mapped record then goes through the native route's rules
-(`models.check_*`), and everything after that is the native route's one path.
+`powertools_json` / `powertools_base64` / `powertools_base64_gzip` functions), how to read
+each field, and how to find the subscription line. Every mapped record then goes through the
+native route's rules (`models.check_*`), and everything after that is the native route's one
+path.
+
+Numbers stay exact on every path: the payload is decoded with Decimal numbers, JSON embedded
+in a string is decoded the same way (`jsondoc.loads`, not Powertools' `json.loads`, which
+makes binary floats), JMESPath's own functions (`sum`, `max`, `to_number`, comparisons ...)
+take those Decimals as numbers, and a number literal in an expression is a Decimal too.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
-from functools import cached_property
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    Context,
+    Decimal,
+    Inexact,
+    InvalidOperation,
+    localcontext,
+)
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -45,9 +61,10 @@ from piriod_adapter.models import (
     parse_rfc3339,
     to_utc,
 )
-from piriod_adapter.validation import FieldProblem, invalid
+from piriod_adapter.validation import MAX_BODY_BYTES, FieldProblem, invalid
 
 if TYPE_CHECKING:
+    from jmespath.parser import ParsedResult
     from mypy_boto3_ssm import SSMClient
 
 MAX_CACHE_SECONDS = 60.0
@@ -76,7 +93,77 @@ def _compiles(expression: str) -> str:
         jmespath.compile(expression)
     except Exception as exc:  # jmespath raises LexerError, ParseError, ...
         raise ValueError(f"is not a valid JMESPath expression: {exc}") from None
+    _check_literals(expression)
     return expression
+
+
+def _check_literals(expression: str) -> None:
+    """Refuse a number literal that JMESPath's lexer (json.loads: binary floats) would bend:
+    every literal kept is then exactly the Decimal `_exact_tree` makes of it."""
+    from jmespath.lexer import Lexer
+
+    for token in Lexer().tokenize(expression):
+        start, length = token["start"], token["end"]
+        if token["type"] != "literal" or expression[start] != "`":  # not a 'raw string'
+            continue
+        text = expression[start + 1 : start + length - 1].replace("\\`", "`")
+        try:
+            exact = json.loads(text, parse_float=Decimal)
+        except ValueError:
+            continue  # JMESPath's deprecated unquoted string literal: no number in it
+        for number in _decimals_in(exact):
+            if _float_decimal(float(number)) != number:
+                raise ValueError(
+                    f"the literal `{text[:50]}` has more digits than a JMESPath literal keeps "
+                    "(15 significant digits are always exact); map the value instead"
+                )
+
+
+def _decimals_in(value: Any) -> list[Decimal]:
+    if isinstance(value, Decimal):
+        return [value]
+    if isinstance(value, list):
+        return [d for item in value for d in _decimals_in(item)]
+    if isinstance(value, dict):
+        return [d for item in value.values() for d in _decimals_in(item)]
+    return []
+
+
+def _float_decimal(value: float) -> Decimal:
+    """A float as the decimal it was written as (its shortest repr)."""
+    return Decimal(repr(value)) if math.isfinite(value) else Decimal("NaN")
+
+
+def _exact_literals(value: Any) -> Any:
+    if isinstance(value, float):
+        return _float_decimal(value)
+    if isinstance(value, list):
+        return [_exact_literals(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _exact_literals(item) for key, item in value.items()}
+    return value
+
+
+def _exact_tree(node: Any) -> Any:
+    """A copy of a JMESPath syntax tree whose number literals are Decimals (the parser's own
+    tree is cached and shared, so it is not changed)."""
+    if not isinstance(node, dict):
+        return node
+    copy = dict(node)
+    if copy.get("type") == "literal":
+        copy["value"] = _exact_literals(copy["value"])
+    if isinstance(copy.get("children"), list):
+        copy["children"] = [_exact_tree(child) for child in copy["children"]]
+    return copy
+
+
+def compile_exact(expression: str) -> ParsedResult:
+    """A JMESPath expression compiled with its number literals as Decimals."""
+    import jmespath
+    from jmespath.parser import ParsedResult
+
+    parsed = jmespath.compile(expression)
+    return ParsedResult(parsed.expression, _exact_tree(parsed.parsed))
 
 
 JMESPath = Annotated[str, StringConstraints(min_length=1), AfterValidator(_compiles)]
@@ -152,13 +239,11 @@ class Profile(_Strict):
     @cached_property
     def compiled(self) -> dict[str, Any]:
         """Every JMESPath of the profile, compiled once."""
-        import jmespath
-
         paths = {"records": self.records, **self.fields.model_dump(exclude_none=True)}
         if self.shape == "cloudevents":
             paths.pop("event_id", None)  # the key is the event's source and id
             paths.setdefault("date_time", "time")
-        return {name: jmespath.compile(text) for name, text in paths.items()}
+        return {name: compile_exact(text) for name, text in paths.items()}
 
 
 SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
@@ -275,14 +360,149 @@ class _Unmappable(ValueError):
 
 
 def _search(profile: Profile, name: str, data: Any) -> Any:
-    import jmespath
-    from aws_lambda_powertools.utilities.jmespath_utils import PowertoolsFunctions
-
-    options = jmespath.Options(custom_functions=PowertoolsFunctions())
     try:
-        return profile.compiled[name].search(data, options=options)
-    except Exception as exc:  # a function given the wrong type, a bad powertools_json ...
+        return profile.compiled[name].search(data, options=_options())
+    except jsondoc.JsonError as exc:  # from powertools_json: says why, never echoes the text
+        raise _Unmappable(f"could not be evaluated: {exc}") from None
+    except Exception as exc:  # a function given the wrong type, bad base64 ...
         raise _Unmappable(f"could not be evaluated: {type(exc).__name__}") from None
+
+
+@cache
+def _options() -> Any:
+    """JMESPath options with the exact functions (stateless, so made once)."""
+    import jmespath
+
+    return jmespath.Options(custom_functions=_exact_functions()())
+
+
+@cache
+def _exact_functions() -> type:
+    """Powertools' JMESPath functions, exact: `powertools_json` decodes with the project's
+    bounded lossless decoder (Decimal numbers, depth bound, repeated keys refused) instead of
+    `json.loads`; `powertools_base64_gzip` stops at MAX_BODY_BYTES; and JMESPath's own
+    functions take a Decimal as a number and keep its digits (built lazily: importing
+    jmespath and Powertools' functions is left to the first mapping)."""
+    from aws_lambda_powertools.utilities.jmespath_utils import PowertoolsFunctions
+    from jmespath.functions import REVERSE_TYPES_MAP, TYPES_MAP, signature
+
+    def python_types(name: str) -> tuple[str, ...]:
+        return REVERSE_TYPES_MAP[name] + (("Decimal",) if name == "number" else ())
+
+    class ExactFunctions(PowertoolsFunctions):
+        @signature({"types": ["string"]})
+        def _func_powertools_json(self, value: str) -> Any:
+            try:
+                raw = value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise jsondoc.JsonError("powertools_json: text is not valid Unicode") from None
+            try:
+                return jsondoc.loads(raw)
+            except jsondoc.JsonError as exc:
+                raise jsondoc.JsonError(f"powertools_json: {exc}") from None
+
+        @signature({"types": ["string"]})
+        def _func_powertools_base64_gzip(self, value: str) -> str:
+            import base64
+
+            return _gunzip(base64.b64decode(value), MAX_BODY_BYTES).decode()
+
+        # JMESPath's type checks name Python types; a Decimal is a number.
+        def _get_allowed_pytypes(self, types: list[str]) -> tuple[list[str], list[tuple[str, ...]]]:
+            allowed: list[str] = []
+            subtypes: list[tuple[str, ...]] = []
+            for written in types:
+                kind, _, subtype = written.partition("-")
+                if subtype:
+                    subtypes.append(python_types(subtype))
+                allowed.extend(python_types(kind))
+            return allowed, subtypes
+
+        def _convert_to_jmespath_type(self, pyobject: str) -> str:
+            return "number" if pyobject == "Decimal" else TYPES_MAP.get(pyobject, "unknown")
+
+        @signature({"types": []})
+        def _func_type(self, arg: Any) -> str:
+            if isinstance(arg, bool):
+                return "boolean"
+            if isinstance(arg, int | float | Decimal):
+                return "number"
+            return self._convert_to_jmespath_type(type(arg).__name__)
+
+        @signature({"types": []})
+        def _func_to_number(self, arg: Any) -> Any:
+            if isinstance(arg, bool) or arg is None or isinstance(arg, list | dict):
+                return None
+            if isinstance(arg, int | float | Decimal):
+                return arg
+            text = str(arg).strip()
+            if not _NUMERIC_TEXT.fullmatch(text):
+                return None
+            if text.lstrip("+-").isdigit() and len(text) <= jsondoc.MAX_INT_DIGITS:
+                return int(text)
+            return Decimal(text)
+
+        @signature({"types": []})
+        def _func_to_string(self, arg: Any) -> str:
+            return arg if isinstance(arg, str) else _json_text(arg)
+
+        @signature({"types": ["number"]})
+        def _func_abs(self, arg: Any) -> Any:
+            with localcontext(_EXACT):
+                return abs(arg)
+
+        @signature({"types": ["number"]})
+        def _func_ceil(self, arg: Any) -> Any:
+            if isinstance(arg, Decimal):  # no int of a huge exponent's digits
+                return arg.to_integral_value(rounding=ROUND_CEILING)
+            return math.ceil(arg)
+
+        @signature({"types": ["number"]})
+        def _func_floor(self, arg: Any) -> Any:
+            if isinstance(arg, Decimal):
+                return arg.to_integral_value(rounding=ROUND_FLOOR)
+            return math.floor(arg)
+
+        @signature({"types": ["array-number"]})
+        def _func_sum(self, arg: list[Any]) -> Any:
+            with localcontext(_EXACT):
+                return sum(arg)
+
+        @signature({"types": ["array-number"]})
+        def _func_avg(self, arg: list[Any]) -> Any:
+            if not arg:
+                return None
+            with localcontext(_EXACT):
+                return Decimal(sum(arg)) / len(arg)
+
+    return ExactFunctions
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """gzip.decompress (every member), refusing more than `limit` bytes of output."""
+    out = bytearray()
+    while True:
+        stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        out += stream.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise ValueError(f"decompresses to more than {limit} bytes")
+        if not stream.eof:
+            raise ValueError("is not a complete gzip stream")
+        data = stream.unused_data
+        if not data:
+            return bytes(out)
+
+
+def _json_text(value: Any) -> str:
+    """JSON text for `to_string`, a Decimal written as the number it is."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_json_text(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = (json.dumps(key) + ":" + _json_text(item) for key, item in value.items())
+        return "{" + ",".join(items) + "}"
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def _number(value: Any) -> Decimal:
@@ -291,7 +511,7 @@ def _number(value: Any) -> Decimal:
         raise _Unmappable("must be a number, not a boolean")
     if isinstance(value, int | Decimal):
         return Decimal(value)
-    if isinstance(value, float):  # only from powertools_json inside an expression
+    if isinstance(value, float):  # none of the functions makes one; kept as it is written
         return Decimal(repr(value))
     if isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value.strip()):
         return Decimal(value.strip())

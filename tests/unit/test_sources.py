@@ -377,3 +377,159 @@ def test_a_cloudevent_with_data_base64_maps_through_powertools_functions() -> No
     # when it is mapped, then the quantity keeps its digits and the time is the event's
     [usage] = mapped(p, event)
     assert (usage.quantity_text, usage.date_time) == ("2.50", datetime(2026, 11, 1, tzinfo=UTC))
+
+
+# --- exact decimals through JMESPath's and Powertools' functions -------------------------------
+
+LONG = "1.234567890123456789012"  # 22 significant digits: a binary float keeps 17
+
+
+def test_a_long_decimal_in_data_base64_keeps_every_digit_after_the_factor() -> None:
+    # given a CloudEvent whose data_base64 carries a quantity a float cannot hold
+    p = profile(
+        shape="cloudevents",
+        quantity_factor="1000",
+        fields={"quantity": "powertools_json(powertools_base64(data_base64)).quantity"},
+    )
+    data = b'{"quantity": ' + LONG.encode() + b"}"
+    event = {**CLOUD_EVENT, "data_base64": base64.b64encode(data).decode()}
+    # when it is mapped, then the quantity is exact, times the factor exactly
+    [usage] = mapped(p, event)
+    assert usage.quantity == Decimal(LONG) * 1000
+    assert usage.quantity_text == "1234.567890123456789012000"
+
+
+def test_powertools_json_on_a_string_field_keeps_every_digit() -> None:
+    p = profile(fields={"date_time": "t", "quantity": "powertools_json(body).q", "event_id": "id"})
+    record = {"t": "2026-11-01T00:00:00Z", "id": "a", "body": '{"q": ' + LONG + "}"}
+    [usage] = mapped(p, record)
+    assert usage.quantity == Decimal(LONG)
+    assert usage.original["quantity"] == LONG
+
+
+def test_powertools_base64_gzip_keeps_every_digit() -> None:
+    import gzip
+
+    p = profile(
+        fields={
+            "date_time": "t",
+            "quantity": "powertools_json(powertools_base64_gzip(z)).q",
+            "event_id": "id",
+        }
+    )
+    z = base64.b64encode(gzip.compress(b'{"q": ' + LONG.encode() + b"}")).decode()
+    [usage] = mapped(p, {"t": "2026-11-01T00:00:00Z", "id": "a", "z": z})
+    assert usage.quantity == Decimal(LONG)
+
+
+@pytest.mark.parametrize(
+    "embedded",
+    [
+        '{"q": 1,',  # not JSON
+        '{"q": 1, "q": 2}',  # a repeated key
+        '{"q": NaN}',  # not a JSON number
+        "[" * 100 + "]" * 100,  # deeper than the decoder's bound
+        '{"q": "\ud800"}',  # a lone surrogate cannot be UTF-8
+    ],
+)
+def test_embedded_json_that_is_not_acceptable_is_a_422_naming_the_field(embedded: str) -> None:
+    p = profile(fields={"date_time": "t", "quantity": "powertools_json(body).q", "event_id": "id"})
+    record = {"t": "2026-11-01T00:00:00Z", "id": "a", "body": embedded}
+    assert problems(p, record) == {(0, "quantity")}
+
+
+def test_the_422_for_embedded_json_says_why() -> None:
+    p = profile(fields={"date_time": "t", "quantity": "powertools_json(body).q", "event_id": "id"})
+    with pytest.raises(BodyError) as err:
+        mapped(p, {"t": "2026-11-01T00:00:00Z", "id": "a", "body": '{"q": 1, "q": 2}'})
+    [problem] = err.value.problems
+    assert "powertools_json(body).q" in problem.message
+    assert "powertools_json: duplicate key 'q'" in problem.message
+
+
+def test_a_gzip_bomb_is_a_422_not_a_gigabyte() -> None:
+    import gzip
+
+    p = profile(
+        fields={"date_time": "t", "quantity": "powertools_base64_gzip(z)", "event_id": "id"}
+    )
+    z = base64.b64encode(gzip.compress(b"0" * (64 * 1024 * 1024))).decode()
+    assert problems(p, {"t": "2026-11-01T00:00:00Z", "id": "a", "z": z}) == {(0, "quantity")}
+
+
+@pytest.mark.parametrize(
+    ("records", "kept"),
+    [
+        ("r[?q == `0.1`]", ["a"]),
+        ("r[?q >= `0.1`]", ["a", "b"]),
+        ("r[?q > `0.1`]", ["b"]),
+        ("r[?q < `0.1`]", []),
+        ("r[?q != `0.1`]", ["b"]),
+        ("r[?q == `1`]", []),
+        ("r[?q > `0`] | sort_by(@, &q)", ["a", "b"]),
+        ("r | [max_by(@, &q)]", ["b"]),
+        ("r[?type(q) == 'number']", ["a", "b"]),
+        ("r[?contains(`[0.1, 2]`, q)]", ["a"]),
+    ],
+)
+def test_filters_and_comparisons_see_decimals_as_the_numbers_they_are(
+    records: str, kept: list[str]
+) -> None:
+    # given records whose quantities are decimals, embedded and not
+    body = '[{"t": "2026-11-01T00:00:00Z", "q": 0.1, "id": "a"}, {"t": "2026-11-01T00:00:00Z", '
+    body += '"q": 1.234567890123456789012, "id": "b"}]'
+    p = profile(records=records)
+    embedded = profile(records=records.replace("r", "powertools_json(r)", 1))
+    from piriod_adapter import jsondoc
+
+    for each, payload in ((p, {"r": jsondoc.loads(body.encode())}), (embedded, {"r": body})):
+        if kept:
+            assert [u.key.text for u in mapped(each, payload)] == kept
+        else:
+            assert problems(each, payload) == {(None, "records")}
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [
+        ("sum(q)", "1.334567890123456789012"),
+        ("max(q)", LONG),
+        ("abs(neg)", "1.2345678901234567890123456789012"),
+        ("to_number(text)", LONG),
+        ("to_number(q[0])", "0.1"),
+        ("to_number(to_string(q[1]))", LONG),
+        ("avg(q)", "0.667283945061728394506"),
+        ("ceil(q[0])", "1"),
+        ("`0.1`", "0.1"),
+    ],
+)
+def test_jmespath_numeric_functions_are_exact_on_decimals(quantity: str, expected: str) -> None:
+    from piriod_adapter import jsondoc
+
+    p = profile(fields={"date_time": "t", "quantity": quantity, "event_id": "id"})
+    record = jsondoc.loads(
+        b'{"t": "2026-11-01T00:00:00Z", "id": "a", "q": [0.1, 1.234567890123456789012],'
+        b' "neg": -1.2345678901234567890123456789012, "text": "1.234567890123456789012"}'
+    )
+    [usage] = mapped(p, record)
+    assert usage.quantity == Decimal(expected)
+
+
+def test_a_literal_number_too_long_for_jmespath_is_refused_when_the_profile_loads() -> None:
+    fields = {"date_time": "t", "quantity": "q", "event_id": "id"}
+    document = {
+        "version": 1,
+        "sources": {
+            "m": {
+                "signature": {"scheme": "stripe", "secret_id": "s"},
+                "records": "r[?q == `0.10000000000000000001`]",
+                "fields": fields,
+                "subscription_line": 7,
+            }
+        },
+    }
+    with pytest.raises(SourcesUnavailable, match="records"):
+        parse_document(json.dumps(document).encode())
+    # a raw string literal is a string, whatever digits it holds
+    document["sources"]["m"]["records"] = "r[?q == '0.10000000000000000001']"  # type: ignore[index]
+    assert parse_document(json.dumps(document).encode()).sources["m"]
