@@ -595,22 +595,47 @@ def test_listing_setting_post_answer_control_route_and_reset(
 # --- faults ------------------------------------------------------------------------------------
 
 
-def test_latency_is_concurrent(http: urllib3.PoolManager, standin: PiriodStandin) -> None:
-    # given 50 ms of latency on every POST
+def test_latency_is_concurrent(
+    http: urllib3.PoolManager, standin: PiriodStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    # given 50 ms of latency on every POST, and the stand-in's latency wait held until all
+    # 100 requests are inside it (no clock is read: a stand-in serving one request at a
+    # time never has 100 there, and the hold gives up after 60 s so that the count fails)
     standin.add_fault("latency", delay=0.05)
+    wait, lock, all_in = standin._sleep, threading.Lock(), threading.Event()
+    delays: list[float] = []
+    unanswered_when_all_in: list[int] = []
+
+    def held(seconds: float) -> None:
+        if seconds > 0:
+            with lock:
+                delays.append(seconds)
+                if len(delays) == 100:
+                    requests = standin.requests
+                    unanswered_when_all_in.append(sum(r["status"] is None for r in requests))
+                    all_in.set()
+            all_in.wait(timeout=60)
+            all_in.set()
+        wait(seconds)
+
+    monkeypatch.setattr(standin, "_sleep", held)
     # when 100 usages are posted at once
-    start = time.perf_counter()
+    patient = urllib3.Timeout(connect=120, read=120)
     with ThreadPoolExecutor(max_workers=100) as pool:
         statuses = list(
-            pool.map(lambda n: post(http, standin, usage(line=n + 1)).status, range(100))
+            pool.map(
+                lambda n: post(http, standin, usage(line=n + 1), timeout=patient).status,
+                range(100),
+            )
         )
-    elapsed = time.perf_counter() - start
-    # then all land, each delayed, and together in well under a second
+    # then all 100 were in flight at once (received, none answered yet), each waited out
+    # its latency, and all landed
+    assert unanswered_when_all_in == [100]
+    assert delays == [0.05] * 100
     assert statuses == [201] * 100 and len(standin.usages()) == 100
-    assert elapsed < 0.8, elapsed
-    started = time.perf_counter()
-    post(http, standin, usage())
-    assert time.perf_counter() - started >= 0.05
+    assert [r["status"] for r in standin.requests] == [201] * 100
 
 
 def test_status_fault_runs_out_after_count(
