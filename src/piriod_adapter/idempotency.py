@@ -18,12 +18,15 @@ reconcile can compare a period. A record waiting in a queue also carries its que
 (`waiting`, indexed by `by_waiting`), so that the operator can list ReplayQueue without
 receiving from it (a receive would count towards its maxReceiveCount).
 
-A record costs one conditional PutItem (the claim); the final states of a delivery's records
-(posted, queued, rejected, released) are written together, one BatchWriteItem per 25.
-Writing them unconditionally is safe because the claim's lock outlives the holder's own
-function timeout: nobody else can hold the key. (A TransactWriteItems of up to 100 claims
-would be one round trip instead of one per record, but costs twice the write capacity of
-each claim, and a record's claim runs concurrently with the others' posts anyway.)
+A record costs one conditional PutItem (the claim) and one PutItem (its final state: posted,
+queued, rejected, released), written as soon as that record is done, so that a concurrent
+delivery of the same key waits no longer than the record's own post. Writing the final state
+unconditionally is safe because the claim's lock outlives the holder's own function timeout:
+nobody else can hold the key. While a holder only settles an unseen post by lookup (no post of
+its own yet), its item says `phase = settling`; before it posts, `posting`.
+
+A usage that settles an ambiguous record is taken for that record's key with one conditional
+write of `u#<usage id>` (its `owner`), so that one listed usage settles at most one record.
 
 Why not Powertools Idempotency: it caches a handler's or function's return value per payload
 hash, and a record whose post was sent but never answered would either be replayed blindly or
@@ -38,9 +41,8 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -115,19 +117,38 @@ class KeyState:
         return None
 
 
+class Taker(StrEnum):
+    """Who claims a key, which decides what it may take besides a new, released or expired
+    key: ReplayFunction takes a key whose record waits in ReplayQueue; the operator also one
+    in DeadLetterQueue (rejected or exhausted). A rejected record is never taken by replay."""
+
+    WEBHOOK = "webhook"
+    REPLAY = "replay"
+    OPERATOR = "operator"
+
+
 @dataclass(frozen=True)
 class Claim:
-    """The result of trying to take a key. When taken, it is also what `record_results`
-    writes the final state over (the item stays inside this module)."""
+    """The result of trying to take a key (what was written stays inside the store)."""
 
     pk: str
     token: str | None  # set when we hold the key now
     previous: KeyState | None  # the state before (when taken) or the holder's (when not)
-    _item: dict[str, Any] | None = field(default=None, repr=False)  # what we wrote
 
     @property
     def acquired(self) -> bool:
         return self.token is not None
+
+
+@dataclass(frozen=True)
+class Identical:
+    """What other keys of the same line, at about the same instant, account for: the usage
+    ids they hold, how many were posted without a known id, and whether one is posting now
+    (its usage may be listed before it is recorded)."""
+
+    held: frozenset[int]
+    unknown: int
+    posting: bool
 
 
 class IdempotencyStore:
@@ -144,11 +165,15 @@ class IdempotencyStore:
         self._ttl = timedelta(days=ttl_days).total_seconds()
         self._clock = clock
         self._sleep = sleep
+        self._claims: dict[str, dict[str, Any]] = {}  # token -> the item a claim wrote
 
-    def _item(self, pk: str, usage: Usage, token: str, now: float, lock: float) -> dict[str, Any]:
+    def _item(
+        self, pk: str, usage: Usage, token: str, now: float, lock: float, phase: str
+    ) -> dict[str, Any]:
         item = {
             "pk": {"S": pk},
             "status": {"S": KeyStatus.IN_PROGRESS.value},
+            "phase": {"S": phase},
             "lock_expires": {"N": _num(lock)},
             "lock_token": {"S": token},
             "attempt_started": {"N": _num(now)},
@@ -162,17 +187,25 @@ class IdempotencyStore:
             item["line"] = {"N": str(usage.subscription_line)}
         return item
 
-    def claim(self, usage: Usage, deadline: Deadline, *, replay: bool = False) -> Claim:
-        """Take the usage's key for one attempt. A webhook takes a new, expired or released
-        key; a replay may also take a key whose record waits in a queue. One request in the
-        common case: a conditional put for a webhook's (new) key, a conditional update for a
-        replay's (existing) key; the other one only when the guess was wrong."""
+    def claim(
+        self,
+        usage: Usage,
+        deadline: Deadline,
+        taker: Taker = Taker.WEBHOOK,
+        *,
+        settling: bool = False,
+    ) -> Claim:
+        """Take the usage's key for one attempt (see Taker). One request in the common case:
+        a conditional put for a webhook's (new) key, a conditional update for a replay's
+        (existing) key; the other one only when the guess was wrong. `settling`: the attempt
+        first looks an unseen post up (its item says so until `mark_posting`)."""
         pk = key_pk(usage.key)
         now = self._clock()
         token = uuid.uuid4().hex
-        item = self._item(pk, usage, token, now, deadline.wall_at + LOCK_MARGIN_SECONDS)
-        if replay:
-            taken = self._take_over(pk, item, now, replay)
+        phase = "settling" if settling else "posting"
+        item = self._item(pk, usage, token, now, deadline.wall_at + LOCK_MARGIN_SECONDS, phase)
+        if taker is not Taker.WEBHOOK:
+            taken = self._take_over(pk, item, now, taker)
             if taken.acquired or taken.previous is not None:
                 return taken
         try:
@@ -181,16 +214,17 @@ class IdempotencyStore:
                 Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
             )
-            return Claim(pk=pk, token=token, previous=None, _item=item)
+            self._claims[token] = item
+            return Claim(pk=pk, token=token, previous=None)
         except self._client.exceptions.ConditionalCheckFailedException:
             pass
         except Exception as exc:
             raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
-        return self._take_over(pk, item, now, replay)
+        return self._take_over(pk, item, now, taker)
 
-    def _take_over(self, pk: str, item: dict[str, Any], now: float, replay: bool) -> Claim:
-        """The key exists: take it if its holder is gone, released it, or (replay) it waits
-        in a queue; otherwise report the holder."""
+    def _take_over(self, pk: str, item: dict[str, Any], now: float, taker: Taker) -> Claim:
+        """The key exists: take it if its holder is gone, released it, or it waits where the
+        taker may take it from; otherwise report the holder."""
         takeable = "#s = :released OR (#s = :in_progress AND lock_expires < :now)"
         values: dict[str, Any] = {
             ":in_progress": item["status"],
@@ -200,14 +234,19 @@ class IdempotencyStore:
             ":token": item["lock_token"],
             ":fp": item["fingerprint"],
             ":started": item["attempt_started"],
+            ":phase": item["phase"],
         }
         # Only the lock: the attempt's final state is written over the whole claim later
-        # (`record_results`: retention, a meter's newly mapped line and the rest).
+        # (`finish`: retention, a meter's newly mapped line and the rest).
         update = (
             "SET #s = :in_progress, lock_expires = :lock, lock_token = :token, "
-            "attempt_started = :started"
+            "attempt_started = :started, phase = :phase"
         )
-        if replay:
+        if taker is Taker.REPLAY:  # only what waits in ReplayQueue: never a rejected record
+            takeable += " OR (#s = :queued AND begins_with(waiting, :replay))"
+            values[":queued"] = {"S": KeyStatus.QUEUED.value}
+            values[":replay"] = {"S": "replay#"}
+        elif taker is Taker.OPERATOR:
             takeable += " OR #s IN (:queued, :rejected)"
             values[":queued"] = {"S": KeyStatus.QUEUED.value}
             values[":rejected"] = {"S": KeyStatus.REJECTED.value}
@@ -234,7 +273,9 @@ class IdempotencyStore:
         # What the new attempt must keep: an earlier attempt's unseen post, and where the
         # record waits while this attempt is on it.
         item = {**item, **{k: v for k, v in old.items() if k in _KEPT_ON_TAKE_OVER}}
-        return Claim(pk=pk, token=item["lock_token"]["S"], previous=previous, _item=item)
+        token = item["lock_token"]["S"]
+        self._claims[token] = item
+        return Claim(pk=pk, token=token, previous=previous)
 
     def get(self, pk: str) -> KeyState | None:
         try:
@@ -261,56 +302,69 @@ class IdempotencyStore:
             state = self.get(pk)
         return state
 
-    def record_results(self, results: list[Result]) -> None:
-        """Write each attempt's final state over its claim: posted (with Piriod's id), waiting
-        in a queue (with its message), or released (free to take again). One BatchWriteItem
-        per 25; unconditional, because the claim's lock outlives the holder's own function
-        timeout: nobody else can hold the key. Raises StoreUnavailable."""
-        now = _num(self._clock())
-        requests = []
-        for result in results:
-            claim = result.claim
-            assert claim._item is not None, "only a claim that was taken is written over"
-            item = {k: v for k, v in claim._item.items() if k not in _ATTEMPT_ATTRIBUTES}
-            item["status"] = {"S": result.status.value}
-            if result.status is KeyStatus.POSTED:
-                assert result.usage_id is not None
-                for name in _WAIT_ATTRIBUTES:
-                    item.pop(name, None)
-                item.update(usage_id={"N": str(result.usage_id)}, posted_at={"N": now})
-            elif result.ambiguous_since is not None:
-                item["ambiguous_since"] = {"N": _num(result.ambiguous_since)}
-            if result.waiting is not None:
-                waiting = result.waiting
-                item.update(
-                    waiting={"S": f"{waiting.queue}#{_shard(claim.pk)}"},
-                    waiting_since={"S": waiting.since},
-                    message_id={"S": waiting.message_id},
-                    message={"S": waiting.message},
-                )
-            requests.append({"PutRequest": {"Item": item}})
+    def finish(self, result: Result) -> None:
+        """Write one attempt's final state over its claim: posted (with Piriod's id when
+        known), waiting in a queue (with its message), or released (free to take again).
+        Unconditional, because the claim's lock outlives the holder's own function timeout:
+        nobody else can hold the key. Raises StoreUnavailable."""
+        claim = result.claim
+        assert claim.token is not None, "only a claim that was taken is written over"
+        written = self._claims.pop(claim.token, None)
+        assert written is not None, "a claim is finished once"
+        item = {k: v for k, v in written.items() if k not in _ATTEMPT_ATTRIBUTES}
+        item["status"] = {"S": result.status.value}
+        if result.status is KeyStatus.POSTED:
+            for name in _WAIT_ATTRIBUTES:
+                item.pop(name, None)
+            item["posted_at"] = {"N": _num(self._clock())}
+            if result.usage_id is not None:
+                item["usage_id"] = {"N": str(result.usage_id)}
+        elif result.ambiguous_since is not None:
+            item["ambiguous_since"] = {"N": _num(result.ambiguous_since)}
+        if result.waiting is not None:
+            waiting = result.waiting
+            item.update(
+                waiting={"S": f"{waiting.queue}#{_shard(claim.pk)}"},
+                waiting_since={"S": waiting.since},
+                message_id={"S": waiting.message_id},
+                message={"S": waiting.message},
+            )
         try:
-            for start in range(0, len(requests), 25):
-                pending: Any = {self._table: requests[start : start + 25]}
-                for attempt in range(5):
-                    response = self._client.batch_write_item(RequestItems=pending)
-                    pending = response.get("UnprocessedItems") or {}
-                    if not pending:
-                        break
-                    self._sleep(0.05 * 2**attempt)
-                if pending:
-                    raise StoreUnavailable("DynamoDB left writes unprocessed")
-        except StoreUnavailable:
-            raise
+            self._client.put_item(TableName=self._table, Item=item)
         except Exception as exc:
-            raise StoreUnavailable(f"cannot record results: {type(exc).__name__}") from None
+            raise StoreUnavailable(f"cannot record result: {type(exc).__name__}") from None
 
-    def settle(self, pk: str, token: str, usage_id: int) -> None:
-        """Record that an earlier, unseen attempt did land in Piriod as `usage_id`."""
+    def forget(self, claim: Claim) -> None:
+        """Drop what a claim wrote, once it will not be finished (abandoned at the deadline:
+        its key stays locked until expiry, then is settled by lookup)."""
+        if claim.token is not None:
+            self._claims.pop(claim.token, None)
+
+    def mark_posting(self, claim: Claim) -> None:
+        """A settling attempt is about to post: from now on identical records see it as a
+        post in progress. Raises StoreUnavailable."""
+        assert claim.token is not None
         try:
             self._client.update_item(
                 TableName=self._table,
-                Key={"pk": {"S": pk}},
+                Key={"pk": {"S": claim.pk}},
+                UpdateExpression="SET phase = :posting",
+                ConditionExpression="lock_token = :token",
+                ExpressionAttributeValues={
+                    ":posting": {"S": "posting"},
+                    ":token": {"S": claim.token},
+                },
+            )
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot update key: {type(exc).__name__}") from None
+
+    def settle(self, claim: Claim, usage_id: int) -> None:
+        """Record that an earlier, unseen attempt did land in Piriod as `usage_id`."""
+        assert claim.token is not None
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": claim.pk}},
                 UpdateExpression=(
                     "SET #s = :posted, usage_id = :id, posted_at = :now REMOVE "
                     + ", ".join(_TRANSIENT_ATTRIBUTES)
@@ -321,37 +375,81 @@ class IdempotencyStore:
                     ":posted": {"S": KeyStatus.POSTED.value},
                     ":id": {"N": str(usage_id)},
                     ":now": {"N": _num(self._clock())},
-                    ":token": {"S": token},
+                    ":token": {"S": claim.token},
                 },
             )
         except Exception as exc:
             raise StoreUnavailable(f"cannot record settled usage: {type(exc).__name__}") from None
+        self._claims.pop(claim.token, None)
 
-    def accounted_for(self, pk: str, usage: Usage) -> tuple[set[int], bool]:
-        """Usage ids that other keys holding an identical record (same line, instant and
-        value) already account for, and whether such a key is mid-attempt right now (its
-        usage id may not be recorded yet)."""
+    def take_usage(self, claim: Claim, usage_id: int) -> bool:
+        """Take a listed usage for this claim's record: False when another key has it (one
+        usage settles at most one record). Raises StoreUnavailable."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": f"u#{usage_id}"}},
+                UpdateExpression="SET #o = :owner, expires_at = :expires",
+                ConditionExpression="attribute_not_exists(#o) OR #o = :owner",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={
+                    ":owner": {"S": claim.pk},
+                    ":expires": {"N": str(int(self._clock() + self._ttl))},
+                },
+            )
+            return True
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot take usage: {type(exc).__name__}") from None
+
+    def give_back(self, claim: Claim, usage_id: int) -> None:
+        """Undo `take_usage` (an identical record turned out to be posting)."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": f"u#{usage_id}"}},
+                UpdateExpression="REMOVE #o",
+                ConditionExpression="#o = :owner",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":owner": {"S": claim.pk}},
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            pass
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot give usage back: {type(exc).__name__}") from None
+
+    def identical(self, claim: Claim, usage: Usage) -> Identical:
+        """Other keys of the record's line within a second of its instant: any of them may
+        be listed at a precision that makes it look like this record."""
         assert usage.subscription_line is not None
         now = self._clock()
         held: set[int] = set()
-        busy = False
-        at = sortable_utc(usage.date_time)
-        for item in self.query_line(usage.subscription_line, at, at):
-            if item["pk"]["S"] == pk or not _same_value(item, usage.quantity):
+        unknown = 0
+        posting = False
+        start = sortable_utc(usage.date_time - timedelta(seconds=1))
+        end = sortable_utc(usage.date_time + timedelta(seconds=1))
+        for item in self.query_line(usage.subscription_line, start, end):
+            if item["pk"]["S"] == claim.pk:
                 continue
             state = KeyState.from_item(item)
             if state.usage_id is not None:
                 held.add(state.usage_id)
-            if state.locked(now):
-                busy = True
-        return held, busy
+            elif state.status is KeyStatus.POSTED:
+                unknown += 1
+            if state.locked(now) and item.get("phase", {}).get("S") != "settling":
+                posting = True
+        return Identical(frozenset(held), unknown, posting)
 
-    def release(self, pk: str, token: str, ambiguous_since: float | None) -> None:
-        """Free a key we hold (an attempt that stopped on an unexpected error), keeping an
-        unseen post flagged so that the next holder settles it by lookup."""
+    def release(self, claim: Claim, ambiguous_since: float | None) -> None:
+        """Free a key we hold (an attempt that stopped on an unexpected error, or whose
+        record could not be stored), keeping an unseen post flagged so that the next holder
+        settles it by lookup."""
+        assert claim.token is not None
+        self._claims.pop(claim.token, None)
         values: dict[str, Any] = {
             ":status": {"S": KeyStatus.RELEASED.value},
-            ":token": {"S": token},
+            ":token": {"S": claim.token},
         }
         if ambiguous_since is None:
             update = "SET #s = :status REMOVE lock_expires, lock_token"
@@ -361,7 +459,7 @@ class IdempotencyStore:
         try:
             self._client.update_item(
                 TableName=self._table,
-                Key={"pk": {"S": pk}},
+                Key={"pk": {"S": claim.pk}},
                 UpdateExpression=update,
                 ConditionExpression="lock_token = :token",
                 ExpressionAttributeNames={"#s": "status"},
@@ -460,7 +558,7 @@ _KEPT_ON_TAKE_OVER = (
     "message",
 )
 # Attributes of an attempt in progress, and of a wait in a queue: none of them survive a post.
-_ATTEMPT_ATTRIBUTES = ("lock_expires", "lock_token", "ambiguous_since")
+_ATTEMPT_ATTRIBUTES = ("lock_expires", "lock_token", "ambiguous_since", "phase")
 _WAIT_ATTRIBUTES = ("waiting", "waiting_since", "message_id", "message")
 _TRANSIENT_ATTRIBUTES = _ATTEMPT_ATTRIBUTES + _WAIT_ATTRIBUTES
 
@@ -471,16 +569,9 @@ class Result:
 
     claim: Claim
     status: KeyStatus  # POSTED, QUEUED, REJECTED or RELEASED
-    usage_id: int | None = None  # POSTED
+    usage_id: int | None = None  # POSTED, when Piriod's answer had a usable id
     ambiguous_since: float | None = None  # an unseen post still to settle
     waiting: Waiting | None = None  # QUEUED / REJECTED: where, and the message
-
-
-def _same_value(item: dict[str, Any], quantity: Decimal) -> bool:
-    try:
-        return Decimal(item["quantity"]["S"]) == quantity
-    except (KeyError, ArithmeticError):
-        return False
 
 
 def _shard(pk: str) -> int:

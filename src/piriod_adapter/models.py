@@ -10,6 +10,7 @@ queue message and the body posted to Piriod all read it, so there is one place t
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -281,6 +282,11 @@ class RecordResult(BaseModel):
         default=None,
         description="rejected: why, by field (Piriod's error map, idempotency_key or meter_id)",
     )
+    errors_omitted: int | None = Field(
+        default=None,
+        description="rejected: how many of Piriod's messages were left out of `errors` to "
+        "keep the answer small (the queue message keeps them)",
+    )
     message: str | None = Field(default=None, description="not_stored: why")
 
 
@@ -321,18 +327,62 @@ class Answered(BaseModel):
     )
 
 
-MAX_ERROR_FIELDS = 20
-MAX_ERROR_TEXT = 500
+# Error maps (Piriod's 400 bodies) are cut by their size as JSON: a queue message keeps as
+# much as SQS takes (256 KiB a message, with the record and attributes beside it), an answer
+# keeps a few KiB per record so that 100 rejected records stay far below 1 MiB.
+MESSAGE_ERRORS_BYTES = 128 * 1024
+ANSWER_ERRORS_BYTES = 8 * 1024
+MAX_ERROR_TEXT = 500  # the free text of a failure (a timeout's reason, a 5xx detail)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """Text from outside as text that always encodes: lone surrogates become U+FFFD."""
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def _json_size(text: str) -> int:
+    # An upper bound of its UTF-8 JSON size (ASCII escapes are never shorter).
+    return len(json.dumps(text))
+
+
+def cut_errors(
+    errors: dict[str, list[str]] | None, budget: int
+) -> tuple[dict[str, list[str]] | None, int]:
+    """An error map in order, cut to `budget` bytes of JSON, its text cleaned; and how many
+    messages were left out (a message cut short counts as kept)."""
+    if errors is None:
+        return None, 0
+    kept: dict[str, list[str]] = {}
+    left = budget - 2
+    omitted = 0
+    for name, messages in errors.items():
+        field = clean_text(str(name))[:200]
+        cost = _json_size(field) + 4
+        if left - cost < 8:
+            omitted += len(messages)
+            continue
+        left -= cost
+        out: list[str] = []
+        for message in messages:
+            text = clean_text(str(message))
+            size = _json_size(text) + 1
+            if size > left:
+                room = (left - 8) // 6  # every character may take a 6-byte escape
+                if room < 16:
+                    omitted += 1
+                    continue
+                text = text[:room] + "…"
+                size = _json_size(text) + 1
+            out.append(text)
+            left -= size
+        kept[field] = out
+    return kept, omitted
 
 
 def bounded_errors(errors: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
-    """An error map cut to a size any queue message and answer can carry."""
-    if errors is None:
-        return None
-    kept: dict[str, list[str]] = {}
-    for name, messages in list(errors.items())[:MAX_ERROR_FIELDS]:
-        kept[name[:100]] = [m[:MAX_ERROR_TEXT] for m in messages[:5]]
-    return kept
+    """An error map cut to what a queue message carries."""
+    return cut_errors(errors, MESSAGE_ERRORS_BYTES)[0]
 
 
 class Failure(BaseModel):
@@ -355,7 +405,7 @@ class Failure(BaseModel):
     @field_validator("error")
     @classmethod
     def _short(cls, value: str | None) -> str | None:
-        return value[:MAX_ERROR_TEXT] if value is not None else None
+        return clean_text(value[:MAX_ERROR_TEXT]) if value is not None else None
 
 
 class Tenant(BaseModel):
@@ -392,7 +442,10 @@ class QueuedRecord(BaseModel):
 
     def to_json(self) -> str:
         # Quantity is written as a string so its digits survive any JSON tool on the way.
-        return self.model_dump_json()
+        try:
+            return self.model_dump_json()
+        except ValueError:  # text that UTF-8 cannot carry (a lone surrogate): escape it
+            return json.dumps(self.model_dump(mode="json"), ensure_ascii=True)
 
     @classmethod
     def from_json(cls, body: str) -> QueuedRecord:

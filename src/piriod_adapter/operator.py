@@ -191,7 +191,6 @@ def replay_dead_letters(
     """Replay chosen dead letters through the shared submit path, at most `rate` per second.
     Each one that reached a state (posted, duplicate, a fresh dead letter, handed to
     ReplayQueue) is deleted; one that could not be stored is released for a later replay."""
-    url = runtime.queue.url(DEAD_LETTER)
     counts = ReplayCounts(chosen=len(chosen))
     interval = 1.0 / rate if rate else 0.0
     started = time.monotonic()
@@ -202,9 +201,7 @@ def replay_dead_letters(
         assert entry.receipt_handle is not None
         if entry.record is None:
             counts.unreadable += 1
-            runtime.sqs.change_message_visibility(
-                QueueUrl=url, ReceiptHandle=entry.receipt_handle, VisibilityTimeout=0
-            )
+            runtime.queue.show_again(DEAD_LETTER, entry.receipt_handle)
             report(entry, "unreadable", None)
             continue
         result = redeliver_dead_letter(
@@ -217,11 +214,9 @@ def replay_dead_letters(
         )
         setattr(counts, status, getattr(counts, status) + 1)
         if result.verdict is Verdict.DONE:
-            runtime.sqs.delete_message(QueueUrl=url, ReceiptHandle=entry.receipt_handle)
+            runtime.queue.delete(DEAD_LETTER, entry.receipt_handle)
         else:
-            runtime.sqs.change_message_visibility(
-                QueueUrl=url, ReceiptHandle=entry.receipt_handle, VisibilityTimeout=0
-            )
+            runtime.queue.show_again(DEAD_LETTER, entry.receipt_handle)
         report(entry, status, result.outcome)
     return counts
 

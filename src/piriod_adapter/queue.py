@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -53,30 +53,50 @@ class FailureQueue:
     def url(self, queue: str) -> str:
         return self.replay_url if queue == REPLAY else self.dead_letter_url
 
-    def store_failed(self, failed: Sequence[tuple[object, QueuedRecord]]) -> list[Placement | None]:
-        """The submit path's sink for the webhook and the operator: store each message."""
-        return self.store_all([message for _, message in failed])
-
-    def store_all(self, messages: list[QueuedRecord]) -> list[Placement | None]:
-        """Where failed records wait (SPEC 5): refused for the record itself ->
+    def store(self, message: QueuedRecord) -> Placement | None:
+        """Where a failed record waits (SPEC 5): refused for the record itself ->
         DeadLetterQueue, for a person; any passing failure -> ReplayQueue, for
-        ReplayFunction. None for a message that could not be stored."""
-        return self.send_all(
-            [
-                (DEAD_LETTER if m.failure.kind is FailureKind.REJECTED else REPLAY, m, 0)
-                for m in messages
-            ]
+        ReplayFunction. None when it could not be stored."""
+        return self.send(
+            DEAD_LETTER if message.failure.kind is FailureKind.REJECTED else REPLAY, message
         )
+
+    def store_failed(self, _sub: object, message: QueuedRecord) -> Placement | None:
+        """The submit path's sink for the webhook and the operator."""
+        return self.store(message)
+
+    def send(self, queue: str, message: QueuedRecord, delay: int = 0) -> Placement | None:
+        """One message (SendMessage); None when SQS did not take it."""
+        try:
+            body = message.to_json()
+            response = self._client.send_message(
+                QueueUrl=self.url(queue),
+                MessageBody=body,
+                DelaySeconds=max(0, min(MAX_DELAY_SECONDS, delay)),
+                MessageAttributes=_attributes(message),
+            )
+        except Exception as exc:  # endpoint down, throttled, access denied, too large
+            logger.warning(
+                "cannot send to queue", extra={"queue": queue, "error": type(exc).__name__}
+            )
+            return None
+        return Placement(queue, response["MessageId"], message)
 
     def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
         """Send (queue, message, delay seconds) with SendMessageBatch: ten per call and at
         most 200 KiB per call, the calls side by side. None for each message SQS did not
-        take."""
+        take (or that could not be written: it touches only itself)."""
+        bodies: dict[int, str] = {}
+        for i, (_, message, _) in enumerate(sends):
+            try:
+                bodies[i] = message.to_json()
+            except Exception as exc:
+                logger.warning("cannot write queue message", extra={"error": type(exc).__name__})
         calls = [
             (queue, chunk)
             for queue in (REPLAY, DEAD_LETTER)
             for chunk in _chunks(
-                [(i, m.to_json()) for i, (q, m, _) in enumerate(sends) if q == queue]
+                [(i, bodies[i]) for i, (q, _, _) in enumerate(sends) if q == queue and i in bodies]
             )
         ]
         placed: list[Placement | None] = [None] * len(sends)
@@ -111,6 +131,35 @@ class FailureQueue:
             with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SENDS, len(calls))) as pool:
                 list(pool.map(lambda c: call(*c), calls))
         return placed
+
+    def hide(self, queue: str, receipts: list[tuple[str, int]]) -> int:
+        """Make received messages invisible for their seconds each (a replay's back-off);
+        returns how many SQS did not take (their queue's own visibility timeout applies)."""
+        failed = 0
+        for start in range(0, len(receipts), 10):
+            chunk = receipts[start : start + 10]
+            try:
+                response = self._client.change_message_visibility_batch(
+                    QueueUrl=self.url(queue),
+                    Entries=[
+                        {"Id": str(n), "ReceiptHandle": handle, "VisibilityTimeout": seconds}
+                        for n, (handle, seconds) in enumerate(chunk)
+                    ],
+                )
+                failed += len(response.get("Failed", []))
+            except Exception as exc:
+                logger.warning("could not set back-off", extra={"error": type(exc).__name__})
+                failed += len(chunk)
+        return failed
+
+    def delete(self, queue: str, receipt_handle: str) -> None:
+        self._client.delete_message(QueueUrl=self.url(queue), ReceiptHandle=receipt_handle)
+
+    def show_again(self, queue: str, receipt_handle: str) -> None:
+        """Make one received message visible again at once."""
+        self._client.change_message_visibility(
+            QueueUrl=self.url(queue), ReceiptHandle=receipt_handle, VisibilityTimeout=0
+        )
 
     def send_raw(self, queue: str, body: str, kind: str) -> str:
         """Forward a message body as it is (one that cannot be read as a record)."""

@@ -15,19 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from piriod_adapter.clock import Deadline
+from piriod_adapter.idempotency import Taker
 from piriod_adapter.models import FailureKind, QueuedRecord, Status, Usage
 from piriod_adapter.observability import logger
 from piriod_adapter.queue import DEAD_LETTER, REPLAY, FailureQueue, Placement
 from piriod_adapter.submit import FailureSink, Outcome, Submission, Submitter
-
-if TYPE_CHECKING:
-    from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
 
 # SQS refuses a visibility timeout that reaches 12 hours after the message was received.
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
@@ -62,34 +58,21 @@ def consumer_sink(
     max_attempts: int,
     resend_delay: Callable[[QueuedRecord], int],
 ) -> FailureSink:
-    """Where ReplayFunction leaves records that failed again: rejected -> DeadLetterQueue;
+    """Where ReplayFunction leaves a record that failed again: rejected -> DeadLetterQueue;
     not tried at all -> a fresh ReplayQueue message (no attempt used up); after the last
-    attempt -> DeadLetterQueue as `exhausted`; otherwise each stays where it is."""
+    attempt -> DeadLetterQueue as `exhausted`; otherwise it stays where it is."""
 
-    def sink(failed: list[tuple[Submission, QueuedRecord]]) -> list[Placement | None]:
-        placed: list[Placement | None] = [None] * len(failed)
-        sends: list[tuple[int, str, QueuedRecord, int]] = []
-        for n, (sub, message) in enumerate(failed):
-            got = received[sub.index]
-            if message.failure.kind is FailureKind.REJECTED:
-                sends.append((n, DEAD_LETTER, message, 0))
-            elif not message.failure.attempted:
-                sends.append((n, REPLAY, message, resend_delay(message)))
-            elif got.receive_count >= max_attempts:
-                exhausted = message.model_copy(
-                    update={
-                        "failure": message.failure.model_copy(
-                            update={"kind": FailureKind.EXHAUSTED}
-                        )
-                    }
-                )
-                sends.append((n, DEAD_LETTER, exhausted, 0))
-            else:
-                placed[n] = Placement(REPLAY, got.message_id, message)
-        results = queue.send_all([(q, m, d) for _, q, m, d in sends])
-        for (n, q, _, _), result in zip(sends, results, strict=True):
-            placed[n] = replace(result, resent=True) if result and q == REPLAY else result
-        return placed
+    def sink(sub: Submission, message: QueuedRecord) -> Placement | None:
+        got = received[sub.index]
+        if message.failure.kind is FailureKind.REJECTED:
+            return queue.send(DEAD_LETTER, message)
+        if not message.failure.attempted:
+            placed = queue.send(REPLAY, message, resend_delay(message))
+            return replace(placed, resent=True) if placed else None
+        if got.receive_count >= max_attempts:
+            failure = message.failure.model_copy(update={"kind": FailureKind.EXHAUSTED})
+            return queue.send(DEAD_LETTER, message.model_copy(update={"failure": failure}))
+        return Placement(REPLAY, got.message_id, message)
 
     return sink
 
@@ -136,7 +119,7 @@ def replay_batch(
         max_attempts,
         lambda message: settle_wait(message, submitter.settle_after_seconds),
     )
-    outcomes = submitter.submit_all(subs, deadline, sink, concurrency, replay=True)
+    outcomes = submitter.submit_all(subs, deadline, sink, concurrency, Taker.REPLAY)
     busy = [(s, o) for s, o in zip(subs, outcomes, strict=True) if o.busy]
     resent = queue.send_all(
         [(REPLAY, s.previous, BUSY_RETRY_SECONDS) for s, _ in busy if s.previous]
@@ -203,41 +186,29 @@ def redeliver_dead_letter(
     passing reason (timeout, reset, 5xx, 429): handed to ReplayQueue, where ReplayFunction
     backs off, settles an unseen post by lookup and retries, as for a webhook delivery."""
     sub = Submission.from_message(message, resolve(message.usage))
-    outcome = submitter.submit(
-        sub, deadline, lambda failed: queue.store_all([m for _, m in failed]), replay=True
-    )
+    outcome = submitter.submit(sub, deadline, queue.store_failed, Taker.OPERATOR)
     verdict = Verdict.DONE if outcome.status is not None else Verdict.RETRY
     return ReplayResult(verdict, outcome, message)
 
 
 def retry_later(
-    sqs: SQSClient,
-    queue_url: str,
+    queue: FailureQueue,
     handled: list[tuple[str, ReplayResult]],
     base_seconds: float,
     since_receipt: float,
 ) -> None:
-    """Hide each message to retry for its back-off (ChangeMessageVisibilityBatch); where SQS
-    does not take it, the queue's own visibility timeout applies instead."""
-    entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
-        {
-            "Id": str(n),
-            "ReceiptHandle": receipt,
-            "VisibilityTimeout": backoff_seconds(
+    """Hide each message to retry for its back-off; where SQS does not take it, the queue's
+    own visibility timeout applies instead."""
+    receipts = [
+        (
+            receipt,
+            backoff_seconds(
                 result.message.attempts if result.message else 1, base_seconds, since_receipt
             ),
-        }
-        for n, (receipt, result) in enumerate(handled)
+        )
+        for receipt, result in handled
         if result.verdict is Verdict.RETRY
     ]
-    for start in range(0, len(entries), 10):
-        try:
-            response = sqs.change_message_visibility_batch(
-                QueueUrl=queue_url, Entries=entries[start : start + 10]
-            )
-            failed = len(response.get("Failed", []))
-        except Exception as exc:
-            logger.warning("could not set back-off", extra={"error": type(exc).__name__})
-            continue
-        if failed:
-            logger.warning("could not set back-off", extra={"messages": failed})
+    failed = queue.hide(REPLAY, receipts)
+    if failed:
+        logger.warning("could not set back-off", extra={"messages": failed})

@@ -1,56 +1,53 @@
-"""Submit records: the single path shared by the webhook and replay.
+"""Submit records: the one lifecycle every record goes through, whoever hands it over (the
+webhook, ReplayFunction, the operator's dead-letter replay). README "The record lifecycle"
+draws it; in short, per record and concurrently:
 
-Per record, concurrently: claim the key -> settle an earlier unseen attempt -> post. Then,
-for the whole delivery at once: store the records that failed (SendMessageBatch), and write
-every key's final state over its claim (BatchWriteItem). Every path ends with the record
-posted once, waiting in a queue, or reported as "not stored" so that whoever sent it sends
-it again (a 503 for the webhook, a retried message for replay). Nothing is acknowledged that
-is not in one of those places, and an unexpected error in one record ends that record as
-"not stored" (its key released), never the others.
+    claim its key ─┬─ held / done elsewhere ──────────────▶ duplicate, or queued (ambiguous)
+                   └─ taken ─┬─ an unseen post before? ──▶ settle by lookup
+                             │      found, ours alone ───▶ posted
+                             │      maybe, unreadable ───▶ queued (ambiguous)
+                             │      proven absent ───────┐
+                             └───────────────────────────┴▶ post
+                                                             201 ──────────────▶ posted
+                                                             400 ──────────────▶ rejected
+                                                             surely not stored ▶ queued
+                                                             anything else ────▶ queued (ambiguous)
+
+A failed record is stored in its queue and its key written as soon as that record is done, so
+a concurrent delivery of the same key never waits longer than that record's own post. A
+record that can be neither posted nor stored ends "not stored" with its key released (the
+sender retries: a 503 for the webhook, a retried message for replay). At the deadline the
+delivery is answered whatever is still in flight: a post not yet answered is queued,
+flagged ambiguous.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any
+from typing import Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import (
     Claim,
-    IdempotencyStore,
+    Identical,
     KeyState,
     KeyStatus,
     Result,
     StoreUnavailable,
+    Taker,
     Waiting,
 )
-from piriod_adapter.models import (
-    Failure,
-    FailureKind,
-    QueuedRecord,
-    Status,
-    Tenant,
-    Usage,
-    parse_rfc3339,
-    sortable_utc,
-)
+from piriod_adapter.models import Failure, FailureKind, QueuedRecord, Status, Tenant, Usage
+from piriod_adapter.models import sortable_utc as _sortable
 from piriod_adapter.observability import logger, metrics
-from piriod_adapter.piriod import (
-    PiriodClient,
-    PiriodUnavailable,
-    PostKind,
-    PostResult,
-    usage_id_of,
-)
+from piriod_adapter.piriod import Listed, PiriodUnavailable, PostKind, PostResult
 from piriod_adapter.queue import Placement
 
 # Piriod's `created` versus our clock, when settling: a matching usage created up to this
@@ -60,10 +57,48 @@ from piriod_adapter.queue import Placement
 CLOCK_SKEW_SECONDS = 300.0
 CLAIM_TRIES = 3
 BREAKER_FAILURES = 3  # connections refused in a row before the rest of a delivery is queued
+FINISH_GRACE_SECONDS = 3.0  # a record storing itself at the deadline is waited for this long
 KEY_CONFLICT = (
     "this key was already used for a different record (another line, time or quantity); "
     "this record was not posted: send it with a key of its own"
 )
+
+
+# --- the ports: what the lifecycle needs of Piriod and of the idempotency store ---------------
+
+
+class Piriod(Protocol):
+    def post_usage(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> PostResult: ...
+
+    def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Listed]: ...
+
+    def recent_usages(
+        self, line: int, since: float, tenant: Tenant, deadline: Deadline
+    ) -> list[Listed]: ...
+
+
+class KeyStore(Protocol):
+    def claim(
+        self, usage: Usage, deadline: Deadline, taker: Taker = ..., *, settling: bool = ...
+    ) -> Claim: ...
+
+    def wait_while_locked(self, pk: str, deadline: Deadline, at_most: float) -> KeyState | None: ...
+
+    def finish(self, result: Result) -> None: ...
+
+    def forget(self, claim: Claim) -> None: ...
+
+    def mark_posting(self, claim: Claim) -> None: ...
+
+    def settle(self, claim: Claim, usage_id: int) -> None: ...
+
+    def take_usage(self, claim: Claim, usage_id: int) -> bool: ...
+
+    def give_back(self, claim: Claim, usage_id: int) -> None: ...
+
+    def identical(self, claim: Claim, usage: Usage) -> Identical: ...
+
+    def release(self, claim: Claim, ambiguous_since: float | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -102,31 +137,10 @@ class Outcome:
         return self.failure is None or self.failure.attempted
 
 
-# Stores failed records where they belong, in one go, and says where each went (None: not
-# stored). Given each record's submission with its message; the replay sink may leave a
-# message where it is, send a fresh copy, or turn it into an `exhausted` dead letter.
-FailureSink = Callable[[list[tuple[Submission, QueuedRecord]]], list[Placement | None]]
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """A record that failed its attempt, still to be stored (phase 2)."""
-
-    sub: Submission
-    claim: Claim | None  # None: the key is not ours (a conflict, or held by another)
-    message: QueuedRecord
-    unseen_since: float | None
-
-
-@dataclass(frozen=True)
-class _Posted:
-    """A record Piriod created, its result still to be written over the claim (phase 3)."""
-
-    claim: Claim
-    usage_id: int
-
-
-_Step = Outcome | _Failed | _Posted
+# Stores one failed record where it belongs and says where it went (None: not stored). The
+# replay sink may leave a message where it is, send a fresh copy, or turn it into an
+# `exhausted` dead letter.
+FailureSink = Callable[[Submission, QueuedRecord], Placement | None]
 
 
 class _Breaker:
@@ -148,18 +162,75 @@ class _Breaker:
 
 
 @dataclass
+class _Attempt:
+    """One record's attempt, shared by its worker and the delivery, which may answer for it
+    at the deadline: whoever moves first (the worker to post or store, the delivery to
+    abandon it) decides, under the lock."""
+
+    claim: Claim | None = None
+    since: float | None = None  # an earlier attempt's unseen post
+    sent_at: float | None = None  # our own post, once sent
+    abandoned: bool = False
+    storing: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def unseen_since(self) -> float | None:
+        return self.sent_at if self.sent_at is not None else self.since
+
+    def start_post(self, now: float) -> bool:
+        with self.lock:
+            if self.abandoned:
+                return False
+            self.sent_at = now
+            return True
+
+    def start_storing(self) -> bool:
+        with self.lock:
+            if self.abandoned:
+                return False
+            self.storing = True
+            return True
+
+    def abandon(self) -> bool:
+        """Take the record over from its worker; False when the worker is storing it."""
+        with self.lock:
+            if self.storing:
+                return False
+            self.abandoned = True
+            return True
+
+
+class _Abandoned(Exception):
+    """The delivery answered for this record at the deadline: its worker stops."""
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A record that failed its attempt, to be stored."""
+
+    sub: Submission
+    claim: Claim | None  # None: the key is not ours (a conflict, or held by another)
+    message: QueuedRecord
+    unseen_since: float | None
+
+
+@dataclass
 class Submitter:
-    piriod: PiriodClient
-    store: IdempotencyStore
+    piriod: Piriod
+    store: KeyStore
     post_budget_seconds: float  # a post is started only with at least this much time left
     settle_after_seconds: float
     clock: Callable[[], float] = field(default=time.time)
 
     def submit(
-        self, sub: Submission, deadline: Deadline, sink: FailureSink, *, replay: bool = False
+        self,
+        sub: Submission,
+        deadline: Deadline,
+        sink: FailureSink,
+        taker: Taker = Taker.WEBHOOK,
     ) -> Outcome:
         """Submit one record and record its result."""
-        return self.submit_all([sub], deadline, sink, 1, replay=replay)[0]
+        return self.submit_all([sub], deadline, sink, 1, taker)[0]
 
     def submit_all(
         self,
@@ -167,97 +238,116 @@ class Submitter:
         deadline: Deadline,
         sink: FailureSink,
         concurrency: int,
-        *,
-        replay: bool = False,
+        taker: Taker = Taker.WEBHOOK,
     ) -> list[Outcome]:
-        """Submit records concurrently, at most `concurrency` in flight; outcomes in order."""
-        breaker = None if replay else _Breaker()
+        """Submit records concurrently, at most `concurrency` in flight; outcomes in order.
+        Returns by the deadline: a record still in flight then is answered for here."""
+        breaker = _Breaker() if taker is Taker.WEBHOOK else None
+        attempts = [_Attempt() for _ in subs]
 
-        def attempt(sub: Submission) -> _Step:
-            return self._guarded(sub, deadline, replay, breaker)
+        def run(n: int) -> Outcome:
+            return self._guarded(subs[n], deadline, taker, breaker, attempts[n], sink)
 
-        if len(subs) <= 1 or concurrency <= 1:
-            steps = [attempt(s) for s in subs]
-        else:
-            with ThreadPoolExecutor(max_workers=min(concurrency, len(subs))) as pool:
-                steps = list(pool.map(attempt, subs))
-        return self._finish(steps, sink)
-
-    # --- phases 2 and 3: store the failures, then write every key's state ----------------------
-
-    def _finish(self, steps: list[_Step], sink: FailureSink) -> list[Outcome]:
-        failed = [s for s in steps if isinstance(s, _Failed)]
-        placements: list[Placement | None] = [None] * len(failed)
-        if failed:
-            try:
-                placements = sink([(f.sub, f.message) for f in failed])
-            except Exception as exc:  # the sink is ours; a defect here must not lose records
-                logger.exception("storing failed records raised", extra={"error": str(exc)})
-        stored = dict(zip(map(id, failed), placements, strict=True))
-        results: list[Result] = []
-        outcomes = []
-        for step in steps:
-            if isinstance(step, _Posted):
-                results.append(Result(step.claim, KeyStatus.POSTED, usage_id=step.usage_id))
-                outcomes.append(Outcome(Status.POSTED, usage_id=step.usage_id))
-            elif isinstance(step, _Failed):
-                outcome, result = _placed(step, stored[id(step)])
-                outcomes.append(outcome)
-                if result is not None:
-                    results.append(result)
-            else:
-                outcomes.append(step)
-        if results:
-            try:
-                self.store.record_results(results)
-            except StoreUnavailable as exc:
-                # In Piriod or in a queue, but the keys not updated: they stay locked until
-                # their expiry, after which the next attempt settles them by lookup.
-                logger.error(
-                    "records handled but their keys not updated; a retry settles by lookup",
-                    extra={"records": len(results), "error": str(exc)},
+        if not subs:
+            return []
+        pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(subs))))
+        try:
+            futures = [pool.submit(run, n) for n in range(len(subs))]
+            pending: set[Future[Outcome]] = set(futures)
+            while pending and deadline.remaining() > 0:
+                _, pending = wait(
+                    pending, timeout=deadline.remaining(), return_when=FIRST_COMPLETED
                 )
-        return outcomes
+            outcomes = []
+            for n, future in enumerate(futures):
+                if future in pending and attempts[n].abandon():
+                    future.cancel()
+                    outcomes.append(self._at_deadline(subs[n], attempts[n], sink))
+                else:
+                    outcomes.append(self._result(future))
+            return outcomes
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    # --- phase 1: one record's attempt -----------------------------------------------------
+    def _result(self, future: Future[Outcome]) -> Outcome:
+        try:
+            return future.result(timeout=FINISH_GRACE_SECONDS)
+        except Exception as exc:  # still storing itself: its place is not known
+            logger.error("record not done at the deadline", extra={"error": type(exc).__name__})
+            return Outcome(None, reason="not done before the function's deadline; retry")
+
+    def _at_deadline(self, sub: Submission, attempt: _Attempt, sink: FailureSink) -> Outcome:
+        """A record whose worker is still busy at the deadline (a post not answered, a slow
+        store): queued, ambiguous when a post may have been sent."""
+        unseen = attempt.unseen_since()
+        if unseen is not None:
+            result = PostResult(
+                PostKind.AMBIGUOUS, error="post still in flight at the function's deadline"
+            )
+        else:
+            result = PostResult(
+                PostKind.TRANSIENT, error="function time ran out; not posted", attempted=False
+            )
+        claim = attempt.claim if attempt.claim is not None and attempt.claim.acquired else None
+        logger.warning(
+            "record answered at the deadline", extra={"index": sub.index, "sent": unseen}
+        )
+        return self._store(self._failed(claim, sub, result, unseen), sink)
+
+    # --- one record --------------------------------------------------------------------------
 
     def _guarded(
-        self, sub: Submission, deadline: Deadline, replay: bool, breaker: _Breaker | None
-    ) -> _Step:
+        self,
+        sub: Submission,
+        deadline: Deadline,
+        taker: Taker,
+        breaker: _Breaker | None,
+        attempt: _Attempt,
+        sink: FailureSink,
+    ) -> Outcome:
         """The per-record boundary: whatever goes wrong in one record ends that record as
         "not stored" with its key released (flagged unseen, so the next holder looks it up
         in Piriod before posting), and the other records of the delivery go on."""
-        attempt = _Attempt()
         try:
-            return self._attempt(sub, deadline, replay, breaker, attempt)
+            return self._lifecycle(sub, deadline, taker, breaker, attempt, sink)
+        except _Abandoned:
+            return Outcome(None, reason="answered at the deadline")
         except Exception as exc:
             logger.exception(
                 "unexpected error submitting a record; it is not stored",
                 extra={"index": sub.index, "error": type(exc).__name__},
             )
             claim = attempt.claim
-            if claim is not None and claim.token is not None:
-                with contextlib.suppress(Exception):
-                    self.store.release(claim.pk, claim.token, attempt.unseen_since())
+            if claim is not None and claim.acquired and attempt.start_storing():
+                try:
+                    self.store.release(claim, attempt.unseen_since())
+                except Exception as release_error:
+                    logger.warning(
+                        "key not released", extra={"error": type(release_error).__name__}
+                    )
             return Outcome(None, reason=f"unexpected error ({type(exc).__name__}); retry")
 
-    def _attempt(
+    def _lifecycle(
         self,
         sub: Submission,
         deadline: Deadline,
-        replay: bool,
+        taker: Taker,
         breaker: _Breaker | None,
         attempt: _Attempt,
-    ) -> _Step:
+        sink: FailureSink,
+    ) -> Outcome:
+        settling = sub.previous is not None and sub.previous.ambiguous_since is not None
         try:
-            claim = attempt.claim = self._claim(sub, deadline, replay)
+            claim = attempt.claim = self._claim(sub, deadline, taker, settling)
             if not claim.acquired:
-                handled = self._already_handled(claim, sub, deadline, replay)
+                handled = self._already_handled(claim, sub, deadline, taker)
+                if isinstance(handled, _Failed):
+                    return self._store_from(attempt, handled, sink)
                 if handled is not None:
                     return handled
-                claim = attempt.claim = self._claim(sub, deadline, replay)  # free again
+                claim = attempt.claim = self._claim(sub, deadline, taker, settling)  # free again
                 if not claim.acquired:
-                    return self._hand_over(sub, claim.previous)
+                    return self._store_from(attempt, self._hand_over(sub, claim.previous), sink)
         except StoreUnavailable as exc:
             return Outcome(None, reason=str(exc))
 
@@ -266,13 +356,22 @@ class Submitter:
         if usage.subscription_line is None:
             meter = f"no subscription line for meter {usage.meter_id!r} in source {usage.source!r}"
             refused = PostResult(PostKind.REJECTED, errors={"meter_id": [meter]}, attempted=False)
-            return self._failed(claim, sub, refused, since)
+            return self._store_from(attempt, self._failed(claim, sub, refused, since), sink)
         if since is not None:
             settled = self._settle(claim, sub, since, deadline)
             if settled is not None:
                 if settled.kind is PostKind.CREATED:
                     return Outcome(Status.POSTED, usage_id=settled.usage_id, settled=True)
-                return self._failed(claim, sub, settled, since)
+                failed = self._failed(claim, sub, settled, since)
+                return self._store_from(attempt, failed, sink)
+            if settling:
+                try:
+                    self.store.mark_posting(claim)
+                except StoreUnavailable as exc:
+                    failed = self._failed(
+                        claim, sub, PostResult(PostKind.AMBIGUOUS, error=str(exc)), since
+                    )
+                    return self._store_from(attempt, failed, sink)
 
         if deadline.remaining() < self.post_budget_seconds:
             result = PostResult(
@@ -284,20 +383,25 @@ class Submitter:
                 error="Piriod refused the delivery's first connections; not tried",
                 attempted=False,
             )
+        elif not attempt.start_post(self.clock()):
+            raise _Abandoned
         else:
-            attempt.sent_at = self.clock()
+            started = self.clock()
             result = self.piriod.post_usage(usage, sub.tenant, deadline)
-            _measure(result, self.clock() - attempt.sent_at)
+            _measure(result, self.clock() - started)
             if breaker is not None:
                 breaker.saw(result)
         if result.kind is PostKind.CREATED:
-            assert result.usage_id is not None
-            return _Posted(claim, result.usage_id)
+            if not attempt.start_storing():
+                raise _Abandoned
+            self._finish(Result(claim, KeyStatus.POSTED, usage_id=result.usage_id))
+            return Outcome(Status.POSTED, usage_id=result.usage_id)
+        # An earlier unseen post was settled above (proven absent), so only ours counts.
         unseen = attempt.sent_at if result.kind is PostKind.AMBIGUOUS else None
-        return self._failed(claim, sub, result, unseen)
+        return self._store_from(attempt, self._failed(claim, sub, result, unseen), sink)
 
-    def _claim(self, sub: Submission, deadline: Deadline, replay: bool) -> Claim:
-        claim = self.store.claim(sub.usage, deadline, replay=replay)
+    def _claim(self, sub: Submission, deadline: Deadline, taker: Taker, settling: bool) -> Claim:
+        claim = self.store.claim(sub.usage, deadline, taker, settling=settling)
         tries = 1
         # The holder may have released the key between our try and our read: try again.
         while (
@@ -305,13 +409,13 @@ class Submitter:
             and tries < CLAIM_TRIES
             and (claim.previous is None or claim.previous.status is KeyStatus.RELEASED)
         ):
-            claim = self.store.claim(sub.usage, deadline, replay=replay)
+            claim = self.store.claim(sub.usage, deadline, taker, settling=settling)
             tries += 1
         return claim
 
     def _already_handled(
-        self, claim: Claim, sub: Submission, deadline: Deadline, replay: bool
-    ) -> _Step | None:
+        self, claim: Claim, sub: Submission, deadline: Deadline, taker: Taker
+    ) -> Outcome | _Failed | None:
         """The key was not taken: a duplicate of a stored state, a conflict, a key held by
         another attempt (handed over), or None when the key is free again (claim it again).
         Raises StoreUnavailable."""
@@ -319,9 +423,10 @@ class Submitter:
         if holder is not None and holder.fingerprint not in (None, sub.usage.fingerprint):
             return self._conflict(sub)
         if holder is not None and holder.locked(self.clock()):
-            if replay:  # ReplayFunction looks again shortly, without using up an attempt
+            if taker is not Taker.WEBHOOK:  # replay looks again shortly, without an attempt
                 return Outcome(None, busy=True, reason="another attempt holds this key")
-            # A concurrent delivery of the same key: wait as long as one post can take.
+            # A concurrent delivery of the same key: its holder writes the key as soon as
+            # that one record is done, so wait as long as one post can take.
             holder = self.store.wait_while_locked(
                 claim.pk, deadline, min(deadline.remaining(), self.post_budget_seconds)
             )
@@ -332,6 +437,8 @@ class Submitter:
             KeyStatus.QUEUED,
             KeyStatus.REJECTED,
         ):
+            # Done, or waiting elsewhere (a redelivered replay message of a record that was
+            # rejected or dead-lettered meanwhile): nothing is sent again.
             return Outcome(Status.DUPLICATE, usage_id=holder.usage_id)
         return None
 
@@ -357,57 +464,76 @@ class Submitter:
         )
         return self._failed(None, sub, refused, None)
 
+    # --- settling an unseen post -------------------------------------------------------------
+
     def _settle(
         self, claim: Claim, sub: Submission, since: float, deadline: Deadline
     ) -> PostResult | None:
         """An earlier attempt may have landed unseen. Ask Piriod before posting again.
-        Returns CREATED (found), a failure to store (cannot tell yet), or None (not there)."""
-        assert claim.token is not None
+        Returns CREATED (found, and taken for this record alone), a failure to store (cannot
+        tell yet), or None: the lookup proves that no listed usage can be this record."""
         if self.clock() - since < self.settle_after_seconds:
-            return PostResult(
-                PostKind.AMBIGUOUS,
-                error="earlier attempt too recent to look up; will retry",
-                attempted=False,
+            return _ambiguous("earlier attempt too recent to look up; will retry", asked=False)
+        usage, tenant = sub.usage, sub.tenant
+        assert usage.subscription_line is not None
+        try:
+            found = self._choose(
+                claim, sub, since, self.piriod.find_usages(usage, tenant, deadline)
             )
-        try:
-            held, busy = self.store.accounted_for(claim.pk, sub.usage)
-        except StoreUnavailable as exc:
-            return PostResult(PostKind.AMBIGUOUS, error=f"cannot settle yet: {exc}")
-        if busy:  # an identical record is mid-attempt: its usage may not be recorded yet
-            return PostResult(PostKind.AMBIGUOUS, error="an identical record is in progress")
-        try:
-            found = self.piriod.find_usages(sub.usage, sub.tenant, deadline)
-        except PiriodUnavailable as exc:
-            return PostResult(PostKind.AMBIGUOUS, error=f"cannot ask Piriod yet: {exc}")
-        ours: list[int] = []  # surely this record, created since (about) the first attempt
-        unsure = False  # a listed usage that may be this record's but cannot be read
-        for listed in found:
-            same = _same_record(listed, sub.usage)
-            usage_id = usage_id_of(listed)
-            if same is False or (usage_id is not None and usage_id in held):
-                continue  # another record, or another key's identical record
-            created = _parse_created(listed.get("created"))
-            if same is None or usage_id is None or created is None:
-                unsure = True
-            elif created >= since - CLOCK_SKEW_SECONDS:  # else: existed before our attempt
-                ours.append(usage_id)
-        if not ours:
-            if unsure:  # it may be ours: never post again on a guess
-                return PostResult(
-                    PostKind.AMBIGUOUS,
-                    error="Piriod lists a matching usage the adapter cannot read; not posted again",
+            if found is None:
+                # The filter may compare at a precision of its own and miss the usage: only
+                # the line's usages created since the first attempt prove it absent.
+                recent = self.piriod.recent_usages(
+                    usage.subscription_line, since - CLOCK_SKEW_SECONDS, tenant, deadline
                 )
-            return None
-        usage_id = min(ours)
-        try:
-            self.store.settle(claim.pk, claim.token, usage_id)
+                found = self._choose(claim, sub, since, recent)
+        except PiriodUnavailable as exc:
+            return _ambiguous(f"cannot ask Piriod yet: {exc}")
         except StoreUnavailable as exc:
-            return PostResult(PostKind.AMBIGUOUS, error=f"found in Piriod, cannot record: {exc}")
-        logger.info(
-            "ambiguous post settled: found in Piriod",
-            extra={"usage_id": usage_id, "scope": sub.usage.key.scope, "index": sub.index},
-        )
-        return PostResult(PostKind.CREATED, usage_id=usage_id)
+            return _ambiguous(f"cannot settle yet: {exc}")
+        if found is not None and found.kind is PostKind.CREATED:
+            logger.info(
+                "ambiguous post settled: found in Piriod",
+                extra={"usage_id": found.usage_id, "scope": usage.key.scope, "index": sub.index},
+            )
+        return found
+
+    def _choose(
+        self, claim: Claim, sub: Submission, since: float, listed: list[Listed]
+    ) -> PostResult | None:
+        """The listed usage that is this record's, taken for it; or why none can be chosen
+        yet; or None when none can be it. Raises StoreUnavailable."""
+        others = self.store.identical(claim, sub.usage)
+        if others.posting:  # an identical record is being posted: its usage may be listed
+            return _ambiguous("an identical record is being posted; settled on replay")
+        candidates: list[int] = []
+        unsure = False  # a listed usage that may be this record's but cannot be read
+        for entry in listed:
+            same = entry.may_be(sub.usage)
+            if same is False or (entry.usage_id is not None and entry.usage_id in others.held):
+                continue
+            if same is None or entry.usage_id is None or entry.created is None:
+                unsure = True
+            elif entry.created >= since - CLOCK_SKEW_SECONDS:  # else: existed before us
+                candidates.append(entry.usage_id)
+        if candidates and others.unknown:
+            return _ambiguous("identical records were posted without a usage id; not chosen")
+        for usage_id in sorted(set(candidates)):
+            if not self.store.take_usage(claim, usage_id):
+                continue  # another identical record's usage
+            again = self.store.identical(claim, sub.usage)
+            if again.posting or usage_id in again.held:
+                self.store.give_back(claim, usage_id)
+                return _ambiguous("an identical record is being posted; settled on replay")
+            self.store.settle(claim, usage_id)
+            return PostResult(PostKind.CREATED, usage_id=usage_id)
+        if unsure:  # it may be ours: never post again on a guess
+            return _ambiguous(
+                "Piriod lists a matching usage the adapter cannot read; not posted again"
+            )
+        return None
+
+    # --- storing a failed record ---------------------------------------------------------------
 
     def _failed(
         self,
@@ -416,7 +542,7 @@ class Submitter:
         result: PostResult,
         unseen_since: float | None,
     ) -> _Failed:
-        """The queue message of a record that failed, to be stored with the others."""
+        """The queue message of a record that failed."""
         now = datetime.now(UTC)
         kind = {
             PostKind.REJECTED: FailureKind.REJECTED,
@@ -441,66 +567,81 @@ class Submitter:
         )
         return _Failed(sub, claim, message, unseen_since)
 
+    def _store_from(self, attempt: _Attempt, step: _Failed, sink: FailureSink) -> Outcome:
+        if not attempt.start_storing():
+            raise _Abandoned
+        return self._store(step, sink)
+
+    def _store(self, step: _Failed, sink: FailureSink) -> Outcome:
+        """Put a failed record in its queue and write its key: queued or rejected, or (a
+        queue down) not stored, its key released for the retry."""
+        ambiguous = step.unseen_since is not None
+        try:
+            placement = sink(step.sub, step.message)
+        except Exception as exc:  # the sink is ours; a defect here must not lose records
+            logger.exception("storing a failed record raised", extra={"error": str(exc)})
+            placement = None
+        claim = step.claim if step.claim is not None and step.claim.acquired else None
+        if placement is None:
+            if claim is not None:
+                try:
+                    self.store.release(claim, step.unseen_since)
+                except StoreUnavailable as exc:
+                    logger.warning("key not released", extra={"error": str(exc)})
+            return Outcome(
+                None,
+                failure=step.message.failure,
+                ambiguous=ambiguous,
+                reason="could not be stored in a queue (SQS unavailable); retry",
+            )
+        failure = placement.message.failure
+        rejected = failure.kind is FailureKind.REJECTED
+        if claim is not None:
+            waiting = Waiting(
+                queue=placement.queue,
+                message_id=placement.message_id,
+                message=placement.message.to_json(),
+                since=_sortable(failure.at),
+            )
+            status = KeyStatus.REJECTED if rejected else KeyStatus.QUEUED
+            self._finish(Result(claim, status, ambiguous_since=step.unseen_since, waiting=waiting))
+        return Outcome(
+            Status.REJECTED if rejected else Status.QUEUED,
+            errors=failure.errors if rejected else None,
+            failure=failure,
+            placement=placement,
+            ambiguous=ambiguous,
+        )
+
+    def _finish(self, result: Result) -> None:
+        try:
+            self.store.finish(result)
+        except StoreUnavailable as exc:
+            # In Piriod or in a queue, but the key not updated: it stays locked until its
+            # expiry, after which the next attempt settles it by lookup.
+            logger.error(
+                "record handled but its key not updated; a retry settles by lookup",
+                extra={"status": result.status.value, "error": str(exc)},
+            )
+
+
+def _ambiguous(error: str, *, asked: bool = True) -> PostResult:
+    return PostResult(PostKind.AMBIGUOUS, error=error, attempted=asked)
+
 
 def _measure(result: PostResult, seconds: float) -> None:
-    """Piriod's latency per post, and its refusals of the token (the token alarm's metric).
-    Powertools' metric store is not thread-safe, so threads add under one lock."""
+    """Piriod's latency per post, and its refusals of the token (the token alarm's metric:
+    a 401, or a token that cannot be sent at all). Powertools' metric store is not
+    thread-safe, so threads add under one lock."""
     with _METRICS_LOCK:
         metrics.add_metric(
             name="piriod_latency", unit=MetricUnit.Milliseconds, value=seconds * 1000
         )
-        if result.status == 401:
+        if result.token_refused:
             metrics.add_metric(name="piriod_unauthorized", unit=MetricUnit.Count, value=1)
 
 
 _METRICS_LOCK = threading.Lock()
-
-
-def _placed(step: _Failed, placement: Placement | None) -> tuple[Outcome, Result | None]:
-    """A failed record's outcome once stored (or not), and its key's final state."""
-    ambiguous = step.unseen_since is not None
-    claim = step.claim if step.claim is not None and step.claim.token is not None else None
-    if placement is None:
-        outcome = Outcome(
-            None,
-            failure=step.message.failure,
-            ambiguous=ambiguous,
-            reason="could not be stored in a queue (SQS unavailable); retry",
-        )
-        if claim is None:
-            return outcome, None
-        return outcome, Result(claim, KeyStatus.RELEASED, ambiguous_since=step.unseen_since)
-    failure = placement.message.failure
-    rejected = failure.kind is FailureKind.REJECTED
-    outcome = Outcome(
-        Status.REJECTED if rejected else Status.QUEUED,
-        errors=failure.errors if rejected else None,
-        failure=failure,
-        placement=placement,
-        ambiguous=ambiguous,
-    )
-    if claim is None:
-        return outcome, None
-    waiting = Waiting(
-        queue=placement.queue,
-        message_id=placement.message_id,
-        message=placement.message.to_json(),
-        since=sortable_utc(failure.at),
-    )
-    status = KeyStatus.REJECTED if rejected else KeyStatus.QUEUED
-    return outcome, Result(claim, status, ambiguous_since=step.unseen_since, waiting=waiting)
-
-
-@dataclass
-class _Attempt:
-    """What one submission has done so far, for the per-record boundary."""
-
-    claim: Claim | None = None
-    since: float | None = None  # an earlier attempt's unseen post
-    sent_at: float | None = None  # our own post, once sent
-
-    def unseen_since(self) -> float | None:
-        return self.sent_at if self.sent_at is not None else self.since
 
 
 def _unsettled_since(previous: KeyState | None, message: QueuedRecord | None) -> float | None:
@@ -510,33 +651,3 @@ def _unsettled_since(previous: KeyState | None, message: QueuedRecord | None) ->
     if message is not None and message.ambiguous_since is not None:
         candidates.append(message.ambiguous_since.timestamp())
     return min(candidates) if candidates else None
-
-
-def _same_record(listed: dict[str, Any], usage: Usage) -> bool | None:
-    """Whether a listed usage has this record's line, instant and value: False when it
-    surely differs, None when a field cannot be read (it may be this record)."""
-    try:
-        line = listed.get("subscription_line")
-        instant = parse_rfc3339(str(listed.get("date_time")))
-        quantity = Decimal(str(listed.get("quantity")))
-    except (ValueError, ArithmeticError):
-        return None
-    if isinstance(line, bool) or not isinstance(line, int) or not quantity.is_finite():
-        return None
-    return (
-        line == usage.subscription_line
-        and instant == usage.date_time
-        and quantity == usage.quantity
-    )
-
-
-def _parse_created(value: object) -> float | None:
-    """Piriod's `created`, when it is a time with an offset (a naive time is not read as
-    ours or anyone's: its zone is unknown)."""
-    if not isinstance(value, str) or len(value) > 64:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        return None if parsed.tzinfo is None else parsed.timestamp()
-    except (ValueError, OverflowError):
-        return None

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.models import Answered, RecordResult, Refusal, Tenant, Usage
+from piriod_adapter.models import (
+    ANSWER_ERRORS_BYTES,
+    Answered,
+    RecordResult,
+    Refusal,
+    Tenant,
+    Usage,
+    cut_errors,
+)
 from piriod_adapter.observability import count_records, logger, metrics
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.secrets import SecretUnavailable
@@ -305,12 +313,16 @@ def summarize(
                 "error": outcome.failure.error if outcome.failure else outcome.reason,
             },
         )
+        # The error map is cut here, so that 100 records with large maps stay under 1 MiB;
+        # the queue message keeps it as far as SQS takes.
+        errors, omitted = cut_errors(outcome.errors, ANSWER_ERRORS_BYTES)
         results.append(
             RecordResult(
                 index=sub.index,
                 status=outcome.status or "not_stored",
                 usage_id=outcome.usage_id,
-                errors=outcome.errors,
+                errors=errors,
+                errors_omitted=omitted or None,
                 message=outcome.reason if outcome.status is None else None,
             )
         )

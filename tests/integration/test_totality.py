@@ -256,14 +256,14 @@ def test_a_post_recorded_nowhere_is_settled_not_posted_twice(adapter: Adapter, p
     from tests.integration.test_replay import drain_replay
 
     # given DynamoDB failing just when a posted record's result is written
-    real = IdempotencyStore.record_results
+    real = IdempotencyStore.finish
 
     def blip(self: IdempotencyStore, posted: Any) -> None:
         raise StoreUnavailable("blip")
 
-    adapter.monkeypatch.setattr(IdempotencyStore, "record_results", blip)
+    adapter.monkeypatch.setattr(IdempotencyStore, "finish", blip)
     first = adapter.deliver(RECORD, message_id="msg_blip", timeout_seconds=12)
-    adapter.monkeypatch.setattr(IdempotencyStore, "record_results", real)
+    adapter.monkeypatch.setattr(IdempotencyStore, "finish", real)
     # when the sender resends it while the key is still locked
     status, body = adapter.deliver(RECORD, message_id="msg_blip")
     # then it was posted once, the resend waits in ReplayQueue, and replay settles it by lookup

@@ -35,9 +35,9 @@ class FakeQueue:
     def __init__(self) -> None:
         self.sent: list[tuple[str, QueuedRecord, int]] = []
 
-    def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
-        self.sent += sends
-        return [Placement(q, f"new-{len(self.sent)}-{n}", m) for n, (q, m, _) in enumerate(sends)]
+    def send(self, queue: str, message: QueuedRecord, delay: int = 0) -> Placement | None:
+        self.sent.append((queue, message, delay))
+        return Placement(queue, f"new-{len(self.sent)}", message)
 
 
 def message(
@@ -132,14 +132,17 @@ def sub() -> Submission:
 def test_replay_sink_keeps_tried_failures_in_place_until_the_last_attempt() -> None:
     queue = FakeQueue()
     # given a transient failure before the last attempt: the message stays where it is
-    [kept] = sink_for(queue, 3)([(sub(), message(FailureKind.TRANSIENT))])
+    kept = sink_for(queue, 3)(sub(), message(FailureKind.TRANSIENT))
+    assert kept is not None
     assert (kept.queue, kept.message_id, kept.resent) == (REPLAY, "m-1", False)
     assert queue.sent == []
     # on the last attempt it becomes an exhausted dead letter
-    [moved] = sink_for(queue, 8)([(sub(), message(FailureKind.AMBIGUOUS))])
+    moved = sink_for(queue, 8)(sub(), message(FailureKind.AMBIGUOUS))
+    assert moved is not None
     assert moved.queue == DEAD_LETTER and moved.message.failure.kind is FailureKind.EXHAUSTED
     # and a rejection always goes to the dead-letter queue as rejected
-    [rejected] = sink_for(queue, 1)([(sub(), message(FailureKind.REJECTED))])
+    rejected = sink_for(queue, 1)(sub(), message(FailureKind.REJECTED))
+    assert rejected is not None
     assert rejected.queue == DEAD_LETTER
     assert rejected.message.failure.kind is FailureKind.REJECTED
 
@@ -148,9 +151,8 @@ def test_replay_sink_resends_a_record_that_was_not_tried() -> None:
     # given a record whose attempt never asked Piriod (time ran out, or too early to settle)
     queue = FakeQueue()
     # when it is stored, even on what would be the last attempt
-    [placed] = sink_for(queue, 8, delay=42)(
-        [(sub(), message(FailureKind.TRANSIENT, attempted=False))]
-    )
+    placed = sink_for(queue, 8, delay=42)(sub(), message(FailureKind.TRANSIENT, attempted=False))
+    assert placed is not None
     # then it is a fresh ReplayQueue message, delayed, not an exhausted dead letter
     assert placed.queue == REPLAY and placed.resent and placed.message_id.startswith("new-")
     assert queue.sent[0][0] == REPLAY and queue.sent[0][2] == 42

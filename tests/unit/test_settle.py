@@ -1,6 +1,7 @@
-"""Settling an ambiguous post by lookup: only a listed usage that is surely this record's,
-created since (about) the first attempt, settles it; one the adapter cannot read keeps the
-record ambiguous; nothing leads to a second post on a guess."""
+"""Settling an ambiguous post by lookup: a listed usage that equals the record at the
+precision Piriod lists it with may be it; the record is posted again only when the lookup
+proves that no listed usage can be it; one listed usage settles at most one record; one the
+adapter cannot read keeps the record ambiguous."""
 
 from __future__ import annotations
 
@@ -11,37 +12,40 @@ from typing import Any
 import pytest
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import Claim
 from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey
-from piriod_adapter.piriod import PostKind
+from piriod_adapter.piriod import Listed, PostKind, PostResult
 from piriod_adapter.submit import CLOCK_SKEW_SECONDS, Submission, Submitter
+from tests.unit.fakes import Clock, FakeKeyStore, FakePiriod
 
 FIRST_ATTEMPT = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-USAGE = Usage(
-    subscription_line=42,
-    date_time=datetime(2026, 11, 26, 9, 0, tzinfo=UTC),
-    quantity=Decimal("1.50"),
-    key=UsageKey(kind=KeyKind.EXPLICIT, scope="v1/usages", text="k"),
-)
+TENANT = Tenant(workspace="w", test_mode=False)
 
 
-class Store:
-    def __init__(self) -> None:
-        self.settled: list[int] = []
-
-    def accounted_for(self, pk: str, usage: Usage) -> tuple[set[int], bool]:
-        return {7}, False  # usage 7 belongs to another, identical record of ours
-
-    def settle(self, pk: str, token: str, usage_id: int) -> None:
-        self.settled.append(usage_id)
+def usage(quantity: str = "1.50", micro: int = 0, text: str = "k") -> Usage:
+    return Usage(
+        subscription_line=42,
+        date_time=datetime(2026, 11, 26, 9, 0, 0, micro, tzinfo=UTC),
+        quantity=Decimal(quantity),
+        key=UsageKey(kind=KeyKind.EXPLICIT, scope="v1/usages", text=text),
+    )
 
 
-class Piriod:
+class Listing:
+    """Piriod answering a lookup with exactly these usages (both queries)."""
+
     def __init__(self, listed: list[dict[str, Any]]) -> None:
-        self.listed = listed
+        self.listed = [Listed.read(u) for u in listed]
 
-    def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Any]:
+    def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Listed]:
         return self.listed
+
+    def recent_usages(
+        self, line: int, since: float, tenant: Tenant, deadline: Deadline
+    ) -> list[Listed]:
+        return self.listed
+
+    def post_usage(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> PostResult:
+        raise AssertionError("settling never posts")
 
 
 def listed(usage_id: Any = 11, created: Any = "2026-11-26T10:00:01Z", **fields: Any) -> Any:
@@ -55,35 +59,113 @@ def listed(usage_id: Any = 11, created: Any = "2026-11-26T10:00:01Z", **fields: 
     return {**entry, **fields}
 
 
-def settle(*entries: dict[str, Any]) -> tuple[Any, list[int]]:
-    store = Store()
-    later = FIRST_ATTEMPT.timestamp() + 120
-    submitter = Submitter(Piriod(list(entries)), store, 1.0, 0.0, clock=lambda: later)  # type: ignore[arg-type]
-    claim = Claim(pk="pk", token="t", previous=None)
-    sub = Submission(0, USAGE, Tenant(workspace="w", test_mode=False))
-    since = FIRST_ATTEMPT.timestamp()
-    return submitter._settle(claim, sub, since, Deadline.after(30)), store.settled
+def settle(
+    *entries: dict[str, Any], record: Usage | None = None, store: FakeKeyStore | None = None
+) -> tuple[PostResult | None, FakeKeyStore]:
+    clock = Clock(FIRST_ATTEMPT.timestamp() + 120)
+    store = store or FakeKeyStore(clock)
+    store.clock = clock
+    submitter = Submitter(Listing(list(entries)), store, 1.0, 0.0, clock=clock)
+    record = record or usage()
+    claim = store.claim(record, Deadline.after(30), settling=True)
+    sub = Submission(0, record, TENANT)
+    return submitter._settle(claim, sub, FIRST_ATTEMPT.timestamp(), Deadline.after(30)), store
+
+
+def settled_ids(store: FakeKeyStore) -> list[int]:
+    return [k.usage_id for k in store.keys.values() if k.usage_id is not None]
 
 
 def test_a_matching_usage_created_since_the_first_attempt_settles_it() -> None:
-    result, settled = settle(listed())
-    assert result is not None and result.kind is PostKind.CREATED and settled == [11]
+    result, store = settle(listed())
+    assert result is not None and result.kind is PostKind.CREATED and settled_ids(store) == [11]
 
 
 def test_a_matching_usage_within_the_clock_skew_allowance_settles_it() -> None:
     # given Piriod's clock some minutes behind ours
     early = FIRST_ATTEMPT - timedelta(seconds=CLOCK_SKEW_SECONDS - 10)
-    result, settled = settle(listed(created=early.isoformat()))
-    assert result is not None and result.kind is PostKind.CREATED and settled == [11]
+    result, store = settle(listed(created=early.isoformat()))
+    assert result is not None and result.kind is PostKind.CREATED and settled_ids(store) == [11]
+
+
+@pytest.mark.parametrize(
+    ("sent", "micro", "fields"),
+    [
+        # a quantity with 18 significant digits, listed as the nearest binary float
+        ("1.23456789012345678", 0, {"quantity": Decimal("1.2345678901234567")}),
+        # fewer decimal places, rounded or cut
+        ("2.345", 0, {"quantity": "2.35"}),
+        ("2.345", 0, {"quantity": "2.34"}),
+        ("7.9", 0, {"quantity": 8}),
+        # a time listed in milliseconds, or seconds
+        ("1.50", 123456, {"date_time": "2026-11-26T09:00:00.123Z"}),
+        ("1.50", 999999, {"date_time": "2026-11-26T09:00:00Z"}),
+        # a time written with another offset
+        ("1.50", 0, {"date_time": "2026-11-26T10:00:00+01:00"}),
+    ],
+)
+def test_a_usage_equal_at_the_precision_it_is_listed_with_settles_it(
+    sent: str, micro: int, fields: dict[str, Any]
+) -> None:
+    # given a record Piriod lists at a lower precision than it was sent
+    # when its ambiguous post is settled
+    result, store = settle(listed(**fields), record=usage(sent, micro))
+    # then that usage is taken as its own: it is not posted a second time
+    assert result is not None and result.kind is PostKind.CREATED and settled_ids(store) == [11]
 
 
 def test_nothing_listed_or_only_others_means_not_there() -> None:
     long_before = (FIRST_ATTEMPT - timedelta(hours=1)).isoformat()
     assert settle()[0] is None
-    assert settle(listed(usage_id=7))[0] is None  # another record's usage
     assert settle(listed(created=long_before))[0] is None  # existed before our attempt
-    assert settle(listed(quantity="2"))[0] is None  # surely another record
+    assert settle(listed(quantity="3"))[0] is None  # surely another record, at any places
+    assert settle(listed(quantity="1.51"))[0] is None  # as precise as sent, and different
+    assert settle(listed(date_time="2026-11-26T09:00:01Z"))[0] is None
+    assert settle(listed(date_time="2026-11-26T09:00:00.001Z"))[0] is None
     assert settle(listed(subscription_line=43))[0] is None
+
+
+def test_a_usage_another_key_holds_is_not_taken() -> None:
+    # given an identical record under another key, posted as usage 7
+    clock = Clock(FIRST_ATTEMPT.timestamp() + 120)
+    store = FakeKeyStore(clock)
+    twin = usage(text="twin")
+    claim = store.claim(twin, Deadline.after(30))
+    from piriod_adapter.idempotency import KeyStatus, Result
+
+    store.finish(Result(claim, KeyStatus.POSTED, usage_id=7))
+    # when our record's lookup lists only usage 7
+    result, _ = settle(listed(usage_id=7), store=store)
+    # then nothing is ours: the lookup proves it absent, and it may be posted again
+    assert result is None
+
+
+def test_one_listed_usage_settles_at_most_one_record() -> None:
+    # given two identical records, both posted ambiguously, and one usage in Piriod
+    store = FakeKeyStore(Clock())
+    first, _ = settle(listed(), record=usage(text="a"), store=store)
+    second, _ = settle(listed(), record=usage(text="b"), store=store)
+    # then the first takes it, and the second is proven absent (posted again), not settled
+    assert first is not None and first.kind is PostKind.CREATED
+    assert second is None
+    # and with two usages listed, each record takes its own
+    store = FakeKeyStore(Clock())
+    both = [listed(usage_id=11), listed(usage_id=12)]
+    one, _ = settle(*both, record=usage(text="a"), store=store)
+    two, _ = settle(*both, record=usage(text="b"), store=store)
+    assert one is not None and two is not None
+    assert {one.usage_id, two.usage_id} == {11, 12}
+
+
+def test_an_identical_record_being_posted_defers_settling() -> None:
+    # given an identical record under another key with a post in progress
+    clock = Clock(FIRST_ATTEMPT.timestamp() + 120)
+    store = FakeKeyStore(clock)
+    store.claim(usage(text="twin"), Deadline.after(30))
+    # when our record is settled
+    result, _ = settle(listed(), store=store)
+    # then it stays ambiguous: the listed usage may be the twin's
+    assert result is not None and result.kind is PostKind.AMBIGUOUS
 
 
 @pytest.mark.parametrize(
@@ -91,17 +173,35 @@ def test_nothing_listed_or_only_others_means_not_there() -> None:
     [
         listed(usage_id="11"),
         listed(usage_id=None),
+        listed(usage_id=0),
         listed(created=None),
         listed(created="2026-11-26T10:00:01"),  # no offset: whose clock?
         listed(created="yesterday"),
         listed(quantity="one and a half"),
         listed(date_time=None),
+        listed(date_time="2026-11-26T09:00:00.000000001Z"),  # finer than we can read
+        listed(subscription_line="42"),
     ],
 )
 def test_a_possible_match_the_adapter_cannot_read_keeps_the_record_ambiguous(
     entry: dict[str, Any],
 ) -> None:
     # when the lookup lists a usage that may be this record's but cannot be read
-    result, settled = settle(entry)
+    result, store = settle(entry)
     # then the record stays ambiguous (queued, looked up again), never posted on a guess
-    assert result is not None and result.kind is PostKind.AMBIGUOUS and settled == []
+    assert result is not None and result.kind is PostKind.AMBIGUOUS and settled_ids(store) == []
+
+
+def test_a_listing_that_does_not_end_keeps_the_record_ambiguous() -> None:
+    # given Piriod's listing never ending (the client gives up at its page bound)
+    clock = Clock(FIRST_ATTEMPT.timestamp() + 120)
+    piriod = FakePiriod(clock, endless=True)
+    store = FakeKeyStore(clock)
+    submitter = Submitter(piriod, store, 1.0, 0.0, clock=clock)
+    claim = store.claim(usage(), Deadline.after(30), settling=True)
+    # when a record is settled
+    result = submitter._settle(
+        claim, Submission(0, usage(), TENANT), FIRST_ATTEMPT.timestamp(), Deadline.after(30)
+    )
+    # then it stays ambiguous
+    assert result is not None and result.kind is PostKind.AMBIGUOUS

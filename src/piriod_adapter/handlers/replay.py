@@ -39,8 +39,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         runtime.settings.post_concurrency,
     )
     retry_later(
-        runtime.sqs,
-        runtime.settings.replay_queue_url,
+        runtime.queue,
         [(r.receipt_handle, result) for r, result in zip(records, results, strict=True)],
         runtime.settings.replay_backoff_seconds,
         time.monotonic() - received_at,

@@ -1,0 +1,248 @@
+"""The record lifecycle against a model: the real Submitter, webhook answer and replay code
+over fake ports (tests/unit/fakes.py), driven through Piriod faults (stored then lost, lost,
+throttled, refused, 201 without an id), lower-precision listings, lookalike usages, crashed
+attempts, stores going down, SQS redelivering and reordering, and time passing.
+
+After every step: nothing is posted twice, nothing acknowledged is lost, a 503 comes only
+while a store is down, and a 202 tells each record's true place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, cast
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.idempotency import key_pk
+from piriod_adapter.models import KeyKind, QueuedRecord, Status, Tenant, Usage, UsageKey
+from piriod_adapter.queue import DEAD_LETTER, REPLAY
+from piriod_adapter.replay import Received, Verdict, redeliver_dead_letter, replay_batch
+from piriod_adapter.submit import Submission, Submitter
+from piriod_adapter.webhook import summarize
+from tests.unit.fakes import Clock, FakeKeyStore, FakePiriod, FakeQueues
+
+RUNS = int(os.environ.get("LIFECYCLE_MODEL_RUNS", "500"))
+TENANT = Tenant(workspace="w", test_mode=False)
+AT = datetime(2026, 11, 30, 10, 0, 0, 123456, tzinfo=UTC)
+# Quantities whose digits a float or two places cannot keep; twins share values.
+QUANTITIES = [
+    Decimal("1.23456789012345678"),
+    Decimal("1.23456789012345679"),
+    Decimal("2.5"),
+    Decimal("0.1"),
+    Decimal("7.125"),
+]
+LINES = [11, 12]
+ANSWERS = ["created", "zero_id", "stored_then_lost", "lost", "throttled", "refused"]
+SETTLE_AFTER = 60.0
+
+
+def record(n: int, line: int, quantity: Decimal, micro: int) -> Usage:
+    return Usage(
+        subscription_line=line,
+        date_time=AT.replace(microsecond=micro),
+        quantity=quantity,
+        key=UsageKey(kind=KeyKind.EXPLICIT, scope="v1/usages", text=f"key-{n}"),
+    )
+
+
+class Lifecycle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.piriod = FakePiriod(self.clock)
+        self.store = FakeKeyStore(self.clock)
+        self.queues = FakeQueues()
+        self.submitter = Submitter(self.piriod, self.store, 1.0, SETTLE_AFTER, clock=self.clock)
+        self.records: dict[str, Usage] = {}  # every record ever sent, by key
+        self.acknowledged: set[str] = set()
+
+    # --- the world -------------------------------------------------------------------------
+
+    @rule(
+        quantity=st.sampled_from(["exact", "float", "places:2", "places:0"]),
+        time=st.sampled_from(["exact", "millis", "seconds"]),
+        miss=st.booleans(),
+    )
+    def piriod_lists_at(self, quantity: str, time: str, miss: bool) -> None:
+        self.piriod.quantity_precision = quantity
+        self.piriod.time_precision = time
+        self.piriod.filters_miss = miss
+
+    @rule(answers=st.lists(st.sampled_from(ANSWERS), max_size=6))
+    def piriod_will_answer(self, answers: list[str]) -> None:
+        self.piriod.answers.extend(answers)
+
+    @rule(down=st.booleans(), endless=st.booleans())
+    def piriod_listing(self, down: bool, endless: bool) -> None:
+        self.piriod.listing_down, self.piriod.endless = down, endless
+
+    @rule(line=st.sampled_from(LINES), metered=st.booleans())
+    def line_metering(self, line: int, metered: bool) -> None:
+        if metered:
+            self.piriod.unmetered.discard(line)
+        else:
+            self.piriod.unmetered.add(line)
+
+    @rule(
+        line=st.sampled_from(LINES),
+        quantity=st.sampled_from(QUANTITIES),
+        older=st.booleans(),
+    )
+    def usage_created_elsewhere(self, line: int, quantity: Decimal, older: bool) -> None:
+        # a lookalike: an identical value created long before any attempt of ours, or one
+        # clearly different at any precision
+        if older:
+            self.piriod.seed(line, AT, quantity, created=self.clock() - 10_000)
+        else:
+            self.piriod.seed(line, AT, quantity + 100, created=self.clock())
+
+    @rule(seconds=st.sampled_from([1, 30, 61, 400]))
+    def time_passes(self, seconds: int) -> None:
+        self.clock.advance(seconds)
+
+    @rule(store=st.booleans(), sqs=st.booleans())
+    def stores(self, store: bool, sqs: bool) -> None:
+        self.store.down, self.queues.down = store, sqs
+
+    # --- deliveries ----------------------------------------------------------------------------
+
+    @rule(
+        picks=st.lists(
+            st.tuples(
+                st.integers(0, 7),
+                st.sampled_from(LINES),
+                st.sampled_from(QUANTITIES),
+                st.sampled_from([123456, 123000]),
+            ),
+            min_size=1,
+            max_size=4,
+            unique_by=lambda p: p[0],
+        )
+    )
+    def deliver(self, picks: list[tuple[int, int, Decimal, int]]) -> None:
+        usages = []
+        for n, line, quantity, micro in picks:
+            usage = self.records.get(f"k#v1/usages#key-{n}") or record(n, line, quantity, micro)
+            self.records[key_pk(usage.key)] = usage
+            usages.append(usage)
+        down = self.store.down or self.queues.down
+        subs = [Submission(i, u, TENANT) for i, u in enumerate(usages)]
+        outcomes = self.submitter.submit_all(subs, Deadline.after(25), self.queues.store_failed, 1)
+        reply = summarize("delivery", subs, outcomes)
+        body = json.loads(reply.body.model_dump_json(exclude_defaults=True))
+        # a 503 only while a store is down
+        assert reply.status in (202, 503)
+        assert reply.status == 202 or down, body
+        if reply.status == 202:
+            for sub, result in zip(subs, body["results"], strict=True):
+                pk = key_pk(sub.usage.key)
+                self._check_place(pk, result)
+                self.acknowledged.add(pk)
+
+    def _check_place(self, pk: str, result: dict[str, Any]) -> None:
+        """The 202 tells the record's true place."""
+        status = result["status"]
+        posted = self.piriod.usages_of(pk)
+        if status == Status.POSTED:
+            assert posted or self._settled(pk), (pk, result)
+            if "usage_id" in result:
+                assert result["usage_id"] in [u.usage_id for u in posted] + [
+                    self.store.keys[pk].usage_id
+                ]
+        elif status == Status.QUEUED:
+            assert pk in self.queues.keys_in(REPLAY), (pk, result)
+        elif status == Status.REJECTED:
+            assert pk in self.queues.keys_in(DEAD_LETTER), (pk, result)
+        else:
+            assert status == Status.DUPLICATE
+            assert self._placed(pk), (pk, result)
+
+    def _settled(self, pk: str) -> bool:
+        usage_id = self.store.keys[pk].usage_id
+        return usage_id is not None and any(
+            e.usage_id == usage_id and e.key == pk for e in self.piriod.ledger
+        )
+
+    def _placed(self, pk: str) -> bool:
+        return bool(self.piriod.usages_of(pk)) or pk in (
+            self.queues.keys_in(REPLAY) + self.queues.keys_in(DEAD_LETTER)
+        )
+
+    @precondition(lambda self: self.records)
+    @rule(data=st.data())
+    def an_attempt_crashes(self, data: st.DataObject) -> None:
+        # a Lambda that claimed a record and was killed, before or after its post landed
+        pk = data.draw(st.sampled_from(sorted(self.records)))
+        usage = self.records[pk]
+        if self.store.down:
+            return
+        claim = self.store.claim(usage, Deadline.after(5))
+        if claim.acquired and data.draw(st.booleans()):
+            self.piriod.post_usage(usage, TENANT, Deadline.after(5))
+
+    # --- replay --------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.queues.replay)
+    @rule(data=st.data(), crash_before_delete=st.booleans())
+    def replay_function_runs(self, data: st.DataObject, crash_before_delete: bool) -> None:
+        order = data.draw(st.permutations(self.queues.replay))  # SQS reorders
+        batch = order[: data.draw(st.integers(1, 5))]
+        for message in batch:
+            message.receive_count += 1
+        received = [Received(m.message_id, m.body, m.receive_count) for m in batch]
+        results = replay_batch(
+            received, self.submitter, cast(Any, self.queues), Deadline.after(60), 8, 1
+        )
+        for message, result in zip(batch, results, strict=True):
+            # SQS delivers at least once: a handled message may come back
+            if result.verdict is Verdict.DONE and not crash_before_delete:
+                self.queues.delete(REPLAY, message.message_id)
+
+    @precondition(lambda self: self.queues.dead)
+    @rule(data=st.data())
+    def operator_replays_a_dead_letter(self, data: st.DataObject) -> None:
+        message = data.draw(st.sampled_from(self.queues.dead))
+        record_ = QueuedRecord.from_json(message.body)
+        result = redeliver_dead_letter(
+            record_, self.submitter, cast(Any, self.queues), Deadline.after(60)
+        )
+        if result.verdict is Verdict.DONE:
+            self.queues.delete(DEAD_LETTER, message.message_id)
+
+    # --- the invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def nothing_is_posted_twice(self) -> None:
+        for pk in self.records:
+            assert len(self.piriod.usages_of(pk)) <= 1, (pk, self.piriod.usages_of(pk))
+        owners = list(self.store.owners.values())
+        settled = [k.usage_id for k in self.store.keys.values() if k.usage_id is not None]
+        assert len(settled) == len(set(settled)), "one usage settles at most one record"
+        assert len(owners) == len(set(self.store.owners))
+
+    @invariant()
+    def nothing_acknowledged_is_lost(self) -> None:
+        for pk in self.acknowledged:
+            assert self._placed(pk), (pk, self.store.keys.get(pk))
+            key = self.store.keys.get(pk)
+            if key is not None and key.usage_id is not None:
+                # a settled record's usage is its own, never another's
+                owner = next(e for e in self.piriod.ledger if e.usage_id == key.usage_id)
+                assert owner.key == pk, (pk, owner)
+
+
+TestLifecycle = Lifecycle.TestCase
+TestLifecycle.settings = settings(
+    max_examples=RUNS,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
