@@ -1,0 +1,113 @@
+"""The lifecycle's timing seams, with fake ports: a post still in flight at the deadline, and
+keys released record by record."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.idempotency import KeyStatus, key_pk
+from piriod_adapter.models import (
+    FailureKind,
+    KeyKind,
+    QueuedRecord,
+    Status,
+    Tenant,
+    Usage,
+    UsageKey,
+)
+from piriod_adapter.piriod import Listed, PostKind, PostResult
+from piriod_adapter.queue import REPLAY
+from piriod_adapter.submit import Outcome, Submission, Submitter
+from tests.unit.fakes import Clock, FakeKeyStore, FakeQueues
+
+TENANT = Tenant(workspace="w", test_mode=False)
+
+
+def usage(n: int) -> Usage:
+    return Usage(
+        subscription_line=100 + n,
+        date_time=datetime(2026, 11, 30, 10, 0, tzinfo=UTC),
+        quantity=Decimal("1.5"),
+        key=UsageKey(kind=KeyKind.EXPLICIT, scope="v1/usages", text=f"k{n}"),
+    )
+
+
+class Gated:
+    """Piriod answering 201 at once for every line but one, whose post waits for `gate`."""
+
+    def __init__(self, slow_line: int) -> None:
+        self.slow_line = slow_line
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def post_usage(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> PostResult:
+        if usage.subscription_line == self.slow_line:
+            self.started.set()
+            self.gate.wait(timeout=30)
+        return PostResult(PostKind.CREATED, 201, usage_id=usage.subscription_line)
+
+    def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Listed]:
+        return []
+
+    def recent_usages(
+        self, line: int, since: float, tenant: Tenant, deadline: Deadline
+    ) -> list[Listed]:
+        return []
+
+
+def test_a_post_still_in_flight_at_the_deadline_is_queued_ambiguous() -> None:
+    # given a Piriod that does not answer one record's post before the deadline
+    clock = Clock()
+    piriod, store, queues = Gated(slow_line=101), FakeKeyStore(clock), FakeQueues()
+    submitter = Submitter(piriod, store, 0.0, 60.0, clock=clock)
+    subs = [Submission(0, usage(0), TENANT), Submission(1, usage(1), TENANT)]
+    try:
+        # when the delivery reaches its deadline
+        outcomes = submitter.submit_all(subs, Deadline.after(0.5), queues.store_failed, 4)
+    finally:
+        piriod.gate.set()
+    # then the answered record is posted, and the one in flight is queued, flagged ambiguous
+    assert piriod.started.is_set()
+    assert outcomes[0].status is Status.POSTED
+    assert outcomes[1].status is Status.QUEUED and outcomes[1].ambiguous
+    [message] = queues.replay
+    queued = QueuedRecord.from_json(message.body)
+    assert queued.failure.kind is FailureKind.AMBIGUOUS and queued.ambiguous_since is not None
+    # and its key says where it waits, to be settled by lookup
+    key = store.keys[key_pk(usage(1).key)]
+    assert key.status is KeyStatus.QUEUED and key.waiting == REPLAY
+    assert key.ambiguous_since is not None
+
+
+def test_each_key_is_written_as_soon_as_its_record_is_done() -> None:
+    # given a delivery of two records, one of whose posts is slow
+    clock = Clock()
+    piriod, store, queues = Gated(slow_line=101), FakeKeyStore(clock), FakeQueues()
+    submitter = Submitter(piriod, store, 0.0, 60.0, clock=clock)
+    subs = [Submission(0, usage(0), TENANT), Submission(1, usage(1), TENANT)]
+    done = threading.Event()
+    outcomes: list[Outcome] = []
+
+    def deliver() -> None:
+        outcomes.extend(submitter.submit_all(subs, Deadline.after(20), queues.store_failed, 4))
+        done.set()
+
+    worker = threading.Thread(target=deliver)
+    worker.start()
+    assert piriod.started.wait(timeout=10)
+    # when the fast record is done but the slow one is still being posted
+    fast = store.keys[key_pk(usage(0).key)]
+    for _ in range(1000):
+        if fast.status is KeyStatus.POSTED:
+            break
+        threading.Event().wait(0.01)
+    # then the fast record's key is already final (a concurrent delivery of it would see a
+    # duplicate now), while the slow one's is still held
+    assert fast.status is KeyStatus.POSTED and not done.is_set()
+    assert store.keys[key_pk(usage(1).key)].status is KeyStatus.IN_PROGRESS
+    piriod.gate.set()
+    worker.join(timeout=10)
+    assert [o.status for o in outcomes] == [Status.POSTED, Status.POSTED]
