@@ -553,7 +553,8 @@ def run_replay(stop_file: str, stats_file: str, crash_rate: float, seed: int) ->
             )
         stats["deleted"] += len(done)
         Path(stats_file).write_text(json.dumps({**stats, "in_function_s": in_function}))
-    Path(stats_file).write_text(json.dumps({**stats, "in_function_s": in_function}))
+    cpu = time.process_time()
+    Path(stats_file).write_text(json.dumps({**stats, "in_function_s": in_function, "cpu_s": cpu}))
     return 0
 
 
@@ -575,7 +576,7 @@ class Child:
         while time.monotonic() < end:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.log.name} exited: {self.log.read_text()[-2000:]}")
-            if b"ready" in self.log.read_bytes():
+            if (b"\n" + self.log.read_bytes()).find(b"\nready") >= 0:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"{self.log.name} did not start")
@@ -592,6 +593,16 @@ class Child:
 
 
 # --- measuring -------------------------------------------------------------------------------
+
+
+def cpu_seconds(process: Any) -> float:
+    """CPU time (user and system) a child process has used so far, from /proc (Linux)."""
+    popen: Any = getattr(process, "process", None) or getattr(process, "_process", None)
+    try:
+        fields = Path(f"/proc/{popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -840,6 +851,17 @@ def run(args: argparse.Namespace) -> int:
                 replay.stop()
             wall = time.monotonic() - began
             end_to_end = time.monotonic() - started
+            cpu = {
+                "moto": cpu_seconds(moto),
+                "Piriod stand-in": cpu_seconds(piriod),
+                "webhook instances": sum(cpu_seconds(c) for c in children if c is not replay),
+                "replay instance": float(
+                    json.loads(stats_file.read_text()).get("cpu_s", "nan")
+                    if stats_file.exists()
+                    else "nan"
+                ),
+                "senders": time.process_time(),
+            }
             replay_stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
             waiting = queued_records(sqs, resources.replay_queue_url)
             dead = queued_records(sqs, resources.dead_letter_queue_url)
@@ -875,6 +897,7 @@ def run(args: argparse.Namespace) -> int:
         end_to_end=end_to_end,
         ledger=len(ledger),
         log_lines=dict(log_lines),
+        cpu=cpu,
         logs=logs,
         dead_total=sum(len(v) for v in dead.values()),
         waiting_total=sum(len(v) for v in waiting.values()),
@@ -915,6 +938,7 @@ def report(
     end_to_end: float,
     ledger: int,
     log_lines: dict[str, int],
+    cpu: dict[str, float],
     logs: Path,
     dead_total: int,
     waiting_total: int,
@@ -1069,6 +1093,12 @@ def report(
             f"{tally['in_piriod_once'] / end_to_end:.0f} records/s into Piriod end to end (drain included)",
         ),
     ]
+    rows.append(
+        (
+            "CPU seconds by process (2 cores: at most 2 s per second)",
+            ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()) + f" (wall {wall:.0f} s)",
+        )
+    )
     if log_lines:
         rows.append(("instance log lines", ", ".join(f"{k}: {v}" for k, v in log_lines.items())))
     header = (
@@ -1117,6 +1147,7 @@ def report(
         "sending_s": sending,
         "drain": {"empty": drain[0], "seconds": drain[1], "polls": drain[2]},
         "wall_s": wall,
+        "cpu_s": cpu,
         "replay": replay_stats,
         "piriod_answers": piriod_stats,
         "violations": violations[:20],
