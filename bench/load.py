@@ -27,7 +27,8 @@ What runs, all over loopback:
 
 Piriod's phases: healthy; usages stored but the answer lost (503, 503 with Retry-After,
 500, 200 instead of 201, a read timeout after the store); read timeouts (slower than
-PIRIOD_READ_TIMEOUT, stored after the adapter gave up); 429 with Retry-After (some beyond the
+PIRIOD_READ_TIMEOUT, stored after the adapter gave up; or a body dripping out a byte at a
+time, each within the read timeout); 429 with Retry-After (some beyond the
 adapter's retries); 503 (not stored; a burst hits every post); latency; healthy again, and
 ReplayQueue drained until empty (bounded in time).
 """
@@ -108,7 +109,16 @@ PHASES = (
         ),
         0.4,
     ),
-    Phase("read timeout", 0.12, True, (Fault("latency", (("delay", 1.3),)),), 0.3),
+    Phase(
+        "read timeout",
+        0.12,
+        True,
+        (
+            Fault("latency", (("delay", 1.3),)),  # stored after the adapter stopped waiting
+            Fault("drip", (("delay", 0.05),)),  # stored; the answer trickles out for seconds
+        ),
+        0.3,
+    ),
     Phase(
         "429 + Retry-After",
         0.12,
