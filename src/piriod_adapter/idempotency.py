@@ -216,10 +216,9 @@ class IdempotencyStore:
             )
             self._claims[token] = item
             return Claim(pk=pk, token=token, previous=None)
-        except self._client.exceptions.ConditionalCheckFailedException:
-            pass
         except Exception as exc:
-            raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
+            if not _condition_failed(exc):
+                raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
         return self._take_over(pk, item, now, taker)
 
     def _take_over(self, pk: str, item: dict[str, Any], now: float, taker: Taker) -> Claim:
@@ -262,12 +261,12 @@ class IdempotencyStore:
                 ReturnValues="ALL_OLD",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self._client.exceptions.ConditionalCheckFailedException as exc:
-            held: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
+        except Exception as exc:
+            if not _condition_failed(exc):
+                raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
+            held: dict[str, Any] | None = getattr(exc, "response", {}).get("Item")
             holder = KeyState.from_item(held) if held else self.get(pk)
             return Claim(pk=pk, token=None, previous=holder)
-        except Exception as exc:
-            raise StoreUnavailable(f"cannot claim key: {type(exc).__name__}") from None
         old = response.get("Attributes") or {}
         previous = KeyState.from_item(old) if old else None
         # What the new attempt must keep: an earlier attempt's unseen post, and where the
@@ -398,10 +397,10 @@ class IdempotencyStore:
                 },
             )
             return True
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return False
         except Exception as exc:
-            raise StoreUnavailable(f"cannot take usage: {type(exc).__name__}") from None
+            if not _condition_failed(exc):
+                raise StoreUnavailable(f"cannot take usage: {type(exc).__name__}") from None
+            return False
 
     def give_back(self, claim: Claim, usage_id: int) -> None:
         """Undo `take_usage` (an identical record turned out to be posting)."""
@@ -414,10 +413,9 @@ class IdempotencyStore:
                 ExpressionAttributeNames={"#o": "owner"},
                 ExpressionAttributeValues={":owner": {"S": claim.pk}},
             )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            pass
         except Exception as exc:
-            raise StoreUnavailable(f"cannot give usage back: {type(exc).__name__}") from None
+            if not _condition_failed(exc):
+                raise StoreUnavailable(f"cannot give usage back: {type(exc).__name__}") from None
 
     def identical(self, claim: Claim, usage: Usage) -> Identical:
         """Other keys of the record's line within a second of its instant: any of them may
@@ -572,6 +570,17 @@ class Result:
     usage_id: int | None = None  # POSTED, when Piriod's answer had a usable id
     ambiguous_since: float | None = None  # an unseen post still to settle
     waiting: Waiting | None = None  # QUEUED / REJECTED: where, and the message
+
+
+def _condition_failed(exc: Exception) -> bool:
+    """A conditional write refused by its condition, told by the error code rather than by
+    `client.exceptions.ConditionalCheckFailedException`: botocore builds those classes on a
+    client's first error without a lock, and threads that race there can each get a copy of
+    their own, so an `except` naming one copy misses another (a key claim then looked like a
+    store that is down)."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    return isinstance(error, dict) and error.get("Code") == "ConditionalCheckFailedException"
 
 
 def _shard(pk: str) -> int:

@@ -325,6 +325,16 @@ def key_of(record: dict[str, Any], webhook_id: str, index: int) -> str:
     return key_pk(UsageKey(kind=KeyKind.DELIVERY, scope="v1/usages", text=f"{webhook_id}:{index}"))
 
 
+def is_record(usage: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether a usage in the ledger has this sent record's line, instant and value."""
+    sent_at = datetime.fromisoformat(record["date_time"].upper().replace("Z", "+00:00"))
+    return (
+        usage["subscription_line"] == record["subscription_line"]
+        and datetime.fromisoformat(usage["date_time"].replace("Z", "+00:00")) == sent_at
+        and Decimal(usage["quantity"]) == Decimal(str(record["quantity"]))
+    )
+
+
 def check(
     world: World,
     status: int,
@@ -357,14 +367,16 @@ def check(
         record = records[result["index"]]
         state = result["status"]
         if state == "posted":
-            usage = ledger[result["usage_id"]]
-            assert usage["subscription_line"] == record["subscription_line"]
             sent_at = datetime.fromisoformat(record["date_time"].upper().replace("Z", "+00:00"))
-            assert datetime.fromisoformat(usage["date_time"].replace("Z", "+00:00")) == sent_at
-            assert Decimal(usage["quantity"]) == Decimal(str(record["quantity"]))
             assert sent_at <= datetime.now(UTC) + timedelta(minutes=5)
             assert items[pk]["status"]["S"] == "posted"
-            assert int(items[pk]["usage_id"]["N"]) == result["usage_id"]
+
+            if "usage_id" in result:
+                assert is_record(ledger[result["usage_id"]], record)
+                assert int(items[pk]["usage_id"]["N"]) == result["usage_id"]
+            else:  # a 201 whose body had no usable id: posted, and in the ledger
+                assert "usage_id" not in items[pk]
+                assert any(is_record(u, record) for u in ledger.values()), record
         elif state == "duplicate":
             assert items[pk]["status"]["S"] in ("posted", "queued", "rejected")
             if "usage_id" in result:

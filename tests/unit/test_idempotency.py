@@ -1,0 +1,64 @@
+"""The DynamoDB store's reading of refused conditions, with a fake client (no network)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.idempotency import IdempotencyStore, StoreUnavailable
+from piriod_adapter.models import KeyKind, Usage, UsageKey
+
+USAGE = Usage(
+    subscription_line=1,
+    date_time=datetime(2026, 11, 30, tzinfo=UTC),
+    quantity=Decimal("1"),
+    key=UsageKey(kind=KeyKind.EXPLICIT, scope="v1/usages", text="k"),
+)
+
+
+class Copy(ClientError):
+    """A ConditionalCheckFailedException class built by another thread's race in botocore:
+    not the class `client.exceptions` names."""
+
+
+class Client:
+    class exceptions:
+        class ConditionalCheckFailedException(ClientError):
+            pass
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.updates = 0
+
+    def _refuse(self, item: dict[str, Any] | None = None) -> None:
+        response: Any = {"Error": {"Code": self.code, "Message": "no"}}
+        if item is not None:
+            response["Item"] = item
+        raise Copy(response, "PutItem")
+
+    def put_item(self, **kwargs: Any) -> None:
+        self._refuse()
+
+    def update_item(self, **kwargs: Any) -> None:
+        self.updates += 1
+        self._refuse({"pk": {"S": "x"}, "status": {"S": "posted"}, "usage_id": {"N": "9"}})
+
+
+def test_a_refused_condition_is_read_by_its_code_whatever_its_class() -> None:
+    # given DynamoDB refusing a claim's condition, raised as a copy of the exception class
+    store = IdempotencyStore(Client("ConditionalCheckFailedException"), "t", 30)  # type: ignore[arg-type]
+    # when the key is claimed
+    claim = store.claim(USAGE, Deadline.after(10))
+    # then it is a key held elsewhere (a duplicate to the caller), not a store that is down
+    assert not claim.acquired and claim.previous is not None and claim.previous.usage_id == 9
+
+
+def test_any_other_error_is_a_store_that_is_down() -> None:
+    store = IdempotencyStore(Client("ProvisionedThroughputExceededException"), "t", 30)  # type: ignore[arg-type]
+    with pytest.raises(StoreUnavailable):
+        store.claim(USAGE, Deadline.after(10))
