@@ -333,12 +333,6 @@ class IdempotencyStore:
         except Exception as exc:
             raise StoreUnavailable(f"cannot record result: {type(exc).__name__}") from None
 
-    def forget(self, claim: Claim) -> None:
-        """Drop what a claim wrote, once it will not be finished (abandoned at the deadline:
-        its key stays locked until expiry, then is settled by lookup)."""
-        if claim.token is not None:
-            self._claims.pop(claim.token, None)
-
     def mark_posting(self, claim: Claim) -> None:
         """A settling attempt is about to post: from now on identical records see it as a
         post in progress. Raises StoreUnavailable."""

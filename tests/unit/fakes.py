@@ -151,9 +151,6 @@ class FakeKeyStore:
                 key.ambiguous_since = result.ambiguous_since
                 key.waiting = result.waiting.queue if result.waiting else None
 
-    def forget(self, claim: Claim) -> None:
-        pass
-
     def mark_posting(self, claim: Claim) -> None:
         with self._lock:
             self._check()
