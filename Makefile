@@ -45,7 +45,7 @@ $(PIP_AUDIT):
 security: $(STAMP) $(CHECKOV) $(PIP_AUDIT)
 	$(BIN)/cfn-lint template.yaml
 	$(CHECKOV) --quiet --compact --skip-download -f template.yaml
-	$(BIN)/bandit -q -c pyproject.toml -r src
+	$(BIN)/bandit -q -c pyproject.toml -r src ops
 	bash scripts/audit-requirements.sh $(PIP_AUDIT)
 
 unit: $(STAMP)

@@ -183,7 +183,7 @@ class Lab:
     def replay_dead_letters(self) -> None:
         import io
 
-        from piriod_adapter.cli import main
+        from piriod_operator.cli import main
 
         main(["replay", "--limit", "10000"], out=io.StringIO(), err=io.StringIO())
         self.replay()  # ReplayFunction takes what the operator's replay handed to ReplayQueue
@@ -239,8 +239,8 @@ class Lab:
         """What the operator's reconcile says, for every line of the run."""
         from datetime import datetime
 
-        from piriod_adapter.operator import reconcile
         from piriod_adapter.runtime import get_runtime
+        from piriod_operator.operator import reconcile
 
         runtime = get_runtime()
         day = (

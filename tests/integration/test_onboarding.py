@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
-    from piriod_adapter.cli import main
+    from piriod_operator.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     saved = sys.stdin

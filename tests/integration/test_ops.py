@@ -15,7 +15,7 @@ from tests.conftest import TOKEN, WORKSPACE, Adapter
 
 
 def ops(*argv: str) -> tuple[int, str]:
-    from piriod_adapter.cli import main
+    from piriod_operator.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), out=out, err=err)
@@ -410,8 +410,8 @@ def test_reconcile_asks_piriod_for_the_period_only(adapter: Adapter, piriod: Any
 def test_reconcile_tells_beyond_retention_apart_from_missing(adapter: Adapter, piriod: Any) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from piriod_adapter.operator import reconcile
     from piriod_adapter.runtime import get_runtime
+    from piriod_operator.operator import reconcile
 
     # given usages the adapter posted, whose keys have since expired from the table
     adapter.deliver({"usages": [record(42, h) for h in range(3)]})
@@ -521,8 +521,8 @@ def test_show_refuses_an_id_prefix_that_begins_several_messages(
     # given two messages whose ids begin alike (and one that is exactly the other's prefix)
     from datetime import UTC, datetime
 
-    from piriod_adapter import cli
-    from piriod_adapter.operator import Entry
+    from piriod_operator import cli
+    from piriod_operator.operator import Entry
 
     at = datetime(2026, 11, 1, tzinfo=UTC)
     found = [Entry("dead-letter", i, at, None, f'"{i}"') for i in ("abc", "abc1", "abc2")]

@@ -38,7 +38,7 @@ def ledger(piriod: Any) -> list[tuple[int, str, str]]:
 
 
 def ops(*argv: str) -> tuple[int, str]:
-    from piriod_adapter.cli import main
+    from piriod_operator.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     return main(list(argv), out=out, err=err), out.getvalue() + err.getvalue()

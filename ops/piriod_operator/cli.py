@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from piriod_adapter.models import MAX_LINE, parse_rfc3339
-from piriod_adapter.operator import (
+from piriod_adapter.runtime import Runtime
+from piriod_adapter.settings import Settings, SettingsError, load_settings
+from piriod_operator.operator import (
     QUEUES,
     Entry,
     Filters,
@@ -39,8 +41,6 @@ from piriod_adapter.operator import (
     replay_dead_letters,
     status,
 )
-from piriod_adapter.runtime import Runtime
-from piriod_adapter.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DIFFERENCES = 0, 1, 2, 3
 EXIT_AWS, EXIT_PIRIOD, EXIT_NOT_STORED, EXIT_INTERNAL = 4, 5, 6, 7
@@ -111,7 +111,7 @@ def _positive_int(maximum: int) -> Any:
 
 
 def _json_number(text: str) -> str:
-    from piriod_adapter.onboarding import JSON_NUMBER
+    from piriod_operator.onboarding import JSON_NUMBER
 
     if not JSON_NUMBER.fullmatch(text):
         raise argparse.ArgumentTypeError(f"must be a JSON number, not {text[:40]!r}")
@@ -409,7 +409,7 @@ def _failure_line(exc: Exception) -> tuple[int, str]:
 def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import getpass
 
-    from piriod_adapter.onboarding import ensure_secrets, write_samconfig
+    from piriod_operator.onboarding import ensure_secrets, write_samconfig
 
     token = None
     if args.token_stdin:
@@ -448,7 +448,7 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_signing_secret(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from piriod_adapter.onboarding import (
+    from piriod_operator.onboarding import (
         add_signing_secret,
         retire_signing_secrets,
         signing_secrets,
@@ -474,7 +474,7 @@ def cmd_signing_secret(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
 def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     import os
 
-    from piriod_adapter.onboarding import one_record_delivery, send, signing_secrets
+    from piriod_operator.onboarding import one_record_delivery, send, signing_secrets
 
     outputs = _outputs(_stack(args.stack)) if args.stack else {}
     url = args.url or outputs.get("WebhookUrl")
