@@ -1,4 +1,4 @@
-"""README "Deploy in five minutes", steps 1 to 3, run exactly as written on a copy of the
+"""README "Deploy", steps 1 to 3, run exactly as written on a copy of the
 repository, with moto server as AWS: `init` (the token typed at its prompt), `sam build`,
 `sam validate --lint` where the README says `sam deploy` (there is no AWS here), then `send`.
 
@@ -32,7 +32,7 @@ VALIDATE = "sam validate --lint --config-env staging"
 def readme_steps() -> list[str]:
     """The bash blocks of the README's deploy section, in order."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Deploy in five minutes") :]
+    section = text[text.index("\n## Deploy\n") + 1 :]
     section = section[: section.index("\n## ", 1)]
     return re.findall(r"^```bash\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
 

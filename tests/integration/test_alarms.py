@@ -106,8 +106,8 @@ def test_each_adapter_alarm_watches_a_metric_the_functions_emit(
 def test_every_alarm_has_a_runbook_line() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    runbook = readme[readme.index("### Monitoring, alarms and runbook") :]
+    operations = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    runbook = operations[operations.index("## Monitoring, alarms and runbook") :]
     alarms = [
         name
         for name, r in load_template()["Resources"].items()
