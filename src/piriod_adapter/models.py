@@ -288,6 +288,12 @@ class RecordResult(BaseModel):
         "keep the answer small (the queue message keeps them)",
     )
     message: str | None = Field(default=None, description="not_stored: why")
+    event_id: str | None = Field(
+        default=None,
+        description="sources route only: the record's event id as the profile maps it (for "
+        "CloudEvents the event's `id`; records found inside one event share it), so that "
+        "results can be matched to events whatever `records` kept",
+    )
 
 
 class Problem(BaseModel):
@@ -323,7 +329,9 @@ class Answered(BaseModel):
 
     message: str | None = Field(default=None, description="a 503: what the sender must do")
     results: list[RecordResult] = Field(
-        min_length=1, max_length=MAX_BATCH, description="one per record, in delivery order"
+        max_length=MAX_BATCH,
+        description="one per record, in delivery order (empty when a source's `records` "
+        "expression kept no record)",
     )
 
 

@@ -79,8 +79,13 @@ _MAX_EPOCH_MICROS_DIGITS = 18
 
 
 class SourcesUnavailable(RuntimeError):
-    """The profile document cannot be read or does not validate: the sources route answers
-    503 (the native route keeps working). The message names the source and the field."""
+    """The profile document cannot be read, or its envelope or one source's profile does not
+    validate: the sources route (or, with `source`, that source alone) answers 503, and the
+    native route keeps working. The message names the source and the field."""
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source  # set when only this source's profile is at fault
 
 
 # --- the profile document ----------------------------------------------------------------------
@@ -246,35 +251,88 @@ class Profile(_Strict):
         return {name: compile_exact(text) for name, text in paths.items()}
 
 
-SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
-
-
 class SourcesDocument(_Strict):
+    """The document around the profiles (`version`, `sources`): a problem here stops the
+    whole sources route. Each entry of `sources` is validated on its own (SourceProfiles)."""
+
     version: Literal[1]
-    sources: dict[SourceName, Profile] = {}
+    sources: dict[str, Any]
 
 
-def parse_document(raw: bytes) -> SourcesDocument:
-    """Validate a profile document; a problem raises SourcesUnavailable naming the source
-    and the field."""
+@dataclass(frozen=True)
+class SourceProfiles:
+    """A profile document whose envelope validates: each source's profile, or, for a source
+    whose profile does not validate, why (that source alone answers 503)."""
+
+    sources: dict[str, Profile]
+    broken: dict[str, SourcesUnavailable]
+
+    def profile(self, name: str) -> Profile | None:
+        """The named source's profile; None when there is no such source. A source whose
+        profile does not validate raises SourcesUnavailable (its message names the field)."""
+        if name in self.broken:
+            raise self.broken[name]
+        return self.sources.get(name)
+
+    @property
+    def problems(self) -> list[str]:
+        """One message per source that does not validate, in the document's order."""
+        return [str(error) for error in self.broken.values()]
+
+
+def parse_document(raw: bytes) -> SourceProfiles:
+    """Read a profile document. A document that is not JSON, or whose envelope (`version`,
+    `sources`) does not validate, raises SourcesUnavailable; each profile is then validated
+    on its own, and one that does not validate is kept as its error, naming the source and
+    the field, without touching the others."""
     try:
         data = jsondoc.loads(raw)
     except jsondoc.JsonError as exc:
         raise SourcesUnavailable(f"sources document is not valid JSON: {exc}") from None
     try:
-        document = SourcesDocument.model_validate(data)
+        envelope = SourcesDocument.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False, include_input=False)[0]
-        loc = [str(part) for part in error["loc"]]
-        if len(loc) >= 2 and loc[0] == "sources":
-            where = f"source {loc[1]!r}" + (f", field {'.'.join(loc[2:])}" if loc[2:] else "")
-        else:
-            where = f"field {'.'.join(loc)}" if loc else "the document"
+        raise SourcesUnavailable(f"sources document invalid: {_problem(exc)}") from None
+    sources: dict[str, Profile] = {}
+    broken: dict[str, SourcesUnavailable] = {}
+    for name, entry in envelope.sources.items():
+        try:
+            sources[name] = _profile(name, entry)
+        except SourcesUnavailable as exc:
+            broken[name] = exc
+    return SourceProfiles(sources=sources, broken=broken)
+
+
+def _profile(name: str, entry: Any) -> Profile:
+    """One source's profile, validated and compiled; a problem raises SourcesUnavailable
+    naming the source and the field."""
+    shown = f"source {name[:100]!r}"
+    if not SOURCE_NAME.fullmatch(name):
+        raise SourcesUnavailable(
+            f"sources document invalid: {shown}: the name must be 1 to 64 characters of "
+            "a-z, 0-9 and -",
+            source=name,
+        )
+    try:
+        profile = Profile.model_validate(entry)
+    except ValidationError as exc:
+        problem = _problem(exc)
+        where = f"{shown}, {problem}" if problem.startswith("field ") else f"{shown}: {problem}"
+        raise SourcesUnavailable(f"sources document invalid: {where}", source=name) from None
+    profile.compiled  # noqa: B018 (compile every JMESPath now, at load)
+    return profile
+
+
+def _problem(exc: ValidationError) -> str:
+    """The first problem of a validation error: `field <path>: <why>`, or `<why>` alone
+    when it concerns the whole value."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "model_type":  # "... or instance of <the model's class name>"
+        message = "must be a JSON object"
+    else:
         message = error["msg"].removeprefix("Value error, ")
-        raise SourcesUnavailable(f"sources document invalid: {where}: {message}") from None
-    for profile in document.sources.values():
-        profile.compiled  # noqa: B018 (compile every JMESPath now, at load)
-    return document
+    return f"field {loc}: {message}" if loc else message
 
 
 # --- where the document comes from, cached with a bound ----------------------------------------
@@ -284,7 +342,8 @@ class SourceCatalog:
     """The profile document named by SOURCES_CONFIG: `ssm:<parameter name>` (an SSM String
     parameter), `file:<path>` (relative to the function's code, or absolute), or empty (no
     sources). Read at most once per `ttl_seconds` (at most 60), good or bad, so that an edit
-    takes effect without a deploy and a broken document is logged once per period."""
+    takes effect without a deploy, and a broken document, or each source whose profile does
+    not validate, is logged once per period."""
 
     def __init__(
         self,
@@ -300,17 +359,21 @@ class SourceCatalog:
         self._log = log
         self._clock = clock
         self._lock = threading.Lock()
-        self._loaded: tuple[float, SourcesDocument | SourcesUnavailable] | None = None
+        self._loaded: tuple[float, SourceProfiles | SourcesUnavailable] | None = None
 
-    def document(self) -> SourcesDocument:
+    def document(self) -> SourceProfiles:
         with self._lock:
             now = self._clock()
             if self._loaded is None or now - self._loaded[0] >= self._ttl:
+                result: SourceProfiles | SourcesUnavailable
                 try:
-                    result: SourcesDocument | SourcesUnavailable = parse_document(self._read())
+                    result = parse_document(self._read())
                 except SourcesUnavailable as exc:
                     self._log(str(exc))
                     result = exc
+                else:
+                    for problem in result.problems:  # each broken source, once a period
+                        self._log(problem)
                 self._loaded = (now, result)
             found = self._loaded[1]
         if isinstance(found, SourcesUnavailable):
@@ -318,10 +381,12 @@ class SourceCatalog:
         return found
 
     def profile(self, name: str) -> Profile | None:
-        """The named source's profile, or None when there is no such source."""
+        """The named source's profile, or None when there is no such source (or the name
+        cannot be one). Raises SourcesUnavailable when the document cannot be read, or when
+        this source's profile does not validate (then with its `source` set)."""
         if not SOURCE_NAME.fullmatch(name):
             return None
-        return self.document().sources.get(name)
+        return self.document().profile(name)
 
     def _read(self) -> bytes:
         config = self._config
@@ -569,18 +634,24 @@ class Mapper:
         self.now = now or datetime.now(UTC)
 
     def usages(self, document: Any) -> list[Usage]:
-        """Every record of the payload as a Usage; any problem is a 422 naming the record
+        """Every record of the payload as a Usage (see `map`)."""
+        return [record.usage for record in self.map(document)]
+
+    def map(self, document: Any) -> list[Mapped]:
+        """Every record of the payload as a Usage with its event id, in the order found. A
+        `records` expression that finds an empty list (a filter that keeps nothing) maps to
+        no record; any problem, or more than MAX_BATCH records, is a 422 naming the record
         index and the profile field, and nothing is posted."""
         found, problems = self._records(document)
-        if not problems and not 1 <= len(found) <= MAX_BATCH:
+        if not problems and len(found) > MAX_BATCH:
             problems.append(
                 FieldProblem(
-                    None, "records", f"found {len(found)} records; 1 to {MAX_BATCH} are accepted"
+                    None, "records", f"found {len(found)} records; at most {MAX_BATCH} are accepted"
                 )
             )
         if problems:
             raise invalid(problems)
-        usages = []
+        mapped: list[Mapped] = []
         first_of: dict[UsageKey, int] = {}
         for index, one in enumerate(found):
             try:
@@ -588,7 +659,8 @@ class Mapper:
             except _FieldError as exc:
                 problems.append(FieldProblem(index, exc.field, exc.message))
                 continue
-            usages.append(usage)
+            event_id = usage.key.text if one.event is None else one.event["id"]
+            mapped.append(Mapped(usage, event_id))
             # one key twice in a delivery is refused, as on the native route
             first = first_of.setdefault(usage.key, index)
             if first != index:
@@ -597,7 +669,7 @@ class Mapper:
                 problems.append(FieldProblem(index, field, f"repeats the {what} of record {first}"))
         if problems:
             raise invalid(problems)
-        return usages
+        return mapped
 
     def _records(self, document: Any) -> tuple[list[_Found], list[FieldProblem]]:
         """Each record in the payload, with its key text when the shape decides it."""
@@ -711,6 +783,16 @@ class Mapper:
         except (Inexact, InvalidOperation):
             raise _Unmappable("times quantity_factor is not exact") from None
         return check_quantity(scaled)
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """One mapped record, and the event id its result carries so that a sender can match
+    results to its events whatever `records` kept: the profile's `event_id` (shape json) or
+    the CloudEvent's `id` (several records of one event share it; `index` tells them apart)."""
+
+    usage: Usage
+    event_id: str
 
 
 @dataclass(frozen=True)

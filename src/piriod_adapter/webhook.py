@@ -183,6 +183,14 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
     try:
         profile = runtime.sources.profile(name)
     except SourcesUnavailable as exc:
+        if exc.source is not None:
+            # Only this source's profile is at fault; the catalog logged which field, once
+            # per cache period, so the cause here names the source only.
+            return refusal(
+                503,
+                f"source {name!r} is not configured correctly; retry later",
+                cause=f"source {name!r}: its profile does not validate",
+            )
         return refusal(
             503, "third-party sources are not configured correctly; retry later", cause=str(exc)
         )
@@ -195,7 +203,7 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
     except SignatureError as exc:
         return refused(str(exc), source=name)
     try:
-        usages = Mapper(name, profile).usages(decode_json(raw))
+        mapped = Mapper(name, profile).map(decode_json(raw))
     except BodyError as exc:
         logger.info(
             "delivery invalid",
@@ -207,7 +215,16 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
         workspace=settings.piriod_workspace_id,
         test_mode=settings.piriod_test_mode or profile.test_mode,
     )
-    return submit_and_answer(runtime, usages, tenant, deadline, delivery=delivery, source=name)
+    # A filter that keeps no record is answered 202 with no results, on the same path.
+    return submit_and_answer(
+        runtime,
+        [record.usage for record in mapped],
+        tenant,
+        deadline,
+        delivery=delivery,
+        source=name,
+        event_ids=[record.event_id for record in mapped],
+    )
 
 
 def authenticate_source(
@@ -275,15 +292,18 @@ def submit_and_answer(
     *,
     delivery: str,
     source: str | None = None,
+    event_ids: Sequence[str] | None = None,
 ) -> Reply:
-    """Submit every record of a valid delivery and answer for all of them."""
+    """Submit every record of a valid delivery and answer for all of them (none: a 202 with
+    no results, nothing claimed or posted). `event_ids`, on the sources route, are carried
+    into the results, one per record."""
     submissions = [
         Submission(index=index, usage=usage, tenant=tenant) for index, usage in enumerate(usages)
     ]
     outcomes = runtime.submitter.submit_all(
         submissions, deadline, runtime.queue.store_failed, runtime.settings.post_concurrency
     )
-    return summarize(delivery, submissions, outcomes, source)
+    return summarize(delivery, submissions, outcomes, source, event_ids)
 
 
 def summarize(
@@ -291,9 +311,13 @@ def summarize(
     submissions: Sequence[Submission],
     outcomes: list[Outcome],
     source: str | None = None,
+    event_ids: Sequence[str] | None = None,
 ) -> Reply:
     """202 when every record reached a state; 503 when any could be neither posted nor stored.
-    Each record's outcome is logged (delivery, key, source, outcome) and counted."""
+    Each record's outcome is logged (delivery, key, source, outcome) and counted. With
+    `event_ids` (the sources route), each result carries its record's event id."""
+    if event_ids is not None and len(event_ids) != len(submissions):
+        raise ValueError("one event id per record")
     results: list[RecordResult] = []
     counts: Counter[str] = Counter({"received": len(outcomes)})
     for sub, outcome in zip(submissions, outcomes, strict=True):
@@ -324,6 +348,7 @@ def summarize(
                 errors=errors,
                 errors_omitted=omitted or None,
                 message=outcome.reason if outcome.status is None else None,
+                event_id=event_ids[sub.index] if event_ids is not None else None,
             )
         )
     count_records(counts, source)

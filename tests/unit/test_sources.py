@@ -62,47 +62,98 @@ def test_the_shipped_examples_validate_and_compile() -> None:
     document = parse_document(EXAMPLES.read_bytes())
     assert sorted(document.sources) == ["acme-storage", "ci-minutes", "fleet-telemetry"]
     assert all(p.compiled for p in document.sources.values())
+    assert document.broken == {} and document.problems == []
+
+
+GOOD = json.loads(profile().model_dump_json(exclude_none=True))
+
+
+def with_good(name: str, entry: Any) -> bytes:
+    return json.dumps({"version": 1, "sources": {name: entry, "good": GOOD}}).encode()
+
+
+def problem_of(name: str, entry: Any) -> SourcesUnavailable:
+    """What a document holding this entry and a good profile says about the entry: the good
+    one still validates, and the entry alone is unavailable."""
+    document = parse_document(with_good(name, entry))
+    assert sorted(document.sources) == ["good"]
+    assert list(document.broken) == [name] and len(document.problems) == 1
+    return document.broken[name]
 
 
 @pytest.mark.parametrize(
     ("document", "says"),
     [
-        ({"version": 1, "sources": {"x": {"signature": {}}}}, "source 'x', field signature"),
-        ({"version": 1, "sources": {"UPPER": {}}}, "UPPER"),
-        ({"version": 1, "sources": {"a" * 65: {}}}, "a" * 65),
         ({"version": 2, "sources": {}}, "field version"),
-        ({"version": 1, "extra": 1}, "field extra"),
-        ([], "document"),
+        ({"sources": {}}, "field version"),
+        ({"version": 1}, "field sources: Field required"),
+        ({"version": 1, "sources": []}, "field sources"),
+        ({"version": 1, "sources": {}, "extra": 1}, "field extra"),
+        ([], "must be a JSON object"),
     ],
 )
-def test_document_problems_name_the_source_and_the_field(document: Any, says: str) -> None:
-    with pytest.raises(SourcesUnavailable, match=says):
+def test_an_envelope_problem_stops_the_whole_document_and_is_named(
+    document: Any, says: str
+) -> None:
+    # given a document whose envelope (version, sources) does not validate
+    # when it is parsed, then it is refused as a whole, naming the field
+    with pytest.raises(SourcesUnavailable, match=says) as err:
         parse_document(json.dumps(document).encode())
+    assert err.value.source is None
+
+
+def test_a_document_that_is_not_json_stops_the_whole_document() -> None:
+    with pytest.raises(SourcesUnavailable, match="not valid JSON") as err:
+        parse_document(b'{"version": 1, "sources": {')
+    assert err.value.source is None
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "says"),
+    [
+        ("x", {"signature": {}}, "source 'x', field signature.scheme"),
+        ("x", 5, "source 'x': must be a JSON object"),
+        ("UPPER", GOOD, "source 'UPPER': the name must be"),
+        ("a" * 65, GOOD, "source '" + "a" * 65 + "'"),
+        ("", GOOD, "source '': the name must be"),
+    ],
+)
+def test_a_broken_entry_is_kept_as_its_error_naming_the_source_and_the_field(
+    name: str, entry: Any, says: str
+) -> None:
+    # given a document with one good profile and one entry that does not validate
+    # when it is parsed, then the entry is kept as its error and the good one is usable
+    problem = problem_of(name, entry)
+    assert says in str(problem) and problem.source == name
 
 
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        ({"records": "a[?"}, "JMESPath"),
-        ({"quantity_factor": "1e-3x"}, "exact decimal"),
-        ({"quantity_factor": "0"}, "greater than 0"),
-        ({"subscription_line": 0}, "subscription_line"),
-        ({"subscription_line": "7"}, "subscription_line"),
-        ({"lines": {"m": 2**63}}, "lines"),
-        ({"time_format": "iso"}, "time_format"),
-        ({"shape": "xml"}, "shape"),
+        ({"records": "a[?"}, "field records: is not a valid JMESPath"),
+        ({"quantity_factor": "1e-3x"}, "field quantity_factor: must be an exact decimal"),
+        ({"quantity_factor": "0"}, "field quantity_factor: must be greater than 0"),
+        ({"subscription_line": 0}, "field subscription_line"),
+        ({"subscription_line": "7"}, "field subscription_line"),
+        ({"lines": {"m": 2**63}}, "field lines.m"),
+        ({"time_format": "iso"}, "field time_format"),
+        ({"time_formt": "epoch_millis"}, "field time_formt: Extra inputs are not permitted"),
+        ({"shape": "xml"}, "field shape"),
         ({"signature": {"scheme": "hmac-sha256-hex", "secret_id": "s"}}, "header is required"),
         ({"signature": {"scheme": "stripe", "secret_id": "s", "header": "X"}}, "hmac-sha256-hex"),
         ({"fields": {"quantity": "q", "event_id": "id"}}, "date_time is required"),
         ({"subscription_line": None}, "no way to find the line"),
-        ({"unknown": 1}, "unknown"),
+        ({"unknown": 1}, "field unknown"),
     ],
 )
 def test_profile_rules(overrides: dict[str, Any], says: str) -> None:
-    fields = {**json.loads(profile().model_dump_json(exclude_none=True)), **overrides}
-    document = {"version": 1, "sources": {"m": {k: v for k, v in fields.items() if v is not None}}}
-    with pytest.raises(SourcesUnavailable, match=says):
-        parse_document(json.dumps(document).encode())
+    # given a profile that breaks one rule, next to a good one
+    fields = {**GOOD, **overrides}
+    entry = {k: v for k, v in fields.items() if v is not None}
+    # then only that source is unavailable, and its message names it and the field
+    problem = problem_of("m", entry)
+    assert str(problem).startswith("sources document invalid: source 'm'")
+    assert says in str(problem)
 
 
 # --- mapping -----------------------------------------------------------------------------------
@@ -122,7 +173,7 @@ def test_records_may_be_a_list_or_one_record() -> None:
     ("payload", "expected"),
     [
         ({"data": None}, {(None, "records")}),
-        ({"data": []}, {(None, "records")}),
+        ({}, {(None, "records")}),
         ({"data": [{"q": 1, "id": "a"}] * 101}, {(None, "records")}),
         ({"data": [{"t": "2026-11-01T00:00:00Z", "q": "x", "id": "a"}]}, {(0, "quantity")}),
         ({"data": [{"t": "2026-11-01T00:00:00Z", "q": "1_000", "id": "a"}]}, {(0, "quantity")}),
@@ -291,6 +342,180 @@ def test_the_catalog_is_read_again_after_its_bound_and_keeps_a_bad_read_for_it()
         with pytest.raises(SourcesUnavailable):
             catalog.profile("x")
     assert reads == ["/p", "/p"] and len(logged) == 1
+
+
+def test_a_broken_profile_stops_only_its_own_source_and_is_logged_once_per_period() -> None:
+    # given a parameter whose "typo" profile misspells time_format, next to a good profile
+    # and an entry whose name no route can address
+    logged: list[str] = []
+    reads: list[str] = []
+    clock = {"now": 0.0}
+    typo = {**GOOD, "time_formt": "epoch_millis"}
+    text = json.dumps({"version": 1, "sources": {"typo": typo, "good": GOOD, "Bad_Name": GOOD}})
+
+    class Ssm:
+        def get_parameter(self, Name: str) -> dict[str, Any]:
+            reads.append(Name)
+            return {"Parameter": {"Value": text}}
+
+    catalog = SourceCatalog(
+        "ssm:/p",
+        Ssm,  # type: ignore[arg-type]
+        ttl_seconds=60,
+        log=logged.append,
+        clock=lambda: clock["now"],
+    )
+    # when each source is asked for, several times within one cache period
+    for _ in range(3):
+        good = catalog.profile("good")
+        with pytest.raises(SourcesUnavailable) as err:
+            catalog.profile("typo")
+        unknown = catalog.profile("no-such-meter")
+        unaddressable = catalog.profile("Bad_Name")
+    # then the good source maps, the broken one alone is unavailable, an unknown source (or
+    # a name no route can address) is none, and each broken entry is logged once
+    assert good is not None and good.subscription_line == 7
+    assert err.value.source == "typo" and "field time_formt" in str(err.value)
+    assert unknown is None and unaddressable is None
+    assert reads == ["/p"]
+    assert len(logged) == 2
+    assert "source 'typo', field time_formt" in logged[0]
+    assert "source 'Bad_Name'" in logged[1]
+    # and after the bound, the document is read and each problem logged once more
+    clock["now"] = 60.0
+    assert catalog.profile("good") is not None
+    assert reads == ["/p", "/p"] and len(logged) == 4
+
+
+# --- what a delivery's results carry, and a filter that keeps nothing -------------------------
+
+
+def test_a_filter_that_keeps_nothing_maps_to_no_record() -> None:
+    # given a profile that keeps finished builds only, and payloads with none finished
+    p = profile(records="builds[?status == 'finished']")
+    running = {"t": "2026-11-01T00:00:00Z", "q": 1, "id": "b1", "status": "running"}
+    # when they are mapped, then there is no record and no problem
+    assert Mapper("meter", p, now=NOW).map({"builds": [running]}) == []
+    assert mapped(p, {"builds": []}) == []
+    assert mapped(profile(), []) == []
+    # but records that are not there at all are still a 422 naming records
+    assert problems(p, {"other": []}) == {(None, "records")}
+
+
+def test_a_cloudevents_batch_whose_filter_keeps_nothing_maps_to_no_record() -> None:
+    # given a CloudEvents profile that keeps the readings above zero
+    p = profile(shape="cloudevents", records="data.readings[?q > `0`]", fields={"quantity": "q"})
+    event = {**CLOUD_EVENT, "data": {"readings": [{"q": 0}]}}
+    # when a batch with no such reading arrives (or an empty batch), then nothing is mapped
+    assert mapped(p, [event, {**event, "id": "e2"}]) == []
+    assert mapped(p, []) == []
+
+
+def test_more_than_the_batch_bound_is_still_a_422() -> None:
+    records = [{"t": "2026-11-01T00:00:00Z", "q": 1, "id": str(i)} for i in range(101)]
+    with pytest.raises(BodyError) as err:
+        mapped(profile(records="r"), {"r": records})
+    [problem] = err.value.problems
+    assert (problem.index, problem.field) == (None, "records")
+    assert "found 101 records; at most 100" in problem.message
+
+
+def test_each_mapped_record_carries_its_event_id_whatever_the_filter_kept() -> None:
+    # given builds of which only the second and fourth are finished
+    p = profile(records="builds[?status == 'finished']")
+    builds = [
+        {"t": "2026-11-01T00:00:00Z", "q": 1, "id": f"b{n}", "status": status}
+        for n, status in enumerate(["running", "finished", "failed", "finished"])
+    ]
+    # when they are mapped
+    found = Mapper("meter", p, now=NOW).map({"builds": builds})
+    # then each record carries the event id of the build it came from
+    assert [m.event_id for m in found] == ["b1", "b3"]
+    assert [m.usage.key.text for m in found] == ["b1", "b3"]
+
+
+def test_an_integer_event_id_is_carried_as_text() -> None:
+    [found] = Mapper("meter", profile(), now=NOW).map(
+        {"t": "2026-11-01T00:00:00Z", "q": 1, "id": 42}
+    )
+    assert found.event_id == "42"
+
+
+def test_a_cloudevent_result_carries_the_event_id_and_records_inside_one_event_share_it() -> None:
+    # given a CloudEvents batch: a first event with three readings (the middle one filtered
+    # out), a second event with none kept, and a third with one
+    p = profile(shape="cloudevents", records="data.readings[?q > `0`]", fields={"quantity": "q"})
+
+    def event(id: str, *quantities: int) -> dict[str, Any]:
+        return {**CLOUD_EVENT, "id": id, "data": {"readings": [{"q": q} for q in quantities]}}
+
+    batch = [event("evt-a", 1, 0, 2), event("evt-b", 0), event("evt-c", 3)]
+    # when it is mapped
+    found = Mapper("meter", p, now=NOW).map(batch)
+    # then each record's event id is its event's id, shared by the records of one event,
+    # while the key still tells them apart by their place in the event
+    assert [m.event_id for m in found] == ["evt-a", "evt-a", "evt-c"]
+    assert [json.loads(m.usage.key.text) for m in found] == [
+        ["urn:a", "evt-a", 0],
+        ["urn:a", "evt-a", 1],
+        ["urn:a", "evt-c", 0],
+    ]
+    # and a profile that maps one record per event carries the id of each
+    whole = profile(shape="cloudevents", fields={"quantity": "data.q"})
+    ids = [
+        m.event_id
+        for m in Mapper("meter", whole, now=NOW).map(
+            [
+                {**CLOUD_EVENT, "id": "x1", "data": {"q": 1}},
+                {**CLOUD_EVENT, "id": "x2", "data": {"q": 2}},
+            ]
+        )
+    ]
+    assert ids == ["x1", "x2"]
+
+
+def _outcomes(count: int) -> tuple[list[Any], list[Any]]:
+    from piriod_adapter.models import Status, Tenant
+    from piriod_adapter.submit import Outcome, Submission
+
+    usages = mapped(
+        profile(records="r"),
+        {"r": [{"t": "2026-11-01T00:00:00Z", "q": n, "id": f"e{n}"} for n in range(count)]},
+    )
+    tenant = Tenant(workspace="w", test_mode=False)
+    subs = [Submission(n, u, tenant) for n, u in enumerate(usages)]
+    return subs, [Outcome(Status.POSTED, usage_id=100 + n) for n in range(count)]
+
+
+def test_the_answer_for_no_records_is_a_202_with_empty_results() -> None:
+    from piriod_adapter.webhook import summarize
+
+    # given a delivery that mapped to no record
+    # when it is answered
+    reply = summarize("delivery", [], [], "meter", [])
+    # then it is a 202 whose body holds empty results
+    assert reply.status == 202
+    assert json.loads(reply.to_api_gateway()["body"]) == {"results": []}
+
+
+def test_results_carry_event_ids_on_the_sources_route_only() -> None:
+    from piriod_adapter.webhook import summarize
+
+    # given two posted records
+    subs, outcomes = _outcomes(2)
+    # when they are answered on the sources route (with event ids) and on the native route
+    source = json.loads(
+        summarize("d", subs, outcomes, "meter", ["e0", "e1"]).to_api_gateway()["body"]
+    )
+    native = json.loads(summarize("d", subs, outcomes).to_api_gateway()["body"])
+    # then each source result carries its event id, and no native result has the field
+    assert source["results"] == [
+        {"index": 0, "status": "posted", "usage_id": 100, "event_id": "e0"},
+        {"index": 1, "status": "posted", "usage_id": 101, "event_id": "e1"},
+    ]
+    assert [sorted(r) for r in native["results"]] == [["index", "status", "usage_id"]] * 2
+    with pytest.raises(ValueError, match="one event id per record"):
+        summarize("d", subs, outcomes, "meter", ["e0"])
 
 
 # --- generated payloads, per time format -----------------------------------------------------
@@ -483,10 +708,7 @@ def test_filters_and_comparisons_see_decimals_as_the_numbers_they_are(
     from piriod_adapter import jsondoc
 
     for each, payload in ((p, {"r": jsondoc.loads(body.encode())}), (embedded, {"r": body})):
-        if kept:
-            assert [u.key.text for u in mapped(each, payload)] == kept
-        else:
-            assert problems(each, payload) == {(None, "records")}
+        assert [u.key.text for u in mapped(each, payload)] == kept
 
 
 @pytest.mark.parametrize(
@@ -528,8 +750,9 @@ def test_a_literal_number_too_long_for_jmespath_is_refused_when_the_profile_load
             }
         },
     }
-    with pytest.raises(SourcesUnavailable, match="records"):
-        parse_document(json.dumps(document).encode())
+    assert "field records: the literal" in str(
+        parse_document(json.dumps(document).encode()).broken["m"]
+    )
     # a raw string literal is a string, whatever digits it holds
     document["sources"]["m"]["records"] = "r[?q == '0.10000000000000000001']"  # type: ignore[index]
     assert parse_document(json.dumps(document).encode()).sources["m"]
