@@ -56,6 +56,10 @@ def test_stripe_signed_meter_with_nested_records_and_a_byte_to_gb_factor(
     # then each reading is posted to the profile's fixed line, in GB, exactly
     assert status == 202, body
     assert [r["status"] for r in body["results"]] == ["posted", "posted"]
+    assert [(r["index"], r["event_id"]) for r in body["results"]] == [
+        (0, "rd_0001"),
+        (1, "rd_0002"),
+    ]
     assert ledger(piriod) == [
         (3001, "2026-11-01T10:00:00Z", "1.073741824"),
         (3001, "2026-11-01T11:00:00Z", "1.500000000"),
@@ -80,14 +84,17 @@ def test_cloudevents_batch_keyed_by_source_and_id(sources: Adapter, piriod: Any)
     # given the CloudEvents batch sample, each event naming its line in data
     event = load_event("source-fleet-telemetry.json")
     status, body = send(sources, event)
-    # then each event is posted with its time (in UTC), and a resend is a duplicate
+    # then each event is posted with its time (in UTC), its result carrying the event's id,
+    # and a resend is a duplicate
     assert status == 202 and [r["status"] for r in body["results"]] == ["posted", "posted"]
+    assert [r["event_id"] for r in body["results"]] == ["evt-fleet-0001", "evt-fleet-0002"]
     assert ledger(piriod) == [
         (3201, "2026-11-01T08:00:00.250000Z", "14.75"),
         (3202, "2026-11-01T08:10:00Z", "0.5"),
     ]
     status, again = send(sources, event, message_id="msg_fleet_resent")
     assert [r["status"] for r in again["results"]] == ["duplicate", "duplicate"]
+    assert [r["event_id"] for r in again["results"]] == ["evt-fleet-0001", "evt-fleet-0002"]
     assert len(piriod.usages()) == 2
 
 
@@ -195,14 +202,58 @@ def test_mapped_records_obey_the_native_rules(sources: Adapter, piriod: Any) -> 
     }
 
 
-def test_an_invalid_document_is_503_on_sources_only_logged_once_with_source_and_field(
+def logged_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Each captured log line with its extra fields, as one text."""
+    return [f"{r.getMessage()} {json.dumps(r.__dict__, default=str)}" for r in caplog.records]
+
+
+def test_a_profile_that_does_not_validate_stops_only_its_own_source(
     sources: Adapter, piriod: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # given a profile document whose ci-minutes profile has an unknown time format
+    # given a profile document whose ci-minutes profile misspells time_format, read once a
+    # minute as deployed
     document = example_document()
-    document["sources"]["ci-minutes"]["time_format"] = "epoch_nanos"
+    profile = document["sources"]["ci-minutes"]
+    profile["time_formt"] = profile.pop("time_format")
     put_sources(sources.endpoint, sources.sources_parameter, document)
-    sources.fresh_runtime()
+    sources.fresh_runtime(SOURCES_CACHE_SECONDS="60")
+    caplog.clear()
+    # when the broken source delivers (twice), a good source delivers, and a native one
+    broken = [send(sources, load_event("source-ci-minutes.json")) for _ in range(2)]
+    good = send(sources, load_event("source-acme-storage.json"))
+    native = sources.deliver(
+        {"subscription_line": 5, "date_time": "2026-11-01T10:00:00Z", "quantity": 1}
+    )
+    # then the broken source alone answers 503, naming itself and not the field
+    assert [status for status, _ in broken] == [503, 503]
+    assert "'ci-minutes'" in broken[0][1]["message"]
+    assert "time_formt" not in broken[0][1]["message"]
+    # and the good source and the native route post
+    assert good[0] == 202 and [r["status"] for r in good[1]["results"]] == ["posted"] * 2
+    assert native[0] == 202 and native[1]["results"][0]["status"] == "posted"
+    assert sorted(u["subscription_line"] for u in piriod.usages()) == [5, 3001, 3001]
+    # and exactly one log line names the broken source and the field
+    named = [
+        line for line in logged_lines(caplog) if "'ci-minutes'" in line and "time_formt" in line
+    ]
+    assert len(named) == 1, named
+    assert "sources document invalid: source 'ci-minutes', field time_formt" in named[0]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param("{not json", id="not-json"),
+        pytest.param('{"version": 1}', id="no-sources-object"),
+        pytest.param('{"version": 2, "sources": {}}', id="wrong-version"),
+    ],
+)
+def test_a_document_that_cannot_be_read_stops_the_sources_route_only(
+    sources: Adapter, piriod: Any, caplog: pytest.LogCaptureFixture, document: str
+) -> None:
+    # given a profile document that is not JSON, or has no sources object, or another version
+    put_sources(sources.endpoint, sources.sources_parameter, document)
+    sources.fresh_runtime(SOURCES_CACHE_SECONDS="60")
     caplog.clear()
     # when source deliveries arrive, and a native one
     first = send(sources, load_event("source-acme-storage.json"))
@@ -210,33 +261,167 @@ def test_an_invalid_document_is_503_on_sources_only_logged_once_with_source_and_
     native = sources.deliver(
         {"subscription_line": 5, "date_time": "2026-11-01T10:00:00Z", "quantity": 1}
     )
-    # then the sources route answers 503, the native route still works, and one log line
-    # names the source and the field
+    # then every source answers 503, the native route still posts, and the document's
+    # problem is logged once
     assert first[0] == second[0] == 503 and native[0] == 202
-    problems = [
-        r.getMessage() for r in caplog.records if "sources document invalid" in r.getMessage()
-    ]
-    assert len(problems) == 1
-    assert "'ci-minutes'" in problems[0] and "time_format" in problems[0]
+    assert [u["subscription_line"] for u in piriod.usages()] == [5]
+    problems = [r.getMessage() for r in caplog.records if "sources document" in r.getMessage()]
+    assert len(problems) == 1, problems
 
 
 @pytest.mark.parametrize(
-    ("change", "says"),
+    ("change", "source", "says"),
     [
-        (lambda d: d["sources"]["acme-storage"]["fields"].update(quantity="data[?"), "JMESPath"),
-        (lambda d: d["sources"]["acme-storage"].update(quantity_factor=0.001), "quantity_factor"),
-        (lambda d: d["sources"]["ci-minutes"]["signature"].pop("header"), "header"),
-        (lambda d: d["sources"].update({"Bad_Name": {}}), "Bad_Name"),
-        (lambda d: d.update(version=2), "version"),
+        (
+            lambda d: d["sources"]["acme-storage"]["fields"].update(quantity="data[?"),
+            "acme-storage",
+            "field fields.quantity: is not a valid JMESPath",
+        ),
+        (
+            lambda d: d["sources"]["acme-storage"].update(quantity_factor=0.001),
+            "acme-storage",
+            "field quantity_factor",
+        ),
+        (
+            lambda d: d["sources"]["ci-minutes"]["signature"].pop("header"),
+            "ci-minutes",
+            "field signature: header is required",
+        ),
+        (lambda d: d["sources"].update({"Bad_Name": {}}), "Bad_Name", "the name must be"),
     ],
 )
-def test_invalid_documents_are_named(sources: Adapter, piriod: Any, change: Any, says: str) -> None:
-    from piriod_adapter.sources import SourcesUnavailable, parse_document
+def test_each_broken_profile_is_named_and_leaves_the_others(
+    change: Any, source: str, says: str
+) -> None:
+    from piriod_adapter.sources import parse_document
 
+    # given the example document with one profile broken
     document = example_document()
     change(document)
-    with pytest.raises(SourcesUnavailable, match=says):
-        parse_document(json.dumps(document).encode())
+    # when it is parsed, then that source's problem names it and the field, and every other
+    # example profile is there
+    parsed = parse_document(json.dumps(document).encode())
+    assert list(parsed.broken) == [source]
+    assert f"source {source!r}" in str(parsed.broken[source]) and says in str(parsed.broken[source])
+    assert set(parsed.sources) == set(example_document()["sources"]) - {source}
+
+
+# --- what the answer says about each event --------------------------------------------------
+
+
+def ci_event(builds: list[dict[str, Any]]) -> dict[str, Any]:
+    event = load_event("source-ci-minutes.json")
+    payload = json.loads(event["body"])
+    payload["builds"] = builds
+    event["body"] = json.dumps(payload)
+    return event
+
+
+def build(build_id: str, status: str, customer: str = "cus_acme") -> dict[str, Any]:
+    finished = 1793521800000 if status == "finished" else None
+    return {
+        "build_id": build_id,
+        "customer": customer,
+        "status": status,
+        "finished_at_ms": finished,
+        "billable_minutes": "2",
+    }
+
+
+def test_a_filter_that_keeps_nothing_is_202_with_empty_results_and_nothing_posted(
+    sources: Adapter, piriod: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a CI delivery whose builds are all still running (the profile keeps finished ones)
+    event = ci_event([build("bld_1", "running"), build("bld_2", "failed")])
+    # when it is delivered
+    status, body = send(sources, event)
+    # then it is answered 202 with empty results, and nothing was claimed, posted or queued
+    assert (status, body) == (202, {"results": []})
+    assert piriod.requests == [] and piriod.usages() == []
+    assert sources.items() == []
+    assert sources.messages("replay") == [] and sources.messages("dead_letter") == []
+    # and the delivery is logged as handled with no record
+    [handled] = [r for r in caplog.records if r.getMessage() == "delivery handled"]
+    assert handled.__dict__["outcomes"] == {"received": 0}
+    assert handled.__dict__["source"] == "ci-minutes"
+
+
+def test_results_carry_event_ids_where_the_filter_made_indexes_sparse(
+    sources: Adapter, piriod: Any
+) -> None:
+    # given builds of which the first, third and fourth are finished
+    event = ci_event(
+        [
+            build("bld_a", "finished"),
+            build("bld_b", "running"),
+            build("bld_c", "finished", customer="cus_globex"),
+            build("bld_d", "finished"),
+        ]
+    )
+    # when it is delivered
+    status, body = send(sources, event)
+    # then each result's index counts the kept builds, and its event_id names the build
+    assert status == 202, body
+    assert [(r["index"], r["event_id"], r["status"]) for r in body["results"]] == [
+        (0, "bld_a", "posted"),
+        (1, "bld_c", "posted"),
+        (2, "bld_d", "posted"),
+    ]
+
+
+FLEET_READINGS = {
+    "signature": {"scheme": "standard-webhooks", "secret_id": "piriod/sources/fleet-telemetry"},
+    "shape": "cloudevents",
+    "records": "data.readings[?kwh > `0`]",
+    "fields": {"quantity": "kwh"},
+    "subscription_line": 3203,
+}
+
+
+def reading_event(event_id: str, *kwh: float) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "urn:fleet:hub:7",
+        "type": "com.example.fleet.readings",
+        "time": "2026-11-01T08:00:00Z",
+        "data": {"readings": [{"kwh": value} for value in kwh]},
+    }
+
+
+def test_cloudevent_results_carry_the_event_id_in_a_filtered_batch(
+    sources: Adapter, piriod: Any
+) -> None:
+    # given a CloudEvents profile that keeps the readings above zero inside each event
+    document = example_document()
+    document["sources"]["fleet-readings"] = FLEET_READINGS
+    put_sources(sources.endpoint, sources.sources_parameter, document)
+    sources.fresh_runtime()
+    # and a batch: two readings kept of three in the first event, none in the second, one
+    # in the third
+    batch = [
+        reading_event("evt-1", 1.5, 0, 2),
+        reading_event("evt-2", 0),
+        reading_event("evt-3", 3),
+    ]
+    body = json.dumps(batch).encode()
+    event = http_event("POST", "/v1/sources/fleet-readings/usages", body)
+    # when it is delivered
+    status, answer = send(sources, event, sources=document)
+    # then each result carries its event's id (shared by readings of one event) and the
+    # index tells the records apart
+    assert status == 202, answer
+    assert [(r["index"], r["event_id"], r["status"]) for r in answer["results"]] == [
+        (0, "evt-1", "posted"),
+        (1, "evt-1", "posted"),
+        (2, "evt-3", "posted"),
+    ]
+    assert sorted(u["quantity"] for u in piriod.usages()) == ["1.5", "2", "3"]
+    # and a batch whose filter keeps nothing is a 202 with empty results, nothing posted
+    empty = json.dumps([reading_event("evt-4", 0)]).encode()
+    event = http_event("POST", "/v1/sources/fleet-readings/usages", empty)
+    assert send(sources, event, sources=document) == (202, {"results": []})
+    assert len(piriod.usages()) == 3
 
 
 # --- configuration only --------------------------------------------------------------------
@@ -301,6 +486,7 @@ def test_unmapped_meter_is_dead_lettered_then_replayed_once_after_the_mapping_is
         "index": 0,
         "status": "duplicate",
         "usage_id": piriod.usages()[0]["id"],
+        "event_id": "bld_2001",
     }
 
 
