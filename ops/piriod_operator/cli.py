@@ -1,31 +1,52 @@
-"""`piriod-adapter`: the operator's command. Set up the secrets (`init`, `signing-secret`),
-send a signed test delivery (`send`), find, inspect and replay failed records, and reconcile
-what the adapter posted with what Piriod lists.
+"""piriod-adapter: the operator's command for the Piriod usage adapter.
 
-Where the resources are: `--stack NAME` reads them from the CloudFormation stack's outputs and
-parameters; without it, the same environment variables as the functions (SPEC section 6).
-AWS endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-ins too.
+Set up the secrets (init, signing-secret), check and publish meter profiles (sources), send a
+signed test delivery (send), find, inspect and replay failed records, and reconcile what the
+adapter posted with what Piriod lists. See the README for a walk through.
 
-Exit codes: 0 done; 1 `show` found nothing, not confirmed, or `send` not answered 202; 2 invalid
-arguments or settings; 3 reconcile found differences; 4 AWS (SQS, DynamoDB, CloudFormation,
-Secrets Manager) could not be reached or refused; 5 Piriod could not be reached or refused;
-6 a replayed record could be neither posted nor stored (run the replay again); 7 an
-unexpected error (a defect).
+Which adapter: --stack NAME (before or after the command) reads everything from that
+CloudFormation stack's parameters and outputs. Without it, the commands that read the queues
+and the table take the functions' own environment variables (the README lists them). AWS
+endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-ins too.
+
+Exit codes: 0 done; 1 show found nothing, not confirmed, send not answered 202, sources try
+would not be answered 202, or sources validate found a broken source; 2 invalid arguments or
+settings, or a stack or secret that does not exist; 3 reconcile found differences; 4 AWS (SQS,
+DynamoDB, CloudFormation, Secrets Manager, SSM) could not be reached or refused; 5 Piriod
+could not be reached or refused; 6 a replayed record could be neither posted nor stored (run
+the replay again); 7 an unexpected error (a defect).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from piriod_adapter.models import MAX_LINE, parse_rfc3339
 from piriod_adapter.runtime import Runtime
-from piriod_adapter.settings import Settings, SettingsError, load_settings
+from piriod_adapter.settings import SettingsError
+from piriod_operator.errors import (
+    EXIT_AWS,
+    EXIT_DIFFERENCES,
+    EXIT_INTERNAL,
+    EXIT_NOT_FOUND,
+    EXIT_NOT_STORED,
+    EXIT_OK,
+    EXIT_PIRIOD,
+    EXIT_USAGE,
+    NO_STACK,
+    CommandError,
+)
 from piriod_operator.operator import (
     QUEUES,
     Entry,
@@ -36,65 +57,66 @@ from piriod_operator.operator import (
     error_map_text,
     errors_text,
     reconcile,
+    render_reconcile,
     render_status,
     render_table,
     replay_dead_letters,
     status,
 )
+from piriod_operator.stack import Stack, find_stack, get_stack
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DIFFERENCES = 0, 1, 2, 3
-EXIT_AWS, EXIT_PIRIOD, EXIT_NOT_STORED, EXIT_INTERNAL = 4, 5, 6, 7
+__all__ = ["COMMANDS", "Command", "CommandError", "Context", "build_parser", "main"]
+
+PROG = "piriod-adapter"
 MAX_LIMIT = 10_000
 MIN_RATE, MAX_RATE = 0.01, 1000.0  # records per second
+MAX_SSM_STANDARD = 4096  # bytes of an SSM String parameter in the standard tier
+MAX_SSM_ADVANCED = 8192
+STACK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}")  # CloudFormation's rule
 
 
-class CommandError(Exception):
-    """A one-line error for the operator, with its exit code."""
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _stack(stack: str) -> dict[str, Any]:
-    import boto3
-
-    [description] = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"]
-    return dict(description)
-
-
-def _outputs(description: dict[str, Any]) -> dict[str, str]:
-    return {o["OutputKey"]: o["OutputValue"] for o in description.get("Outputs", [])}
-
-
-def settings_from_stack(stack: str) -> Settings:
-    description = _stack(stack)
-    outputs = _outputs(description)
-    params = {p["ParameterKey"]: p.get("ParameterValue", "") for p in description["Parameters"]}
-    return load_settings(
-        {
-            "PIRIOD_API_URL": params.get("PiriodApiUrl", "https://api.piriod.com"),
-            "PIRIOD_WORKSPACE_ID": params["PiriodWorkspaceId"],
-            "PIRIOD_TEST_MODE": params.get("PiriodTestMode", "false"),
-            "PIRIOD_TOKEN_SECRET_ID": params["PiriodTokenSecretArn"],
-            "WEBHOOK_SECRET_ID": params["WebhookSecretArn"],
-            "SOURCES_CONFIG": params.get("SourcesConfig", ""),
-            "IDEMPOTENCY_TTL_DAYS": params.get("IdempotencyTtlDays", "30"),
-            "REPLAY_QUEUE_URL": outputs["ReplayQueueUrl"],
-            "DEAD_LETTER_QUEUE_URL": outputs["DeadLetterQueueUrl"],
-            "IDEMPOTENCY_TABLE": outputs["IdempotencyTableName"],
-        }
-    )
+    try:
+        return installed("piriod-usage-adapter")
+    except PackageNotFoundError:  # pragma: no cover (run from a checkout without install)
+        return "unknown"
 
 
 # --- argument types ----------------------------------------------------------------------------
 
 
+def _date(text: str) -> datetime | None:
+    """A plain date (YYYY-MM-DD) as midnight UTC, or None when `text` is not one."""
+    from datetime import UTC
+
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return None
+    try:
+        return datetime.combine(datetime.fromisoformat(text).date(), time(), UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid date") from None
+
+
 def _instant(text: str) -> datetime:
+    """An RFC 3339 date-time, or a plain date (its start, UTC)."""
+    day = _date(text)
+    if day is not None:
+        return day
     try:
         return parse_rfc3339(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}, or a date YYYY-MM-DD") from None
+
+
+def _until(text: str) -> datetime:
+    """An RFC 3339 date-time, or a plain date (up to its end: the whole day, UTC)."""
+    day = _date(text)
+    if day is not None:
+        return day + timedelta(days=1) - timedelta(microseconds=1)
+    return _instant(text)
 
 
 def _positive_int(maximum: int) -> Any:
@@ -118,7 +140,11 @@ def _json_number(text: str) -> str:
     return text
 
 
-def _rfc3339_text(text: str) -> str:
+def _date_time_text(text: str) -> str:
+    """An RFC 3339 date-time as given, or a plain date as its midnight UTC."""
+    day = _date(text)
+    if day is not None:
+        return f"{text}T00:00:00Z"
     _instant(text)
     return text
 
@@ -133,13 +159,6 @@ def _rate(text: str) -> float:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with an argument error on one line of stderr (exit 2), as every error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
-
-
 def _text(what: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if not text.strip():  # an empty shell variable must not widen a choice to everything
@@ -149,235 +168,227 @@ def _text(what: str) -> Callable[[str], str]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="piriod-adapter",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _stack_name(text: str) -> str:
+    if not STACK_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a stack name (a letter, then letters, digits or '-')"
+        )
+    return text
+
+
+def _source_name(text: str) -> str:
+    from piriod_adapter.sources import SOURCE_NAME
+
+    if not SOURCE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:70]!r} is not a source name (1 to 64 of a-z, 0-9 and '-')"
+        )
+    return text
+
+
+def _file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file that can be read")
+    return path
+
+
+# --- the parser --------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an argument error on one line of stderr (exit 2), as every error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+class _Help(argparse.HelpFormatter):
+    """The help of every option ends with its default, unless its text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or action.required
+            or "default" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or default == []
+        ):
+            return text
+        if default is False:
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
+class _RawHelp(argparse.RawDescriptionHelpFormatter, _Help):
+    """The same, with the description kept as written (the module's docstring)."""
+
+
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--stack and --region: accepted before the command and after it (`default` SUPPRESS
+    on a command, so that one given before it is not overwritten)."""
+    parser.add_argument(
+        "--stack",
+        type=_stack_name,
+        default=default,
+        metavar="NAME",
+        help="the adapter's CloudFormation stack (default: none; the commands that read the "
+        "queues then take the functions' environment variables)",
     )
     parser.add_argument(
-        "--stack", help="CloudFormation stack name (default: environment variables)"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def filters(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--kind", choices=["transient", "ambiguous", "rejected", "exhausted", "unreadable"]
-        )
-        p.add_argument("--line", type=_positive_int(MAX_LINE), help="subscription line")
-        p.add_argument("--source", type=_text("--source"), help="third-party source name")
-        p.add_argument("--since", type=_instant, help="record date_time from (RFC 3339)")
-        p.add_argument("--until", type=_instant, help="record date_time until (RFC 3339)")
-        p.add_argument(
-            "--id",
-            dest="ids",
-            action="append",
-            default=[],
-            type=_text("--id"),
-            help="message id (repeatable)",
-        )
-
-    ls = sub.add_parser("list", help="list what waits in the queues, as a table")
-    ls.add_argument("--queue", choices=[*QUEUES, "both"], default="both")
-    ls.add_argument("--limit", type=_positive_int(MAX_LIMIT), default=100)
-    ls.add_argument("--json", action="store_true", help="one JSON object per message")
-    filters(ls)
-
-    show = sub.add_parser("show", help="print one message in full")
-    show.add_argument("message_id", help="message id or its first characters")
-    show.add_argument("--queue", choices=[*QUEUES, "both"], default="both")
-
-    rp = sub.add_parser("replay", help="replay DeadLetterQueue messages")
-    rp.add_argument("--dry-run", action="store_true", help="show what would be replayed")
-    rp.add_argument("--limit", type=_positive_int(MAX_LIMIT), default=100)
-    rp.add_argument("--rate", type=_rate, help="at most this many records per second")
-    rp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    filters(rp)
-
-    pg = sub.add_parser("purge", help="delete every message in a queue (asks first)")
-    pg.add_argument("--queue", choices=QUEUES, required=True)
-    pg.add_argument("--yes", action="store_true", help="confirm without asking")
-
-    rc = sub.add_parser("reconcile", help="compare adapter records with Piriod's usages")
-    rc.add_argument("--line", type=_positive_int(MAX_LINE), required=True)
-    rc.add_argument("--since", type=_instant, required=True)
-    rc.add_argument("--until", type=_instant, required=True)
-    rc.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-
-    st = sub.add_parser("status", help="queue depths, oldest records, dead letters, last hour")
-    st.add_argument("--json", action="store_true", help="one JSON document")
-
-    init = sub.add_parser(
-        "init",
-        help="create or update the two secrets (and name them in a samconfig environment)",
-        description='Creates <name>/piriod-token ({"api_token": ...}, asked for without '
-        "echo) and <name>/webhook-signing-secrets (a new whsec_ secret, shown once). "
-        "Re-runnable: the signing secrets are kept, the token replaced when given.",
-    )
-    init.add_argument("--name", default="piriod-usage-adapter", help="the stack's name")
-    token = init.add_mutually_exclusive_group()
-    token.add_argument(
-        "--token-stdin", action="store_true", help="read the Piriod token from standard input"
-    )
-    token.add_argument("--keep-token", action="store_true", help="keep the stored token")
-    init.add_argument("--workspace", help="Piriod workspace id (PiriodWorkspaceId)")
-    init.add_argument("--test-mode", choices=["true", "false"], help="PiriodTestMode")
-    init.add_argument("--config-env", help="write the parameters into this samconfig environment")
-    init.add_argument("--samconfig", default="samconfig.toml", help="(default: %(default)s)")
-    init.add_argument(
         "--region",
-        help="where the secrets go, written into the samconfig environment too "
-        "(default: your AWS configuration's region)",
+        default=default,
+        metavar="R",
+        help="AWS region (default: your AWS configuration's, e.g. AWS_DEFAULT_REGION)",
     )
 
-    rotate = sub.add_parser(
-        "signing-secret",
-        help="rotate the webhook signing secret: add a new one, then retire the old",
-    )
-    rotate.add_argument("action", choices=["add", "retire", "count"])
-    rotate.add_argument("--name", default="piriod-usage-adapter", help="the stack's name")
-    rotate.add_argument("--secret-id", help="the secret itself (default: <name>/webhook-...)")
 
-    send = sub.add_parser(
-        "send",
-        help="send one signed test delivery and show its outcome",
-        description="With --stack, the URL and the signing secret come from the stack's "
-        "outputs (WebhookUrl, WebhookSecretArn). The secret is, in this order: --secret-id, "
-        "the stack's, $PIRIOD_SIGNING_SECRET.",
+@dataclass(frozen=True)
+class Command:
+    """One command: its words (`("sources", "push")`), its help, its arguments, and what it
+    does. Every command is registered in COMMANDS, at the end of this module."""
+
+    words: tuple[str, ...]
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Context], int]
+    description: str | None = None
+
+
+@dataclass
+class Context:
+    """What a command runs with: its arguments, where to write, and the adapter it is aimed
+    at (found lazily, so that offline commands never touch AWS)."""
+
+    args: argparse.Namespace
+    out: TextIO
+    err: TextIO
+    _runtime: Runtime | None = field(default=None, repr=False)
+
+    @property
+    def stack_name(self) -> str | None:
+        name: str | None = getattr(self.args, "stack", None)
+        return name
+
+    def require_stack(self, what: str = "this command") -> str:
+        if not self.stack_name:
+            raise CommandError(EXIT_USAGE, f"{what} needs a stack: give --stack NAME")
+        return self.stack_name
+
+    @cached_property
+    def stack(self) -> Stack:
+        return get_stack(self.require_stack(), self.args.region)
+
+    def find_stack(self) -> Stack | None:
+        """The stack, or None when it does not exist yet (init, before the first deploy)."""
+        return find_stack(self.require_stack(), self.args.region)
+
+    def client(self, service: str) -> Any:
+        from piriod_operator.stack import client
+
+        return client(service, self.args.region)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The adapter's clients, aimed at the stack, or at the environment's variables."""
+        if self._runtime is None:
+            if self.stack_name:
+                runtime = Runtime(self.stack.settings())
+            else:
+                runtime = Runtime()
+                try:
+                    runtime.settings  # noqa: B018 (fail now, naming the setting)
+                except SettingsError as exc:
+                    missing = "Field required" in str(exc) and "PIRIOD_WORKSPACE_ID" in str(exc)
+                    if missing:
+                        raise CommandError(EXIT_USAGE, f"no stack: {NO_STACK}") from None
+                    raise CommandError(EXIT_USAGE, f"{exc} ({NO_STACK})") from None
+            self._runtime = runtime
+        return self._runtime
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=__doc__,
+        formatter_class=_RawHelp,
+        epilog="Run `piriod-adapter COMMAND --help` for a command's options.",
     )
-    send.add_argument("--url", help="the webhook's URL (default: the stack's WebhookUrl)")
-    send.add_argument(
-        "--secret-id", help="read the signing secret from this Secrets Manager secret"
-    )
-    send.add_argument("--line", type=_positive_int(MAX_LINE), help="a metered subscription line")
-    send.add_argument("--quantity", type=_json_number, default="1", help="(default: %(default)s)")
-    send.add_argument("--date-time", type=_rfc3339_text, help="(default: now)")
-    send.add_argument("--key", help="an idempotency_key")
-    send.add_argument("--file", type=Path, help="send this body as it is instead")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    _global_options(parser, None)
+    parser.set_defaults(_parser=parser, _command=None)
+    groups: dict[tuple[str, ...], Any] = {}
+    parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
+
+    def subparsers(words: tuple[str, ...]) -> Any:
+        if words not in groups:
+            groups[words] = parsers[words].add_subparsers(
+                title="commands", metavar="COMMAND", dest="_word_" + "_".join(words)
+            )
+        return groups[words]
+
+    for command in COMMANDS:
+        for depth in range(1, len(command.words)):  # a group such as `sources`
+            words = command.words[:depth]
+            if words not in parsers:
+                group = subparsers(words[:-1]).add_parser(
+                    words[-1],
+                    help=GROUPS.get(words, ""),
+                    description=GROUPS.get(words, ""),
+                    formatter_class=_Help,
+                )
+                _global_options(group, argparse.SUPPRESS)
+                group.set_defaults(_parser=group, _command=None)
+                parsers[words] = group
+        leaf = subparsers(command.words[:-1]).add_parser(
+            command.words[-1],
+            help=command.help,
+            description=command.description or command.help,
+            formatter_class=_Help,
+        )
+        _global_options(leaf, argparse.SUPPRESS)
+        command.arguments(leaf)
+        leaf.set_defaults(_parser=leaf, _command=command)
+        parsers[command.words] = leaf
     return parser
 
 
-# --- commands ----------------------------------------------------------------------------------
+@contextmanager
+def _region(region: str | None) -> Iterator[None]:
+    """--region for every client of this run (boto3 reads it from the environment)."""
+    if not region:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("AWS_DEFAULT_REGION", "AWS_REGION")}
+    os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"] = region
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
-def _queues(choice: str) -> tuple[str, ...]:
-    return QUEUES if choice == "both" else (choice,)
-
-
-def cmd_list(runtime: Runtime, args: argparse.Namespace, out: TextIO) -> int:
-    chosen = _filters(args)
-    found: list[Entry] = []
-    counts = {}
-    for queue in _queues(args.queue):
-        counts[queue] = runtime.queue.counts(queue)
-        found += [e for e in entries(runtime, queue, MAX_LIMIT) if chosen.match(e)]
-    found = found[: args.limit]
-    if args.json:
-        for e in found:
-            out.write(json.dumps(e.to_dict()) + "\n")
-        return EXIT_OK
-    render_table(found, out)
-    for queue, c in counts.items():
-        out.write(
-            f"SQS counts for {queue}: {c['visible']} visible, {c['in_flight']} in flight or "
-            f"backing off, {c['delayed']} delayed\n"
-        )
-    return EXIT_OK
-
-
-def cmd_show(runtime: Runtime, args: argparse.Namespace, out: TextIO) -> int:
-    if not args.message_id.strip():
-        raise CommandError(EXIT_USAGE, "give a message id (or its first characters)")
-    found = [
-        e
-        for queue in _queues(args.queue)
-        for e in entries(runtime, queue, MAX_LIMIT)
-        if e.message_id.startswith(args.message_id)
-    ]
-    exact = [e for e in found if e.message_id == args.message_id]
-    if len(exact) == 1 or len(found) == 1:
-        out.write(json.dumps((exact or found)[0].to_dict(), indent=2) + "\n")
-        return EXIT_OK
-    if found:
-        raise CommandError(
-            EXIT_USAGE, f"{args.message_id!r} begins {len(found)} message ids; give more of it"
-        )
-    raise CommandError(EXIT_NOT_FOUND, f"no message {args.message_id!r} found")
-
-
-def cmd_replay(runtime: Runtime, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    chosen = choose_dead_letters(runtime, _filters(args), args.limit)
-    if args.dry_run:
-        render_table(chosen, out)
-        out.write("dry run: nothing was replayed\n")
-        from piriod_adapter.queue import DEAD_LETTER, release
-
-        release(
-            runtime.sqs,
-            runtime.queue.url(DEAD_LETTER),
-            [e.receipt_handle for e in chosen if e.receipt_handle],
-        )
-        out.write(f"replay: chosen={len(chosen)}\n")
-        return EXIT_OK
-    enabled = args.progress if args.progress is not None else (len(chosen) > 20 and err.isatty())
-    bar = Progress(len(chosen), err, enabled=enabled)
-
-    def report(entry: Entry, status: str, outcome: Any) -> None:
-        line = f"{entry.message_id[:8]}  "
-        if entry.record is not None:
-            usage = entry.record.usage
-            line += f"line {usage.subscription_line or 'meter:' + str(usage.meter_id)}  "
-        line += status
-        if outcome is not None and outcome.usage_id:
-            line += f"  usage_id={outcome.usage_id}"
-        if status == "rejected" and outcome is not None and outcome.errors:
-            # this attempt's errors: a record rejected again may be rejected for a new reason
-            line += f"  {error_map_text(outcome.errors)}"
-        elif status in ("rejected", "unreadable"):
-            line += f"  {errors_text(entry.record, entry.problem)}"
-        out.write(line + "\n")
-        bar.step(status)
-
-    counts = replay_dead_letters(
-        runtime, chosen, rate=args.rate, report=report, resolve=runtime.resolve_usage
-    )
-    out.write("replay: " + counts.text() + "\n")
-    return EXIT_OK if counts.not_stored == 0 else EXIT_NOT_STORED
-
-
-def cmd_purge(runtime: Runtime, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise CommandError(EXIT_USAGE, "refusing to purge without --yes when not on a terminal")
-        answer = input(f"Type the queue name ({args.queue}) to delete every message in it: ")
-        if answer.strip() != args.queue:
-            raise CommandError(EXIT_NOT_FOUND, "not confirmed; nothing deleted")
-    runtime.sqs.purge_queue(QueueUrl=runtime.queue.url(args.queue))
-    out.write(f"purged {args.queue}\n")
-    return EXIT_OK
-
-
-def cmd_reconcile(runtime: Runtime, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if args.since > args.until:
-        raise CommandError(EXIT_USAGE, "--since is after --until: the period is empty")
-    bar = Progress(0, err, enabled=args.progress if args.progress is not None else err.isatty())
-    report = reconcile(
-        runtime,
-        args.line,
-        args.since,
-        args.until,
-        progress=lambda listed: bar.count(listed, "usages listed"),
-    )
-    bar.end()
-    out.write(json.dumps(report, indent=2, default=str) + "\n")
-    clean = not report["missing_in_piriod"] and not report["not_recorded_by_adapter"]
-    return EXIT_OK if clean else EXIT_DIFFERENCES
-
-
-def _filters(args: argparse.Namespace) -> Filters:
-    if args.since and args.until and args.since > args.until:
-        raise CommandError(EXIT_USAGE, "--since is after --until: nothing can match")
-    return Filters(args.kind, args.line, args.source, args.since, args.until, frozenset(args.ids))
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Command | None = args._command
+    if command is None:  # a bare command, or a group without its command: its usage
+        args._parser.print_help(out)
+        return EXIT_USAGE
+    _logs_to(err)
+    try:
+        with _region(args.region):
+            return command.run(Context(args, out, err))
+    except Exception as exc:
+        code, message = _failure_line(exc)
+        err.write(f"{PROG}: {message}\n")
+        return code
 
 
 def _failure_line(exc: Exception) -> tuple[int, str]:
@@ -406,11 +417,334 @@ def _failure_line(exc: Exception) -> tuple[int, str]:
     return EXIT_INTERNAL, f"unexpected error ({type(exc).__name__}): {exc}"
 
 
-def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _logs_to(stream: TextIO) -> None:
+    """The functions' log lines go to stderr here, so stdout holds only the command's own
+    output (tables, reports, --json)."""
+    import logging
+
+    from piriod_adapter.observability import logger
+
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+
+
+# --- the queues: list, show, replay, purge, reconcile, status ----------------------------------
+
+
+def _filter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kind",
+        choices=["transient", "ambiguous", "rejected", "exhausted", "unreadable"],
+        help="only records that failed this way (default: every kind)",
+    )
+    p.add_argument(
+        "--line",
+        type=_positive_int(MAX_LINE),
+        help="only this subscription line (default: every line)",
+    )
+    p.add_argument(
+        "--source",
+        type=_text("--source"),
+        help="only this third-party source (default: every source and the native route)",
+    )
+    p.add_argument(
+        "--since",
+        type=_instant,
+        metavar="WHEN",
+        help="only records whose date_time is at or after WHEN: RFC 3339, or a date "
+        "YYYY-MM-DD (its start, UTC) (default: no bound)",
+    )
+    p.add_argument(
+        "--until",
+        type=_until,
+        metavar="WHEN",
+        help="only records whose date_time is at or before WHEN: RFC 3339, or a date "
+        "YYYY-MM-DD (the whole day, UTC) (default: no bound)",
+    )
+    p.add_argument(
+        "--id",
+        dest="ids",
+        action="append",
+        default=[],
+        type=_text("--id"),
+        metavar="MESSAGE_ID",
+        help="only this message id or its first characters; repeatable (default: any id)",
+    )
+
+
+def _filters(args: argparse.Namespace) -> Filters:
+    if args.since and args.until and args.since > args.until:
+        raise CommandError(EXIT_USAGE, "--since is after --until: nothing can match")
+    return Filters(args.kind, args.line, args.source, args.since, args.until, frozenset(args.ids))
+
+
+def _queues(choice: str) -> tuple[str, ...]:
+    return QUEUES if choice == "both" else (choice,)
+
+
+def _list_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue", choices=[*QUEUES, "both"], default="both", help="which queue to list")
+    p.add_argument(
+        "--limit", type=_positive_int(MAX_LIMIT), default=100, help="at most this many rows"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    _filter_arguments(p)
+
+
+def cmd_list(ctx: Context) -> int:
+    args, out, runtime = ctx.args, ctx.out, ctx.runtime
+    chosen = _filters(args)
+    found: list[Entry] = []
+    counts = {}
+    for queue in _queues(args.queue):
+        counts[queue] = runtime.queue.counts(queue)
+        found += [e for e in entries(runtime, queue, MAX_LIMIT) if chosen.match(e)]
+    found = found[: args.limit]
+    if args.json:
+        for e in found:
+            out.write(json.dumps(e.to_dict()) + "\n")
+        return EXIT_OK
+    render_table(found, out)
+    for queue, c in counts.items():
+        out.write(
+            f"SQS counts for {queue}: {c['visible']} visible, {c['in_flight']} in flight or "
+            f"backing off, {c['delayed']} delayed\n"
+        )
+    return EXIT_OK
+
+
+def _show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("message_id", help="the message id, or its first characters")
+    p.add_argument(
+        "--queue", choices=[*QUEUES, "both"], default="both", help="which queue to look in"
+    )
+
+
+def cmd_show(ctx: Context) -> int:
+    args, out, runtime = ctx.args, ctx.out, ctx.runtime
+    if not args.message_id.strip():
+        raise CommandError(EXIT_USAGE, "give a message id (or its first characters)")
+    found = [
+        e
+        for queue in _queues(args.queue)
+        for e in entries(runtime, queue, MAX_LIMIT)
+        if e.message_id.startswith(args.message_id)
+    ]
+    exact = [e for e in found if e.message_id == args.message_id]
+    if len(exact) == 1 or len(found) == 1:
+        out.write(json.dumps((exact or found)[0].to_dict(), indent=2) + "\n")
+        return EXIT_OK
+    if found:
+        raise CommandError(
+            EXIT_USAGE, f"{args.message_id!r} begins {len(found)} message ids; give more of it"
+        )
+    raise CommandError(EXIT_NOT_FOUND, f"no message {args.message_id!r} found")
+
+
+def _replay_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="show what would be replayed, only")
+    p.add_argument(
+        "--limit", type=_positive_int(MAX_LIMIT), default=100, help="at most this many records"
+    )
+    p.add_argument(
+        "--rate",
+        type=_rate,
+        help=f"at most this many records per second, {MIN_RATE} to {MAX_RATE} "
+        "(default: as fast as Piriod answers)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: on a terminal, for more than 20 records)",
+    )
+    _filter_arguments(p)
+
+
+def cmd_replay(ctx: Context) -> int:
+    args, out, err, runtime = ctx.args, ctx.out, ctx.err, ctx.runtime
+    chosen = choose_dead_letters(runtime, _filters(args), args.limit)
+    if args.dry_run:
+        render_table(chosen, out)
+        out.write("dry run: nothing was replayed\n")
+        from piriod_adapter.queue import DEAD_LETTER, release
+
+        release(
+            runtime.sqs,
+            runtime.queue.url(DEAD_LETTER),
+            [e.receipt_handle for e in chosen if e.receipt_handle],
+        )
+        out.write(f"replay: chosen={len(chosen)}\n")
+        return EXIT_OK
+    enabled = args.progress if args.progress is not None else (len(chosen) > 20 and err.isatty())
+    bar = Progress(len(chosen), err, enabled=enabled)
+
+    def report(entry: Entry, status: str, outcome: Any) -> None:
+        line = f"{entry.message_id[:8]}  "
+        if entry.record is not None:
+            usage = entry.record.usage
+            if usage.subscription_line is not None:
+                line += f"line {usage.subscription_line}  "
+            else:  # an unmapped meter: the line its profile gives it now, if any
+                resolved = runtime.resolve_usage(usage).subscription_line
+                line += f"line meter:{usage.meter_id}->{resolved or '?'}  "
+        line += status
+        if outcome is not None and outcome.usage_id:
+            line += f"  usage_id={outcome.usage_id}"
+        placement = getattr(outcome, "placement", None)
+        if placement is not None and placement.message_id != entry.message_id:
+            line += f"  now {placement.queue} message {placement.message_id}"
+        if status == "rejected" and outcome is not None and outcome.errors:
+            # this attempt's errors: a record rejected again may be rejected for a new reason
+            line += f"  {error_map_text(outcome.errors)}"
+        elif status in ("rejected", "unreadable"):
+            line += f"  {errors_text(entry.record, entry.problem)}"
+        out.write(line + "\n")
+        bar.step(status)
+
+    counts = replay_dead_letters(
+        runtime, chosen, rate=args.rate, report=report, resolve=runtime.resolve_usage
+    )
+    out.write("replay: " + counts.text() + "\n")
+    return EXIT_OK if counts.not_stored == 0 else EXIT_NOT_STORED
+
+
+def _purge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue", choices=QUEUES, required=True, help="the queue to empty")
+    p.add_argument("--yes", action="store_true", help="confirm without asking")
+
+
+def cmd_purge(ctx: Context) -> int:
+    args, out, runtime = ctx.args, ctx.out, ctx.runtime
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError(EXIT_USAGE, "refusing to purge without --yes when not on a terminal")
+        answer = input(f"Type the queue name ({args.queue}) to delete every message in it: ")
+        if answer.strip() != args.queue:
+            raise CommandError(EXIT_NOT_FOUND, "not confirmed; nothing deleted")
+    runtime.sqs.purge_queue(QueueUrl=runtime.queue.url(args.queue))
+    out.write(f"purged {args.queue}\n")
+    return EXIT_OK
+
+
+def _reconcile_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--line", type=_positive_int(MAX_LINE), required=True, help="the subscription line"
+    )
+    p.add_argument(
+        "--since",
+        type=_instant,
+        required=True,
+        metavar="WHEN",
+        help="from: RFC 3339, or a date YYYY-MM-DD (its start, UTC)",
+    )
+    p.add_argument(
+        "--until",
+        type=_until,
+        required=True,
+        metavar="WHEN",
+        help="until: RFC 3339, or a date YYYY-MM-DD (the whole day, UTC)",
+    )
+    p.add_argument("--json", action="store_true", help="the report as one JSON document")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="count listed usages on stderr (default: on a terminal)",
+    )
+
+
+def cmd_reconcile(ctx: Context) -> int:
+    args, out, err, runtime = ctx.args, ctx.out, ctx.err, ctx.runtime
+    if args.since > args.until:
+        raise CommandError(EXIT_USAGE, "--since is after --until: the period is empty")
+    bar = Progress(0, err, enabled=args.progress if args.progress is not None else err.isatty())
+    report = reconcile(
+        runtime,
+        args.line,
+        args.since,
+        args.until,
+        progress=lambda listed: bar.count(listed, "usages listed"),
+    )
+    bar.end()
+    if args.json:
+        out.write(json.dumps(report, indent=2, default=str) + "\n")
+    else:
+        render_reconcile(report, out)
+    clean = not report["missing_in_piriod"] and not report["not_recorded_by_adapter"]
+    return EXIT_OK if clean else EXIT_DIFFERENCES
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON document")
+
+
+def cmd_status(ctx: Context) -> int:
+    report = status(ctx.runtime)
+    if ctx.args.json:
+        ctx.out.write(json.dumps(report, default=str) + "\n")
+    else:
+        render_status(report, ctx.out)
+    return EXIT_OK
+
+
+# --- before and after the first deploy: init, signing-secret, send -----------------------------
+
+
+def _deprecated_name(p: argparse.ArgumentParser) -> None:
+    """--name, as these commands took it before --stack: the same, hidden."""
+    p.add_argument("--name", type=_stack_name, default=None, help=argparse.SUPPRESS)
+
+
+def _stack_of(ctx: Context) -> str:
+    name = getattr(ctx.args, "name", None)
+    if name and ctx.stack_name and name != ctx.stack_name:
+        raise CommandError(EXIT_USAGE, "--name (deprecated) and --stack name different stacks")
+    if name and not ctx.stack_name:
+        ctx.err.write("piriod-adapter: --name is deprecated; give --stack NAME\n")
+        ctx.args.stack = name
+    return ctx.require_stack()
+
+
+def _init_arguments(p: argparse.ArgumentParser) -> None:
+    _deprecated_name(p)
+    token = p.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-stdin", action="store_true", help="read the Piriod token from standard input"
+    )
+    token.add_argument("--keep-token", action="store_true", help="keep the token already stored")
+    p.add_argument(
+        "--workspace",
+        help="Piriod workspace id, written as PiriodWorkspaceId (default: left as it is)",
+    )
+    p.add_argument(
+        "--test-mode",
+        choices=["true", "false"],
+        help="written as PiriodTestMode (default: left as it is)",
+    )
+    p.add_argument(
+        "--config-env",
+        metavar="ENV",
+        help="write stack_name, region and the parameters into this samconfig environment, "
+        "made if new (default: write nothing)",
+    )
+    p.add_argument("--samconfig", default="samconfig.toml", help="the samconfig file")
+
+
+def cmd_init(ctx: Context) -> int:
     import getpass
 
     from piriod_operator.onboarding import ensure_secrets, write_samconfig
 
+    args, out, err = ctx.args, ctx.out, ctx.err
+    if not (args.stack or args.name):
+        raise CommandError(
+            EXIT_USAGE,
+            "init needs the stack's name: give --stack NAME (the secrets are made under it, "
+            "and `--config-env ENV` writes it into samconfig.toml)",
+        )
+    stack = _stack_of(ctx)
     token = None
     if args.token_stdin:
         token = sys.stdin.readline().strip()
@@ -418,10 +752,10 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         token = getpass.getpass("Piriod API token (not shown): ").strip()
     if token is not None and not token:
         raise CommandError(EXIT_USAGE, "the Piriod token is empty")
-    manager = _secrets_manager(args.region)
+    manager = ctx.client("secretsmanager")
     region: str = manager.meta.region_name
     try:
-        made = ensure_secrets(manager, args.name, token)
+        made = ensure_secrets(manager, stack, token)
     except ValueError as exc:  # --keep-token before there is a token
         raise CommandError(EXIT_USAGE, str(exc)) from None
     out.write(f"PiriodTokenSecretArn={made.token_arn}\nWebhookSecretArn={made.signing_arn}\n")
@@ -439,31 +773,74 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             overrides["PiriodWorkspaceId"] = args.workspace
         if args.test_mode:
             overrides["PiriodTestMode"] = args.test_mode
-        write_samconfig(Path(args.samconfig), args.config_env, args.name, overrides, region)
+        write_samconfig(Path(args.samconfig), args.config_env, stack, overrides, region)
         err.write(
-            f"Wrote them and region {region} into [{args.config_env}.deploy.parameters] "
-            f"of {args.samconfig}.\n"
+            f"Wrote stack_name {stack}, region {region} and the parameters into "
+            f"[{args.config_env}] of {args.samconfig}; deploy with "
+            f"`sam build && sam deploy --config-env {args.config_env}`.\n"
+        )
+    else:
+        err.write(
+            "Nothing was written into samconfig.toml (give --config-env ENV to); deploy with "
+            f"`sam deploy --stack-name {stack}` and these parameters.\n"
         )
     return EXIT_OK
 
 
-def cmd_signing_secret(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _signing_secret_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "action",
+        choices=["add", "retire", "count"],
+        help="add a new secret next to the current ones; retire all but the newest; count them",
+    )
+    _deprecated_name(p)
+    p.add_argument(
+        "--secret-id",
+        help="the secret itself (default: the stack's WebhookSecretArn, or before the first "
+        "deploy <stack>/webhook-signing-secrets)",
+    )
+
+
+def cmd_signing_secret(ctx: Context) -> int:
+    from piriod_operator.onboarding import secret_exists
+
+    args = ctx.args
+    secret_id = args.secret_id
+    if not secret_id:
+        stack = _stack_of(ctx)
+        found = ctx.find_stack()
+        secret_id = (
+            found.parameters.get("WebhookSecretArn") if found is not None else None
+        ) or f"{stack}/webhook-signing-secrets"
+    manager = ctx.client("secretsmanager")
+    if not secret_exists(manager, secret_id):
+        made_by = (
+            f"run `piriod-adapter --stack {ctx.stack_name} init` first"
+            if ctx.stack_name
+            else "give the right --secret-id"
+        )
+        raise CommandError(EXIT_USAGE, f"no secret {secret_id!r}: {made_by}")
+    return _rotate(ctx, manager, secret_id, args.action, "signing-secret", "your meters")
+
+
+def _rotate(ctx: Context, manager: Any, secret_id: str, action: str, cmd: str, who: str) -> int:
+    """add / retire / count on a {"signing_secrets": [...]} secret (shared by signing-secret
+    and sources secret)."""
     from piriod_operator.onboarding import (
         add_signing_secret,
         retire_signing_secrets,
         signing_secrets,
     )
 
-    manager = _secrets_manager()
-    secret_id = args.secret_id or f"{args.name}/webhook-signing-secrets"
-    if args.action == "add":
+    out, err = ctx.out, ctx.err
+    if action == "add":
         made, active = add_signing_secret(manager, secret_id)
         err.write(
-            f"{active} signing secrets active; the new one, shown once (give it to your "
-            "meters, then `signing-secret retire`):\n"
+            f"{active} signing secrets active; the new one, shown once (give it to {who}, "
+            f"then `{cmd} retire`):\n"
         )
         out.write(f"{made}\n")
-    elif args.action == "retire":
+    elif action == "retire":
         retired = retire_signing_secrets(manager, secret_id)
         out.write(f"retired {retired}; the newest signing secret is the only one active\n")
     else:
@@ -471,31 +848,146 @@ def cmd_signing_secret(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
     return EXIT_OK
 
 
-def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
-    import os
+def _send_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        help="the webhook's URL; with --source, its base address is enough (default: the "
+        "stack's WebhookUrl)",
+    )
+    p.add_argument(
+        "--secret-id",
+        help="sign with the secrets of this Secrets Manager secret (default: the stack's "
+        "WebhookSecretArn, or the profile's secret_id with --source, then "
+        "$PIRIOD_SIGNING_SECRET)",
+    )
+    p.add_argument(
+        "--line",
+        type=_positive_int(MAX_LINE),
+        help="send one record for this metered subscription line",
+    )
+    p.add_argument(
+        "--quantity", type=_json_number, default="1", help="the record's quantity, a JSON number"
+    )
+    p.add_argument(
+        "--date-time",
+        type=_date_time_text,
+        metavar="WHEN",
+        help="the record's date_time: RFC 3339, or a date YYYY-MM-DD (default: now)",
+    )
+    p.add_argument("--key", help="the record's idempotency_key (default: none)")
+    p.add_argument("--file", type=_file, help="send this native body as it is, instead of --line")
+    p.add_argument(
+        "--source",
+        type=_source_name,
+        metavar="NAME",
+        help="send --payload to this third-party source, signed with its profile's scheme "
+        "(default: the native route)",
+    )
+    p.add_argument(
+        "--config",
+        type=_file,
+        metavar="FILE",
+        help="with --source: the profile document to read it from (default: the one the "
+        "stack's SourcesConfig names)",
+    )
+    p.add_argument(
+        "--payload",
+        type=_file,
+        metavar="FILE",
+        help="with --source: the meter's own payload to send",
+    )
 
-    from piriod_operator.onboarding import one_record_delivery, send, signing_secrets
 
-    outputs = _outputs(_stack(args.stack)) if args.stack else {}
-    url = args.url or outputs.get("WebhookUrl")
+def cmd_send(ctx: Context) -> int:
+    from piriod_operator.onboarding import one_record_delivery, post, signed_headers
+
+    args = ctx.args
+    stack = ctx.stack if ctx.stack_name else None
+    url = args.url or (stack.output("WebhookUrl") if stack else None)
     if not url:
-        raise CommandError(EXIT_USAGE, "give --url, or --stack of a deployed adapter")
-    # The secret the command is told of wins: --secret-id, then the stack's, then the
-    # environment's (a local secret, for a local URL).
-    secret_id = args.secret_id or outputs.get("WebhookSecretArn")
-    if secret_id:
-        secrets = signing_secrets(_secrets_manager(), secret_id)
-    elif os.environ.get("PIRIOD_SIGNING_SECRET"):
-        secrets = [os.environ["PIRIOD_SIGNING_SECRET"]]
-    else:
-        raise CommandError(EXIT_USAGE, "give --secret-id or --stack, or set PIRIOD_SIGNING_SECRET")
+        raise CommandError(EXIT_USAGE, "give --url, or --stack NAME of a deployed adapter")
+    if args.source:
+        return _send_to_source(ctx, url, stack)
+    if args.payload or args.config:
+        raise CommandError(EXIT_USAGE, "--payload and --config go with --source NAME")
+    secrets = _secrets_for(
+        ctx, args.secret_id or (stack.output("WebhookSecretArn") if stack else None)
+    )
     if args.file is not None:
         body = args.file.read_bytes()
     elif args.line is not None:
         body = one_record_delivery(args.line, args.quantity, args.date_time, args.key)
     else:
         raise CommandError(EXIT_USAGE, "give --line (a metered subscription line) or --file")
-    status_code, answer = send(url, body, secrets)
+    status_code, answer = post(url, body, signed_headers(body, secrets))
+    return _show_answer(ctx.out, status_code, answer)
+
+
+def _secrets_for(ctx: Context, secret_id: str | None) -> list[str]:
+    """The signing secrets: those of `secret_id`, else $PIRIOD_SIGNING_SECRET."""
+    from piriod_operator.onboarding import secret_exists, signing_secrets
+
+    if secret_id:
+        manager = ctx.client("secretsmanager")
+        if not secret_exists(manager, secret_id):
+            raise CommandError(
+                EXIT_USAGE,
+                f"no secret {secret_id!r}: make it (`piriod-adapter --stack NAME init`, or "
+                "`sources secret add NAME`), or give --secret-id",
+            )
+        return signing_secrets(manager, secret_id)
+    if os.environ.get("PIRIOD_SIGNING_SECRET"):
+        return [os.environ["PIRIOD_SIGNING_SECRET"]]
+    raise CommandError(
+        EXIT_USAGE, "give --secret-id or --stack NAME, or export PIRIOD_SIGNING_SECRET"
+    )
+
+
+def _send_to_source(ctx: Context, url: str, stack: Stack | None) -> int:
+    from piriod_operator.onboarding import post
+    from piriod_operator.profiles import source_headers, source_url
+
+    args = ctx.args
+    if args.payload is None:
+        raise CommandError(EXIT_USAGE, "--source needs --payload FILE (the meter's own payload)")
+    if args.line is not None or args.file is not None:
+        raise CommandError(EXIT_USAGE, "--line and --file are for the native route, not --source")
+    profile = _profile(ctx, args.source, args.config, stack)
+    secrets = _secrets_for(ctx, args.secret_id or profile.signature.secret_id)
+    body = args.payload.read_bytes()
+    try:
+        headers = source_headers(profile, body, secrets)
+    except ValueError as exc:  # standard-webhooks with a secret that is not whsec_...
+        raise CommandError(EXIT_USAGE, f"cannot sign for {args.source!r}: {exc}") from None
+    target = source_url(url, args.source)
+    ctx.err.write(f"POST {target} ({profile.signature.scheme})\n")
+    status_code, answer = post(target, body, headers)
+    return _show_answer(ctx.out, status_code, answer)
+
+
+def _profile(ctx: Context, name: str, config: Path | None, stack: Stack | None) -> Any:
+    """The named source's profile, from the file given or the stack's pushed document."""
+    from piriod_operator.profiles import check_document
+
+    if config is not None:
+        raw, where = config.read_bytes(), str(config)
+    elif stack is not None:
+        parameter = _sources_parameter(stack)
+        value = ctx.client("ssm").get_parameter(Name=parameter)["Parameter"]["Value"]
+        raw, where = value.encode("utf-8", "surrogatepass"), f"SSM parameter {parameter}"
+    else:
+        raise CommandError(EXIT_USAGE, "--source needs --config FILE, or --stack NAME")
+    checked = check_document(raw)
+    if name in checked.profiles:
+        return checked.profiles[name]
+    mine = [p.text() for p in checked.problems if p.source in (name, None)]
+    if mine:
+        raise CommandError(EXIT_USAGE, f"{where}: " + "; ".join(mine))
+    known = ", ".join(sorted(checked.profiles)) or "none"
+    raise CommandError(EXIT_USAGE, f"no source {name!r} in {where} (it has: {known})")
+
+
+def _show_answer(out: TextIO, status_code: int, answer: Any) -> int:
     out.write(f"HTTP {status_code}\n")
     if isinstance(answer, dict):
         for result in answer.get("results", []):
@@ -505,68 +997,304 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"record {result['index']}: {result['status']} {detail}".rstrip() + "\n")
         if "results" not in answer:
             out.write(f"{answer.get('message', '')}\n")
-            for problem in answer.get("errors", []):
+            for problem in answer.get("errors") or []:
                 out.write(
-                    f"  record {problem['index']} · {problem['field']}: {problem['message']}\n"
+                    f"  record {problem.get('index')} · {problem.get('field')}: "
+                    f"{problem.get('message')}\n"
                 )
+        elif not answer["results"]:
+            out.write("no records (the profile's records expression found none)\n")
     else:
         out.write(f"{answer}\n")
     return EXIT_OK if status_code == 202 else EXIT_NOT_FOUND
 
 
-def _secrets_manager(region: str | None = None) -> Any:
-    import boto3
-    from botocore.exceptions import NoRegionError
+# --- sources: meter profiles -------------------------------------------------------------------
 
-    try:
-        return boto3.client("secretsmanager", region_name=region)
-    except NoRegionError:
+
+def _validate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=_file, metavar="FILE", help="the profile document (JSON)")
+
+
+def cmd_sources_validate(ctx: Context) -> int:
+    from piriod_operator.profiles import check_document
+
+    checked = check_document(ctx.args.file.read_bytes())
+    for problem in checked.problems:
+        ctx.out.write(f"{ctx.args.file}: {problem.text()}\n")
+    if checked.problems:
+        broken = checked.broken
+        what = f"{len(broken)} broken source(s): {', '.join(broken)}" if broken else "invalid"
+        ctx.out.write(f"{ctx.args.file}: {what}; {len(checked.profiles)} valid\n")
+        return EXIT_NOT_FOUND
+    names = ", ".join(sorted(checked.profiles)) or "none"
+    ctx.out.write(f"{ctx.args.file}: {len(checked.profiles)} source(s) valid: {names}\n")
+    return EXIT_OK
+
+
+def _try_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=_file, required=True, metavar="FILE", help="the profile document"
+    )
+    p.add_argument(
+        "--source", type=_source_name, required=True, metavar="NAME", help="the source to try"
+    )
+    p.add_argument(
+        "--payload", type=_file, required=True, metavar="FILE", help="a sample of its payload"
+    )
+    p.add_argument("--json", action="store_true", help="the dry run as one JSON document")
+
+
+def cmd_sources_try(ctx: Context) -> int:
+    from piriod_operator.profiles import render_tried, try_profile
+
+    args = ctx.args
+    profile = _profile(ctx, args.source, args.config, None)
+    tried = try_profile(args.source, profile, args.payload.read_bytes())
+    if args.json:
+        ctx.out.write(json.dumps(tried.to_dict(), indent=2) + "\n")
+    else:
+        render_tried(tried, ctx.out)
+    return EXIT_OK if tried.status == 202 else EXIT_NOT_FOUND
+
+
+def _push_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=_file, metavar="FILE", help="the profile document (JSON)")
+
+
+def _sources_parameter(stack: Stack) -> str:
+    config = stack.parameters.get("SourcesConfig", "").strip()
+    kind, _, name = config.partition(":")
+    if kind != "ssm" or not name:
         raise CommandError(
-            EXIT_USAGE, "no AWS region: give --region, or set AWS_DEFAULT_REGION"
-        ) from None
+            EXIT_USAGE,
+            f"stack {stack.name!r} reads its sources from {config or 'nowhere'!r}, not an SSM "
+            f"parameter: deploy it with SourcesConfig=ssm:/{stack.name}/sources (`sam deploy "
+            f"--parameter-overrides SourcesConfig=ssm:/{stack.name}/sources ...`, or in "
+            "samconfig.toml), then push again",
+        )
+    return name
 
 
-def _logs_to(stream: TextIO) -> None:
-    """The functions' log lines go to stderr here, so stdout holds only the command's own
-    output (tables, reports, --json)."""
-    import logging
+def cmd_sources_push(ctx: Context) -> int:
+    from piriod_operator.onboarding import secret_exists
+    from piriod_operator.profiles import check_document
 
-    from piriod_adapter.observability import logger
+    args, out, err = ctx.args, ctx.out, ctx.err
+    raw = args.file.read_bytes()
+    checked = check_document(raw)
+    if checked.problems:
+        for problem in checked.problems:
+            err.write(f"{args.file}: {problem.text()}\n")
+        raise CommandError(EXIT_USAGE, f"{args.file} does not validate; nothing was pushed")
+    stack = ctx.stack
+    parameter = _sources_parameter(stack)
+    manager = ctx.client("secretsmanager")
+    readable = {a for a in stack.parameters.get("SourceSecretArns", "").split(",") if a}
+    missing = []
+    for name, profile in sorted(checked.profiles.items()):
+        secret_id = profile.signature.secret_id
+        if not secret_exists(manager, secret_id):
+            missing.append(
+                f"source {name!r}: no secret {secret_id!r} (`piriod-adapter --stack "
+                f"{stack.name} sources secret add {name}` makes {stack.name}/sources/{name})"
+            )
+        elif not secret_id.startswith(f"{stack.name}/sources/") and secret_id not in readable:
+            err.write(
+                f"warning: source {name!r}: the functions may read only secrets named "
+                f"{stack.name}/sources/... or listed in SourceSecretArns; {secret_id!r} is "
+                "neither\n"
+            )
+    if missing:
+        raise CommandError(EXIT_USAGE, "; ".join(missing) + "; nothing was pushed")
+    text = raw.decode("utf-8")
+    size = len(text.encode())
+    if size > MAX_SSM_ADVANCED:
+        raise CommandError(
+            EXIT_USAGE, f"{args.file} is {size} bytes; an SSM parameter holds {MAX_SSM_ADVANCED}"
+        )
+    tier = {"Tier": "Intelligent-Tiering"} if size > MAX_SSM_STANDARD else {}
+    ctx.client("ssm").put_parameter(
+        Name=parameter,
+        Value=text,
+        Type="String",
+        Overwrite=True,
+        Description=f"Source profiles of the usage adapter {stack.name}",
+        **tier,
+    )
+    names = ", ".join(sorted(checked.profiles)) or "none"
+    out.write(
+        f"pushed {len(checked.profiles)} source(s) ({names}) to SSM parameter {parameter} of "
+        f"stack {stack.name}; the webhook reads it within 60 seconds\n"
+    )
+    return EXIT_OK
 
-    for handler in logger.handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(stream)
+
+def _secret_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "action",
+        choices=["add", "retire", "count"],
+        help="add: make the secret, or add a new one next to the current ones (rotation); "
+        "retire: keep only the newest; count: how many are active",
+    )
+    p.add_argument("name", type=_source_name, metavar="NAME", help="the source's name")
+    p.add_argument(
+        "--secret-stdin",
+        action="store_true",
+        help="with add: store the secret read from standard input (one the meter's vendor "
+        "gave you) instead of generating one",
+    )
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    args = build_parser().parse_args(argv)
-    _logs_to(err)
+def cmd_sources_secret(ctx: Context) -> int:
+    from piriod_operator.onboarding import add_source_secret, secret_exists
+
+    args, out, err = ctx.args, ctx.out, ctx.err
+    stack = ctx.stack  # the secret is named after a stack that exists
+    secret_id = f"{stack.name}/sources/{args.name}"
+    manager = ctx.client("secretsmanager")
+    if args.action != "add":
+        if args.secret_stdin:
+            raise CommandError(EXIT_USAGE, "--secret-stdin goes with add")
+        if not secret_exists(manager, secret_id):
+            raise CommandError(
+                EXIT_USAGE,
+                f"no secret {secret_id!r}: run `piriod-adapter --stack {stack.name} sources "
+                f"secret add {args.name}` first",
+            )
+        return _rotate(ctx, manager, secret_id, args.action, "sources secret", "the meter")
+    given = None
+    if args.secret_stdin:
+        given = sys.stdin.readline().strip()
+        if not given:
+            raise CommandError(EXIT_USAGE, "the secret read from standard input is empty")
     try:
-        if args.command == "init":
-            return cmd_init(args, out, err)
-        if args.command == "signing-secret":
-            return cmd_signing_secret(args, out, err)
-        if args.command == "send":
-            return cmd_send(args, out)
-        runtime = Runtime(settings_from_stack(args.stack) if args.stack else None)
-        runtime.settings  # noqa: B018 (fail now, with the setting's name, if one is wrong)
-        if args.command == "list":
-            return cmd_list(runtime, args, out)
-        if args.command == "show":
-            return cmd_show(runtime, args, out)
-        if args.command == "replay":
-            return cmd_replay(runtime, args, out, err)
-        if args.command == "purge":
-            return cmd_purge(runtime, args, out, err)
-        if args.command == "status":
-            report = status(runtime)
-            if args.json:
-                out.write(json.dumps(report, default=str) + "\n")
-            else:
-                render_status(report, out)
-            return EXIT_OK
-        return cmd_reconcile(runtime, args, out, err)
-    except Exception as exc:
-        code, message = _failure_line(exc)
-        err.write(f"piriod-adapter: {message}\n")
-        return code
+        made, active, created = add_source_secret(manager, secret_id, args.name, given)
+    except ValueError as exc:
+        raise CommandError(EXIT_USAGE, str(exc)) from None
+    what = "made" if created else f"rotating: {active} secrets active"
+    err.write(
+        f"{secret_id} {what}; name it as the profile's signature.secret_id, then "
+        f"`sources push`"
+        + (
+            f"; once the meter signs with the new one, `sources secret retire {args.name}`"
+            if not created
+            else ""
+        )
+        + "\n"
+    )
+    if given is None:
+        err.write("The new secret, shown once; give it to the meter:\n")
+        out.write(f"{made}\n")
+    return EXIT_OK
+
+
+# --- shell completion ----------------------------------------------------------------------------
+
+
+def _completion_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
+
+
+def cmd_completion(ctx: Context) -> int:
+    from piriod_operator.completion import script
+
+    ctx.out.write(script(build_parser(), ctx.args.shell))
+    return EXIT_OK
+
+
+# --- the command table: one entry per command --------------------------------------------------
+
+GROUPS: dict[tuple[str, ...], str] = {
+    ("sources",): "third-party meter profiles: validate, try, push, and their secrets",
+}
+
+COMMANDS: list[Command] = [
+    Command(("list",), "list what waits in the queues, as a table", _list_arguments, cmd_list),
+    Command(("show",), "print one queued message in full", _show_arguments, cmd_show),
+    Command(
+        ("replay",),
+        "replay DeadLetterQueue messages (each one's new message id and line are printed)",
+        _replay_arguments,
+        cmd_replay,
+    ),
+    Command(
+        ("purge",), "delete every message in a queue (asks first)", _purge_arguments, cmd_purge
+    ),
+    Command(
+        ("reconcile",),
+        "compare what the adapter posted for a line with Piriod's usages",
+        _reconcile_arguments,
+        cmd_reconcile,
+    ),
+    Command(
+        ("status",),
+        "queue depths, oldest records, dead letters, last hour",
+        _status_arguments,
+        cmd_status,
+    ),
+    Command(
+        ("init",),
+        "create or update the stack's two secrets (and name them in a samconfig environment)",
+        _init_arguments,
+        cmd_init,
+        description='Creates <stack>/piriod-token ({"api_token": ...}, asked for without '
+        "echo) and <stack>/webhook-signing-secrets (a new whsec_ secret, shown once). "
+        "Re-runnable: the signing secrets are kept, the token replaced when given. "
+        "With --config-env, writes stack_name, region and the parameters into samconfig.toml.",
+    ),
+    Command(
+        ("signing-secret",),
+        "rotate the webhook signing secret: add a new one, then retire the old",
+        _signing_secret_arguments,
+        cmd_signing_secret,
+    ),
+    Command(
+        ("send",),
+        "send one signed test delivery and show its outcome",
+        _send_arguments,
+        cmd_send,
+        description="Native route: --line (or --file), signed with Standard Webhooks. "
+        "A source: --source NAME --payload FILE, signed with the profile's own scheme "
+        "(standard-webhooks, stripe or hmac-sha256-hex). The URL is --url or the stack's "
+        "WebhookUrl; the secret is, in this order: --secret-id, the stack's (or the "
+        "profile's), $PIRIOD_SIGNING_SECRET.",
+    ),
+    Command(
+        ("sources", "validate"),
+        "check a profile document offline, every source (no AWS)",
+        _validate_arguments,
+        cmd_sources_validate,
+        description="Checks the schema, compiles every JMESPath, and checks time formats and "
+        "factors. Every problem names its source and field; exit 1 when any source is "
+        "broken. Nothing is read from or sent to AWS.",
+    ),
+    Command(
+        ("sources", "try"),
+        "dry run: what each event of a payload becomes (nothing is posted, no AWS)",
+        _try_arguments,
+        cmd_sources_try,
+        description="For each record: its line, instant, quantity after the factor and key, "
+        "or why it would be rejected or refused (422, naming the field); and the records "
+        "the profile's records filter leaves out. The signature is not checked. Exit 1 "
+        "when the webhook would not answer 202.",
+    ),
+    Command(
+        ("sources", "push"),
+        "validate a profile document, then write it to the stack's SourcesConfig parameter",
+        _push_arguments,
+        cmd_sources_push,
+    ),
+    Command(
+        ("sources", "secret"),
+        "a source's signing secret <stack>/sources/<NAME>: add (make or rotate), retire, count",
+        _secret_arguments,
+        cmd_sources_secret,
+    ),
+    Command(
+        ("completion",),
+        'print a shell completion script: eval "$(piriod-adapter completion bash)"',
+        _completion_arguments,
+        cmd_completion,
+    ),
+]

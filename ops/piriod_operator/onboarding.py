@@ -1,7 +1,7 @@
 """Before and after the first deploy: the two secrets in the shapes the functions read, the
 samconfig environment that names them, rotating the signing secret, and one signed test
-delivery to a deployed (or local) webhook. Used by `piriod-adapter init`, `signing-secret`
-and `send`."""
+delivery to a deployed (or local) webhook. Used by `piriod-adapter init`, `signing-secret`,
+`sources secret` and `send`."""
 
 from __future__ import annotations
 
@@ -90,6 +90,34 @@ def add_signing_secret(manager: Any, secret_id: str) -> tuple[str, int]:
     return made, len(current) + 1
 
 
+def add_source_secret(
+    manager: Any, secret_id: str, source: str, given: str | None = None
+) -> tuple[str, int, bool]:
+    """A third-party source's secret `<stack>/sources/<name>` ({"signing_secrets": [...]}):
+    made with one secret when it does not exist, otherwise one more next to the current
+    ones (rotation, as `signing-secret add`). The secret is `given` (a vendor's own), or
+    generated. Returns the secret, how many are active, and whether the secret was made."""
+    made = given or new_signing_secret()
+    if _existing(manager, secret_id) is None:
+        manager.create_secret(
+            Name=secret_id,
+            Description=f"Signing secrets of the usage adapter's source {source!r}",
+            SecretString=json.dumps({"signing_secrets": [made]}),
+        )
+        return made, 1, True
+    current = signing_secrets(manager, secret_id)
+    if made in current:
+        raise ValueError("that secret is already active")
+    manager.put_secret_value(
+        SecretId=secret_id, SecretString=json.dumps({"signing_secrets": [*current, made]})
+    )
+    return made, len(current) + 1, False
+
+
+def secret_exists(manager: Any, secret_id: str) -> bool:
+    return _existing(manager, secret_id) is not None
+
+
 def retire_signing_secrets(manager: Any, secret_id: str) -> int:
     """Rotation, step 2, once every sender signs with the newest: keep only that one.
     Returns how many were retired."""
@@ -106,8 +134,8 @@ def retire_signing_secrets(manager: Any, secret_id: str) -> int:
 def write_samconfig(
     path: Path, environment: str, stack: str, overrides: dict[str, str], region: str | None
 ) -> None:
-    """Put these parameter overrides, the region and (for a new environment) the stack name
-    into one samconfig environment's deploy parameters; other lines are kept."""
+    """Put these parameter overrides, the region and the stack name into one samconfig
+    environment (made when it is new); other lines are kept."""
     text = path.read_text() if path.exists() else "version = 0.1\n"
     header = f"[{environment}.deploy.parameters]"
     if header not in text:
@@ -139,9 +167,44 @@ def write_samconfig(
                 "parameter_overrides = [", f'region = "{region}"\nparameter_overrides = [', 1
             )
     text = text[:start] + section + text[end:]
+    text = _with_stack_name(text, environment, stack)
     parsed = tomllib.loads(text)  # never leave a file sam cannot read
     assert parsed[environment]["deploy"]["parameters"]["parameter_overrides"]
+    assert _stack_name_of(parsed, environment) == stack
     path.write_text(text)
+
+
+def _with_stack_name(text: str, environment: str, stack: str) -> str:
+    """The environment's stack_name (in its global parameters, and in its deploy parameters
+    when it is written there too) set to `stack`: `sam deploy --config-env` then deploys the
+    stack that the other commands are told of with --stack."""
+    line = re.compile(r"^stack_name = .*$", re.MULTILINE)
+    for table in ("global", "deploy"):
+        header = f"[{environment}.{table}.parameters]"
+        if header not in text:
+            if table == "deploy":
+                continue
+            deploy = text.index(f"[{environment}.deploy.parameters]")
+            text = text[:deploy] + f'{header}\nstack_name = "{stack}"\n\n' + text[deploy:]
+            continue
+        start = text.index(header)
+        end = _section_end(text, start + len(header))
+        section = text[start:end]
+        if line.search(section):
+            section = line.sub(lambda _: f'stack_name = "{stack}"', section, count=1)
+        elif table == "global":
+            section = section.replace(header, f'{header}\nstack_name = "{stack}"', 1)
+        text = text[:start] + section + text[end:]
+    return text
+
+
+def _stack_name_of(parsed: dict[str, Any], environment: str) -> str | None:
+    tables = parsed[environment]
+    for table in ("deploy", "global"):
+        name = tables.get(table, {}).get("parameters", {}).get("stack_name")
+        if name is not None:
+            return str(name)
+    return None
 
 
 def _section_end(text: str, after: int) -> int:
@@ -200,7 +263,7 @@ def signed_headers(
     }
 
 
-def send(url: str, body: bytes, secrets: Sequence[str], timeout: float = 30.0) -> tuple[int, Any]:
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30.0) -> tuple[int, Any]:
     """POST one signed delivery; the answer's status and body (JSON when it is)."""
     import urllib3
 
@@ -208,7 +271,7 @@ def send(url: str, body: bytes, secrets: Sequence[str], timeout: float = 30.0) -
         "POST",
         url,
         body=body,
-        headers=signed_headers(body, secrets),
+        headers=headers,
         timeout=urllib3.Timeout(connect=10, read=timeout),
         retries=False,
     )

@@ -505,3 +505,46 @@ def _duration(seconds: int) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def render_reconcile(report: dict[str, Any], out: TextIO) -> None:
+    """The reconcile report for a person: the counts, then each usage missing on a side."""
+    out.write(
+        f"line {report['subscription_line']}, {report['since']} to {report['until']}: "
+        f"adapter posted {report['adapter_posted']}, Piriod lists {report['piriod_listed']}, "
+        f"matched {report['matched']}, waiting in the queues {report['waiting_in_queues']}\n"
+    )
+    rows = [
+        [
+            "missing in Piriod",
+            str(m["usage_id"]),
+            str(m["date_time"]),
+            str(m["quantity"]),
+            _short(str(m["key"]), 40),
+        ]
+        for m in report["missing_in_piriod"]
+    ]
+    for side, label in (
+        ("not_recorded_by_adapter", "not recorded by adapter"),
+        ("beyond_retention", f"beyond {report['retention_days']}-day retention"),
+    ):
+        rows += [
+            [label, str(u["usage_id"]), u["date_time"], u["quantity"], f"created {u['created']}"]
+            for u in report[side]
+        ]
+    if rows:
+        headers = ["difference", "usage_id", "date_time", "quantity", "key / created"]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        out.write(
+            "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+            + "\n"
+        )
+        for row in rows:
+            out.write(
+                "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+            )
+    missing, unknown = len(report["missing_in_piriod"]), len(report["not_recorded_by_adapter"])
+    if missing or unknown:
+        out.write(f"differences: {missing} missing in Piriod, {unknown} not recorded by adapter\n")
+    else:
+        out.write("no differences\n")

@@ -193,7 +193,7 @@ def test_reconcile_is_clean_then_reports_each_side(adapter: Adapter, piriod: Any
     # given three records of line 11 posted through the adapter
     adapter.deliver({"usages": [record(11, h) for h in range(3)]})
     window = ("--line", "11", "--since", "2026-11-01T00:00:00Z", "--until", "2026-11-01T23:59:59Z")
-    code, text = ops("reconcile", *window)
+    code, text = ops("reconcile", *window, "--json")
     report = json.loads(text)
     assert code == 0 and report["matched"] == 3
     assert report["missing_in_piriod"] == [] and report["not_recorded_by_adapter"] == []
@@ -215,7 +215,7 @@ def test_reconcile_is_clean_then_reports_each_side(adapter: Adapter, piriod: Any
         ),
     )
     assert created.status == 201
-    code, text = ops("reconcile", *window)
+    code, text = ops("reconcile", *window, "--json")
     report = json.loads(text)
     # then reconcile names both, and fails
     assert code == 3
@@ -399,6 +399,7 @@ def test_reconcile_asks_piriod_for_the_period_only(adapter: Adapter, piriod: Any
         "2026-11-01T00:00:00Z",
         "--until",
         "2026-11-01T23:59:59Z",
+        "--json",
     )
     # then Piriod was asked for that period, and only that day's usage is compared
     assert code == 0 and json.loads(text)["piriod_listed"] == 1
