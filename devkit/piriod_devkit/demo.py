@@ -9,13 +9,17 @@ HTTP, every outcome is printed, a Piriod outage is shown being queued, then repl
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import urllib3
 
@@ -37,6 +41,63 @@ class Shown:
 
     def __init__(self) -> None:
         self.outcomes = Counter()
+
+
+class _WithoutMetrics(io.TextIOBase):
+    """Standard output without the functions' metric lines: Powertools writes each metric as a
+    CloudWatch EMF JSON line (`{"_aws": ...}`) on stdout, which CloudWatch reads in AWS; here
+    they would only hide the outcomes. Every other line passes as it is."""
+
+    def __init__(self, target: TextIO) -> None:
+        self._target = target
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+            for line in lines:
+                if not line.startswith('{"_aws":'):
+                    self._target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial and not self._partial.startswith('{"_aws":'):
+                self._target.write(self._partial)
+                self._partial = ""
+            self._target.flush()
+
+
+@contextlib.contextmanager
+def _no_metric_lines() -> Iterator[None]:
+    original = sys.stdout
+    sys.stdout = _WithoutMetrics(original)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = original
+
+
+def _indented(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def _show_exchange(url: str, event: dict[str, Any], status: int, body: dict[str, Any]) -> None:
+    """One delivery in full: the request as sent (signature headers and body) and the answer's
+    body, as the sender sees them."""
+    print(f"  request: POST {url}{event['rawPath']}")
+    for name, value in event["headers"].items():
+        if name != "content-length":
+            print(f"    {name}: {value}")
+    print(_indented(event_body(event).decode("utf-8", "replace")))  # the bytes signed and sent
+    print(f"  answer: HTTP {status}")
+    print(_indented(json.dumps(body)))
 
 
 def _send(http: urllib3.PoolManager, url: str, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -65,6 +126,26 @@ def _print_answer(title: str, status: int, body: dict[str, Any], shown: Shown) -
             print(f"    record {error['index']} · {error['field']}: {error['message']}")
 
 
+def _show_mapping(
+    payload: dict[str, Any], answer: dict[str, Any], posted: list[dict[str, Any]]
+) -> None:
+    """A third-party payload next to what reached Piriod: each reading as the meter sent it,
+    and the usage its profile made of it (line, instant, quantity after the factor)."""
+    readings = payload.get("data", {}).get("object", {}).get("readings", [])
+    by_id = {usage["id"]: usage for usage in posted}
+    print("  what the meter sent                                   what was posted to Piriod")
+    for result in answer.get("results", []):
+        reading = readings[result["index"]] if result["index"] < len(readings) else {}
+        sent = f"{reading.get('id')} {reading.get('recorded_at')} bytes={reading.get('bytes')}"
+        usage = by_id.get(result.get("usage_id"))
+        made = (
+            f"line={usage['subscription_line']} {usage['date_time']} quantity={usage['quantity']}"
+            if usage is not None
+            else f"{result['status']} (usage_id={result.get('usage_id')})"
+        )
+        print(f"  {sent:<52} ─▶ {made}")
+
+
 def _substitute_line(event: dict[str, Any], line: int | None) -> dict[str, Any]:
     """Against the real Piriod, point the samples at a subscription line of the user's own."""
     if line is None:
@@ -77,6 +158,11 @@ def _substitute_line(event: dict[str, Any], line: int | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    with _no_metric_lines():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     shown = Shown()
     real_piriod = bool(args.token)
     with MotoServer() as moto:
@@ -129,7 +215,10 @@ def run(args: argparse.Namespace) -> int:
                 ("webhook-not-json.json", "a body that is not JSON (400)"),
             ]:
                 event = sign_event(_substitute_line(load_event(name), args.subscription_line))
-                _print_answer(f"{name}: {title}", *_send(http, api.url, event), shown)
+                status, body = _send(http, api.url, event)
+                _print_answer(f"{name}: {title}", status, body, shown)
+                if name == "webhook-single.json":  # one delivery in full, as the sender sees it
+                    _show_exchange(api.url, event, status, body)
 
             single = sign_event(
                 _substitute_line(load_event("webhook-single.json"), args.subscription_line)
@@ -142,11 +231,17 @@ def run(args: argparse.Namespace) -> int:
 
             print("\n■ A third-party meter: its own payload, signed its own way (examples/)")
             meter = sign_event(load_event("source-acme-storage.json"), sources=sources)
+            before = len(standin.usages()) if standin is not None else 0
+            status, body = _send(http, api.url, meter)
             _print_answer(
                 "source-acme-storage.json: Stripe-signed readings in bytes, posted in GB",
-                *_send(http, api.url, meter),
+                status,
+                body,
                 shown,
             )
+            print(f"  Stripe-Signature: {meter['headers']['stripe-signature']}")
+            posted = standin.usages()[before:] if standin is not None else []
+            _show_mapping(json.loads(event_body(meter)), body, posted)
 
             bad = load_event("webhook-bad-signature.json")
             bad["headers"]["webhook-timestamp"] = str(int(time.time()))
