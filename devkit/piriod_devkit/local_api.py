@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,7 +33,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(int(result["statusCode"]), payload, result.get("headers") or {})
 
     def do_GET(self) -> None:
-        self._send(404, {"message": "Not Found"})
+        route = self.server.local_routes.get(self.path.partition("?")[0])
+        if route is None:
+            self._send(404, {"message": "Not Found"})
+            return
+        self._send(200, route())
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -47,13 +52,29 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+Answered = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
 class LocalApiServer(ThreadingHTTPServer):
+    """`on_answer(event, response)` is told of every answer the handler gave; `local_routes`
+    maps a GET path (not an API Gateway route, e.g. `/_local/env`) to its JSON body."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, timeout_seconds: float = 25.0):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        timeout_seconds: float = 25.0,
+        *,
+        on_answer: Answered | None = None,
+        local_routes: dict[str, Callable[[], Any]] | None = None,
+    ):
         super().__init__((host, port), _Handler)
         self.timeout_seconds = timeout_seconds
+        self.on_answer = on_answer
+        self.local_routes = local_routes if local_routes is not None else {}
         self._thread: threading.Thread | None = None
 
     @property
@@ -66,6 +87,8 @@ class LocalApiServer(ThreadingHTTPServer):
 
         context = LambdaContext(timeout_seconds=self.timeout_seconds)
         response: dict[str, Any] = lambda_handler(event, context)
+        if self.on_answer is not None:
+            self.on_answer(event, response)
         return response
 
     def start(self) -> LocalApiServer:
