@@ -29,11 +29,19 @@ def _sign(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from piriod_devkit import demo
+    from piriod_devkit import serve as local_serve
 
     parser = argparse.ArgumentParser(prog="piriod-local", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="run the whole adapter locally and show it work")
     demo.add_arguments(demo_parser)
+    serve_parser = commands.add_parser(
+        "serve",
+        help="keep the adapter running locally (webhook, AWS and Piriod stand-ins) until Ctrl-C",
+        description=local_serve.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    local_serve.add_arguments(serve_parser)
     faults = commands.add_parser("faults", help="run the fault suite and print its table")
     faults.add_argument("--records-per-fault", type=int, default=80)
     standins = commands.add_parser(
@@ -66,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.token and not args.workspace:
             parser.error("--workspace (or PIRIOD_WORKSPACE_ID) is required with --token")
         return demo.run(args)
+    if args.command == "serve":
+        return local_serve.run(args)
     if args.command == "standins":
         from piriod_devkit.standins import serve
 
