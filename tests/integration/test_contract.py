@@ -17,6 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.transport import Response
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -96,7 +97,7 @@ def run(
     served: LocalApiServer,
     path: str,
     mode: GenerationMode,
-    inspect: Callable[[requests.Response], None] | None = None,
+    inspect: Callable[[Response], None] | None = None,
     **fixed: Any,
 ) -> Counter[int]:
     """Generate EXAMPLES deliveries for one operation, send each signed, check each answer
@@ -129,7 +130,7 @@ def test_native_route_answers_only_as_described(
     # given deliveries generated from the description, each signed with the adapter's secret
     results: list[dict[str, Any]] = []
 
-    def keep_results(response: requests.Response) -> None:
+    def keep_results(response: Response) -> None:
         if response.status_code == 202:
             results.extend(response.json()["results"])
 
