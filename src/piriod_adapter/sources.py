@@ -87,6 +87,11 @@ class SourcesUnavailable(RuntimeError):
         super().__init__(message)
         self.source = source  # set when only this source's profile is at fault
 
+    def copy(self) -> SourcesUnavailable:
+        """The same problem, to raise once more (a kept error is not raised again itself, so
+        that its traceback does not grow, nor is it shared between threads)."""
+        return SourcesUnavailable(str(self), self.source)
+
 
 # --- the profile document ----------------------------------------------------------------------
 
@@ -271,7 +276,7 @@ class SourceProfiles:
         """The named source's profile; None when there is no such source. A source whose
         profile does not validate raises SourcesUnavailable (its message names the field)."""
         if name in self.broken:
-            raise self.broken[name]
+            raise self.broken[name].copy()
         return self.sources.get(name)
 
     @property
@@ -377,7 +382,7 @@ class SourceCatalog:
                 self._loaded = (now, result)
             found = self._loaded[1]
         if isinstance(found, SourcesUnavailable):
-            raise found
+            raise found.copy()
         return found
 
     def profile(self, name: str) -> Profile | None:

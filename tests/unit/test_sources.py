@@ -60,7 +60,7 @@ def problems(p: Profile, payload: Any) -> set[tuple[int | None, str]]:
 
 def test_the_shipped_examples_validate_and_compile() -> None:
     document = parse_document(EXAMPLES.read_bytes())
-    assert sorted(document.sources) == ["acme-storage", "ci-minutes", "fleet-telemetry"]
+    assert {"acme-storage", "ci-minutes", "fleet-telemetry"} <= set(document.sources)
     assert all(p.compiled for p in document.sources.values())
     assert document.broken == {} and document.problems == []
 

@@ -1,0 +1,122 @@
+"""The README's operator commands, run exactly as written (its bash blocks, in bash) against
+moto server: a CloudFormation stack there carries what `sam deploy` leaves (parameters and
+outputs pointing at the adapter's moto resources), and the webhook is served on a local port.
+
+- "Add a third-party meter": the meter's secret, validate, try, push, send --source;
+- "Operate": list, replay --dry-run, reconcile, signing-secret add.
+
+The deploy steps themselves are run by tests/e2e/test_readme_deploy.py (they need sam)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from piriod_devkit.aws import client
+from piriod_devkit.local_api import LocalApiServer
+from tests.conftest import Adapter
+from tests.integration.test_cli_stack import deploy_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_blocks(heading: str) -> list[str]:
+    """The bash blocks of one README section, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(f"\n## {heading}\n") + 1 :]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(r"^```bash\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+
+
+def bash(script: str, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture
+def served(adapter: Adapter) -> Iterator[LocalApiServer]:
+    server = LocalApiServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A directory where the README's relative paths resolve as in a clone (docs/, examples/
+    and .venv/ of this checkout), and where what the commands write stays."""
+    for name in ("docs", "examples", ".venv"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    return tmp_path
+
+
+def shell_env(adapter: Adapter, stack: str) -> dict[str, str]:
+    """The operator's shell: AWS (moto) and STACK, as the README's deploy section sets it."""
+    return {
+        **os.environ,
+        "AWS_ENDPOINT_URL": adapter.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "STACK": stack,
+    }
+
+
+def test_readme_add_a_meter_works_as_written(
+    adapter: Adapter, piriod: Any, served: LocalApiServer, workdir: Path
+) -> None:
+    # given a deployed stack that reads its profiles from SSM, as the README asks
+    stack = f"readme-meter-{uuid.uuid4().hex[:8]}"
+    parameter = f"ssm:/{stack}/sources"
+    deploy_stack(adapter, stack, webhook_url=f"{served.url}/v1/usages", SourcesConfig=parameter)
+    adapter.fresh_runtime(SOURCES_CONFIG=parameter, SOURCES_CACHE_SECONDS="1")
+    [steps] = readme_blocks("Add a third-party meter")
+    # when the README's steps run
+    code, out, err = bash(steps, workdir, shell_env(adapter, stack))
+    # then the meter's secret was made under the stack and shown once, the profile went to
+    # the stack's parameter, and the meter's payload was posted in GB with its event ids
+    assert code == 0, out + err
+    secret = client("secretsmanager", adapter.endpoint).get_secret_value(
+        SecretId=f"{stack}/sources/acme-storage"
+    )["SecretString"]
+    [made] = [line for line in out.splitlines() if line and line in secret]
+    assert out.count(made) == 1
+    assert "2 would post" in out and "dry run: nothing was posted" in out
+    assert "HTTP 202" in out and 'event_id="rd_0001"' in out, out
+    ledger = sorted((u["subscription_line"], u["quantity"]) for u in piriod.usages())
+    assert ledger == [(3001, "1.073741824"), (3001, "1.500000000")]
+    assert piriod.violations() == []
+
+
+def test_readme_operate_works_as_written(
+    adapter: Adapter, piriod: Any, served: LocalApiServer, workdir: Path
+) -> None:
+    # given a deployed stack
+    stack = deploy_stack(adapter, f"readme-ops-{uuid.uuid4().hex[:8]}", f"{served.url}/v1/usages")
+    [steps] = readme_blocks("Operate")
+    # when the README's operator commands run
+    code, out, err = bash(steps, workdir, shell_env(adapter, stack))
+    # then each one did its job: both queues listed, a dry run, a reconcile with nothing
+    # missing on either side, and a second signing secret added for the rotation
+    assert code == 0, out + err
+    assert "replay" in out and "dead-letter" in out
+    assert re.search(r"\bwhsec_\S+", out), out
+    secrets = client("secretsmanager", adapter.endpoint).get_secret_value(
+        SecretId=adapter.resources.webhook_secret_arn
+    )["SecretString"]
+    assert secrets.count("whsec_") == 2
