@@ -51,6 +51,7 @@ TOKEN = "local-serve-token"  # noqa: S105 (stand-in credential)
 UNMETERED_LINE = 999  # the stand-in answers 400 for it, like Piriod for an unknown line
 REPLAY_EVERY_SECONDS = 1.0
 FLUSH_EVERY_SECONDS = 60.0
+SOURCES_WATCH_SECONDS = 1.0
 FLUSH_MODULE = "piriod_adapter.handlers.flush"
 JOB_STOP_SECONDS = 30.0  # how long a job's round in progress may take to finish at Ctrl-C
 # Locally a queued record is tried again within seconds (the functions' defaults are 60 s).
@@ -511,19 +512,51 @@ class Serve:
         self._banner(api.url, moto.url, piriod.url, raw, made, notes)
         threads = [
             every(job, self.stop, lambda line: self.say(line, stamp=True))
-            for job in self.periodic_jobs(resources.replay_queue_url)
+            for job in self.periodic_jobs(resources.replay_queue_url, moto.url, raw)
         ]
         stack.callback(self._join, threads)
         yield
 
-    def periodic_jobs(self, replay_queue_url: str) -> list[Job]:
-        """What the functions' triggers run, locally: ReplayQueue's event source mapping, and
-        FlushFunction's schedule once it exists. A new job is one more line here."""
+    def periodic_jobs(self, replay_queue_url: str, aws_url: str, sources: bytes) -> list[Job]:
+        """What runs every few seconds: ReplayQueue's event source mapping, FlushFunction's
+        schedule once it exists, and a watch of --sources FILE. A new job is one more line."""
         jobs = [Job("replay", REPLAY_EVERY_SECONDS, self._replayer(replay_queue_url))]
         flush = flush_job()
         if flush is not None:
             jobs.append(flush)
+        if self.sources is not None:
+            watch = self._sources_watcher(self.sources.resolve(), aws_url, sources)
+            jobs.append(Job("sources", SOURCES_WATCH_SECONDS, watch))
         return jobs
+
+    def _sources_watcher(self, path: Path, aws_url: str, seen: bytes) -> Callable[[], str | None]:
+        """An edit to the profile document: its problems, and a secret for each new source."""
+        last = [seen]
+
+        def watch() -> str | None:
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                raw = f"cannot read: {exc.strerror}".encode()
+            if raw == last[0]:
+                return None
+            last[0] = raw
+            try:
+                document = json.loads(raw)
+            except ValueError:
+                document = None
+            made, notes = ensure_source_secrets(aws_url, document)
+            lines = [f"sources  {path} changed"]
+            lines += [
+                f"          new local signing secret for source {m.source} ({m.secret_id}), "
+                f"shown once: {m.value}"
+                for m in made
+            ]
+            lines += [f"          note: {note}" for note in notes]
+            lines += [f"          not valid: {problem}" for problem in profile_problems(raw)]
+            return "\n".join(lines)
+
+        return watch
 
     def _join(self, threads: list[threading.Thread]) -> None:
         self.stop.set()

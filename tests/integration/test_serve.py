@@ -288,6 +288,21 @@ def test_ctrl_c_stops_every_process_and_port_and_exits_0(tmp_path: Path) -> None
         running.wait_for("Stopped.", STOP_SECONDS)
 
 
+def test_sigterm_to_serve_alone_stops_every_process_and_exits_0() -> None:
+    # given a running serve and the processes it started (each in a session of its own)
+    with serve() as running:
+        env = running.env()
+        children = running.descendants()
+        assert len(children) >= 2 and all(alive(pid) for pid in children)
+        # when SIGTERM is sent to serve's process only (`kill PID`)
+        os.kill(running.process.pid, signal.SIGTERM)
+        code = running.process.wait(timeout=STOP_SECONDS)
+        # then it exits 0 and has stopped its children and ports itself
+        assert code == 0, "\n".join(running.lines)
+        assert [pid for pid in children if alive(pid)] == []
+        assert not listening(env["AWS_ENDPOINT_URL"]) and not listening(env["PIRIOD_API_URL"])
+
+
 def test_print_env_with_no_serve_on_the_port_fails_and_says_to_start_one() -> None:
     # given nothing listening on a port
     port = free_port()
@@ -377,3 +392,35 @@ def test_piriod_adapter_send_source_signs_with_the_secret_serve_made(tmp_path: P
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert "posted" in sent.stdout
         assert any(u["subscription_line"] in (3101, 3102) for u in running.ledger(env))
+
+
+def test_a_source_added_to_the_file_while_serving_gets_a_secret_and_posts(
+    tmp_path: Path,
+) -> None:
+    # given a serve of a profile document with one source
+    profiles = tmp_path / "sources.json"
+    document = json.loads((ROOT / "examples" / "sources.json").read_text())
+    first = document["sources"]["acme-storage"]
+    profiles.write_text(json.dumps({"version": 1, "sources": {"acme-storage": first}}))
+    with serve("--sources", str(profiles)) as running:
+        env = running.env()
+        # when the user adds a meter of their own to the file
+        meter = {**document["sources"]["ci-minutes"]}
+        meter["signature"] = {**meter["signature"], "secret_id": "my-meters/builds"}
+        sources = {"acme-storage": first, "builds": meter}
+        profiles.write_text(json.dumps({"version": 1, "sources": sources}))
+        # then serve makes its secret and prints it once
+        running.wait_for("new local signing secret for source builds", STOP_SECONDS)
+        [line] = [x for x in running.lines if "secret for source builds" in x]
+        secret = line.split("shown once: ", 1)[1]
+        # and a delivery signed with it is posted on the new route
+        event = load_event("source-ci-minutes.json")
+        event["rawPath"] = "/v1/sources/builds/usages"
+        base = env["PIRIOD_WEBHOOK_URL"].removesuffix("/v1/usages")
+        status, body = running.post(base + event["rawPath"], sign_source(event, meter, secret))
+        end = time.monotonic() + STOP_SECONDS
+        while status == 404 and time.monotonic() < end:  # the edit is read within a second
+            time.sleep(0.5)
+            status, body = running.post(base + event["rawPath"], sign_source(event, meter, secret))
+        assert status == 202 and body["results"], body
+        assert {r["status"] for r in body["results"]} == {"posted"}, body
