@@ -30,6 +30,8 @@ LOCAL_SOURCE_SECRETS: dict[str, str] = {
     "piriod/sources/ci-minutes": "local ci-minutes hmac secret",
     "piriod/sources/fleet-telemetry": "whsec_"
     + base64.b64encode(b"local-fleet-telemetry-key").decode(),
+    "piriod/sources/api-requests": "local api-requests hmac secret",
+    "piriod/sources/egress-bytes": "whsec_" + base64.b64encode(b"local-egress-bytes-key").decode(),
 }
 
 

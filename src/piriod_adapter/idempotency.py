@@ -56,7 +56,12 @@ LOCK_MARGIN_SECONDS = 5.0
 POLL_SECONDS = 0.2
 MAX_PK_BYTES = 1024  # DynamoDB allows 2,048 for a partition key; hashed beyond this
 WAITING_SHARDS = 8  # `waiting` spreads over this many index partitions per queue
-_NAMESPACES = {KeyKind.EXPLICIT: "k", KeyKind.DELIVERY: "d", KeyKind.EVENT: "e"}
+_NAMESPACES = {
+    KeyKind.EXPLICIT: "k",
+    KeyKind.DELIVERY: "d",
+    KeyKind.EVENT: "e",
+    KeyKind.WINDOW: "a",
+}
 
 
 class StoreUnavailable(RuntimeError):
@@ -69,6 +74,7 @@ class KeyStatus(StrEnum):
     QUEUED = "queued"
     REJECTED = "rejected"
     RELEASED = "released"
+    AGGREGATED = "aggregated"  # an aggregating source's event, counted into its window
 
 
 def key_pk(key: UsageKey) -> str:

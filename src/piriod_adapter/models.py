@@ -165,6 +165,7 @@ class KeyKind(StrEnum):
     EXPLICIT = "explicit"  # a native record's own idempotency_key
     DELIVERY = "delivery"  # "{webhook-id}:{index}", derived when a native record has none
     EVENT = "event"  # a source record's event id (CloudEvents: its source and id)
+    WINDOW = "window"  # an aggregation window's total: "{line}#{window start}#g{generation}"
 
 
 class UsageKey(BaseModel):
@@ -257,6 +258,7 @@ class Status(StrEnum):
     DUPLICATE = "duplicate"
     QUEUED = "queued"
     REJECTED = "rejected"
+    AGGREGATED = "aggregated"  # counted into its window (an aggregating source, SPEC 9)
 
 
 class FailureKind(StrEnum):
@@ -273,7 +275,9 @@ class RecordResult(BaseModel):
 
     index: int = Field(ge=0, le=MAX_BATCH - 1, description="the record's place in the delivery")
     status: Status | Literal["not_stored"] = Field(
-        description="posted, duplicate, queued or rejected; not_stored only in a 503"
+        description="posted, duplicate, queued, rejected, or aggregated (a source that "
+        "aggregates: counted into `window_start`'s generation `generation`); not_stored only "
+        "in a 503"
     )
     usage_id: int | None = Field(
         default=None, description="Piriod's usage id (posted; duplicate when known)"
@@ -293,6 +297,18 @@ class RecordResult(BaseModel):
         description="sources route only: the record's event id as the profile maps it (for "
         "CloudEvents the event's `id`; records found inside one event share it), so that "
         "results can be matched to events whatever `records` kept",
+    )
+    window_start: UtcInstant | None = Field(
+        default=None,
+        description="aggregated: the start of the window the event was counted in (UTC)",
+    )
+    generation: int | None = Field(
+        default=None,
+        ge=0,
+        le=86_399,
+        description="aggregated: the window's generation the event was counted in (0 the "
+        "window itself, 1, 2 ... for late events); its usage is posted at window_start plus "
+        "this many seconds",
     )
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from piriod_adapter.sources import SourceCatalog
     from piriod_adapter.submit import Submitter
     from piriod_adapter.tracing import Tracer
+    from piriod_adapter.windows import WindowStore
 
 STORE_RESERVE_SECONDS = 2.0  # time kept to store a record after its post
 
@@ -125,6 +126,14 @@ class Runtime:
 
         return IdempotencyStore(
             self.dynamodb, self.settings.idempotency_table, self.settings.idempotency_ttl_days
+        )
+
+    @cached_property
+    def windows(self) -> WindowStore:
+        from piriod_adapter.windows import WindowStore
+
+        return WindowStore(
+            self.dynamodb, self.settings.idempotency_table, self.settings.window_shards
         )
 
     @cached_property

@@ -40,6 +40,9 @@ class Settings(BaseModel):
     # How long a read of SOURCES_CONFIG is used before it is read again (SPEC: at most 60 s).
     sources_cache_seconds: float = Field(default=60.0, ge=0, le=60, alias="SOURCES_CACHE_SECONDS")
 
+    # Counter shards per aggregation window (SPEC 9): concurrent deliveries to one line and
+    # window add to different items, so that they rarely conflict; a close sums them.
+    window_shards: int = Field(default=8, ge=1, le=32, alias="WINDOW_SHARDS")
     idempotency_ttl_days: int = Field(default=30, ge=7, alias="IDEMPOTENCY_TTL_DAYS")
     post_concurrency: int = Field(default=16, ge=1, le=64, alias="POST_CONCURRENCY")
     piriod_connect_timeout: float = Field(default=3.0, gt=0, le=30, alias="PIRIOD_CONNECT_TIMEOUT")

@@ -49,6 +49,7 @@ from pydantic import (
 )
 
 from piriod_adapter import jsondoc
+from piriod_adapter.aggregation import Aggregate
 from piriod_adapter.models import (
     MAX_BATCH,
     MAX_LINE,
@@ -211,7 +212,7 @@ class SignatureProfile(_Strict):
 
 class FieldPaths(_Strict):
     date_time: JMESPath | None = None
-    quantity: JMESPath
+    quantity: JMESPath | None = None  # required, except with aggregate function "count"
     event_id: JMESPath | None = None
     subscription_line: JMESPath | None = None
     meter_id: JMESPath | None = None
@@ -227,6 +228,8 @@ class Profile(_Strict):
     subscription_line: LineId | None = None
     lines: dict[Annotated[str, StringConstraints(max_length=MAX_METER_ID_LENGTH)], LineId] = {}
     test_mode: bool = Field(default=False, strict=True)
+    # SPEC 9: events counted into windows, one usage per line and window (None: one each)
+    aggregate: Aggregate | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> Profile:
@@ -235,6 +238,9 @@ class Profile(_Strict):
                 raise ValueError("fields.date_time is required with shape json")
             if self.fields.event_id is None:
                 raise ValueError("fields.event_id is required with shape json")
+        counting = self.aggregate is not None and self.aggregate.function == "count"
+        if self.fields.quantity is None and not counting:
+            raise ValueError('fields.quantity is required (except with aggregate function "count")')
         if (
             self.fields.subscription_line is None
             and self.subscription_line is None
@@ -740,8 +746,11 @@ class Mapper:
             raw_time,
             lambda v: check_instant(_instant(v, profile.time_format), self.now),
         )
-        raw_quantity = self._raw(record, "quantity")
-        quantity = self._field("quantity", raw_quantity, self._quantity)
+        if "quantity" in profile.compiled:
+            raw_quantity = self._raw(record, "quantity")
+            quantity = self._field("quantity", raw_quantity, self._quantity)
+        else:  # a counting source: each event counts one
+            raw_quantity, quantity = None, Decimal(1)
         if key_text is None:
             key_text = self._field(
                 "event_id",

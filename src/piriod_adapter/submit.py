@@ -434,6 +434,7 @@ class Submitter:
             KeyStatus.POSTED,
             KeyStatus.QUEUED,
             KeyStatus.REJECTED,
+            KeyStatus.AGGREGATED,  # counted into a window (the source aggregated then)
         ):
             # Done, or waiting elsewhere (a redelivered replay message of a record that was
             # rejected or dead-lettered meanwhile): nothing is sent again.

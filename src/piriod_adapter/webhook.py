@@ -38,6 +38,7 @@ from piriod_adapter.signatures import (
 from piriod_adapter.submit import Outcome, Submission
 
 if TYPE_CHECKING:
+    from piriod_adapter.aggregation import Aggregate
     from piriod_adapter.sources import Profile
 from piriod_adapter.validation import BodyError, check_size, decode_json, parse_native_body
 
@@ -215,6 +216,17 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
         workspace=settings.piriod_workspace_id,
         test_mode=settings.piriod_test_mode or profile.test_mode,
     )
+    if profile.aggregate is not None:  # counted into windows, posted when they close
+        return count_and_answer(
+            runtime,
+            [record.usage for record in mapped],
+            tenant,
+            deadline,
+            profile.aggregate,
+            delivery=delivery,
+            source=name,
+            event_ids=[record.event_id for record in mapped],
+        )
     # A filter that keeps no record is answered 202 with no results, on the same path.
     return submit_and_answer(
         runtime,
@@ -304,6 +316,92 @@ def submit_and_answer(
         submissions, deadline, runtime.queue.store_failed, runtime.settings.post_concurrency
     )
     return summarize(delivery, submissions, outcomes, source, event_ids)
+
+
+def count_and_answer(
+    runtime: Runtime,
+    usages: Sequence[Usage],
+    tenant: Tenant,
+    deadline: Deadline,
+    spec: Aggregate,
+    *,
+    delivery: str,
+    source: str,
+    event_ids: Sequence[str],
+) -> Reply:
+    """An aggregating source (SPEC 9): bound every event, count each exactly once into its
+    window, answer `aggregated` (window and generation), `duplicate`, `rejected` (kept in
+    DeadLetterQueue), or 503 when the store could not be written (counted events then
+    answer `duplicate` on the retry)."""
+    from datetime import UTC, datetime
+
+    from piriod_adapter.aggregation import (
+        Counting,
+        WindowFull,
+        check_events,
+        window_full_message,
+    )
+    from piriod_adapter.validation import FieldProblem, invalid
+
+    problems = check_events(usages, spec, datetime.now(UTC))
+    counting = Counting(
+        spec,
+        source,
+        tenant,
+        runtime.windows,
+        runtime.queue.store_failed,
+        runtime.settings.idempotency_ttl_days,
+    )
+    try:
+        if problems:
+            raise invalid(problems)
+        try:
+            counted = counting.run(usages, deadline)
+        except WindowFull as exc:
+            message = window_full_message(spec)
+            raise invalid([FieldProblem(i, "date_time", message) for i in exc.args[0]]) from None
+    except BodyError as exc:
+        logger.info(
+            "delivery invalid",
+            extra={"source": source, "status": exc.status, "problems": len(exc.problems)},
+        )
+        return Reply(exc.status, exc.public())
+    results: list[RecordResult] = []
+    counts: Counter[str] = Counter({"received": len(counted)})
+    for index, (one, event_id) in enumerate(zip(counted, event_ids, strict=True)):
+        status = one.status.value if one.status else "not_stored"
+        counts[status] += 1
+        counts["late"] += bool(one.generation)
+        errors, omitted = cut_errors(one.errors, ANSWER_ERRORS_BYTES)
+        results.append(
+            RecordResult(
+                index=index,
+                status=one.status or "not_stored",
+                errors=errors,
+                errors_omitted=omitted or None,
+                message=one.reason if one.status is None else None,
+                event_id=event_id,
+                window_start=one.window_start,
+                generation=one.generation,
+            )
+        )
+    count_records(counts, source)
+    logger.info(
+        "delivery handled",
+        extra={"delivery": delivery[:200], "source": source, "outcomes": dict(counts)},
+    )
+    if counts["not_stored"]:
+        reasons = sorted({one.reason or "?" for one in counted if one.status is None})
+        return Reply(
+            503,
+            Answered(
+                message="some events could not be counted; retry the whole delivery (events "
+                "already counted will be reported as duplicates)",
+                results=results,
+            ),
+            cause="events not counted: " + "; ".join(reasons)[:500],
+        )
+    return Reply(202, Answered(results=results))
 
 
 def summarize(

@@ -1,0 +1,603 @@
+"""Aggregation windows (SPEC section 9): a source profile's `aggregate` block, counting a
+delivery's events into their windows exactly once, and closing due windows into usages.
+
+Counting (the webhook, and the operator's replay of a dead-lettered event): each mapped
+event is bounded first (`check_events`: its age, its precision), then its key and its
+addition to its window commit together (windows.WindowStore.count). The answer per event is
+`aggregated` (window start and generation), `duplicate`, `rejected` (kept in
+DeadLetterQueue: an unmapped meter, a key reused for another event, a window past its
+bounds) or, when the store cannot be written, not stored (the delivery is answered 503).
+
+Closing (FlushFunction, every minute): every generation due by now is closed (no event joins
+it afterwards) and its total becomes one usage at window start + g seconds, submitted through
+the one record lifecycle (submit.Submitter: claim, post, settle an unseen post by lookup,
+queue), keyed by source, line, window start and generation, so that two flushers, a crash
+halfway, or a replay post it once. A total of zero is not posted.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.idempotency import StoreUnavailable, Taker, key_pk
+from piriod_adapter.models import (
+    Failure,
+    FailureKind,
+    KeyKind,
+    QueuedRecord,
+    Status,
+    Tenant,
+    Usage,
+    UsageKey,
+    utc_text,
+)
+from piriod_adapter.observability import logger
+from piriod_adapter.submit import KEY_CONFLICT, FailureSink, Outcome, Submission
+from piriod_adapter.validation import FieldProblem
+from piriod_adapter.windows import (
+    MAX_ACTIONS,
+    MAX_FRACTION_DIGITS,
+    ChunkResult,
+    EventWrite,
+    Generation,
+    GenState,
+    NewGeneration,
+    Open,
+    WindowId,
+    WindowWrite,
+    from_units,
+    to_units,
+)
+
+DAY = 86_400
+MAX_FUTURE_SECONDS = 300
+CONFLICT_TRIES = 12
+ROUNDS = 8  # a chunk's events move on at most this many times (closed, full, conflict)
+FLUSH_LIMIT = 2_000  # generations one run closes at most (the rest: the next run)
+
+# --- the profile's block -------------------------------------------------------------------
+
+_DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", re.ASCII)
+
+
+def duration_seconds(text: str) -> int:
+    """An ISO 8601 duration of days, hours, minutes and seconds (PT5M, P1D, PT1H30M)."""
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if match is None or text in ("P", "PT") or text.endswith("T"):
+        raise ValueError(f"{text!r} is not an ISO 8601 duration such as PT5M, PT1H or P1D")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _window(text: str) -> str:
+    seconds = duration_seconds(text)
+    if seconds <= 0 or DAY % seconds:
+        raise ValueError(f"{text} must divide a day (e.g. PT1M, PT5M, PT15M, PT1H, P1D)")
+    return text
+
+
+def _bounded(low: int, high: int, what: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if not low <= duration_seconds(text) <= high:
+            raise ValueError(f"{what}")
+        return text
+
+    return check
+
+
+class Aggregate(BaseModel):
+    """A source's `aggregate` block (SPEC section 9)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    function: Literal["sum", "count"]
+    window: Annotated[str, AfterValidator(_window)]
+    lateness: Annotated[str, AfterValidator(_bounded(0, DAY, "must be PT0S to P1D"))] = "PT5M"
+    max_age: Annotated[str, AfterValidator(_bounded(3_600, 35 * DAY, "must be PT1H to P35D"))] = (
+        "P35D"
+    )
+
+    @property
+    def window_seconds(self) -> int:
+        return duration_seconds(self.window)
+
+    @property
+    def lateness_seconds(self) -> int:
+        return duration_seconds(self.lateness)
+
+    @property
+    def max_age_seconds(self) -> int:
+        return duration_seconds(self.max_age)
+
+    def window_start(self, instant: datetime) -> datetime:
+        """The start of the window holding `instant`, aligned to UTC midnight."""
+        instant = instant.astimezone(UTC)
+        midnight = instant.replace(hour=0, minute=0, second=0, microsecond=0)
+        into = int((instant - midnight).total_seconds())
+        return midnight + timedelta(seconds=into - into % self.window_seconds)
+
+
+def check_events(usages: Sequence[Usage], spec: Aggregate, now: datetime) -> list[FieldProblem]:
+    """The bounds of an aggregating source, before anything is counted: an event older than
+    `max_age` or more than 5 minutes ahead, and a quantity finer than a total can keep."""
+    problems = []
+    for index, usage in enumerate(usages):
+        age = (now - usage.date_time).total_seconds()
+        if age > spec.max_age_seconds:
+            problems.append(
+                FieldProblem(
+                    index, "date_time", f"is older than the source's max_age ({spec.max_age})"
+                )
+            )
+        elif -age > MAX_FUTURE_SECONDS:
+            problems.append(FieldProblem(index, "date_time", "is more than 5 minutes ahead"))
+        exponent = usage.quantity.normalize().as_tuple().exponent
+        if spec.function == "sum" and isinstance(exponent, int) and exponent < -MAX_FRACTION_DIGITS:
+            problems.append(
+                FieldProblem(
+                    index,
+                    "quantity",
+                    f"must have at most {MAX_FRACTION_DIGITS} decimal places on an "
+                    "aggregating source (a window's total keeps 38 digits)",
+                )
+            )
+    return problems
+
+
+def _units(usage: Usage, spec: Aggregate) -> int:
+    if spec.function == "count":
+        return to_units(Decimal(1))
+    return to_units(usage.quantity)
+
+
+# --- counting ------------------------------------------------------------------------------
+
+
+class Counter(Protocol):
+    """What counting needs of the window store."""
+
+    def open_generations(self, windows: Sequence[WindowId]) -> dict[WindowId, Open]: ...
+
+    def reread(self, window: WindowId) -> Open: ...
+
+    def remember(self, window: WindowId, known: Open) -> None: ...
+
+    def shard_for(self, known: Open) -> int: ...
+
+    def count(
+        self, events: Sequence[EventWrite], windows: Sequence[WindowWrite]
+    ) -> ChunkResult: ...
+
+
+@dataclass(frozen=True)
+class Counted:
+    """How one event ended: its result's status and window, or not stored (status None)."""
+
+    status: Status | None
+    window_start: datetime | None = None
+    generation: int | None = None
+    errors: dict[str, list[str]] | None = None
+    reason: str | None = None
+
+
+class WindowFull(Exception):
+    """An event would need a generation past the window's bound (one per second)."""
+
+
+@dataclass
+class _Event:
+    index: int
+    usage: Usage
+    window: WindowId
+    units: int
+
+
+@dataclass
+class Counting:
+    """One delivery of an aggregating source being counted."""
+
+    spec: Aggregate
+    source: str
+    tenant: Tenant
+    store: Counter
+    sink: FailureSink
+    ttl_days: int
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    outcomes: dict[int, Counted] = field(default_factory=dict)
+    singles: set[WindowId] = field(default_factory=set)  # windows whose shard is full
+
+    def run(self, usages: Sequence[Usage], deadline: Deadline) -> list[Counted]:
+        """Count every event. Raises WindowFull (a 422) before anything is written when an
+        event's window has had all its generations."""
+        events: list[_Event] = []
+        for index, usage in enumerate(usages):
+            if usage.subscription_line is None:
+                self._reject(index, usage, {"meter_id": [_no_line(usage)]})
+                continue
+            start = self.spec.window_start(usage.date_time)
+            window = WindowId(self.source, usage.subscription_line, start)
+            events.append(_Event(index, usage, window, _units(usage, self.spec)))
+        try:
+            opens = self.store.open_generations([e.window for e in events]) if events else {}
+        except StoreUnavailable as exc:
+            return self._finish(usages, events, str(exc))
+        full = [e for e in events if opens[e.window].generation >= self.spec.window_seconds]
+        if full:
+            raise WindowFull([e.index for e in full])
+        pending = events
+        rounds = 0
+        while pending:
+            rounds += 1
+            if deadline.remaining() <= 0 or rounds > ROUNDS * (len(events) + 1):
+                return self._finish(usages, pending, "function time ran out; retry")
+            chunk, pending = _chunk(pending, opens, self.singles)
+            try:
+                left = self._count_chunk(chunk, opens, deadline)
+            except StoreUnavailable as exc:
+                return self._finish(usages, chunk + pending, str(exc))
+            pending = left + pending
+        return self._finish(usages, [], None)
+
+    def _count_chunk(
+        self, chunk: list[_Event], opens: dict[WindowId, Open], deadline: Deadline
+    ) -> list[_Event]:
+        """Commit one chunk; returns the events that must go again (next generation, or
+        one by one when a shard is full)."""
+        for attempt in range(CONFLICT_TRIES):
+            writes, shards = self._writes(chunk, opens)  # shards: the windows, in order
+            result = self.store.count(
+                [
+                    EventWrite(
+                        key_pk(e.usage.key),
+                        e.usage.fingerprint,
+                        e.window,
+                        e.units,
+                        self._key_expiry(e.usage),
+                    )
+                    for e in chunk
+                ],
+                writes,
+            )
+            if result.committed:
+                for window in shards:
+                    opens[window].exists = True
+                    self.store.remember(window, opens[window])
+                for e in chunk:
+                    g = opens[e.window].generation
+                    self.outcomes[e.index] = Counted(
+                        Status.AGGREGATED, window_start=e.window.start, generation=g
+                    )
+                return []
+            if result.duplicates or result.closed or result.full:
+                return self._cancelled(chunk, result, writes, opens)
+            if deadline.remaining() <= 0:
+                raise StoreUnavailable("counting store busy until the deadline")
+            # a concurrent transaction on one of the items: back off with jitter
+            self.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))  # noqa: S311
+        raise StoreUnavailable("counting store conflicts did not clear")
+
+    def _writes(
+        self, chunk: list[_Event], opens: dict[WindowId, Open]
+    ) -> tuple[list[WindowWrite], list[WindowId]]:
+        by_window: dict[WindowId, list[_Event]] = {}
+        for e in chunk:
+            by_window.setdefault(e.window, []).append(e)
+        writes = []
+        now = self.clock()
+        for window, events in by_window.items():
+            known = opens[window]
+            g = known.generation
+            end = window.start.timestamp() + self.spec.window_seconds
+            writes.append(
+                WindowWrite(
+                    window=window,
+                    generation=g,
+                    shard=self.store.shard_for(known),
+                    units=sum(e.units for e in events),
+                    events=len(events),
+                    expires_at=self._window_expiry(window),
+                    create=None
+                    if known.exists
+                    else NewGeneration(
+                        window_seconds=self.spec.window_seconds,
+                        # the window itself: at its end plus lateness; a later generation: at
+                        # the next run
+                        due_at=end + self.spec.lateness_seconds if g == 0 else now,
+                        function=self.spec.function,
+                        test_mode=self.tenant.test_mode,
+                        expires_at=self._window_expiry(window),
+                    ),
+                )
+            )
+        return writes, list(by_window)
+
+    def _cancelled(
+        self,
+        chunk: list[_Event],
+        result: ChunkResult,
+        writes: list[WindowWrite],
+        opens: dict[WindowId, Open],
+    ) -> list[_Event]:
+        again: list[_Event] = []
+        closed = {writes[w].window for w in result.closed}
+        full = {writes[w].window for w in result.full}
+        for window in closed:
+            opens[window] = self.store.reread(window)
+        for position, e in enumerate(chunk):
+            if position in result.duplicates:
+                if result.duplicates[position] not in (None, e.usage.fingerprint):
+                    self._reject(e.index, e.usage, {"idempotency_key": [KEY_CONFLICT]})
+                else:
+                    self.outcomes[e.index] = Counted(Status.DUPLICATE)
+            elif e.window in closed and opens[e.window].generation >= self.spec.window_seconds:
+                self._reject(
+                    e.index,
+                    e.usage,
+                    {"date_time": [_generations_bound(self.spec)]},
+                )
+            elif e.window in full and (len(chunk) == 1 or e.units == 0):
+                self._reject(
+                    e.index,
+                    e.usage,
+                    {"quantity": ["the window's total would reach 10^20; not counted"]},
+                )
+            else:
+                again.append(e)
+        self.singles |= full  # one by one from now on, so that only what does not fit is refused
+        return again
+
+    def _reject(self, index: int, usage: Usage, errors: dict[str, list[str]]) -> None:
+        """Keep an event that cannot be counted in DeadLetterQueue, with why."""
+        now = datetime.now(UTC)
+        message = QueuedRecord(
+            usage=usage,
+            tenant=self.tenant,
+            failure=Failure(kind=FailureKind.REJECTED, errors=errors, attempted=False, at=now),
+            attempts=0,
+            first_failure_at=now,
+        )
+        try:
+            placement = self.sink(Submission(index, usage, self.tenant), message)
+        except Exception:
+            placement = None
+        if placement is None:
+            self.outcomes[index] = Counted(
+                None, reason="could not be stored in a queue (SQS unavailable); retry"
+            )
+        else:
+            self.outcomes[index] = Counted(Status.REJECTED, errors=errors)
+
+    def _finish(
+        self, usages: Sequence[Usage], pending: Sequence[_Event], reason: str | None
+    ) -> list[Counted]:
+        for e in pending:
+            self.outcomes.setdefault(e.index, Counted(None, reason=reason))
+        return [self.outcomes.get(i, Counted(None, reason=reason)) for i in range(len(usages))]
+
+    def _key_expiry(self, usage: Usage) -> int:
+        # kept at least as long as an event this old can still arrive
+        return int(
+            max(
+                self.clock() + self.ttl_days * DAY,
+                usage.date_time.timestamp() + self.spec.max_age_seconds + DAY,
+            )
+        )
+
+    def _window_expiry(self, window: WindowId) -> int:
+        end = window.start.timestamp() + self.spec.window_seconds
+        return int(end + self.spec.max_age_seconds + self.ttl_days * DAY)
+
+
+def _chunk(
+    events: list[_Event], opens: dict[WindowId, Open], singles: set[WindowId]
+) -> tuple[list[_Event], list[_Event]]:
+    """As many events as fit in one transaction (a key each, and per window its shard and,
+    for a new generation, its item); an event of a window whose shard is full goes alone."""
+    if events[0].window in singles:
+        return events[:1], events[1:]
+    chunk: list[_Event] = []
+    windows: set[WindowId] = set()
+    actions = 0
+    for position, e in enumerate(events):
+        cost = 1 if e.window in windows else (2 if opens[e.window].exists else 3)
+        if e.window in singles or actions + cost > MAX_ACTIONS:
+            return chunk, events[position:]
+        chunk.append(e)
+        windows.add(e.window)
+        actions += cost
+    return chunk, []
+
+
+def _no_line(usage: Usage) -> str:
+    return f"no subscription line for meter {usage.meter_id!r} in source {usage.source!r}"
+
+
+def _generations_bound(spec: Aggregate) -> str:
+    return (
+        f"its window has had all {spec.window_seconds} generations it can have (one per "
+        "second of the window); not counted"
+    )
+
+
+def window_full_message(spec: Aggregate) -> str:
+    return _generations_bound(spec).removesuffix("; not counted")
+
+
+# --- closing -------------------------------------------------------------------------------
+
+
+class Closer(Protocol):
+    """What flushing needs of the window store."""
+
+    def due(self, now: float, limit: int) -> list[Generation]: ...
+
+    def close(self, gen: Generation) -> Generation: ...
+
+    def finish(self, gen: Generation, state: GenState, usage_id: int | None) -> None: ...
+
+
+class Submits(Protocol):
+    def submit_all(
+        self,
+        subs: Sequence[Submission],
+        deadline: Deadline,
+        sink: FailureSink,
+        concurrency: int,
+        taker: Taker = ...,
+    ) -> list[Outcome]: ...
+
+
+@dataclass
+class FlushReport:
+    """What one run of FlushFunction did."""
+
+    due: int = 0
+    posted: int = 0
+    queued: int = 0
+    empty: int = 0
+    left: int = 0  # due generations not settled this run (busy, a store down, out of time)
+    lag_seconds: float = 0.0  # how long the oldest due generation left unsettled is overdue
+
+
+def window_usage(gen: Generation) -> Usage:
+    """A closed generation's total as the record the lifecycle posts."""
+    assert gen.total_units is not None
+    window = gen.window
+    return Usage(
+        subscription_line=window.line,
+        date_time=gen.instant,
+        quantity=from_units(gen.total_units),
+        key=UsageKey(
+            kind=KeyKind.WINDOW,
+            scope=f"v1/sources/{window.source}",
+            text=f"{window.line}#{utc_text(window.start)}#g{gen.generation}",
+        ),
+        source=window.source,
+        original={
+            "window_start": utc_text(window.start),
+            "generation": gen.generation,
+            "events": gen.events,
+            "function": gen.function,
+        },
+    )
+
+
+def flush(
+    store: Closer,
+    submitter: Submits,
+    sink: FailureSink,
+    workspace: str,
+    deadline: Deadline,
+    concurrency: int,
+    now: float | None = None,
+) -> FlushReport:
+    """Close every generation due by now and post its total once (see the module's text)."""
+    now = time.time() if now is None else now
+    report = FlushReport()
+    due = store.due(now, FLUSH_LIMIT)
+    report.due = len(due)
+    closed: list[Generation] = []  # the due generations, closed, with a total to post
+    skipped: list[Generation] = []  # not closed or not recorded this run (the next run)
+    for found in due:
+        if deadline.remaining() <= 0:
+            skipped.append(found)
+            continue
+        try:
+            gen = store.close(found)
+        except StoreUnavailable as exc:
+            logger.warning("window not closed", extra={"error": str(exc)})
+            skipped.append(found)
+            continue
+        if gen.state is not GenState.CLOSED:
+            continue  # posted or queued by another flusher meanwhile
+        if not gen.total_units:
+            try:
+                store.finish(gen, GenState.POSTED, None)  # a total of zero is not posted
+                report.empty += 1
+            except StoreUnavailable:
+                skipped.append(found)
+            continue
+        closed.append(gen)
+    subs = [
+        Submission(n, window_usage(gen), Tenant(workspace=workspace, test_mode=gen.test_mode))
+        for n, gen in enumerate(closed)
+    ]
+    outcomes = submitter.submit_all(subs, deadline, sink, concurrency, Taker.REPLAY)
+    unsettled = {_pk(gen) for gen in skipped}
+    for gen, outcome in zip(closed, outcomes, strict=True):
+        state = _settled_state(outcome)
+        try:
+            if state is not None:
+                store.finish(gen, state, outcome.usage_id)
+        except StoreUnavailable:
+            state = None
+        if state is None:
+            unsettled.add(_pk(gen))
+            continue
+        report.posted += state is GenState.POSTED
+        report.queued += state is GenState.QUEUED
+    report.left = len(unsettled)
+    report.lag_seconds = max(
+        (now - (g.due_at or now) for g in due if _pk(g) in unsettled), default=0.0
+    )
+    return report
+
+
+def _pk(gen: Generation) -> str:
+    return gen.window.gen_pk(gen.generation)
+
+
+def _settled_state(outcome: Outcome) -> GenState | None:
+    """Where a generation's usage is now: posted, waiting in a queue, or not known yet."""
+    if outcome.status is Status.POSTED:
+        return GenState.POSTED
+    if outcome.status in (Status.QUEUED, Status.REJECTED):
+        return GenState.QUEUED
+    if outcome.status is Status.DUPLICATE:  # handled before (a flusher that stopped halfway)
+        return GenState.POSTED if outcome.usage_id is not None else GenState.QUEUED
+    return None  # busy, or neither posted nor stored: due again at the next run
+
+
+# --- the operator's view -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    source: str
+    line: int
+    window_start: str
+    generation: int
+    state: str
+    total: str
+    events: int | None
+    usage_id: int | None
+    due_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def row(gen: Generation) -> WindowRow:
+    total = from_units(gen.total_units) if gen.total_units is not None else None
+    return WindowRow(
+        source=gen.window.source,
+        line=gen.window.line,
+        window_start=utc_text(gen.window.start),
+        generation=gen.generation,
+        state=gen.state.value,
+        total="" if total is None else format(total, "f"),
+        events=gen.events,
+        usage_id=gen.usage_id,
+        due_at=utc_text(datetime.fromtimestamp(gen.due_at, UTC)) if gen.due_at else None,
+    )

@@ -1,0 +1,252 @@
+"""Aggregation windows (SPEC section 9) end to end: profiles in an SSM parameter on moto
+server, counting through the real webhook handler, FlushFunction's real handler, ReplayFunction
+draining ReplayQueue, and the Piriod stand-in over loopback."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from piriod_devkit.aws import client
+from piriod_devkit.events import LambdaContext, http_event
+from piriod_devkit.poller import drain
+from piriod_devkit.sources import provision_sources, sign_source
+from tests.conftest import Adapter
+
+SECRET = "local aggregate hmac secret"
+SIGNATURE = {"scheme": "hmac-sha256-hex", "secret_id": "agg/meter", "header": "X-Signature"}
+
+
+def profile(function: str = "sum", **aggregate: str) -> dict[str, Any]:
+    fields = {"date_time": "at", "event_id": "id", "subscription_line": "line"}
+    if function == "sum":
+        fields["quantity"] = "q"
+    return {
+        "signature": SIGNATURE,
+        "records": "events",
+        "fields": fields,
+        "aggregate": {"function": function, "window": "PT1M", "lateness": "PT0S", **aggregate},
+    }
+
+
+@pytest.fixture
+def meters(adapter: Adapter) -> Adapter:
+    """The adapter with two aggregating sources: `meter` sums, `counter` counts."""
+    parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
+    document = {"version": 1, "sources": {"meter": profile(), "counter": profile("count")}}
+    config = provision_sources(adapter.endpoint, parameter, document, {"agg/meter": SECRET})
+    adapter.fresh_runtime(SOURCES_CONFIG=config, SOURCES_CACHE_SECONDS="0")
+    return adapter
+
+
+def minute(minutes_ago: int) -> datetime:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    return now - timedelta(minutes=minutes_ago)
+
+
+def event(n: str, line: int, at: datetime, q: str = "1") -> dict[str, Any]:
+    return {"id": n, "line": line, "at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "q": Decimal(q)}
+
+
+def deliver(adapter: Adapter, events: list[dict[str, Any]], source: str = "meter") -> Any:
+    body = json.dumps({"events": events}, default=str).encode()
+    request = http_event(
+        "POST", f"/v1/sources/{source}/usages", body, {"content-type": "application/json"}
+    )
+    return adapter.invoke(sign_source(request, {"signature": SIGNATURE}, SECRET))
+
+
+def run_flush() -> dict[str, Any]:
+    from piriod_adapter.handlers.flush import lambda_handler
+
+    result: dict[str, Any] = lambda_handler({}, LambdaContext(timeout_seconds=30))
+    return result
+
+
+def drain_replay(adapter: Adapter) -> Any:
+    from piriod_adapter.handlers.replay import lambda_handler
+
+    return drain(
+        client("sqs", adapter.endpoint), adapter.resources.replay_queue_url, lambda_handler
+    )
+
+
+def totals(piriod: Any) -> dict[tuple[int, str], Decimal]:
+    held: dict[tuple[int, str], Decimal] = {}
+    for usage in piriod.usages():
+        key = (usage["subscription_line"], usage["date_time"])
+        held[key] = held.get(key, Decimal(0)) + Decimal(str(usage["quantity"]))
+    return held
+
+
+def utc(at: datetime, seconds: int = 0) -> str:
+    return (at + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_three_lines_two_windows_with_redeliveries_become_six_exact_usages(
+    meters: Adapter, piriod: Any
+) -> None:
+    # given 600 events: 3 lines x 2 past windows x 100, with quantities of many decimals
+    rng = random.Random(7)
+    windows = [minute(4), minute(3)]
+    events = [
+        event(f"ev-{line}-{w}-{n}", line, windows[w] + timedelta(seconds=n % 60), q)
+        for line in (11, 12, 13)
+        for w in range(2)
+        for n in range(100)
+        for q in [str(Decimal(rng.randint(0, 10**9)).scaleb(-rng.randint(0, 12)))]
+    ]
+    rng.shuffle(events)
+    expected: dict[tuple[int, str], Decimal] = {}
+    for e in events:
+        key = (e["line"], e["at"][:16] + ":00Z")  # the minute it is in
+        expected[key] = expected.get(key, Decimal(0)) + e["q"]
+    # when they are delivered 100 at a time, every delivery twice
+    for start in range(0, len(events), 100):
+        status, body = deliver(meters, events[start : start + 100])
+        assert status == 202, body
+        assert {r["status"] for r in body["results"]} == {"aggregated"}
+        again_status, again = deliver(meters, events[start : start + 100])
+        assert again_status == 202 and {r["status"] for r in again["results"]} == {"duplicate"}
+        assert all("window_start" not in r for r in again["results"])
+    # then nothing is posted until the flush, which posts one usage per line and window
+    assert piriod.usages() == []
+    report = run_flush()
+    assert (report["posted"], report["left"]) == (6, 0), report
+    assert totals(piriod) == expected
+    assert piriod.violations() == []
+    # and a second flush posts nothing more
+    assert run_flush()["due"] == 0 and len(piriod.usages()) == 6
+
+
+def test_aggregated_result_names_its_window_and_generation(meters: Adapter, piriod: Any) -> None:
+    # given an event in a window that is already past
+    at = minute(2) + timedelta(seconds=17, microseconds=250_000)
+    # when it is delivered
+    status, body = deliver(meters, [event("only", 21, at, "2.5")])
+    # then its result says where it was counted
+    assert status == 202
+    assert body["results"] == [
+        {
+            "index": 0,
+            "status": "aggregated",
+            "event_id": "only",
+            "window_start": utc(minute(2)),
+            "generation": 0,
+        }
+    ]
+
+
+def test_a_late_event_becomes_generation_one(meters: Adapter, piriod: Any) -> None:
+    # given a window closed and posted with two events
+    window = minute(3)
+    deliver(meters, [event("a", 31, window, "1.5"), event("b", 31, window, "2")])
+    run_flush()
+    assert totals(piriod) == {(31, utc(window)): Decimal("3.5")}
+    # when a late event for it arrives
+    status, body = deliver(meters, [event("late", 31, window + timedelta(seconds=30), "4")])
+    # then it joins generation 1, posted at the next run at window start + 1 s
+    assert status == 202
+    assert (body["results"][0]["status"], body["results"][0]["generation"]) == ("aggregated", 1)
+    run_flush()
+    assert totals(piriod) == {
+        (31, utc(window)): Decimal("3.5"),
+        (31, utc(window, 1)): Decimal("4"),
+    }
+    # and an event redelivered after the close is a duplicate, counted nowhere again
+    _, again = deliver(meters, [event("a", 31, window, "1.5")])
+    assert again["results"][0]["status"] == "duplicate"
+    assert run_flush()["due"] == 0
+
+
+def test_a_count_profile_counts_events_and_ignores_quantities(meters: Adapter, piriod: Any) -> None:
+    # given a counting source and 250 events, 50 of them sent twice
+    window = minute(2)
+    events = [event(f"c{n}", 41, window + timedelta(seconds=n % 60), "7.25") for n in range(250)]
+    # when they are delivered
+    for start in range(0, 250, 100):
+        assert deliver(meters, events[start : start + 100], "counter")[0] == 202
+    assert deliver(meters, events[:50], "counter")[0] == 202
+    run_flush()
+    # then Piriod holds one usage of 250
+    assert totals(piriod) == {(41, utc(window)): Decimal(250)}
+
+
+def test_a_flush_during_a_piriod_outage_is_settled_after_recovery(
+    meters: Adapter, piriod: Any
+) -> None:
+    # given counted events, and Piriod storing the first post but answering 503
+    window = minute(3)
+    deliver(meters, [event(f"o{n}", 51, window, "0.1") for n in range(30)])
+    piriod.add_fault("answer_after_store", status=503, count=1)
+    # when the window is flushed
+    report = run_flush()
+    # then it is queued (the answer proves nothing), and replay settles it by lookup
+    assert report["queued"] == 1, report
+    drain_replay(meters)
+    assert totals(piriod) == {(51, utc(window)): Decimal("3.0")}
+    assert len(piriod.usages()) == 1
+    # and a flush running again posts nothing more
+    assert run_flush()["due"] == 0 and len(piriod.usages()) == 1
+
+
+def test_a_total_of_zero_is_not_posted(meters: Adapter, piriod: Any) -> None:
+    # given only events of quantity zero in a window
+    deliver(meters, [event("z1", 61, minute(2), "0"), event("z2", 61, minute(2), "0.000")])
+    # when it is flushed
+    report = run_flush()
+    # then nothing reaches Piriod and the window is done
+    assert (report["empty"], piriod.usages()) == (1, [])
+    assert run_flush()["due"] == 0
+
+
+def test_bounds_are_422_before_anything_is_counted(meters: Adapter, piriod: Any) -> None:
+    # given one fine event and one older than max_age (P35D by default), one too precise
+    old = datetime.now(UTC) - timedelta(days=36)
+    batch = [
+        event("fine", 71, minute(2)),
+        event("old", 71, old),
+        event("fine-2", 71, minute(2), "0.0000000000000000001"),
+    ]
+    # when delivered
+    status, body = deliver(meters, batch)
+    # then the delivery is refused, naming each event and field, and nothing is counted
+    assert status == 422
+    assert [(p["index"], p["field"]) for p in body["errors"]] == [
+        (1, "date_time"),
+        (2, "quantity"),
+    ]
+    status, body = deliver(meters, [event("fine", 71, minute(2))])
+    assert body["results"][0]["status"] == "aggregated"
+
+
+def test_an_unmapped_meter_is_rejected_into_the_dead_letter_queue(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given a counting profile that looks lines up by meter id, without this meter
+    parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
+    meter = profile("count")
+    meter["fields"] = {"date_time": "at", "event_id": "id", "meter_id": "meter"}
+    meter["lines"] = {"known": 81}
+    config = provision_sources(
+        adapter.endpoint,
+        parameter,
+        {"version": 1, "sources": {"meter": meter}},
+        {"agg/meter": SECRET},
+    )
+    adapter.fresh_runtime(SOURCES_CONFIG=config, SOURCES_CACHE_SECONDS="0")
+    at = minute(2)
+    events = [{**event("k1", 0, at), "meter": "known"}, {**event("u1", 0, at), "meter": "new"}]
+    # when delivered
+    status, body = deliver(adapter, events)
+    # then the known meter's event is counted and the other kept in DeadLetterQueue
+    assert status == 202
+    assert [r["status"] for r in body["results"]] == ["aggregated", "rejected"]
+    assert "meter_id" in body["results"][1]["errors"]
+    dead = adapter.messages("dead_letter")
+    assert [m["usage"]["meter_id"] for m in dead] == ["new"]
