@@ -67,7 +67,7 @@ ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=DEFAULT_PORT,
         help="serve the webhook on 127.0.0.1:PORT (default: %(default)s)",
     )
@@ -92,6 +92,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the same export lines to PATH, to `source` (with --print-env: instead "
         "of printing them)",
     )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 (any free port) to 65535, not {port}")
+    return port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -435,8 +445,8 @@ class Serve:
     def run(self) -> int:
         # Ctrl-C reaches this process only (the stand-ins run in sessions of their own): it
         # asks for a stop, and every process started here is stopped below.
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
+            signal.signal(signum, self._on_signal)
         if self.sources is not None and not self.sources.is_file():
             sys.stderr.write(f"piriod-local serve: --sources {self.sources}: no such file\n")
             return 2
@@ -600,7 +610,8 @@ class Serve:
         notes: list[str],
     ) -> None:
         say = self.say
-        port = "" if self.port == DEFAULT_PORT else f" --port {self.port}"
+        served = int(url.rsplit(":", 1)[1])  # the port itself when --port 0 chose one
+        port = "" if served == DEFAULT_PORT else f" --port {served}"
         try:
             names = ", ".join(json.loads(raw).get("sources", {})) or "none"
         except (ValueError, AttributeError):
