@@ -15,9 +15,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import urllib3
@@ -142,6 +145,69 @@ def test_each_third_party_example_gets_202_on_its_route(
     assert re.search(r"(^|\n)202\b|\b202\n?$", output.strip()), output
     assert '"status":"posted"' in output and '"event_id":' in output, output
     assert len(piriod.usages()) == 1 and piriod.violations() == []
+
+
+class _ThrottleOnce(BaseHTTPRequestHandler):
+    """In front of the adapter: the first request is answered 429 with `Retry-After: 3`, the
+    next ones are passed on. Each request's arrival time and webhook-id are kept."""
+
+    protocol_version = "HTTP/1.1"
+    upstream = ""
+    seen: ClassVar[list[tuple[float, str]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append((time.monotonic(), self.headers.get("webhook-id", "")))
+        if len(self.seen) == 1:
+            status, data, extra = 429, b'{"message":"Too Many Requests"}', {"Retry-After": "3"}
+        else:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            answer = urllib3.PoolManager().request(
+                "POST", self.upstream, body=body, headers=headers
+            )
+            status, data, extra = answer.status, answer.data, {}
+        self.send_response(status)
+        for name, value in {"content-type": "application/json", **extra}.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_the_python_example_honours_retry_after(
+    served: LocalApiServer, adapter: Adapter, piriod: Any
+) -> None:
+    # given a proxy in front of the adapter that throttles the first attempt, asking for 3 s
+    # (longer than the example's own first back-off, at most 2 s)
+    class Throttle(_ThrottleOnce):
+        upstream = f"{served.url}/v1/usages"
+        seen: ClassVar[list[tuple[float, str]]] = []
+
+    handler = Throttle
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        # when the guide's Python example sends through it
+        output = run(
+            "python",
+            snippets()["python"],
+            {
+                "PIRIOD_WEBHOOK_URL": f"http://127.0.0.1:{proxy.server_address[1]}/v1/usages",
+                "PIRIOD_SIGNING_SECRET": adapter.secret,
+            },
+        )
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    # then it waited at least as long as Retry-After said, sent the same delivery again (same
+    # webhook-id, signed anew) and got 202 with its record posted once
+    (first, first_id), (second, second_id) = handler.seen
+    assert second - first >= 3.0 and first_id == second_id
+    assert output.startswith("202 ") and '"status":"posted"' in output, output
+    assert len(piriod.usages()) == 1
 
 
 def ids_apart(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
