@@ -1071,7 +1071,7 @@ def _sources_parameter(stack: Stack) -> str:
             f"stack {stack.name!r} reads its sources from {config or 'nowhere'!r}, not an SSM "
             f"parameter: deploy it with SourcesConfig=ssm:/{stack.name}/sources (`sam deploy "
             f"--parameter-overrides SourcesConfig=ssm:/{stack.name}/sources ...`, or in "
-            "samconfig.toml), then push again",
+            "samconfig.toml), then `piriod-adapter sources push FILE`",
         )
     return name
 
@@ -1204,6 +1204,10 @@ def cmd_completion(ctx: Context) -> int:
 
 
 # --- the command table: one entry per command --------------------------------------------------
+# A new command is a function that adds its arguments, a `cmd_` function that runs it with a
+# Context (ctx.runtime, ctx.stack, ctx.client(...), ctx.out), and one entry below; --stack,
+# --region, help and completion come with the entry. A group of commands (`sources ...`)
+# gets its help line in GROUPS.
 
 GROUPS: dict[tuple[str, ...], str] = {
     ("sources",): "third-party meter profiles: validate, try, push, and their secrets",

@@ -237,3 +237,28 @@ def test_send_to_a_source_the_pushed_document_does_not_have(
     payload = write(tmp_path, "payload.json", PAYLOAD)
     code, _, err = cli("--stack", stack, "send", "--source", "other", "--payload", payload)
     assert code == 2 and "no source 'other'" in err and f"(it has: {SOURCE})" in err
+
+
+def test_replay_prints_the_line_an_unmapped_meter_resolves_to(
+    adapter: Adapter, piriod: Any, stack: str, tmp_path: Path
+) -> None:
+    # given a meter whose events name a customer the profile has no line for yet
+    document = profiles(stack)
+    profile = document["sources"][SOURCE]
+    del profile["subscription_line"]
+    profile["fields"]["meter_id"] = "'cus-9'"  # a JMESPath literal: every event is cus-9's
+    profile["lines"] = {}
+    assert cli("--stack", stack, "sources", "secret", "add", SOURCE)[0] == 0
+    assert cli("--stack", stack, "sources", "push", write(tmp_path, "s.json", document))[0] == 0
+    payload = write(tmp_path, "payload.json", PAYLOAD)
+    code, out, _ = cli("--stack", stack, "send", "--source", SOURCE, "--payload", payload)
+    assert code == 0 and out.count(": rejected") == 2
+    # when the line is mapped and the dead letters are replayed
+    profile["lines"] = {"cus-9": 4300}
+    assert cli("--stack", stack, "sources", "push", write(tmp_path, "s.json", document))[0] == 0
+    code, out, _ = cli("--stack", stack, "replay")
+    # then each replayed record's row shows the meter and the line it resolved to
+    assert code == 0 and "posted=2" in out
+    rows = [line for line in out.splitlines() if "line meter:cus-9->4300  posted" in line]
+    assert len(rows) == 2
+    assert sorted(u["subscription_line"] for u in piriod.usages()) == [4300, 4300]
