@@ -56,7 +56,7 @@ def test_init_keeping_a_token_that_does_not_exist_is_a_usage_error(
     adapter: Adapter, name: str
 ) -> None:
     # when the first init of a name is told to keep the token
-    code, out, err = cli("init", "--name", name, "--keep-token")
+    code, out, err = cli("init", "--stack", name, "--keep-token")
     # then it says there is none yet, exit 2, and makes nothing
     assert code == 2 and "no Piriod token yet" in err and out == ""
     with pytest.raises(Exception, match="ResourceNotFound"):
@@ -67,7 +67,7 @@ def test_init_makes_both_secrets_in_their_shapes_and_is_rerunnable(
     adapter: Adapter, name: str
 ) -> None:
     # when the operator runs init with a token
-    code, out, err = cli("init", "--name", name, "--token-stdin", stdin="tok-1\n")
+    code, out, err = cli("init", "--stack", name, "--token-stdin", stdin="tok-1\n")
     # then both secrets exist in the shapes the functions read, and the new signing secret
     # is shown once
     assert code == 0
@@ -78,8 +78,8 @@ def test_init_makes_both_secrets_in_their_shapes_and_is_rerunnable(
     assert signing.startswith("whsec_") and len(signing) == len("whsec_") + 44  # 32 bytes
     assert "tok-1" not in out + err
     # when it runs again, keeping the token, then with a new token
-    assert cli("init", "--name", name, "--keep-token")[0] == 0
-    code, out, _ = cli("init", "--name", name, "--token-stdin", stdin="tok-2\n")
+    assert cli("init", "--stack", name, "--keep-token")[0] == 0
+    code, out, _ = cli("init", "--stack", name, "--token-stdin", stdin="tok-2\n")
     # then the signing secret is kept, the token replaced, the ARNs the same
     assert secret_value(adapter, arns["WebhookSecretArn"]) == {"signing_secrets": [signing]}
     assert secret_value(adapter, arns["PiriodTokenSecretArn"]) == {"api_token": "tok-2"}
@@ -97,7 +97,7 @@ def test_init_writes_the_arns_into_a_samconfig_environment(
     for _ in range(2):
         code, out, _ = cli(
             "init",
-            "--name",
+            "--stack",
             name,
             "--token-stdin",
             "--workspace",
@@ -111,7 +111,7 @@ def test_init_writes_the_arns_into_a_samconfig_environment(
         assert code == 0
     cli(
         "init",
-        "--name",
+        "--stack",
         name,
         "--token-stdin",
         "--config-env",
@@ -148,20 +148,20 @@ def test_rotation_adds_a_second_secret_then_retires_the_first(
     adapter: Adapter, piriod: Any, name: str
 ) -> None:
     # given a deployed adapter that reads the secret init made
-    _, out, _ = cli("init", "--name", name, "--token-stdin", stdin="tok\n")
+    _, out, _ = cli("init", "--stack", name, "--token-stdin", stdin="tok\n")
     old = out.splitlines()[-1]
     arn = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)["WebhookSecretArn"]
     adapter.fresh_runtime(WEBHOOK_SECRET_ID=arn, SECRET_CACHE_SECONDS="0")
     record = {"subscription_line": 7, "date_time": "2026-11-01T10:00:00Z", "quantity": 1}
     # when a second secret is added
-    code, new, _ = cli("signing-secret", "add", "--name", name)
+    code, new, _ = cli("signing-secret", "add", "--stack", name)
     new = new.strip()
     # then deliveries signed with either pass
-    assert code == 0 and cli("signing-secret", "count", "--name", name)[1].startswith("2 ")
+    assert code == 0 and cli("signing-secret", "count", "--stack", name)[1].startswith("2 ")
     assert adapter.deliver(record, secret=old)[0] == 202
     assert adapter.deliver({**record, "quantity": 2}, secret=new)[0] == 202
     # and once the old one is retired, only the new one does
-    assert cli("signing-secret", "retire", "--name", name)[0] == 0
+    assert cli("signing-secret", "retire", "--stack", name)[0] == 0
     assert adapter.deliver({**record, "quantity": 3}, secret=old)[0] == 401
     assert adapter.deliver({**record, "quantity": 4}, secret=new)[0] == 202
 
