@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -210,6 +211,22 @@ def test_the_python_example_honours_retry_after(
     assert len(piriod.usages()) == 1
 
 
+def windows_moved(body: dict[str, Any], millis: int) -> dict[str, Any]:
+    """A 202 whose results' window_start are moved by `millis` (written as the adapter does)."""
+
+    def moved(start: str) -> str:
+        when = datetime.fromisoformat(start) + timedelta(milliseconds=millis)
+        return when.isoformat().replace("+00:00", "Z")
+
+    return {
+        **body,
+        "results": [
+            {**r, "window_start": moved(r["window_start"])} if "window_start" in r else r
+            for r in body["results"]
+        ],
+    }
+
+
 def ids_apart(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
     """A 202's results without their usage ids, and the ids in order."""
     results = [{k: v for k, v in r.items() if k != "usage_id"} for r in body["results"]]
@@ -257,6 +274,12 @@ def test_the_example_answers_are_the_adapters_own(
     payload = (ROOT / "docs" / "examples" / "acme-storage.json").read_text()
     answers["source"] = _post(served, source("acme-storage", payload))
     answers["source-filtered"] = _post(served, source("ci-minutes", shown["source-filtered"][0]))
+    counted = json.loads(shown["source-aggregated"][0])  # moved to the last minutes
+    shift = (int(time.time()) // 60 - 3) * 60_000 - min(r["at"] for r in counted["requests"])
+    shift -= shift % 60_000  # whole minutes: each event stays in its window
+    for request in counted["requests"]:
+        request["at"] += shift
+    answers["source-aggregated"] = _post(served, source("api-requests", json.dumps(counted)))
     with_sources.fresh_runtime(
         PIRIOD_API_URL=dead_endpoint,
         REPLAY_QUEUE_URL=with_sources.resources.replay_queue_url + "-gone",
@@ -271,6 +294,7 @@ def test_the_example_answers_are_the_adapters_own(
         "bad-signature": 401,
         "source": 202,
         "source-filtered": 202,
+        "source-aggregated": 202,
         "stores-down": 503,
     }
     assert sorted(shown) == sorted(status_of)
@@ -279,6 +303,8 @@ def test_the_example_answers_are_the_adapters_own(
         answered: Any = body
         if name == "source":  # its two records are posted concurrently: ids in either order
             documented, answered = ids_apart(documented), ids_apart(body)
+        if name == "source-aggregated":  # its windows moved with its events
+            answered = windows_moved(body, -shift)
         assert (status, answered) == (status_of[name], documented), (
             f"{name}: the adapter answered {status} {json.dumps(body)}"
         )
