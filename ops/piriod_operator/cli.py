@@ -176,6 +176,19 @@ def _stack_name(text: str) -> str:
     return text
 
 
+def _word(what: str) -> Callable[[str], str]:
+    """A value written into samconfig.toml as it is: letters, digits and _ . : / -."""
+
+    def parse(text: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,200}", text):
+            raise argparse.ArgumentTypeError(
+                f"{what} must be letters, digits and _ . : / - (not {text[:40]!r})"
+            )
+        return text
+
+    return parse
+
+
 def _source_name(text: str) -> str:
     from piriod_adapter.sources import SOURCE_NAME
 
@@ -716,6 +729,7 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
     token.add_argument("--keep-token", action="store_true", help="keep the token already stored")
     p.add_argument(
         "--workspace",
+        type=_word("--workspace"),
         help="Piriod workspace id, written as PiriodWorkspaceId (default: left as it is)",
     )
     p.add_argument(
@@ -725,6 +739,7 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--config-env",
+        type=_word("--config-env"),
         metavar="ENV",
         help="write stack_name, region and the parameters into this samconfig environment, "
         "made if new (default: write nothing)",

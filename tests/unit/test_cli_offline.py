@@ -394,3 +394,21 @@ def test_try_an_unknown_source_names_the_ones_there_are(tmp_path: Path) -> None:
     code, text = try_source(tmp_path, "nope", b"{}")
     assert code == 2
     assert "no source 'nope'" in text and "acme-storage, ci-minutes, fleet-telemetry" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("init", "--stack", "s", "--config-env", 'x"]\n[y'),
+        ("init", "--stack", "s", "--workspace", 'acc"1'),
+        ("init", "--stack", "1starts-with-a-digit"),
+        ("--stack", "has space", "list"),
+    ],
+)
+def test_values_written_into_samconfig_are_refused_when_they_would_break_it(
+    argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(*argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and len(err.strip().splitlines()) == 1 and "argument" in err
