@@ -1,9 +1,11 @@
-"""The README's operator commands, run exactly as written (its bash blocks, in bash) against
-moto server: a CloudFormation stack there carries what `sam deploy` leaves (parameters and
-outputs pointing at the adapter's moto resources), and the webhook is served on a local port.
+"""The README's commands, run as written (its bash blocks, in bash):
 
-- "Add a third-party meter": the meter's secret, validate, try, push, send --source;
-- "Operate": list, replay --dry-run, reconcile, signing-secret add.
+- "Quick start": `piriod-local serve` in one shell, `eval "$(piriod-local serve
+  --print-env)"` and `send` in another (on a free port instead of 3000, the one change);
+- against moto server, where a CloudFormation stack carries what `sam deploy` leaves
+  (parameters and outputs pointing at the adapter's moto resources) and the webhook is
+  served on a local port: "Add a third-party meter" (the meter's secret, validate, try,
+  push, send --source) and "Operate" (list, replay --dry-run, reconcile, signing-secret add).
 
 The deploy steps themselves are run by tests/e2e/test_readme_deploy.py (they need sam)."""
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from piriod_devkit.aws import client
+from piriod_devkit.aws import client, free_port
 from piriod_devkit.local_api import LocalApiServer
+from piriod_devkit.process import stop_group
 from tests.conftest import Adapter
 from tests.integration.test_cli_stack import deploy_stack
 
@@ -120,3 +124,40 @@ def test_readme_operate_works_as_written(
         SecretId=adapter.resources.webhook_secret_arn
     )["SecretString"]
     assert secrets.count("whsec_") == 2
+
+
+def test_readme_quick_start_serve_and_send_work_as_written(workdir: Path) -> None:
+    # given the Quick start's second block: serve in one shell, the exports and send in another
+    [_, block] = readme_blocks("Quick start")
+    serve, *other_shell = block.strip().splitlines()
+    assert "piriod-local serve" in serve and "--print-env" in other_shell[0]
+    port = free_port()
+
+    def on_port(line: str) -> str:
+        return line.replace("piriod-local serve", f"piriod-local serve --port {port}")
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "PIRIOD_", "POWERTOOLS_")) and k != "SOURCES_CONFIG"
+    }
+    # when the first shell serves, and the second runs its lines once it answers
+    server = subprocess.Popen(
+        ["bash", "-c", on_port(serve)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while bash(on_port(other_shell[0]), workdir, env)[0] != 0:
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(1)
+        code, out, err = bash("\n".join(map(on_port, other_shell)), workdir, env)
+    finally:
+        stop_group(server)
+    # then the record was posted through the local adapter
+    assert code == 0, out + err
+    assert "HTTP 202" in out and re.search(r"record 0: posted usage_id=\d+", out), out
