@@ -1187,17 +1187,16 @@ def cmd_sources_secret(ctx: Context) -> int:
         made, active, created = add_source_secret(manager, secret_id, args.name, given)
     except ValueError as exc:
         raise CommandError(EXIT_USAGE, str(exc)) from None
-    what = "made" if created else f"rotating: {active} secrets active"
-    err.write(
-        f"{secret_id} {what}; name it as the profile's signature.secret_id, then "
-        f"`sources push`"
-        + (
-            f"; once the meter signs with the new one, `sources secret retire {args.name}`"
-            if not created
-            else ""
+    if created:
+        err.write(
+            f"{secret_id} made; name it as the profile's signature.secret_id, then "
+            "`piriod-adapter sources push FILE`\n"
         )
-        + "\n"
-    )
+    else:
+        err.write(
+            f"{secret_id}: rotating: {active} secrets active; once the meter signs with the "
+            f"new one, `piriod-adapter --stack {stack.name} sources secret retire {args.name}`\n"
+        )
     if given is None:
         err.write("The new secret, shown once; give it to the meter:\n")
         out.write(f"{made}\n")
