@@ -39,7 +39,9 @@ from piriod_adapter.submit import Outcome, Submission
 
 if TYPE_CHECKING:
     from piriod_adapter.aggregation import Aggregate
+    from piriod_adapter.aggregation import Counter as Counter_
     from piriod_adapter.sources import Profile
+    from piriod_adapter.submit import FailureSink
 from piriod_adapter.validation import BodyError, check_size, decode_json, parse_native_body
 
 
@@ -218,7 +220,9 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
     )
     if profile.aggregate is not None:  # counted into windows, posted when they close
         return count_and_answer(
-            runtime,
+            runtime.windows,
+            runtime.queue.store_failed,
+            runtime.settings.idempotency_ttl_days,
             [record.usage for record in mapped],
             tenant,
             deadline,
@@ -319,7 +323,9 @@ def submit_and_answer(
 
 
 def count_and_answer(
-    runtime: Runtime,
+    windows: Counter_,
+    sink: FailureSink,
+    ttl_days: int,
     usages: Sequence[Usage],
     tenant: Tenant,
     deadline: Deadline,
@@ -328,6 +334,7 @@ def count_and_answer(
     delivery: str,
     source: str,
     event_ids: Sequence[str],
+    clock: Callable[[], float] = time.time,
 ) -> Reply:
     """An aggregating source (SPEC 9): bound every event, count each exactly once into its
     window, answer `aggregated` (window and generation), `duplicate`, `rejected` (kept in
@@ -343,15 +350,8 @@ def count_and_answer(
     )
     from piriod_adapter.validation import FieldProblem, invalid
 
-    problems = check_events(usages, spec, datetime.now(UTC))
-    counting = Counting(
-        spec,
-        source,
-        tenant,
-        runtime.windows,
-        runtime.queue.store_failed,
-        runtime.settings.idempotency_ttl_days,
-    )
+    problems = check_events(usages, spec, datetime.fromtimestamp(clock(), UTC))
+    counting = Counting(spec, source, tenant, windows, sink, ttl_days, clock=clock)
     try:
         if problems:
             raise invalid(problems)

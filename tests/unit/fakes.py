@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -416,3 +417,160 @@ __all__ = [
     "later",
     "replace",
 ]
+
+
+# --- aggregation windows -----------------------------------------------------------------------
+
+
+@dataclass
+class _Gen:
+    state: str
+    due_at: float
+    shards: int
+    window_seconds: int
+    function: str
+    total: int | None = None
+    events: int | None = None
+    usage_id: int | None = None
+
+
+@dataclass
+class FakeWindowStore:
+    """Window items as windows.WindowStore keeps them, in memory, with the same atomicity:
+    a chunk's transaction writes every key and addition or nothing; a close moves the head
+    first, then closes every shard, then marks the generation. `down` fails every call;
+    `conflicts` cancels that many transactions as conflicting; `before_count` runs just
+    before the next transaction (a concurrent flusher between a delivery's read and write).
+    """
+
+    shards: int = 3
+    heads: dict[str, int] = field(default_factory=dict)
+    gens: dict[tuple[Any, int], _Gen] = field(default_factory=dict)
+    counters: dict[tuple[Any, int, int], list[int]] = field(default_factory=dict)
+    closed: set[tuple[Any, int, int]] = field(default_factory=set)
+    keys: dict[str, tuple[str, Any, int]] = field(default_factory=dict)  # fp, window, gen
+    down: bool = False
+    conflicts: int = 0
+    before_count: Callable[[], None] | None = None
+    room: int = 10**38 - 1
+    _turn: int = 0
+
+    def _check(self) -> None:
+        from piriod_adapter.idempotency import StoreUnavailable
+
+        if self.down:
+            raise StoreUnavailable("window store down")
+
+    def open_generations(self, windows: Sequence[Any]) -> dict[Any, Any]:
+        from piriod_adapter.windows import Open
+
+        self._check()
+        found = {}
+        for window in windows:
+            g = self.heads.get(window.pk, 0)
+            gen = self.gens.get((window, g))
+            if gen is not None and gen.state != "open":
+                found[window] = Open(g + 1, False, self.shards)
+            else:
+                found[window] = Open(g, gen is not None, gen.shards if gen else self.shards)
+        return found
+
+    def reread(self, window: Any) -> Any:
+        return self.open_generations([window])[window]
+
+    def remember(self, window: Any, known: Any) -> None:
+        pass
+
+    def shard_for(self, known: Any) -> int:
+        self._turn += 1
+        return int(self._turn % known.shards)
+
+    def count(self, events: Sequence[Any], windows: Sequence[Any]) -> Any:
+        from piriod_adapter.windows import ChunkResult
+
+        if self.before_count is not None:
+            hook, self.before_count = self.before_count, None
+            hook()
+        self._check()
+        if self.conflicts:
+            self.conflicts -= 1
+            return ChunkResult(committed=False, conflict=True)
+        result = ChunkResult(committed=False)
+        for n, e in enumerate(events):
+            if e.pk in self.keys:
+                result.duplicates[n] = self.keys[e.pk][0]
+        for n, w in enumerate(windows):
+            shard = (w.window, w.generation, w.shard)
+            gen = self.gens.get((w.window, w.generation))
+            if shard in self.closed or (gen is not None and gen.state != "open"):
+                result.closed.add(n)
+            elif self.counters.get(shard, [0, 0])[0] + w.units > self.room // self.shards:
+                result.full.add(n)
+            elif gen is None and w.create is None:
+                raise AssertionError("a generation's first addition must write its item")
+        if result.duplicates or result.closed or result.full:
+            return result
+        for w in windows:
+            shard = (w.window, w.generation, w.shard)
+            counter = self.counters.setdefault(shard, [0, 0])
+            counter[0] += w.units
+            counter[1] += w.events
+            if w.create is not None and (w.window, w.generation) not in self.gens:
+                self.gens[(w.window, w.generation)] = _Gen(
+                    "open", w.create.due_at, self.shards, w.create.window_seconds, w.create.function
+                )
+        for e in events:
+            g = next(w.generation for w in windows if w.window == e.window)
+            self.keys[e.pk] = (e.fingerprint, e.window, g)
+        return ChunkResult(committed=True)
+
+    def due(self, now: float, limit: int) -> list[Any]:
+        self._check()
+        found = [
+            self._generation(window, g)
+            for (window, g), gen in sorted(self.gens.items(), key=lambda kv: kv[1].due_at)
+            if gen.state in ("open", "closed") and gen.due_at <= now
+        ]
+        return found[:limit]
+
+    def _generation(self, window: Any, g: int) -> Any:
+        from piriod_adapter.windows import Generation, GenState
+
+        gen = self.gens[(window, g)]
+        return Generation(
+            window=window,
+            generation=g,
+            state=GenState(gen.state),
+            window_seconds=gen.window_seconds,
+            due_at=gen.due_at,
+            shards=gen.shards,
+            function=gen.function,
+            test_mode=False,
+            total_units=gen.total,
+            events=gen.events,
+            usage_id=gen.usage_id,
+        )
+
+    def close(self, found: Any) -> Any:
+        window, g = found.window, found.generation
+        self._check()
+        if self.heads.get(window.pk, 0) == g:
+            self.heads[window.pk] = g + 1
+        total = events = 0
+        for shard in range(found.shards):
+            self.closed.add((window, g, shard))
+            counter = self.counters.get((window, g, shard), [0, 0])
+            total, events = total + counter[0], events + counter[1]
+        gen = self.gens[(window, g)]
+        if gen.state in ("open", "closed"):
+            gen.state, gen.total, gen.events = "closed", total, events
+        return self._generation(window, g)
+
+    def finish(self, found: Any, state: Any, usage_id: int | None) -> None:
+        self._check()
+        gen = self.gens[(found.window, found.generation)]
+        if gen.state in ("closed", state.value):
+            gen.state, gen.usage_id = state.value, usage_id
+
+    def counted(self, window: Any, g: int) -> int:
+        return sum(c[0] for (w, gg, _), c in self.counters.items() if w == window and gg == g)

@@ -1,0 +1,262 @@
+"""Aggregation windows against a model (SPEC section 9): the record lifecycle's state machine
+(tests/unit/test_lifecycle_model.py, every rule of it) extended with deliveries and
+redeliveries to an aggregating source, late events, flushes (also two at once, and one
+between a delivery's read and its write), conflicts and a counting store going down, Piriod
+faults during a flush (stored then lost, lost, throttled, refused) and SQS redelivering the
+queued totals. The real code runs: the webhook's count_and_answer, Counting, flush and the
+Submitter; only the stores and Piriod are fakes (tests/unit/fakes.py).
+
+After every step: an event's key and its addition are together (each counted event is in
+exactly one generation's total, and every total is its events' sum); an `aggregated` result
+names the generation that holds the event; nothing is posted twice. After draining (every
+due window flushed, ReplayQueue empty): for every line and window, Piriod's quantities at
+the window's instants sum to the acknowledged events' quantities (SPEC 9's invariant).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, cast
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, rule
+
+from piriod_adapter.aggregation import Aggregate, flush
+from piriod_adapter.clock import Deadline
+from piriod_adapter.idempotency import StoreUnavailable, key_pk
+from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey
+from piriod_adapter.queue import REPLAY
+from piriod_adapter.replay import Received, Verdict, replay_batch
+from piriod_adapter.webhook import count_and_answer
+from piriod_adapter.windows import WindowId, to_units
+from tests.unit.fakes import FakeWindowStore
+from tests.unit.test_lifecycle_model import Lifecycle
+
+RUNS = int(os.environ.get("WINDOW_MODEL_RUNS", "300"))
+SOURCE = "meter"
+SPEC = Aggregate(function="sum", window="PT1M", lateness="PT30S", max_age="PT1H")
+WINDOW_LINES = [31, 32]
+EVENT_QUANTITIES = [Decimal("0.000000000000000001"), Decimal("2.5"), Decimal("7"), Decimal(0)]
+TENANT = Tenant(workspace="w", test_mode=False)
+
+
+class Windows(Lifecycle):
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows = FakeWindowStore()
+        # about now: a queue message refuses a record more than 5 minutes ahead of the wall
+        self.clock.now = float(int(time.time()))
+        base = datetime.fromtimestamp(self.clock(), UTC).replace(second=0, microsecond=0)
+        self.starts = [base - timedelta(minutes=m) for m in (3, 2, 1, 0)]
+        self.events: dict[str, Usage] = {}  # every event ever sent, by key
+        self.acknowledged_events: set[str] = set()
+        self.window_keys: set[str] = set()
+
+    def _event(self, n: int, line: int, window: int, second: int, quantity: Decimal) -> Usage:
+        text = f"ev-{n}"
+        known = self.events.get(f"e#v1/sources/{SOURCE}#{text}")
+        if known is not None:  # a redelivery: the same event
+            return known
+        usage = Usage(
+            subscription_line=line,
+            date_time=self.starts[window] + timedelta(seconds=second, microseconds=n),
+            quantity=quantity,
+            key=UsageKey(kind=KeyKind.EVENT, scope=f"v1/sources/{SOURCE}", text=text),
+            source=SOURCE,
+        )
+        self.events[key_pk(usage.key)] = usage
+        return usage
+
+    # --- the world -----------------------------------------------------------------------------
+
+    @rule(down=st.booleans(), conflicts=st.integers(0, 3))
+    def window_store(self, down: bool, conflicts: int) -> None:
+        self.windows.down, self.windows.conflicts = down, conflicts
+
+    # --- deliveries ----------------------------------------------------------------------------
+
+    @rule(
+        picks=st.lists(
+            st.tuples(
+                st.integers(0, 15),
+                st.sampled_from(WINDOW_LINES),
+                st.integers(0, 3),
+                st.integers(0, 59),
+                st.sampled_from(EVENT_QUANTITIES),
+            ),
+            min_size=1,
+            max_size=5,
+            unique_by=lambda p: p[0],
+        ),
+        flush_between=st.booleans(),
+    )
+    def deliver_events(self, picks: list[Any], flush_between: bool) -> None:
+        seen = [u for u in self.events.values()]
+        usages = [self._event(*pick) for pick in picks]
+        if flush_between:  # a flusher closes windows between this delivery's read and write
+            self.windows.before_count = self._flush
+        down = self.windows.down or self.queues.down
+        reply = count_and_answer(
+            self.windows,
+            self.queues.store_failed,
+            30,
+            usages,
+            TENANT,
+            Deadline.after(25),
+            SPEC,
+            delivery="d",
+            source=SOURCE,
+            event_ids=[u.key.text for u in usages],
+            clock=self.clock,
+        )
+        body = json.loads(reply.body.model_dump_json(exclude_defaults=True))
+        if reply.status == 422:  # too old by now, or a window had all its generations
+            assert {p["field"] for p in body["errors"]} == {"date_time"}, body
+            assert not any(key_pk(u.key) in self.windows.keys for u in usages if u not in seen)
+            return
+        assert reply.status in (202, 503), body
+        assert reply.status == 202 or down, body  # a 503 only while a store is down
+        for usage, result in zip(usages, body["results"], strict=True):
+            pk = key_pk(usage.key)
+            if result["status"] == "aggregated":
+                # it is in the generation its result names, and nowhere else
+                _, window, g = self.windows.keys[pk]
+                assert result["generation"] == g
+                assert result["window_start"] == window.start.strftime("%Y-%m-%dT%H:%M:%SZ")
+            elif result["status"] == "duplicate":
+                assert pk in self.windows.keys
+            if reply.status == 202:
+                assert result["status"] in ("aggregated", "duplicate"), result
+                self.acknowledged_events.add(pk)
+
+    # --- flushing ------------------------------------------------------------------------------
+
+    def _flush(self) -> Any:
+        try:
+            report = flush(
+                self.windows,
+                self.submitter,
+                self.queues.store_failed,
+                "w",
+                Deadline.after(25),
+                1,
+                now=self.clock(),
+            )
+        except StoreUnavailable:  # the due index cannot be read: the next run tries again
+            return None
+        for gen in self.windows.gens:
+            window, g = gen
+            self.window_keys.add(f"a#v1/sources/{SOURCE}#{window.line}#{_text(window)}#g{g}")
+        return report
+
+    @rule()
+    def flush_function_runs(self) -> None:
+        self._flush()
+
+    @rule()
+    def two_flushers_at_once(self) -> None:
+        # the second one runs in full while the first is closing its first window
+        original = self.windows.close
+        nested: list[bool] = []
+
+        def close(found: Any) -> Any:
+            closed = original(found)
+            if not nested:
+                nested.append(True)
+                self.windows.close = original  # type: ignore[method-assign]
+                self._flush()
+            return closed
+
+        self.windows.close = close  # type: ignore[method-assign]
+        try:
+            self._flush()
+        finally:
+            self.windows.close = original  # type: ignore[method-assign]
+
+    # --- the invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def an_event_and_its_addition_commit_together(self) -> None:
+        held: dict[tuple[WindowId, int], int] = {}
+        for pk, (_, window, g) in self.windows.keys.items():
+            held[(window, g)] = held.get((window, g), 0) + to_units(self.events[pk].quantity)
+        counted = {
+            (w, g): self.windows.counted(w, g)
+            for (w, g, _) in self.windows.counters
+            if self.windows.counted(w, g)
+        }
+        assert {k: v for k, v in held.items() if v} == counted
+        for pk in self.acknowledged_events:
+            assert pk in self.windows.keys, pk
+
+    @invariant()
+    def a_window_total_is_posted_once(self) -> None:
+        for pk in self.window_keys:
+            assert len(self.piriod.usages_of(pk)) <= 1, (pk, self.piriod.usages_of(pk))
+
+    def teardown(self) -> None:
+        """Drain: stores up, Piriod healthy, every window due and flushed, ReplayQueue
+        empty; then SPEC 9's invariant for every line and window."""
+        self.windows.down = self.store.down = self.queues.down = False
+        self.windows.conflicts = 0
+        self.piriod.answers.clear()
+        self.piriod.listing_down = self.piriod.endless = self.piriod.filters_miss = False
+        self.piriod.quantity_precision = self.piriod.time_precision = "exact"
+        self.piriod.unmetered.clear()
+        for _ in range(40):
+            self.clock.advance(120)
+            self._flush()
+            if self.queues.replay:
+                batch = list(self.queues.replay)
+                received = [Received(m.message_id, m.body, 1) for m in batch]
+                results = replay_batch(
+                    received, self.submitter, cast(Any, self.queues), Deadline.after(60), 8, 1
+                )
+                for message, result in zip(batch, results, strict=True):
+                    if result.verdict is Verdict.DONE:
+                        self.queues.delete(REPLAY, message.message_id)
+            due = self.windows.due(self.clock(), 1000)
+            if not due and not self.queues.replay:
+                break
+        assert not self.windows.due(self.clock(), 1000), "a due window was left"
+        window_replays = [m for m in self.queues.replay if '"kind":"window"' in m.body]
+        assert not window_replays, "ReplayQueue did not drain"
+        # SPEC 9: Piriod's quantities at a window's instants == the acknowledged events'
+        expected: dict[tuple[int, datetime], Decimal] = {}
+        counted: dict[tuple[int, datetime], Decimal] = {}
+        for pk, usage in self.events.items():
+            assert usage.subscription_line is not None
+            key = (usage.subscription_line, SPEC.window_start(usage.date_time))
+            if pk in self.acknowledged_events:
+                expected[key] = expected.get(key, Decimal(0)) + usage.quantity
+            if pk in self.windows.keys:
+                counted[key] = counted.get(key, Decimal(0)) + usage.quantity
+        held: dict[tuple[int, datetime], Decimal] = {}
+        for entry in self.piriod.ledger:
+            if entry.key is None or not entry.key.startswith("a#"):
+                continue
+            start = entry.at.replace(second=0, microsecond=0)
+            held[(entry.line, start)] = held.get((entry.line, start), Decimal(0)) + entry.quantity
+        nonzero = {k: v for k, v in counted.items() if v}
+        assert held == nonzero, (held, nonzero)
+        for key, total in expected.items():  # every acknowledged event is in Piriod's total
+            assert held.get(key, Decimal(0)) >= total, (key, total)
+        super().teardown()
+
+
+def _text(window: WindowId) -> str:
+    return window.start.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+TestWindows = Windows.TestCase
+TestWindows.settings = settings(
+    max_examples=RUNS,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
