@@ -160,6 +160,7 @@ class ReplayCounts:
     duplicate: int = 0
     queued: int = 0
     rejected: int = 0
+    aggregated: int = 0  # an aggregating source's event, counted into its window
     not_stored: int = 0
     unreadable: int = 0
 
@@ -205,7 +206,12 @@ def replay_dead_letters(
             report(entry, "unreadable", None)
             continue
         result = redeliver_dead_letter(
-            entry.record, runtime.submitter, runtime.queue, Deadline.after(60), resolve
+            entry.record,
+            runtime.submitter,
+            runtime.queue,
+            Deadline.after(60),
+            resolve,
+            runtime.count_event,
         )
         status = (
             result.outcome.status.value
@@ -448,7 +454,19 @@ def status(runtime: Runtime, now: datetime | None = None) -> dict[str, Any]:
         "dead_letters_by_kind": dict(sorted(Counter(e.kind for e in dead).items())),
         "replay_by_kind": dict(sorted(Counter(e.kind for e in waiting).items())),
         "last_hour": recent_outcomes(runtime, now),
+        "windows": _windows(runtime, now),
     }
+
+
+def _windows(runtime: Runtime, now: datetime) -> dict[str, Any] | str:
+    """Open aggregation windows and the oldest due one (SPEC 9)."""
+    from piriod_adapter.aggregation import window_status
+    from piriod_adapter.idempotency import StoreUnavailable
+
+    try:
+        return window_status(runtime.windows, now.timestamp())
+    except StoreUnavailable as exc:
+        return f"cannot be read ({exc})"
 
 
 def recent_outcomes(runtime: Runtime, now: datetime) -> dict[str, int] | str:
@@ -493,6 +511,22 @@ def render_status(report: dict[str, Any], out: TextIO) -> None:
     ):
         text = ", ".join(f"{k}={v}" for k, v in kinds.items()) or "none"
         out.write(f"{title}: {text}\n")
+    windows = report.get("windows")
+    if isinstance(windows, dict):
+        oldest = windows["oldest_due"]
+        due = (
+            f"; oldest due: {oldest['source']} line {oldest['line']} "
+            f"{oldest['window_start']} g{oldest['generation']}, "
+            f"{_duration(windows['oldest_due_seconds'])} overdue"
+            if oldest
+            else ""
+        )
+        out.write(
+            f"aggregation windows: {windows['open']} open, {windows['closed']} closed, "
+            f"{windows['due']} due{due}\n"
+        )
+    elif windows is not None:
+        out.write(f"aggregation windows: {windows}\n")
     recent = report["last_hour"]
     if isinstance(recent, dict):
         out.write("last hour: " + ", ".join(f"{k}={v}" for k, v in recent.items()) + "\n")

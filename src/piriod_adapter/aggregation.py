@@ -434,6 +434,19 @@ def window_full_message(spec: Aggregate) -> str:
     return _generations_bound(spec).removesuffix("; not counted")
 
 
+def count_one(counting: Counting, usage: Usage, deadline: Deadline) -> Outcome:
+    """One event counted alone (an operator's replay of a dead-lettered event), as the
+    lifecycle's Outcome: aggregated, duplicate, rejected again (a fresh dead letter), or not
+    stored (its window has had all its generations, or a store is down: it stays)."""
+    try:
+        [one] = counting.run([usage], deadline)
+    except WindowFull:
+        return Outcome(None, reason=window_full_message(counting.spec))
+    if one.status is None:
+        return Outcome(None, reason=one.reason)
+    return Outcome(one.status, errors=one.errors)
+
+
 # --- closing -------------------------------------------------------------------------------
 
 
@@ -586,6 +599,61 @@ class WindowRow:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+class Lister(Protocol):
+    def unsettled(self, limit: int) -> list[Generation]: ...
+
+    def settled(self, source: str, limit: int) -> list[Generation]: ...
+
+
+def list_windows(
+    store: Lister,
+    key_state: Callable[[str], Any],
+    sources: Sequence[str],
+    *,
+    source: str | None = None,
+    line: int | None = None,
+    state: str | None = None,
+    limit: int = 1000,
+) -> list[WindowRow]:
+    """The operator's view: open and closed generations (the due part of the index), then
+    posted and queued ones of each source; a queued total that replay has posted since
+    shows as posted (its key says so)."""
+    from piriod_adapter.idempotency import KeyStatus
+
+    found = store.unsettled(limit)
+    for name in [source] if source else sources:
+        found += store.settled(name, limit)
+    rows = []
+    for stored in found:
+        gen = stored
+        if (source and gen.window.source != source) or (line and gen.window.line != line):
+            continue
+        if gen.state is GenState.QUEUED:
+            key = key_state(key_pk(window_usage(gen).key))
+            if key is not None and key.status is KeyStatus.POSTED:
+                update = {"state": GenState.POSTED, "usage_id": key.usage_id}
+                gen = Generation(**{**gen.__dict__, **update})
+        if state and gen.state.value != state:
+            continue
+        rows.append(row(gen))
+    rows.sort(key=lambda r: (r.window_start, r.source, r.line, r.generation))
+    return rows[:limit]
+
+
+def window_status(store: Lister, now: float, limit: int = 10_000) -> dict[str, Any]:
+    """For `status`: how many generations are open and closed, and the oldest due one."""
+    unsettled = store.unsettled(limit)
+    due = [g for g in unsettled if g.due_at is not None and g.due_at <= now]
+    oldest = min(due, key=lambda g: g.due_at or now, default=None)
+    return {
+        "open": sum(g.state is GenState.OPEN for g in unsettled),
+        "closed": sum(g.state is GenState.CLOSED for g in unsettled),
+        "due": len(due),
+        "oldest_due": None if oldest is None else row(oldest).to_dict(),
+        "oldest_due_seconds": None if oldest is None else int(now - (oldest.due_at or now)),
+    }
 
 
 def row(gen: Generation) -> WindowRow:

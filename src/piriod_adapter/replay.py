@@ -179,14 +179,19 @@ def redeliver_dead_letter(
     queue: FailureQueue,
     deadline: Deadline,
     resolve: Callable[[Usage], Usage] = lambda usage: usage,
+    count: Callable[[Submission, Deadline], Outcome | None] = lambda sub, deadline: None,
 ) -> ReplayResult:
     """Operator replay of one DeadLetterQueue message; the caller then deletes it when DONE.
-    `resolve` maps what can be mapped now (a meter's line added to its source profile).
+    `resolve` maps what can be mapped now (a meter's line added to its source profile);
+    `count` counts an aggregating source's event into its window's open generation (None:
+    the record is not such an event, and is submitted).
     Rejected again: a fresh dead letter with the new errors, for a person. Failed for a
     passing reason (timeout, reset, 5xx, 429): handed to ReplayQueue, where ReplayFunction
     backs off, settles an unseen post by lookup and retries, as for a webhook delivery."""
     sub = Submission.from_message(message, resolve(message.usage))
-    outcome = submitter.submit(sub, deadline, queue.store_failed, Taker.OPERATOR)
+    outcome = count(sub, deadline) or submitter.submit(
+        sub, deadline, queue.store_failed, Taker.OPERATOR
+    )
     verdict = Verdict.DONE if outcome.status is not None else Verdict.RETRY
     return ReplayResult(verdict, outcome, message)
 

@@ -14,13 +14,14 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_ssm import SSMClient
 
+    from piriod_adapter.clock import Deadline
     from piriod_adapter.idempotency import IdempotencyStore
     from piriod_adapter.models import Usage
     from piriod_adapter.piriod import PiriodClient
     from piriod_adapter.queue import FailureQueue
     from piriod_adapter.secrets import SecretStore
     from piriod_adapter.sources import SourceCatalog
-    from piriod_adapter.submit import Submitter
+    from piriod_adapter.submit import Outcome, Submission, Submitter
     from piriod_adapter.tracing import Tracer
     from piriod_adapter.windows import WindowStore
 
@@ -184,6 +185,28 @@ class Runtime:
             self.secrets.clear()
         if "http" in self.__dict__:
             self.http.clear()
+
+    def count_event(self, sub: Submission, deadline: Deadline) -> Outcome | None:
+        """An aggregating source's event counted into its window (SPEC 9: an operator's
+        replay of a dead-lettered event); None when its source does not aggregate."""
+        from piriod_adapter.aggregation import Counting, count_one
+        from piriod_adapter.models import KeyKind
+
+        usage = sub.usage
+        if usage.source is None or usage.key.kind is not KeyKind.EVENT:
+            return None
+        profile = self.sources.profile(usage.source)
+        if profile is None or profile.aggregate is None:
+            return None
+        counting = Counting(
+            profile.aggregate,
+            usage.source,
+            sub.tenant,
+            self.windows,
+            self.queue.store_failed,
+            self.settings.idempotency_ttl_days,
+        )
+        return count_one(counting, usage, deadline)
 
     def resolve_usage(self, usage: Usage) -> Usage:
         """A record with what can be mapped now (a meter's line, added to its profile)."""

@@ -250,3 +250,68 @@ def test_an_unmapped_meter_is_rejected_into_the_dead_letter_queue(
     assert "meter_id" in body["results"][1]["errors"]
     dead = adapter.messages("dead_letter")
     assert [m["usage"]["meter_id"] for m in dead] == ["new"]
+
+
+def test_an_operator_replay_counts_a_dead_lettered_event_once_its_line_exists(
+    adapter: Adapter, piriod: Any
+) -> None:
+    import io
+
+    from piriod_operator.cli import main
+
+    # given an unmapped meter's event in DeadLetterQueue
+    parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
+    meter = profile()
+    meter["fields"] = {"date_time": "at", "event_id": "id", "meter_id": "meter", "quantity": "q"}
+    meter["lines"] = {"known": 81}
+    document = {"version": 1, "sources": {"meter": meter}}
+    provision_sources(adapter.endpoint, parameter, document, {"agg/meter": SECRET})
+    adapter.fresh_runtime(SOURCES_CONFIG=f"ssm:{parameter}", SOURCES_CACHE_SECONDS="0")
+    window = minute(3)
+    deliver(adapter, [{**event("u1", 0, window, "4.5"), "meter": "new"}])
+    # when the line is added to the profile and the operator replays the dead letter
+    meter["lines"] = {"known": 81, "new": 82}
+    provision_sources(adapter.endpoint, parameter, document, {"agg/meter": SECRET})
+    out = io.StringIO()
+    code = main(["replay"], out=out, err=out)
+    # then it is counted into its window, and the flush posts it once
+    assert code == 0, out.getvalue()
+    assert adapter.messages("dead_letter") == []
+    run_flush()
+    assert totals(piriod) == {(82, utc(window)): Decimal("4.5")}
+    # and a second replay or a redelivery counts nothing again
+    _, body = deliver(adapter, [{**event("u1", 0, window, "4.5"), "meter": "new"}])
+    assert body["results"][0]["status"] == "duplicate"
+    assert run_flush()["due"] == 0
+
+
+def test_the_operator_sees_windows_and_the_oldest_due_one(meters: Adapter, piriod: Any) -> None:
+    import io
+
+    from piriod_operator.cli import main
+
+    def ops(*argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        return main(list(argv), out=out, err=out), out.getvalue()
+
+    # given two windows of line 91 counted, one of them flushed and posted
+    deliver(meters, [event("w1", 91, minute(3), "1.25"), event("w2", 91, minute(3), "2")])
+    run_flush()
+    deliver(meters, [event("w3", 91, minute(2), "5")])
+    # when the operator lists the windows, as JSON and as a table
+    code, text = ops("windows", "--source", "meter", "--json")
+    rows = [json.loads(line) for line in text.splitlines()]
+    # then each generation shows its state, total and events
+    assert code == 0
+    assert [(r["window_start"], r["state"], r["total"], r["events"]) for r in rows] == [
+        (utc(minute(3)), "posted", "3.25", 2),
+        (utc(minute(2)), "open", "", None),
+    ]
+    assert rows[0]["usage_id"] == piriod.usages()[0]["id"]
+    code, table = ops("windows", "--state", "open")
+    assert code == 0 and "open" in table and "posted" not in table
+    # and status names the open window that is due
+    code, text = ops("status", "--json")
+    windows = json.loads(text)["windows"]
+    assert (windows["open"], windows["due"]) == (1, 1)
+    assert windows["oldest_due"]["window_start"] == utc(minute(2))
