@@ -278,3 +278,14 @@ def test_replay_prints_the_new_message_of_a_record_rejected_again(
     assert new != old
     [row] = [line for line in out.splitlines() if line.startswith(old[:8])]
     assert "line 7  rejected" in row and f"now dead-letter message {new}" in row
+
+
+def test_send_with_a_secret_that_does_not_exist_is_refused_before_sending(
+    adapter: Adapter, piriod: Any, dead_endpoint: str
+) -> None:
+    code, out, err = cli(
+        "send", "--url", f"{dead_endpoint}/v1/usages", "--secret-id", "missing", "--line", "1"
+    )
+    assert code == 2 and out == ""
+    assert "no secret 'missing'" in err and len(err.strip().splitlines()) == 1
+    assert piriod.usages() == []
