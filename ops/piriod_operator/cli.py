@@ -783,7 +783,9 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
     _deprecated_name(p)
     token = p.add_mutually_exclusive_group()
     token.add_argument(
-        "--token-stdin", action="store_true", help="read the Piriod token from standard input"
+        "--token-stdin",
+        action="store_true",
+        help="read the Piriod token from standard input (default: asked for, not shown)",
     )
     token.add_argument("--keep-token", action="store_true", help="keep the token already stored")
     p.add_argument(
