@@ -360,16 +360,17 @@ class Counting:
     def _reject(self, index: int, usage: Usage, errors: dict[str, list[str]]) -> None:
         """Keep an event that cannot be counted in DeadLetterQueue, with why."""
         now = datetime.now(UTC)
-        message = QueuedRecord(
-            usage=usage,
-            tenant=self.tenant,
-            failure=Failure(kind=FailureKind.REJECTED, errors=errors, attempted=False, at=now),
-            attempts=0,
-            first_failure_at=now,
-        )
         try:
+            message = QueuedRecord(
+                usage=usage,
+                tenant=self.tenant,
+                failure=Failure(kind=FailureKind.REJECTED, errors=errors, attempted=False, at=now),
+                attempts=0,
+                first_failure_at=now,
+            )
             placement = self.sink(Submission(index, usage, self.tenant), message)
-        except Exception:
+        except Exception as exc:  # the sink is ours; a defect here must not lose the event
+            logger.exception("storing a rejected event raised", extra={"error": str(exc)})
             placement = None
         if placement is None:
             self.outcomes[index] = Counted(

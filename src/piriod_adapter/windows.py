@@ -171,6 +171,7 @@ class Generation:
     total_units: int | None = None
     events: int | None = None
     usage_id: int | None = None
+    expires_at: int | None = None
 
     @property
     def instant(self) -> datetime:
@@ -437,14 +438,20 @@ class WindowStore:
         total and event count. Idempotent, so two flushers get the same answer."""
         window, g = gen.window, gen.generation
         condition = "open_gen = :g" + (" OR attribute_not_exists(open_gen)" if g == 0 else "")
+        # the window's items go when its generations do (TTL)
+        expires = {":x": {"N": str(gen.expires_at or int(self._clock() + 400 * 86_400))}}
         try:
             try:
                 self._client.update_item(
                     TableName=self._table,
                     Key={"pk": {"S": window.pk}},
-                    UpdateExpression="SET open_gen = :next",
+                    UpdateExpression="SET open_gen = :next, expires_at = :x",
                     ConditionExpression=condition,
-                    ExpressionAttributeValues={":g": {"N": str(g)}, ":next": {"N": str(g + 1)}},
+                    ExpressionAttributeValues={
+                        ":g": {"N": str(g)},
+                        ":next": {"N": str(g + 1)},
+                        **expires,
+                    },
                 )
             except Exception as exc:
                 if not _condition_failed(exc):  # else: moved on already (another flusher)
@@ -454,8 +461,8 @@ class WindowStore:
                 response = self._client.update_item(
                     TableName=self._table,
                     Key={"pk": {"S": window.shard_pk(g, shard)}},
-                    UpdateExpression="SET closed = :t",
-                    ExpressionAttributeValues={":t": {"BOOL": True}},
+                    UpdateExpression="SET closed = :t, expires_at = if_not_exists(expires_at, :x)",
+                    ExpressionAttributeValues={":t": {"BOOL": True}, **expires},
                     ReturnValues="ALL_NEW",
                 )
                 item = response.get("Attributes", {})
@@ -558,6 +565,7 @@ def _generation(item: dict[str, Any]) -> Generation:
         total_units=number("total"),
         events=number("events"),
         usage_id=number("usage_id"),
+        expires_at=number("expires_at"),
     )
 
 
