@@ -3,7 +3,9 @@
 moto (server mode) stands in for Secrets Manager, SQS and DynamoDB, provisioned like
 template.yaml; the Piriod stand-in (or the real Piriod in test mode) takes the usages; the
 webhook is served on a local port. Signed sample deliveries from events/ are sent to it over
-HTTP, every outcome is printed, a Piriod outage is shown being queued, then replayed.
+HTTP, every outcome is printed, a Piriod outage is shown being queued, then replayed. A
+high-volume meter's 5,000 events are counted into windows, and FlushFunction turns them into
+a handful of usages.
 """
 
 from __future__ import annotations
@@ -13,18 +15,28 @@ import contextlib
 import io
 import json
 import os
+import random
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, TextIO
 
 import urllib3
 
 from piriod_devkit.aws import MotoServer, client, function_environment, provision
-from piriod_devkit.events import LOCAL_SIGNING_SECRET, event_body, load_event, sign_event
+from piriod_devkit.events import (
+    LOCAL_SIGNING_SECRET,
+    LambdaContext,
+    event_body,
+    http_event,
+    load_event,
+    sign_event,
+)
 from piriod_devkit.local_api import LocalApiServer
 from piriod_devkit.piriod_standin import PiriodStandin
 from piriod_devkit.poller import drain
@@ -33,6 +45,10 @@ from piriod_devkit.sources import example_document, provision_sources
 WORKSPACE = "acc_local_demo"
 TOKEN = "local-demo-token"  # noqa: S105 (stand-in credential)
 UNMETERED_LINE = 999  # the stand-in answers 400 for it, like Piriod for an unknown line
+# The high-volume meter (examples/sources.json: count, PT1M windows, lateness PT1M)
+AGGREGATING_SOURCE = "api-requests"
+AGGREGATED_EVENTS = 5_000
+PER_DELIVERY = 100
 
 
 @dataclass
@@ -157,6 +173,175 @@ def _substitute_line(event: dict[str, Any], line: int | None) -> dict[str, Any]:
     return {**event, "body": json.dumps(body)}
 
 
+# --- moto for the high-volume meter ---------------------------------------------------------
+
+
+def serve_moto(argv: list[str]) -> None:
+    """moto server, with TransactWriteItems backing up only the items a transaction touches.
+
+    moto 5.2.5 deep-copies the whole table once per action of a transaction (to roll back on
+    failure): with the 5,000 event keys of the high-volume meter in the table, that is
+    seconds per delivery. Here the backup is of the touched items, and transactions run one
+    at a time (moto has no isolation of its own; DynamoDB's is what the adapter relies on),
+    as bench/aggregation.py does. Nothing else in moto is changed."""
+    import copy
+    from typing import cast
+
+    from moto.dynamodb import models
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import Table
+    from moto.server import main as moto_main
+
+    class _Copy:
+        """`copy` for moto's DynamoDB backend: a Table is not deep-copied."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(copy, name)
+
+        @staticmethod
+        def deepcopy(value: Any, memo: Any = None) -> Any:
+            return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+    cast(Any, models).copy = _Copy()
+    original = models.DynamoDBBackend.transact_write_items
+    lock = threading.Lock()
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        with lock:
+            saved = []
+            for action in transact_items:
+                _, op = next(iter(action.items()))
+                try:
+                    table = self.get_table(op["TableName"])
+                    attrs = op.get("Item") or op.get("Key") or {}
+                    hash_key = DynamoType(attrs[table.hash_key_attr])
+                except Exception:  # noqa: S112 (moto's own validation answers it)
+                    continue
+                saved.append((table, hash_key, copy.deepcopy(table.items.get(hash_key))))
+            try:
+                original(self, transact_items)
+            except BaseException:
+                for table, hash_key, before in reversed(saved):
+                    if before is None:
+                        table.items.pop(hash_key, None)
+                    else:
+                        table.items[hash_key] = before
+                raise
+
+    cast(Any, models.DynamoDBBackend).transact_write_items = transact_write_items
+    moto_main(argv)
+
+
+class _DemoMoto(MotoServer):
+    """The demo's moto server: `serve_moto` in its own process."""
+
+    def argv(self) -> list[str]:
+        run = "import sys; from piriod_devkit.demo import serve_moto; serve_moto(sys.argv[1:])"
+        return [sys.executable, "-c", run, "-H", self.host, "-p", str(self.port)]
+
+
+def _api_requests(now: float) -> list[dict[str, Any]]:
+    """5,000 requests of two api keys, in time order (as a gateway sends them), over the three
+    one-minute windows that ended 3 to 6 minutes ago: due already (end plus lateness)."""
+    rng = random.Random(17)
+    first = int(now // 60 * 60) - 6 * 60
+    return [
+        {
+            "request_id": f"req_{n:05d}",
+            "api_key": "key_acme" if rng.random() < 0.7 else "key_globex",
+            "route": rng.choice(["GET /v1/orders", "POST /v1/orders", "GET /v1/invoices"]),
+            "at": (first * 1000) + n * 180_000 // AGGREGATED_EVENTS,
+        }
+        for n in range(AGGREGATED_EVENTS)
+    ]
+
+
+def _requests_delivery(requests: list[dict[str, Any]], sources: dict[str, Any]) -> dict[str, Any]:
+    """One delivery of the api-requests meter, signed the way its profile says."""
+    body = json.dumps({"gateway": "edge-eu-1", "requests": requests}).encode()
+    path = f"/v1/sources/{AGGREGATING_SOURCE}/usages"
+    event = http_event("POST", path, body, {"content-type": "application/json"})
+    return sign_event(event, sources=sources)
+
+
+def _show_aggregation(http: urllib3.PoolManager, url: str, sources: dict[str, Any]) -> None:
+    """The high-volume meter: 5,000 events in deliveries of 100, counted into windows; the
+    flush turns them into one usage per line and window (and a late event into generation
+    1), shown as a table of what Piriod got."""
+    from piriod_adapter.handlers.flush import lambda_handler as flush_handler
+    from piriod_adapter.runtime import get_runtime
+    from piriod_adapter.windows import from_units
+
+    profile = sources["sources"][AGGREGATING_SOURCE]
+    spec = profile["aggregate"]
+    print(
+        f"\n■ A high-volume meter: {AGGREGATED_EVENTS:,} API requests, counted into windows "
+        f"({AGGREGATING_SOURCE}: {spec['function']}, {spec['window']} windows, lateness "
+        f"{spec['lateness']})"
+    )
+    requests = _api_requests(time.time())
+    batches = [
+        _requests_delivery(requests[at : at + PER_DELIVERY], sources)
+        for at in range(0, len(requests), PER_DELIVERY)
+    ]
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda event: _send(http, url, event), batches))
+    took = time.monotonic() - started
+    statuses = Counter(status for status, _ in answers)
+    counted = Counter(r["status"] for _, body in answers for r in body.get("results", []))
+    keys = Counter(r["api_key"] for r in requests)
+    print(
+        f"  {len(batches)} deliveries of {PER_DELIVERY} (HMAC-signed: "
+        f"{profile['signature']['header']} over <timestamp>.<body>), api keys "
+        + ", ".join(f"{k}: {n}" for k, n in sorted(keys.items()))
+        + f", in {took:.1f} s"
+    )
+    print(
+        "  answers: "
+        + ", ".join(f"HTTP {s}: {n}" for s, n in sorted(statuses.items()))
+        + " · results: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(counted.items()))
+    )
+    print(f"  e.g. {json.dumps(answers[0][1]['results'][0])}")
+    status, again = _send(http, url, batches[0])
+    retried = Counter(r["status"] for r in again.get("results", []))
+    print(
+        f"  the first delivery again (the sender retries): HTTP {status}, "
+        + ", ".join(f"{k}={v}" for k, v in sorted(retried.items()))
+        + " (no window counts them twice)"
+    )
+    print("  nothing is posted yet: each window's total is posted when the window closes")
+
+    report = flush_handler({}, LambdaContext(function_name="FlushFunction", timeout_seconds=60))
+    print(
+        f"\n▶ FlushFunction (every minute; run once here): {report.get('due')} window(s) due, "
+        f"{report.get('posted')} posted, {report.get('queued')} queued"
+    )
+    late = dict(requests[0], request_id="req_late_0001")
+    status, body = _send(http, url, _requests_delivery([late], sources))
+    result = body.get("results", [{}])[0]
+    print(
+        f"  a late request for the closed window {result.get('window_start')}: HTTP {status} "
+        f"{result.get('status')}, generation {result.get('generation')}"
+    )
+    report = flush_handler({}, LambdaContext(function_name="FlushFunction", timeout_seconds=60))
+    print(f"  the next run posts it: {report.get('posted')} posted")
+
+    windows = get_runtime().windows.settled(AGGREGATING_SOURCE, 100)
+    print(f"\n  {AGGREGATED_EVENTS + 1:,} events became {len(windows)} usages in Piriod:")
+    print(f"  {'line':>6}  {'window':<20}  {'generation':>10}  {'quantity':>8}  usage_id")
+    for gen in sorted(windows, key=lambda g: (g.window.start, g.window.line, g.generation)):
+        start = gen.window.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        total = "" if gen.total_units is None else format(from_units(gen.total_units), "f")
+        print(
+            f"  {gen.window.line:>6}  {start:<20}  {gen.generation:>10}  {total:>8}  "
+            f"{gen.usage_id if gen.usage_id is not None else gen.state.value}"
+        )
+    held = from_units(sum(g.total_units or 0 for g in windows))
+    print(f"  their quantities add up to {held:,}: every acknowledged event counted once")
+
+
 def run(args: argparse.Namespace) -> int:
     with _no_metric_lines():
         return _run(args)
@@ -165,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     shown = Shown()
     real_piriod = bool(args.token)
-    with MotoServer() as moto:
+    with _DemoMoto() as moto:
         resources = provision(
             moto.url,
             token=args.token or TOKEN,
@@ -176,6 +361,10 @@ def _run(args: argparse.Namespace) -> int:
         sources = example_document()
         if args.subscription_line is not None:  # the real Piriod: a line of the user's own
             sources["sources"]["acme-storage"]["subscription_line"] = args.subscription_line
+            lines = sources["sources"][AGGREGATING_SOURCE]["lines"]
+            sources["sources"][AGGREGATING_SOURCE]["lines"] = dict.fromkeys(
+                lines, args.subscription_line
+            )
         sources_config = provision_sources(moto.url, "/piriod-local/sources", sources)
         standin = None
         if real_piriod:
@@ -242,6 +431,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  Stripe-Signature: {meter['headers']['stripe-signature']}")
             posted = standin.usages()[before:] if standin is not None else []
             _show_mapping(json.loads(event_body(meter)), body, posted)
+
+            _show_aggregation(http, api.url, sources)
 
             bad = load_event("webhook-bad-signature.json")
             bad["headers"]["webhook-timestamp"] = str(int(time.time()))

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,89 @@ def signed_sample(name: str) -> dict[str, Any]:
     return sign_event(load_event(name), wrong, timestamp=sample_signature_timestamp())
 
 
-def sign_samples() -> list[Path]:
-    """Sign every HTTP sample in events/ again at the sample time (after editing one)."""
+def sign_samples(now: float | None = None) -> list[Path]:
+    """Sign every HTTP sample in events/ again at the sample time (after editing one). The
+    events of an aggregating source's sample are first moved to the last few windows before
+    `now` (see `retimed`): the function refuses an event older than the profile's
+    `max_age`, measured from the wall clock even under `sam local`."""
     written = []
     for path in sorted(EVENTS.glob("*.json")):
-        if is_http_event(load_event(path.name)):
+        event = load_event(path.name)
+        if is_http_event(event):
+            if aggregating_profile(event) is not None:
+                path.write_text(json.dumps(retimed(event, now), indent=2) + "\n")
             path.write_text(json.dumps(signed_sample(path.name), indent=2) + "\n")
             written.append(path)
     return written
+
+
+def aggregating_profile(
+    event: dict[str, Any], sources: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The profile of a source's event when that source aggregates (SPEC 9), else None."""
+    from piriod_devkit.sources import example_document, source_of
+
+    name = source_of(event)
+    profile = (sources or example_document())["sources"].get(name) if name else None
+    return profile if profile is not None and "aggregate" in profile else None
+
+
+def fresh_sample(name: str, now: float | None = None) -> dict[str, Any]:
+    """An aggregating source's sample with its events moved to the windows just before now,
+    signed at the sample time as the committed file is (so `sam local` checks it the same
+    way), whatever day it is run."""
+    event = retimed(load_event(name), now)
+    return sign_event(event, timestamp=sample_signature_timestamp())
+
+
+_TIME_UNITS = {"epoch_seconds": 1, "epoch_millis": 1000}
+
+
+def retimed(
+    event: dict[str, Any], now: float | None = None, sources: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A copy of an aggregating source's event whose records are moved by whole windows, so
+    that each keeps its window-mates and its offset in its window, and the latest record's
+    window is the last one already due at `now` (its end plus the profile's lateness, and a
+    minute to spare). The profile's `records` and `fields.date_time` must be plain keys."""
+    profile = aggregating_profile(event, sources)
+    if profile is None:
+        raise ValueError("not the event of an aggregating source")
+    from piriod_adapter.aggregation import duration_seconds
+
+    now = time.time() if now is None else now
+    spec = profile["aggregate"]
+    window = duration_seconds(spec["window"])
+    lateness = duration_seconds(spec.get("lateness", "PT5M"))
+    records_key, time_key = profile.get("records", "@"), profile["fields"]["date_time"]
+    time_format = profile.get("time_format", "rfc3339")
+    body = json.loads(event_body(event))
+    records = body[records_key] if records_key != "@" else body
+    records = records if isinstance(records, list) else [records]
+
+    def read(value: Any) -> float:
+        if time_format in _TIME_UNITS:
+            return float(value) / _TIME_UNITS[time_format]
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+    def write(instant: float, like: Any) -> Any:
+        if time_format in _TIME_UNITS:
+            scaled = instant * _TIME_UNITS[time_format]
+            return round(scaled) if isinstance(like, int) else round(scaled, 3)
+        text = datetime.fromtimestamp(instant, UTC).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
+
+    latest = max(read(r[time_key]) for r in records)
+    # the latest window that is due at `now` with a minute to spare
+    due_by = now - lateness - 60
+    target = (due_by - window) // window * window
+    shift = target - latest // window * window
+    for record in records:
+        record[time_key] = write(read(record[time_key]) + shift, record[time_key])
+    moved = copy.deepcopy(event)
+    moved["body"] = json.dumps(body)
+    moved["isBase64Encoded"] = False
+    return moved
 
 
 def load_event(name: str) -> dict[str, Any]:

@@ -173,3 +173,41 @@ def test_every_source_event_through_sam_local_invoke(
     assert [r["status"] for r in body["results"]] == outcomes
     after = Counter(u["subscription_line"] for u in standins.piriod.usages())
     assert after - before == Counter(posted)
+
+
+def test_an_aggregating_delivery_is_posted_by_flush_function_through_sam_local_invoke(
+    built: Path, standins: LocalStandins, tmp_path: Path
+) -> None:
+    # given the aggregating meter's sample (api-requests: count, PT1M windows), its events
+    # moved to the windows just due (the committed file's go stale after the profile's
+    # max_age, P2D), signed at the sample time as the file is
+    from piriod_devkit.events import fresh_sample
+
+    event = fresh_sample("source-api-requests.json")
+    before = len(standins.piriod.usages())
+    # when the real runtime counts it: every event is aggregated, with its window, and nothing
+    # is posted yet
+    result = invoke("WebhookFunction", event, tmp_path)
+    body = json.loads(result["body"])
+    assert result["statusCode"] == 202, body
+    assert [r["status"] for r in body["results"]] == ["aggregated"] * 5
+    assert {r["generation"] for r in body["results"]} == {0}
+    starts = sorted({r["window_start"] for r in body["results"]})
+    assert len(starts) == 2
+    assert len(standins.piriod.usages()) == before
+    # and the same delivery again is five duplicates
+    again = json.loads(invoke("WebhookFunction", event, tmp_path)["body"])
+    assert [r["status"] for r in again["results"]] == ["duplicate"] * 5
+    # when FlushFunction runs on the scheduled event: `sam local invoke FlushFunction -e
+    # events/flush-scheduled.json`
+    report = invoke("FlushFunction", EVENTS / "flush-scheduled.json", tmp_path)
+    # then one usage per line and window is posted, at the window's start, counted once
+    assert (report["due"], report["posted"], report["left"]) == (3, 3, 0), report
+    posted = {
+        (u["subscription_line"], u["date_time"], str(u["quantity"]))
+        for u in standins.piriod.usages()[before:]
+    }
+    first, second = starts
+    assert posted == {(3201, first, "2"), (3201, second, "1"), (3202, second, "2")}
+    # and a second run finds nothing due
+    assert invoke("FlushFunction", EVENTS / "flush-scheduled.json", tmp_path)["due"] == 0
