@@ -13,7 +13,7 @@ TOOLS := .tools
 CHECKOV := $(TOOLS)/checkov/bin/checkov
 PIP_AUDIT := $(TOOLS)/audit/bin/pip-audit
 
-.PHONY: demo test lint typecheck security unit integration e2e bench bench-load clean
+.PHONY: demo test lint typecheck security unit integration e2e bench bench-load bench-aggregate clean
 
 $(STAMP): pyproject.toml src/requirements.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed (3.13 preferred)" >&2; exit 1; }
@@ -70,6 +70,11 @@ bench: $(STAMP)
 # Piriod fails in phases; exits 1 if a record is lost or posted twice, or a 5xx was answered.
 bench-load: $(STAMP)
 	$(BIN)/python bench/load.py
+
+# 100,000 events into aggregation windows against per-event posting: Piriod calls, throughput,
+# DynamoDB capacity per event, a hot line; exits 1 if an event is lost or counted twice.
+bench-aggregate: $(STAMP)
+	$(BIN)/python bench/aggregation.py
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
