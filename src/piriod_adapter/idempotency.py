@@ -149,12 +149,14 @@ class Claim:
 @dataclass(frozen=True)
 class Identical:
     """What other keys of the same line, at about the same instant, account for: the usage
-    ids they hold, how many were posted without a known id, and whether one is posting now
-    (its usage may be listed before it is recorded)."""
+    ids they hold, how many were posted without a known id, whether one is posting now
+    (its usage may be listed before it is recorded), and how many have an earlier post of
+    their own that nobody has seen (its usage, if it landed, may be the one listed)."""
 
     held: frozenset[int]
     unknown: int
     posting: bool
+    unseen: int = 0
 
 
 class IdempotencyStore:
@@ -418,15 +420,17 @@ class IdempotencyStore:
                 raise StoreUnavailable(f"cannot give usage back: {type(exc).__name__}") from None
 
     def identical(self, claim: Claim, usage: Usage) -> Identical:
-        """Other keys of the record's line within a second of its instant: any of them may
-        be listed at a precision that makes it look like this record."""
+        """Other keys of the record's line less than a second from its instant: any of them
+        may be listed at a precision that makes it look like this record."""
         assert usage.subscription_line is not None
         now = self._clock()
         held: set[int] = set()
-        unknown = 0
+        unknown = unseen = 0
         posting = False
-        start = sortable_utc(usage.date_time - timedelta(seconds=1))
-        end = sortable_utc(usage.date_time + timedelta(seconds=1))
+        # strictly within a second: a usage a whole second apart is told apart even when
+        # listed to the second (an aggregation window's generations are one second apart)
+        start = sortable_utc(usage.date_time - timedelta(seconds=1) + timedelta(microseconds=1))
+        end = sortable_utc(usage.date_time + timedelta(seconds=1) - timedelta(microseconds=1))
         for item in self.query_line(usage.subscription_line, start, end):
             if item["pk"]["S"] == claim.pk:
                 continue
@@ -435,9 +439,11 @@ class IdempotencyStore:
                 held.add(state.usage_id)
             elif state.status is KeyStatus.POSTED:
                 unknown += 1
+            elif state.unsettled_since() is not None:
+                unseen += 1
             if state.locked(now) and item.get("phase", {}).get("S") != "settling":
                 posting = True
-        return Identical(frozenset(held), unknown, posting)
+        return Identical(frozenset(held), unknown, posting, unseen)
 
     def release(self, claim: Claim, ambiguous_since: float | None) -> None:
         """Free a key we hold (an attempt that stopped on an unexpected error, or whose

@@ -517,6 +517,10 @@ class Submitter:
                 candidates.append(entry.usage_id)
         if candidates and others.unknown:
             return _ambiguous("identical records were posted without a usage id; not chosen")
+        if candidates and others.unseen:
+            # A record identical at the listed precision has an unseen post of its own: the
+            # listed usage may be that one's, and taking it would let that one post again.
+            return _ambiguous("an identical record's earlier post is unseen too; not chosen")
         for usage_id in sorted(set(candidates)):
             if not self.store.take_usage(claim, usage_id):
                 continue  # another identical record's usage

@@ -181,21 +181,23 @@ class FakeKeyStore:
             self._check()
             now = self.clock()
             held: set[int] = set()
-            unknown = 0
+            unknown = unseen = 0
             posting = False
             for pk, key in self.keys.items():
                 if pk == claim.pk or key.line != usage.subscription_line:
                     continue
-                if abs((key.at - usage.date_time).total_seconds()) > 1:
+                if abs((key.at - usage.date_time).total_seconds()) >= 1:
                     continue
                 if key.usage_id is not None:
                     held.add(key.usage_id)
                 elif key.status is KeyStatus.POSTED:
                     unknown += 1
+                elif key.ambiguous_since is not None or key.status is KeyStatus.IN_PROGRESS:
+                    unseen += 1
                 locked = key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) > now
                 if locked and key.phase != "settling":
                     posting = True
-            return Identical(frozenset(held), unknown, posting)
+            return Identical(frozenset(held), unknown, posting, unseen)
 
     def release(self, claim: Claim, ambiguous_since: float | None) -> None:
         with self._lock:
