@@ -222,7 +222,7 @@ def test_a_store_down_answers_not_stored_and_keeps_what_was_counted() -> None:
             store.down = True
         return original(*args)
 
-    store.count = count  # type: ignore[method-assign]
+    store.count = count  # type: ignore[method-assign,assignment]
     results = counting(store).run(events, Deadline.after(10))
     # then the first chunk's events are aggregated, the rest not stored
     statuses = {r.status for r in results}
