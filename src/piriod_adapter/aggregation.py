@@ -63,6 +63,7 @@ DAY = 86_400
 MAX_FUTURE_SECONDS = 300
 CONFLICT_TRIES = 12
 ROUNDS = 8  # a chunk's events move on at most this many times (closed, full, conflict)
+PARALLEL_CHUNKS = 2  # a delivery's first transactions run side by side
 FLUSH_LIMIT = 2_000  # generations one run closes at most (the rest: the next run)
 
 # --- the profile's block -------------------------------------------------------------------
@@ -216,6 +217,7 @@ class Counting:
     sleep: Callable[[float], None] = time.sleep
     outcomes: dict[int, Counted] = field(default_factory=dict)
     singles: set[WindowId] = field(default_factory=set)  # windows whose shard is full
+    bases: dict[WindowId, int] = field(default_factory=dict)  # this delivery's shard per window
 
     def run(self, usages: Sequence[Usage], deadline: Deadline) -> list[Counted]:
         """Count every event. Raises WindowFull (a 422) before anything is written when an
@@ -235,7 +237,12 @@ class Counting:
         full = [e for e in events if opens[e.window].generation >= self.spec.window_seconds]
         if full:
             raise WindowFull([e.index for e in full])
-        pending = events
+        # By line and window, so that a chunk touches few windows (fewer shard additions).
+        pending = sorted(events, key=lambda e: (e.window.line, e.window.start))
+        try:
+            pending = self._first_round(pending, opens, deadline)
+        except StoreUnavailable as exc:
+            return self._finish(usages, events, str(exc))
         rounds = 0
         while pending:
             rounds += 1
@@ -249,13 +256,40 @@ class Counting:
             pending = left + pending
         return self._finish(usages, [], None)
 
+    def _first_round(
+        self, pending: list[_Event], opens: dict[WindowId, Open], deadline: Deadline
+    ) -> list[_Event]:
+        """The delivery's first chunks side by side, each its own transaction (a delivery of
+        100 events needs two); what must go again is returned. Raises StoreUnavailable (what
+        was committed keeps its outcome)."""
+        chunks: list[list[_Event]] = []
+        rest = pending
+        while rest and len(chunks) < PARALLEL_CHUNKS:
+            chunk, rest = _chunk(rest, opens, self.singles)
+            chunks.append(chunk)
+        if len(chunks) < 2:
+            return chunks[0] + rest if chunks else rest
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+            futures = [
+                pool.submit(self._count_chunk, chunk, opens, deadline, lane)
+                for lane, chunk in enumerate(chunks)
+            ]
+            errors = [f.exception() for f in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+        return [e for f in futures for e in f.result()] + rest
+
     def _count_chunk(
-        self, chunk: list[_Event], opens: dict[WindowId, Open], deadline: Deadline
+        self, chunk: list[_Event], opens: dict[WindowId, Open], deadline: Deadline, lane: int = 0
     ) -> list[_Event]:
         """Commit one chunk; returns the events that must go again (next generation, or
-        one by one when a shard is full)."""
+        one by one when a shard is full). Chunks side by side take different `lane`s, so
+        that they add to different shards of a window they share."""
         for attempt in range(CONFLICT_TRIES):
-            writes, shards = self._writes(chunk, opens)  # shards: the windows, in order
+            writes, shards = self._writes(chunk, opens, lane)  # shards: the windows, in order
             result = self.store.count(
                 [
                     EventWrite(
@@ -283,12 +317,15 @@ class Counting:
                 return self._cancelled(chunk, result, writes, opens)
             if deadline.remaining() <= 0:
                 raise StoreUnavailable("counting store busy until the deadline")
-            # a concurrent transaction on one of the items: back off with jitter
+            # a concurrent transaction on one of the items: back off with jitter, and add to
+            # another shard next time
+            for window in shards:
+                self.bases.pop(window, None)
             self.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))  # noqa: S311
         raise StoreUnavailable("counting store conflicts did not clear")
 
     def _writes(
-        self, chunk: list[_Event], opens: dict[WindowId, Open]
+        self, chunk: list[_Event], opens: dict[WindowId, Open], lane: int = 0
     ) -> tuple[list[WindowWrite], list[WindowId]]:
         by_window: dict[WindowId, list[_Event]] = {}
         for e in chunk:
@@ -303,7 +340,7 @@ class Counting:
                 WindowWrite(
                     window=window,
                     generation=g,
-                    shard=self.store.shard_for(known),
+                    shard=(self._base(window, known) + lane) % known.shards,
                     units=sum(e.units for e in events),
                     events=len(events),
                     expires_at=self._window_expiry(window),
@@ -321,6 +358,13 @@ class Counting:
                 )
             )
         return writes, list(by_window)
+
+    def _base(self, window: WindowId, known: Open) -> int:
+        """The shard this delivery adds to (chosen at random once; a retry after a conflict
+        keeps it, lanes side by side take the next ones)."""
+        if window not in self.bases:
+            self.bases[window] = self.store.shard_for(known)
+        return self.bases[window]
 
     def _cancelled(
         self,
