@@ -321,7 +321,7 @@ class Counting:
             # another shard next time
             for window in shards:
                 self.bases.pop(window, None)
-            self.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))  # noqa: S311
+            self.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))  # noqa: S311  # nosec B311
         raise StoreUnavailable("counting store conflicts did not clear")
 
     def _writes(
@@ -567,14 +567,8 @@ def flush(
     report.due = len(due)
     closed: list[Generation] = []  # the due generations, closed, with a total to post
     skipped: list[Generation] = []  # not closed or not recorded this run (the next run)
-    for found in due:
-        if deadline.remaining() <= 0:
-            skipped.append(found)
-            continue
-        try:
-            gen = store.close(found)
-        except StoreUnavailable as exc:
-            logger.warning("window not closed", extra={"error": str(exc)})
+    for found, gen in _close_all(store, due, deadline, concurrency):
+        if gen is None:
             skipped.append(found)
             continue
         if gen.state is not GenState.CLOSED:
@@ -610,6 +604,28 @@ def flush(
         (now - (g.due_at or now) for g in due if _pk(g) in unsettled), default=0.0
     )
     return report
+
+
+def _close_all(
+    store: Closer, due: list[Generation], deadline: Deadline, concurrency: int
+) -> list[tuple[Generation, Generation | None]]:
+    """Close the due generations, `concurrency` at a time; None: not closed this run (out of
+    time, or the store down)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def close(found: Generation) -> tuple[Generation, Generation | None]:
+        if deadline.remaining() <= 0:
+            return found, None
+        try:
+            return found, store.close(found)
+        except StoreUnavailable as exc:
+            logger.warning("window not closed", extra={"error": str(exc)})
+            return found, None
+
+    if not due:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(due)))) as pool:
+        return list(pool.map(close, due))
 
 
 def _pk(gen: Generation) -> str:
