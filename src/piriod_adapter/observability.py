@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.metrics.metric import SingleMetric
 
 SERVICE = "piriod-usage-adapter"
 
@@ -36,13 +40,31 @@ def count_records(counts: Mapping[str, int], source: str | None) -> None:
                 metric.add_dimension(name="source", value=source)
 
 
-def single_metric(name: str, value: float, unit: MetricUnit = MetricUnit.Count) -> Any:
+@contextmanager
+def single_metric(
+    name: str, value: float, unit: MetricUnit = MetricUnit.Count
+) -> Iterator[SingleMetric]:
+    """One metric with dimensions of its own, printed as its own EMF document when the block
+    ends; nothing is printed when metrics are disabled, as Powertools' Metrics decides it
+    (POWERTOOLS_METRICS_DISABLED true, or POWERTOOLS_DEV true and it unset), which
+    Powertools' own single_metric does not check."""
     from aws_lambda_powertools.metrics import single_metric as powertools_single
+    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
-    return powertools_single(
-        name=name,
-        unit=unit,
-        value=value,
-        namespace=NAMESPACE,
-        default_dimensions={"service": SERVICE},
-    )
+    if not is_metrics_disabled():
+        with powertools_single(
+            name=name,
+            unit=unit,
+            value=value,
+            namespace=NAMESPACE,
+            default_dimensions={"service": SERVICE},
+        ) as metric:
+            yield metric
+        return
+    from aws_lambda_powertools.metrics.metric import SingleMetric
+
+    metric = SingleMetric(namespace=NAMESPACE)
+    metric.add_metric(name=name, unit=unit, value=value)
+    metric.add_dimension(name="service", value=SERVICE)
+    yield metric
+    metric.serialize_metric_set()  # the same checks as when printed; nothing is printed
