@@ -50,14 +50,15 @@ def signed_sample(name: str) -> dict[str, Any]:
 def sign_samples(now: float | None = None) -> list[Path]:
     """Sign every HTTP sample in events/ again at the sample time (after editing one). The
     events of an aggregating source's sample are first moved to the last few windows before
-    `now` (see `retimed`): the function refuses an event older than the profile's
-    `max_age`, measured from the wall clock even under `sam local`."""
+    the sample time (see `retimed`): under `sam local` an event's age is measured from the
+    time its signature passed at, so the committed file keeps answering `aggregated`."""
     written = []
     for path in sorted(EVENTS.glob("*.json")):
         event = load_event(path.name)
         if is_http_event(event):
             if aggregating_profile(event) is not None:
-                path.write_text(json.dumps(retimed(event, now), indent=2) + "\n")
+                at = sample_signature_timestamp() if now is None else now
+                path.write_text(json.dumps(retimed(event, at), indent=2) + "\n")
             path.write_text(json.dumps(signed_sample(path.name), indent=2) + "\n")
             written.append(path)
     return written
@@ -75,10 +76,10 @@ def aggregating_profile(
 
 
 def fresh_sample(name: str, now: float | None = None) -> dict[str, Any]:
-    """An aggregating source's sample with its events moved to the windows just before now,
-    signed at the sample time as the committed file is (so `sam local` checks it the same
-    way), whatever day it is run."""
-    event = retimed(load_event(name), now)
+    """An aggregating source's sample with its events moved to the windows just before `now`
+    (default: the sample time, as the committed file), signed at the sample time as the
+    committed file is (so `sam local` checks it the same way)."""
+    event = retimed(load_event(name), sample_signature_timestamp() if now is None else now)
     return sign_event(event, timestamp=sample_signature_timestamp())
 
 

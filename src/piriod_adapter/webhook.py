@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.models import (
@@ -200,7 +200,7 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
     if profile is None:
         return refusal(404, f"no source named {name[:64]!r} is configured")
     try:
-        delivery = authenticate_source(name, profile, lower_headers(event), raw, runtime)
+        delivery, signed_at = authenticate_source(name, profile, lower_headers(event), raw, runtime)
     except SecretUnavailable as exc:
         return unavailable(str(exc))
     except SignatureError as exc:
@@ -230,6 +230,7 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
             delivery=delivery,
             source=name,
             event_ids=[record.event_id for record in mapped],
+            now=signed_at,
         )
     # A filter that keeps no record is answered 202 with no results, on the same path.
     return submit_and_answer(
@@ -245,19 +246,20 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
 
 def authenticate_source(
     name: str, profile: Profile, headers: dict[str, str], raw: bytes, runtime: Runtime
-) -> str:
+) -> tuple[str, float]:
     """Check a source's delivery with its profile's scheme and secrets; return an id for the
-    delivery (the webhook-id with Standard Webhooks). Raises SignatureError (401) or
-    SecretUnavailable (503: fail closed)."""
+    delivery (the webhook-id with Standard Webhooks) and the time its signature passed at
+    (now; under `sam local` possibly the samples' signing time). Raises SignatureError (401)
+    or SecretUnavailable (503: fail closed)."""
     scheme = profile.signature
     if scheme.scheme == "standard-webhooks":
         keys = runtime.secrets.standard_keys(scheme.secret_id)
     else:
         secrets = runtime.secrets.signing_secrets(scheme.secret_id)
 
-    def check(now: float) -> str:
+    def check(now: float) -> tuple[str, float]:
         if scheme.scheme == "standard-webhooks":
-            return verify_standard(headers, raw, keys, now, scheme.tolerance_seconds)
+            return verify_standard(headers, raw, keys, now, scheme.tolerance_seconds), now
         if scheme.scheme == "stripe":
             verify_stripe(headers, raw, secrets, now, scheme.tolerance_seconds)
         else:
@@ -271,12 +273,15 @@ def authenticate_source(
                 timestamp_header=scheme.timestamp_header,
                 tolerance=scheme.tolerance_seconds,
             )
-        return f"{name}@{int(now)}"
+        return f"{name}@{int(now)}", now
 
     return first_passing(check, runtime.settings.signature_clocks(time.time()))
 
 
-def first_passing(check: Callable[[float], str], clocks: tuple[float, ...]) -> str:
+_T = TypeVar("_T")
+
+
+def first_passing(check: Callable[[float], _T], clocks: tuple[float, ...]) -> _T:
     """The first clock the signature passes at; otherwise the refusal at the first (now)."""
     first: SignatureError | None = None
     for now in clocks:
@@ -335,11 +340,13 @@ def count_and_answer(
     source: str,
     event_ids: Sequence[str],
     clock: Callable[[], float] = time.time,
+    now: float | None = None,
 ) -> Reply:
     """An aggregating source (SPEC 9): bound every event, count each exactly once into its
     window, answer `aggregated` (window and generation), `duplicate`, `rejected` (kept in
     DeadLetterQueue), or 503 when the store could not be written (counted events then
-    answer `duplicate` on the retry)."""
+    answer `duplicate` on the retry). An event's age is measured from `now`, the time the
+    signature passed at (under `sam local`, the samples' signing time may be that)."""
     from datetime import UTC, datetime
 
     from piriod_adapter.aggregation import (
@@ -350,7 +357,9 @@ def count_and_answer(
     )
     from piriod_adapter.validation import FieldProblem, invalid
 
-    problems = check_events(usages, spec, datetime.fromtimestamp(clock(), UTC))
+    problems = check_events(
+        usages, spec, datetime.fromtimestamp(clock() if now is None else now, UTC)
+    )
     counting = Counting(spec, source, tenant, windows, sink, ttl_days, clock=clock)
     try:
         if problems:

@@ -178,9 +178,9 @@ def test_every_source_event_through_sam_local_invoke(
 def test_an_aggregating_delivery_is_posted_by_flush_function_through_sam_local_invoke(
     built: Path, standins: LocalStandins, tmp_path: Path
 ) -> None:
-    # given the aggregating meter's sample (api-requests: count, PT1M windows), its events
-    # moved to the windows just due (the committed file's go stale after the profile's
-    # max_age, P2D), signed at the sample time as the file is
+    # given the aggregating meter's sample (api-requests: count, PT1M windows), its events in
+    # the windows just before the sample time, signed at that time as the committed file is
+    # (its age is measured from the time its signature passed at)
     from piriod_devkit.events import fresh_sample
 
     event = fresh_sample("source-api-requests.json")

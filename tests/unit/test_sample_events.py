@@ -72,7 +72,7 @@ def test_the_aggregating_sample_is_moved_to_the_windows_just_due() -> None:
     }
 
 
-def test_a_fresh_sample_is_signed_at_the_sample_time_with_times_of_now() -> None:
+def test_a_fresh_sample_is_the_committed_one_signed_at_the_sample_time() -> None:
     # given the committed sample, when a fresh copy is made (the e2e test sends one)
     fresh = fresh_sample(AGGREGATING)
     # then it is signed at the sample time, like the file, and its body differs only in times
