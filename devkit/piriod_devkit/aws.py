@@ -32,7 +32,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class MotoServer(ServerProcess):
-    """`moto.server` in its own process, listening on one address (loopback by default)."""
+    """`moto.server` in its own process, listening on one address (loopback by default),
+    with DynamoDB's transaction isolation (piriod_devkit.moto_isolated)."""
 
     name = "moto server"
 
@@ -46,7 +47,15 @@ class MotoServer(ServerProcess):
         return f"http://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        return [
+            sys.executable,
+            "-m",
+            "piriod_devkit.moto_isolated",
+            "-H",
+            self.host,
+            "-p",
+            str(self.port),
+        ]
 
     def ready(self) -> bool:
         try:

@@ -173,73 +173,6 @@ def _substitute_line(event: dict[str, Any], line: int | None) -> dict[str, Any]:
     return {**event, "body": json.dumps(body)}
 
 
-# --- moto for the high-volume meter ---------------------------------------------------------
-
-
-def serve_moto(argv: list[str]) -> None:
-    """moto server, with TransactWriteItems backing up only the items a transaction touches.
-
-    moto 5.2.5 deep-copies the whole table once per action of a transaction (to roll back on
-    failure): with the 5,000 event keys of the high-volume meter in the table, that is
-    seconds per delivery. Here the backup is of the touched items, and transactions run one
-    at a time (moto has no isolation of its own; DynamoDB's is what the adapter relies on),
-    as bench/aggregation.py does. Nothing else in moto is changed."""
-    import copy
-    from typing import cast
-
-    from moto.dynamodb import models
-    from moto.dynamodb.models.dynamo_type import DynamoType
-    from moto.dynamodb.models.table import Table
-    from moto.server import main as moto_main
-
-    class _Copy:
-        """`copy` for moto's DynamoDB backend: a Table is not deep-copied."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(copy, name)
-
-        @staticmethod
-        def deepcopy(value: Any, memo: Any = None) -> Any:
-            return value if isinstance(value, Table) else copy.deepcopy(value, memo)
-
-    cast(Any, models).copy = _Copy()
-    original = models.DynamoDBBackend.transact_write_items
-    lock = threading.Lock()
-
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        with lock:
-            saved = []
-            for action in transact_items:
-                _, op = next(iter(action.items()))
-                try:
-                    table = self.get_table(op["TableName"])
-                    attrs = op.get("Item") or op.get("Key") or {}
-                    hash_key = DynamoType(attrs[table.hash_key_attr])
-                except Exception:  # noqa: S112 (moto's own validation answers it)
-                    continue
-                saved.append((table, hash_key, copy.deepcopy(table.items.get(hash_key))))
-            try:
-                original(self, transact_items)
-            except BaseException:
-                for table, hash_key, before in reversed(saved):
-                    if before is None:
-                        table.items.pop(hash_key, None)
-                    else:
-                        table.items[hash_key] = before
-                raise
-
-    cast(Any, models.DynamoDBBackend).transact_write_items = transact_write_items
-    moto_main(argv)
-
-
-class _DemoMoto(MotoServer):
-    """The demo's moto server: `serve_moto` in its own process."""
-
-    def argv(self) -> list[str]:
-        run = "import sys; from piriod_devkit.demo import serve_moto; serve_moto(sys.argv[1:])"
-        return [sys.executable, "-c", run, "-H", self.host, "-p", str(self.port)]
-
-
 def _api_requests(now: float) -> list[dict[str, Any]]:
     """5,000 requests of two api keys, in time order (as a gateway sends them), over the three
     one-minute windows that ended 3 to 6 minutes ago: due already (end plus lateness)."""
@@ -350,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     shown = Shown()
     real_piriod = bool(args.token)
-    with _DemoMoto() as moto:
+    with MotoServer() as moto:
         resources = provision(
             moto.url,
             token=args.token or TOKEN,

@@ -315,3 +315,27 @@ def test_the_operator_sees_windows_and_the_oldest_due_one(meters: Adapter, pirio
     windows = json.loads(text)["windows"]
     assert (windows["open"], windows["due"]) == (1, 1)
     assert windows["oldest_due"]["window_start"] == utc(minute(2))
+
+
+def test_concurrent_deliveries_to_one_line_and_window_are_all_counted_once(
+    meters: Adapter, piriod: Any
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # given 8 senders with 100 events each for one line and window, and 2 of them resending
+    # the first sender's delivery at the same time
+    window = minute(3)
+    batches = [
+        [event(f"hot-{s}-{n}", 95, window + timedelta(seconds=n % 60), "0.5") for n in range(100)]
+        for s in range(8)
+    ]
+    # when they all deliver at once
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda b: deliver(meters, b), [*batches, batches[0], batches[0]]))
+    # then every answer is a 202, each event was counted once, and the flush posts 800 x 0.5
+    assert [status for status, _ in answers] == [202] * 10
+    statuses = [r["status"] for _, body in answers for r in body["results"]]
+    assert statuses.count("aggregated") == 800
+    assert statuses.count("duplicate") == 200
+    run_flush()
+    assert totals(piriod) == {(95, utc(window)): Decimal(400)}

@@ -238,7 +238,9 @@ def test_reconcile_prints_a_table_and_json_for_machines(
 ) -> None:
     # given three records of line 11 posted, one of them then deleted in Piriod
     adapter.deliver({"usages": [record(11, h) for h in range(3)]})
-    deleted = piriod.usages()[0]["id"]
+    # (the records post side by side: the first hour's usage is found by its time)
+    [first] = [u for u in piriod.usages() if u["date_time"] == "2026-11-01T00:00:00Z"]
+    deleted = first["id"]
     headers = {"Authorization": f"Token {TOKEN}", "x-simple-workspace": WORKSPACE}
     gone = urllib3.PoolManager().request(
         "DELETE", f"{piriod.url}/usages/{deleted}/", headers=headers
