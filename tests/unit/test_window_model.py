@@ -2,8 +2,9 @@
 (tests/unit/test_lifecycle_model.py, every rule of it) extended with deliveries and
 redeliveries to an aggregating source, late events, flushes (also two at once, and one
 between a delivery's read and its write), conflicts and a counting store going down, Piriod
-faults during a flush (stored then lost, lost, throttled, refused) and SQS redelivering the
-queued totals. The real code runs: the webhook's count_and_answer, Counting, flush and the
+faults during a flush (stored then lost, lost, throttled, refused), SQS redelivering the
+queued totals, and a meter without a line rejected into DeadLetterQueue and counted by the
+operator's replay once it has one. The real code runs: the webhook's count_and_answer, Counting, flush and the
 Submitter; only the stores and Piriod are fakes (tests/unit/fakes.py).
 
 After every step: an event's key and its addition are together (each counted event is in
@@ -24,14 +25,15 @@ from typing import Any, cast
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import invariant, rule
+from hypothesis.stateful import invariant, precondition, rule
 
-from piriod_adapter.aggregation import Aggregate, flush
+from piriod_adapter.aggregation import Aggregate, Counting, count_one, flush
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import StoreUnavailable, key_pk
-from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey
-from piriod_adapter.queue import REPLAY
-from piriod_adapter.replay import Received, Verdict, replay_batch
+from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
+from piriod_adapter.queue import DEAD_LETTER, REPLAY
+from piriod_adapter.replay import Received, Verdict, redeliver_dead_letter, replay_batch
+from piriod_adapter.submit import Outcome, Submission
 from piriod_adapter.webhook import count_and_answer
 from piriod_adapter.windows import WindowId, to_units
 from tests.unit.fakes import FakeWindowStore
@@ -40,7 +42,8 @@ from tests.unit.test_lifecycle_model import Lifecycle
 RUNS = int(os.environ.get("WINDOW_MODEL_RUNS", "300"))
 SOURCE = "meter"
 SPEC = Aggregate(function="sum", window="PT1M", lateness="PT30S", max_age="PT1H")
-WINDOW_LINES = [31, 32]
+WINDOW_LINES = [31, 32, 0]  # 0: a meter the profile has no line for (until it gets 33)
+NEW_METER_LINE = 33
 EVENT_QUANTITIES = [Decimal("0.000000000000000001"), Decimal("2.5"), Decimal("7"), Decimal(0)]
 TENANT = Tenant(workspace="w", test_mode=False)
 
@@ -55,6 +58,8 @@ class Windows(Lifecycle):
         self.starts = [base - timedelta(minutes=m) for m in (3, 2, 1, 0)]
         self.events: dict[str, Usage] = {}  # every event ever sent, by key
         self.acknowledged_events: set[str] = set()
+        self.acknowledged_rejected: set[str] = set()  # answered rejected: in DeadLetterQueue
+        self.mapped = False  # whether the new meter has its line yet
         self.window_keys: set[str] = set()
 
     def _event(self, n: int, line: int, window: int, second: int, quantity: Decimal) -> Usage:
@@ -63,16 +68,27 @@ class Windows(Lifecycle):
         if known is not None:  # a redelivery: the same event
             return known
         usage = Usage(
-            subscription_line=line,
+            subscription_line=line or None,
             date_time=self.starts[window] + timedelta(seconds=second, microseconds=n),
             quantity=quantity,
             key=UsageKey(kind=KeyKind.EVENT, scope=f"v1/sources/{SOURCE}", text=text),
             source=SOURCE,
+            meter_id=None if line else "new-meter",
         )
         self.events[key_pk(usage.key)] = usage
         return usage
 
+    def _resolve(self, usage: Usage) -> Usage:
+        """The event as the profile maps it now (the new meter's line, once it has one)."""
+        if usage.meter_id == "new-meter" and self.mapped:
+            return usage.model_copy(update={"subscription_line": NEW_METER_LINE})
+        return usage
+
     # --- the world -----------------------------------------------------------------------------
+
+    @rule()
+    def the_new_meter_gets_its_line(self) -> None:
+        self.mapped = True
 
     @rule(down=st.booleans(), conflicts=st.integers(0, 3))
     def window_store(self, down: bool, conflicts: int) -> None:
@@ -97,7 +113,7 @@ class Windows(Lifecycle):
     )
     def deliver_events(self, picks: list[Any], flush_between: bool) -> None:
         seen = [u for u in self.events.values()]
-        usages = [self._event(*pick) for pick in picks]
+        usages = [self._resolve(self._event(*pick)) for pick in picks]
         if flush_between:  # a flusher closes windows between this delivery's read and write
             self.windows.before_count = self._flush
         down = self.windows.down or self.queues.down
@@ -130,9 +146,46 @@ class Windows(Lifecycle):
                 assert result["window_start"] == window.start.strftime("%Y-%m-%dT%H:%M:%SZ")
             elif result["status"] == "duplicate":
                 assert pk in self.windows.keys
+            elif result["status"] == "rejected":  # the new meter, without its line yet
+                assert usage.subscription_line is None, result
+                assert pk in self.queues.keys_in(DEAD_LETTER), result
             if reply.status == 202:
-                assert result["status"] in ("aggregated", "duplicate"), result
-                self.acknowledged_events.add(pk)
+                assert result["status"] in ("aggregated", "duplicate", "rejected"), result
+                if result["status"] == "rejected":
+                    self.acknowledged_rejected.add(pk)
+                else:
+                    self.acknowledged_events.add(pk)
+
+    # --- the operator --------------------------------------------------------------------------
+
+    def _count(self, sub: Submission, deadline: Deadline) -> Outcome | None:
+        """runtime.count_event for this source: an event counted into its window."""
+        usage = sub.usage
+        if usage.source != SOURCE or usage.key.kind is not KeyKind.EVENT:
+            return None
+        counting = Counting(
+            SPEC, SOURCE, TENANT, self.windows, self.queues.store_failed, 30, clock=self.clock
+        )
+        return count_one(counting, usage, deadline)
+
+    @precondition(lambda self: self.queues.dead)
+    @rule(data=st.data())
+    def operator_replays_a_dead_letter(self, data: st.DataObject) -> None:
+        message = data.draw(st.sampled_from(self.queues.dead))
+        self._operator_replay(message)
+
+    def _operator_replay(self, message: Any) -> None:
+        record_ = QueuedRecord.from_json(message.body)
+        result = redeliver_dead_letter(
+            record_,
+            self.submitter,
+            cast(Any, self.queues),
+            Deadline.after(60),
+            self._resolve,
+            self._count,
+        )
+        if result.verdict is Verdict.DONE:
+            self.queues.delete(DEAD_LETTER, message.message_id)
 
     # --- flushing ------------------------------------------------------------------------------
 
@@ -193,6 +246,8 @@ class Windows(Lifecycle):
         assert {k: v for k, v in held.items() if v} == counted
         for pk in self.acknowledged_events:
             assert pk in self.windows.keys, pk
+        for pk in self.acknowledged_rejected:  # waits in DeadLetterQueue, or counted since
+            assert pk in self.windows.keys or pk in self.queues.keys_in(DEAD_LETTER), pk
 
     @invariant()
     def a_window_total_is_posted_once(self) -> None:
@@ -208,6 +263,10 @@ class Windows(Lifecycle):
         self.piriod.listing_down = self.piriod.endless = self.piriod.filters_miss = False
         self.piriod.quantity_precision = self.piriod.time_precision = "exact"
         self.piriod.unmetered.clear()
+        self.mapped = True  # the operator adds the meter's line and replays its dead letters
+        for message in list(self.queues.dead):
+            if f'"source":"{SOURCE}"' in message.body and '"kind":"event"' in message.body:
+                self._operator_replay(message)
         for _ in range(40):
             self.clock.advance(120)
             self._flush()
@@ -230,9 +289,9 @@ class Windows(Lifecycle):
         expected: dict[tuple[int, datetime], Decimal] = {}
         counted: dict[tuple[int, datetime], Decimal] = {}
         for pk, usage in self.events.items():
-            assert usage.subscription_line is not None
-            key = (usage.subscription_line, SPEC.window_start(usage.date_time))
-            if pk in self.acknowledged_events:
+            line = usage.subscription_line or NEW_METER_LINE
+            key = (line, SPEC.window_start(usage.date_time))
+            if pk in self.acknowledged_events | self.acknowledged_rejected:
                 expected[key] = expected.get(key, Decimal(0)) + usage.quantity
             if pk in self.windows.keys:
                 counted[key] = counted.get(key, Decimal(0)) + usage.quantity
