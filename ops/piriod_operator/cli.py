@@ -927,8 +927,9 @@ def _rotate(ctx: Context, manager: Any, secret_id: str, action: str, cmd: str, w
 def _send_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
-        help="the webhook's URL; with --source, its base address is enough (default: the "
-        "stack's WebhookUrl)",
+        help="the webhook's URL; with --source, its base address is enough (default: "
+        "$PIRIOD_WEBHOOK_URL when set, which `piriod-local serve --print-env` exports, then "
+        "the stack's WebhookUrl)",
     )
     p.add_argument(
         "--secret-id",
@@ -979,9 +980,16 @@ def cmd_send(ctx: Context) -> int:
 
     args = ctx.args
     stack = ctx.stack if ctx.stack_name else None
-    url = args.url or (stack.output("WebhookUrl") if stack else None)
+    url = (
+        args.url
+        or os.environ.get("PIRIOD_WEBHOOK_URL", "").strip()
+        or (stack.output("WebhookUrl") if stack else None)
+    )
     if not url:
-        raise CommandError(EXIT_USAGE, "give --url, or --stack NAME of a deployed adapter")
+        raise CommandError(
+            EXIT_USAGE,
+            "give --url, export PIRIOD_WEBHOOK_URL, or give --stack NAME of a deployed adapter",
+        )
     if args.source:
         return _send_to_source(ctx, url, stack)
     if args.payload or args.config:
@@ -1341,7 +1349,8 @@ COMMANDS: list[Command] = [
         cmd_send,
         description="Native route: --line (or --file), signed with Standard Webhooks. "
         "A source: --source NAME --payload FILE, signed with the profile's own scheme "
-        "(standard-webhooks, stripe or hmac-sha256-hex). The URL is --url or the stack's "
+        "(standard-webhooks, stripe or hmac-sha256-hex). The URL is, in this order: --url, "
+        "$PIRIOD_WEBHOOK_URL (`piriod-local serve --print-env` exports it), the stack's "
         "WebhookUrl; the secret is, in this order: --secret-id, the stack's (or the "
         "profile's), $PIRIOD_SIGNING_SECRET.",
     ),

@@ -11,6 +11,7 @@ import shutil
 import sys
 import tomllib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 import urllib3
 
 from piriod_devkit.aws import client
+from piriod_devkit.local_api import LocalApiServer
 from tests.conftest import TOKEN, WORKSPACE, Adapter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -291,3 +293,63 @@ def test_send_with_a_secret_that_does_not_exist_is_refused_before_sending(
     assert code == 2 and out == ""
     assert "no secret 'missing'" in err and len(err.strip().splitlines()) == 1
     assert piriod.usages() == []
+
+
+@pytest.fixture
+def api(adapter: Adapter) -> Iterator[LocalApiServer]:
+    """The webhook on a local port, its settings read while the functions' variables are set
+    (`cli` runs without them)."""
+    from piriod_adapter.runtime import get_runtime
+
+    get_runtime().settings  # noqa: B018
+    server = LocalApiServer().start()
+    yield server
+    server.stop()
+
+
+def test_send_without_url_goes_to_piriod_webhook_url_before_the_stacks(
+    adapter: Adapter,
+    piriod: Any,
+    api: LocalApiServer,
+    dead_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a stack whose WebhookUrl answers nothing, and $PIRIOD_WEBHOOK_URL at the webhook
+    # (as `piriod-local serve --print-env` exports it)
+    stack = deploy_stack(adapter, webhook_url=f"{dead_endpoint}/v1/usages")
+    monkeypatch.setenv("PIRIOD_WEBHOOK_URL", f"{api.url}/v1/usages")
+    # when a record is sent without --url
+    code, out, err = cli("send", "--stack", stack, "--line", "4242", "--quantity", "3")
+    # then it went to $PIRIOD_WEBHOOK_URL and was posted
+    assert code == 0, out + err
+    assert out.startswith("HTTP 202") and "record 0: posted usage_id=" in out
+    assert [(u["subscription_line"], u["quantity"]) for u in piriod.usages()] == [(4242, "3")]
+
+
+def test_send_with_url_given_or_without_the_variable_goes_where_told(
+    adapter: Adapter,
+    piriod: Any,
+    api: LocalApiServer,
+    dead_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a stack whose WebhookUrl is the webhook, and $PIRIOD_WEBHOOK_URL where nothing
+    # listens
+    stack = deploy_stack(adapter, webhook_url=f"{api.url}/v1/usages")
+    monkeypatch.setenv("PIRIOD_WEBHOOK_URL", f"{dead_endpoint}/v1/usages")
+    # when a record is sent with --url, then one with the variable unset
+    given = cli("send", "--stack", stack, "--url", f"{api.url}/v1/usages", "--line", "11")
+    monkeypatch.delenv("PIRIOD_WEBHOOK_URL")
+    from_stack = cli("send", "--stack", stack, "--line", "12")
+    # then --url wins over the variable, and without it the stack's WebhookUrl is used
+    assert given[0] == 0 and given[1].startswith("HTTP 202"), given
+    assert from_stack[0] == 0 and from_stack[1].startswith("HTTP 202"), from_stack
+    assert sorted(u["subscription_line"] for u in piriod.usages()) == [11, 12]
+
+
+def test_send_with_no_url_anywhere_says_what_to_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PIRIOD_WEBHOOK_URL", raising=False)
+    monkeypatch.setenv("PIRIOD_SIGNING_SECRET", "whsec_" + "A" * 32)
+    code, out, err = cli("send", "--line", "1")
+    assert code == 2 and out == ""
+    assert "export PIRIOD_WEBHOOK_URL" in err and len(err.strip().splitlines()) == 1
