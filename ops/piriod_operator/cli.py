@@ -803,7 +803,8 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
         type=_word("--config-env"),
         metavar="ENV",
         help="write stack_name, region and the parameters into this samconfig environment, "
-        "made if new (default: write nothing)",
+        "made if new, with SourcesConfig=ssm:/<stack>/sources unless it names one (default: "
+        "write nothing)",
     )
     p.add_argument("--samconfig", default="samconfig.toml", help="the samconfig file")
 
@@ -849,10 +850,15 @@ def cmd_init(ctx: Context) -> int:
             overrides["PiriodWorkspaceId"] = args.workspace
         if args.test_mode:
             overrides["PiriodTestMode"] = args.test_mode
-        write_samconfig(Path(args.samconfig), args.config_env, stack, overrides, region)
+        # the profiles' SSM parameter, so that `sources push` works after the first deploy
+        sources = {"SourcesConfig": f"ssm:/{stack}/sources"}
+        written = write_samconfig(
+            Path(args.samconfig), args.config_env, stack, overrides, region, sources
+        )
         err.write(
             f"Wrote stack_name {stack}, region {region} and the parameters into "
-            f"[{args.config_env}] of {args.samconfig}; deploy with "
+            f"[{args.config_env}] of {args.samconfig} (meter profiles: "
+            f"{written.get('SourcesConfig') or 'none'}); deploy with "
             f"`sam build && sam deploy --config-env {args.config_env}`.\n"
         )
     else:
@@ -1153,9 +1159,10 @@ def _sources_parameter(stack: Stack) -> str:
         raise CommandError(
             EXIT_USAGE,
             f"stack {stack.name!r} reads its sources from {config or 'nowhere'!r}, not an SSM "
-            f"parameter: deploy it with SourcesConfig=ssm:/{stack.name}/sources (`sam deploy "
-            f"--parameter-overrides SourcesConfig=ssm:/{stack.name}/sources ...`, or in "
-            "samconfig.toml), then `piriod-adapter sources push FILE`",
+            f"parameter: deploy it with SourcesConfig=ssm:/{stack.name}/sources (`piriod-adapter "
+            f"--stack {stack.name} init --keep-token --config-env ENV` writes it into "
+            "samconfig.toml for `sam deploy --config-env ENV`), then `piriod-adapter sources "
+            "push FILE`",
         )
     return name
 
@@ -1334,7 +1341,9 @@ COMMANDS: list[Command] = [
         description='Creates <stack>/piriod-token ({"api_token": ...}, asked for without '
         "echo) and <stack>/webhook-signing-secrets (a new whsec_ secret, shown once). "
         "Re-runnable: the signing secrets are kept, the token replaced when given. "
-        "With --config-env, writes stack_name, region and the parameters into samconfig.toml.",
+        "With --config-env, writes stack_name, region and the parameters into samconfig.toml, "
+        "and SourcesConfig=ssm:/<stack>/sources (where `sources push` writes the meter "
+        "profiles) unless that environment already names a SourcesConfig.",
     ),
     Command(
         ("signing-secret",),

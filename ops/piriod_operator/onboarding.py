@@ -132,10 +132,16 @@ def retire_signing_secrets(manager: Any, secret_id: str) -> int:
 
 
 def write_samconfig(
-    path: Path, environment: str, stack: str, overrides: dict[str, str], region: str | None
-) -> None:
+    path: Path,
+    environment: str,
+    stack: str,
+    overrides: dict[str, str],
+    region: str | None,
+    defaults: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Put these parameter overrides, the region and the stack name into one samconfig
-    environment (made when it is new); other lines are kept."""
+    environment (made when it is new), and each of `defaults` whose key has no override
+    there yet; other lines are kept. Returns the environment's overrides as written."""
     text = path.read_text() if path.exists() else "version = 0.1\n"
     header = f"[{environment}.deploy.parameters]"
     if header not in text:
@@ -149,9 +155,13 @@ def write_samconfig(
         block = re.search(r"parameter_overrides = \[(.*?)^\]", section, re.DOTALL | re.MULTILINE)
         assert block is not None
     body = block.group(1)
-    for key, value in overrides.items():  # a line per key; its comment, if any, is kept
+    given = [(key, value, True) for key, value in overrides.items()]
+    given += [(key, value, False) for key, value in (defaults or {}).items()]
+    for key, value, replace in given:  # a line per key; its comment, if any, is kept
         line = re.compile(rf'^(\s*)"{key}=(?:[^"\\]|\\.)*"', re.MULTILINE)
         found = line.search(body)
+        if found and not replace:
+            continue
         if found:
             new = f'{found.group(1)}"{key}={value}"'
             body = body[: found.start()] + new + body[found.end() :]
@@ -169,9 +179,13 @@ def write_samconfig(
     text = text[:start] + section + text[end:]
     text = _with_stack_name(text, environment, stack)
     parsed = tomllib.loads(text)  # never leave a file sam cannot read
-    assert parsed[environment]["deploy"]["parameters"]["parameter_overrides"]
+    written = parsed[environment]["deploy"]["parameters"]["parameter_overrides"]
+    assert written
     assert _stack_name_of(parsed, environment) == stack
     path.write_text(text)
+    items = written.split() if isinstance(written, str) else written
+    pairs = [str(item).partition("=") for item in items]
+    return {key: value for key, _, value in pairs}
 
 
 def _with_stack_name(text: str, environment: str, stack: str) -> str:

@@ -182,6 +182,83 @@ def test_init_with_stack_after_the_command_makes_its_secrets_under_that_name(
     assert default == []
 
 
+def init_into(samconfig: Path, name: str, environment: str) -> tuple[int, str, str]:
+    return cli(
+        "--stack",
+        name,
+        "init",
+        "--token-stdin",
+        "--config-env",
+        environment,
+        "--samconfig",
+        str(samconfig),
+        stdin="tok\n",
+    )
+
+
+def overrides_of(samconfig: Path, environment: str) -> list[str]:
+    parsed = tomllib.loads(samconfig.read_text())
+    found: list[str] = parsed[environment]["deploy"]["parameters"]["parameter_overrides"]
+    return found
+
+
+@pytest.mark.parametrize("environment", ["staging", "prod", "brand-new"])
+def test_init_names_the_stacks_profile_parameter_so_sources_push_works_after_deploy(
+    adapter: Adapter, tmp_path: Path, environment: str
+) -> None:
+    # given the project's samconfig.toml, whose environments name no SourcesConfig
+    samconfig = tmp_path / "samconfig.toml"
+    shutil.copy(ROOT / "samconfig.toml", samconfig)
+    name = f"meters-{uuid.uuid4().hex[:8]}"
+    # when init writes an environment, twice (it is re-runnable)
+    first = init_into(samconfig, name, environment)
+    again = cli(
+        "--stack",
+        name,
+        "init",
+        "--keep-token",
+        "--config-env",
+        environment,
+        "--samconfig",
+        str(samconfig),
+    )
+    # then the environment reads its profiles from ssm:/<stack>/sources, on one line
+    assert first[0] == again[0] == 0, (first, again)
+    overrides = overrides_of(samconfig, environment)
+    assert [o for o in overrides if o.startswith("SourcesConfig=")] == [
+        f"SourcesConfig=ssm:/{name}/sources"
+    ]
+    assert f"meter profiles: ssm:/{name}/sources" in again[2]
+    # and a stack deployed with it takes `sources push`, with no hand edit
+    [sources] = [o.split("=", 1)[1] for o in overrides if o.startswith("SourcesConfig=")]
+    stack = deploy_stack(adapter, name, SourcesConfig=sources)
+    document = tmp_path / "sources.json"
+    document.write_text('{"version": 1, "sources": {}}')
+    code, out, err = cli("--stack", stack, "sources", "push", str(document))
+    assert code == 0, out + err
+    parameter = client("ssm", adapter.endpoint).get_parameter(Name=f"/{name}/sources")
+    assert parameter["Parameter"]["Value"] == document.read_text()
+
+
+@pytest.mark.parametrize("kept", ['"SourcesConfig=file:sources.json"', '"SourcesConfig="'])
+def test_init_keeps_a_sources_config_the_environment_already_names(
+    adapter: Adapter, tmp_path: Path, kept: str
+) -> None:
+    # given a staging environment that already names where its profiles are
+    samconfig = tmp_path / "samconfig.toml"
+    text = (ROOT / "samconfig.toml").read_text()
+    marker = '    "LogRetentionDays=14",\n'
+    assert marker in text
+    samconfig.write_text(text.replace(marker, f"{marker}    {kept}, # mine\n", 1))
+    # when init writes that environment
+    code, _, err = init_into(samconfig, f"kept-{uuid.uuid4().hex[:8]}", "staging")
+    # then the line is kept as it was, and no other SourcesConfig is added
+    assert code == 0, err
+    assert f"    {kept}, # mine\n" in samconfig.read_text()
+    overrides = overrides_of(samconfig, "staging")
+    assert [o for o in overrides if o.startswith("SourcesConfig=")] == [kept.strip('"')]
+
+
 def test_init_with_the_deprecated_name_still_works_and_says_so(adapter: Adapter) -> None:
     name = f"old-{uuid.uuid4().hex[:8]}"
     code, _, err = cli("init", "--name", name, "--token-stdin", stdin="tok\n")
