@@ -27,7 +27,23 @@ def _sign(args: argparse.Namespace) -> int:
     return 0
 
 
+# The import names of the `local` extra (pyproject.toml) and of moto[server]'s own: the dev
+# kit's dependencies, which a plain `pip install .` does not bring.
+LOCAL_EXTRA = frozenset({"moto", "yaml", "jsonschema", "flask", "flask_cors", "werkzeug"})
+NEEDS_LOCAL = 'piriod-local needs the dev kit: pip install ".[local]"'
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in LOCAL_EXTRA:
+            raise
+        sys.stderr.write(NEEDS_LOCAL + "\n")
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     from piriod_devkit import demo
     from piriod_devkit import serve as local_serve
 

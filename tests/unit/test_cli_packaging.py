@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DEV_ONLY = (
     "moto",
@@ -76,3 +78,59 @@ sys.exit(cli.main(["completion", "bash"], out=open("/dev/null", "w")))
     )
     # then none of them was needed
     assert done.returncode == 0, done.stderr
+
+
+LOCAL_EXTRA = ("moto", "yaml", "jsonschema")  # pyproject.toml's `local` extra, by import name
+
+
+@pytest.mark.parametrize("blocked", [LOCAL_EXTRA, ("yaml",)], ids=["local-extra", "yaml"])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["openapi", "--check"], ["serve", "--print-env"], ["demo"]]
+)
+def test_piriod_local_without_the_dev_kit_says_how_to_install_it(
+    blocked: tuple[str, ...], argv: list[str]
+) -> None:
+    # given a Python without the dev kit's dependencies, as after a plain `pip install .`
+    program = f"""
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, Missing())
+from piriod_devkit.cli import main
+sys.exit(main({argv!r}))
+"""
+    # when piriod-local is run
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    # then it says, on one line, what to install, and exits 2
+    assert (done.returncode, done.stderr, done.stdout) == (
+        2,
+        'piriod-local needs the dev kit: pip install ".[local]"\n',
+        "",
+    )
+
+
+def test_piriod_local_does_not_hide_another_missing_module() -> None:
+    # given a Python where a runtime dependency (not the dev kit's) is missing
+    program = """
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "boto3":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Missing())
+from piriod_devkit.cli import main
+sys.exit(main(["--help"]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    # then it is the defect it is: a traceback naming the module, not the dev kit's hint
+    assert done.returncode == 1
+    assert "No module named 'boto3'" in done.stderr
+    assert "pip install" not in done.stderr
