@@ -4,8 +4,9 @@ redeliveries to an aggregating source, late events, flushes (also two at once, a
 between a delivery's read and its write), conflicts and a counting store going down, Piriod
 faults during a flush (stored then lost, lost, throttled, refused), SQS redelivering the
 queued totals, and a meter without a line rejected into DeadLetterQueue and counted by the
-operator's replay once it has one. The real code runs: the webhook's count_and_answer, Counting, flush and the
-Submitter; only the stores and Piriod are fakes (tests/unit/fakes.py).
+operator's replay once it has one. The real code runs: the webhook's count_and_answer,
+Counting, flush and the Submitter; only the stores and Piriod are fakes
+(tests/unit/fakes.py).
 
 After every step: an event's key and its addition are together (each counted event is in
 exactly one generation's total, and every total is its events' sum); an `aggregated` result
