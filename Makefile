@@ -16,6 +16,7 @@ PIP_AUDIT := $(TOOLS)/audit/bin/pip-audit
 .PHONY: demo test lint typecheck security unit integration e2e bench bench-load bench-aggregate clean
 
 $(STAMP): pyproject.toml src/requirements.txt
+	@echo "First run: creating .venv and installing the adapter, the dev kit and the test tools (about a minute; later runs skip this)"
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed (3.13 preferred)" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -16,7 +16,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-ROOT = Path(__file__).resolve().parents[2]
+
+def _root() -> Path:
+    """The checkout: this module's own in one (an editable install), else the current
+    directory (a non-editable install, run from the checkout)."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+ROOT = _root()
 OPENAPI_PATH = ROOT / "openapi.yaml"
 REF = "#/components/schemas/{model}"
 
@@ -265,7 +273,7 @@ def document() -> dict[str, Any]:
         "postSourceUsages",
         "Report usage from a configured third-party meter",
         "The body is the meter's own payload (JSON or CloudEvents 1.0), mapped onto usages by "
-        'the source\'s profile (README, "Third-party meters"); from there on it is the '
+        "the source's profile (docs/sources.md); from there on it is the "
         "native route. The signature headers depend on the profile's scheme: Standard Webhooks "
         "(the `webhook-*` headers), `Stripe-Signature`, or the profile's own header with "
         "`hmac-sha256-hex`.",

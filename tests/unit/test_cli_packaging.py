@@ -134,3 +134,67 @@ sys.exit(main(["--help"]))
     assert done.returncode == 1
     assert "No module named 'boto3'" in done.stderr
     assert "pip install" not in done.stderr
+
+
+def test_every_directory_python_can_import_is_a_listed_package_with_its_data() -> None:
+    # given the packaging config: the packages, where they are, and their data files
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages, data = set(setuptools["packages"]), setuptools["package-data"]
+
+    def directory(package: str) -> Path:
+        top, _, rest = package.partition(".")
+        return ROOT / str(setuptools["package-dir"][top]) / rest.replace(".", "/")
+
+    # when every directory inside a package that Python would import is looked for (what
+    # setuptools warns about: "Package would be ignored")
+    importable = {
+        f"{package}.{'.'.join(sub.relative_to(directory(package)).parts)}"
+        for package in packages
+        for sub in directory(package).rglob("*")
+        if sub.is_dir()
+        and all(part.isidentifier() for part in sub.relative_to(directory(package)).parts)
+        and "__pycache__" not in sub.parts
+    }
+    # then each is listed, and each package's data patterns name files that are there
+    assert importable <= packages, sorted(importable - packages)
+    for package, patterns in data.items():
+        assert package in packages
+        for pattern in patterns:
+            assert list(directory(package).glob(pattern)), (package, pattern)
+
+
+def test_make_says_what_the_first_install_is_doing_first() -> None:
+    # when make is asked what the install would run (as if pyproject.toml had just changed)
+    done = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", ".venv/.installed"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # then the first thing it does is say so, in one line
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == (
+        'echo "First run: creating .venv and installing the adapter, the dev kit and the test '
+        'tools (about a minute; later runs skip this)"'
+    )
+
+
+def test_openapi_check_after_a_non_editable_install_reads_the_checkout_it_is_run_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from piriod_devkit import openapi
+
+    # given the dev kit installed into a venv's site-packages (no checkout around it), run
+    # from a checkout
+    installed = tmp_path / "venv/lib/python3.13/site-packages/piriod_devkit/openapi.py"
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.setattr(openapi, "__file__", str(installed))
+    monkeypatch.chdir(checkout)
+    # when it looks for the checkout, then it is the one it is run from
+    assert openapi._root() == checkout
+    # and run from this checkout's module, it is this checkout, wherever it is run from
+    monkeypatch.setattr(openapi, "__file__", str(ROOT / "devkit/piriod_devkit/openapi.py"))
+    assert openapi._root() == ROOT
