@@ -6,8 +6,9 @@ adapter posted with what Piriod lists. See the README for a walk through.
 
 Which adapter: --stack NAME (before or after the command) reads everything from that
 CloudFormation stack's parameters and outputs. Without it, the commands that read the queues
-and the table take the functions' own environment variables (the README lists them). AWS
-endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-ins too.
+and the table take the functions' own environment variables (docs/operations.md lists
+them). AWS endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-ins
+too.
 
 Exit codes: 0 done; 1 show found nothing, not confirmed, send not answered 202, sources try
 would not be answered 202, or sources validate found a broken source; 2 invalid arguments or

@@ -9,7 +9,7 @@ EXIT_AWS, EXIT_PIRIOD, EXIT_NOT_STORED, EXIT_INTERNAL = 4, 5, 6, 7
 NO_STACK = (
     "give --stack NAME, or export the functions' variables (PIRIOD_WORKSPACE_ID, "
     "PIRIOD_TOKEN_SECRET_ID, WEBHOOK_SECRET_ID, REPLAY_QUEUE_URL, DEAD_LETTER_QUEUE_URL, "
-    "IDEMPOTENCY_TABLE; see the README)"
+    "IDEMPOTENCY_TABLE; see docs/operations.md)"
 )
 
 
