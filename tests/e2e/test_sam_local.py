@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from piriod_devkit.events import EVENTS, event_body, load_event, sign_event
 from piriod_devkit.standins import LocalStandins
@@ -34,11 +35,31 @@ def test_template_validates_with_lint(gateway: str) -> None:
     assert "valid SAM Template" in result.stdout + result.stderr
 
 
-def test_build_packages_both_functions_with_their_requirements(built: Path) -> None:
-    for function in ("WebhookFunction", "ReplayFunction"):
+# Each function of template.yaml with the handler module it runs.
+HANDLERS = {"WebhookFunction": "webhook", "ReplayFunction": "replay", "FlushFunction": "flush"}
+
+
+def test_build_packages_all_three_functions_with_their_requirements(built: Path) -> None:
+    # given `sam build`'s output: its template and a directory per function
+    class Loader(yaml.SafeLoader):
+        """CloudFormation's short tags (!Ref, !Sub...) read as nothing."""
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    resources = yaml.load((built / "template.yaml").read_text(), Loader=Loader)["Resources"]
+    functions = {
+        name: resource["Properties"]["Handler"]
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+    # then the functions are the three, each packaged with its handler and the runtime's
+    # requirements
+    assert sorted(functions) == sorted(HANDLERS)
+    for function, handler in HANDLERS.items():
+        assert functions[function] == f"piriod_adapter.handlers.{handler}.lambda_handler"
         package = built / function
-        assert (package / "piriod_adapter" / "handlers" / "webhook.py").exists()
-        assert (package / "aws_lambda_powertools").is_dir() and (package / "pydantic").is_dir()
+        assert (package / "piriod_adapter" / "handlers" / f"{handler}.py").is_file(), function
+        assert (package / "aws_lambda_powertools").is_dir(), function
+        assert (package / "pydantic").is_dir(), function
 
 
 # Each sample event with the answer the README promises for it, and its effect on Piriod.
