@@ -60,10 +60,15 @@ from piriod_adapter.windows import (
 )
 
 DAY = 86_400
+MAX_AGE_SECONDS = 35 * DAY  # the longest max_age a profile may have
 MAX_FUTURE_SECONDS = 300
 CONFLICT_TRIES = 12
 ROUNDS = 8  # a chunk's events move on at most this many times (closed, full, conflict)
 PARALLEL_CHUNKS = 2  # a delivery's first transactions run side by side
+TOTAL_BOUND = (
+    "would take its window's total past 10^20 (the total is kept in WindowShards counter "
+    "shards, each holding at most its share of that bound); not counted"
+)
 FLUSH_LIMIT = 2_000  # generations one run closes at most (the rest: the next run)
 
 # --- the profile's block -------------------------------------------------------------------
@@ -104,9 +109,9 @@ class Aggregate(BaseModel):
     function: Literal["sum", "count"]
     window: Annotated[str, AfterValidator(_window)]
     lateness: Annotated[str, AfterValidator(_bounded(0, DAY, "must be PT0S to P1D"))] = "PT5M"
-    max_age: Annotated[str, AfterValidator(_bounded(3_600, 35 * DAY, "must be PT1H to P35D"))] = (
-        "P35D"
-    )
+    max_age: Annotated[
+        str, AfterValidator(_bounded(3_600, MAX_AGE_SECONDS, "must be PT1H to P35D"))
+    ] = "P35D"
 
     @property
     def window_seconds(self) -> int:
@@ -218,6 +223,13 @@ class Counting:
     outcomes: dict[int, Counted] = field(default_factory=dict)
     singles: set[WindowId] = field(default_factory=set)  # windows whose shard is full
     bases: dict[WindowId, int] = field(default_factory=dict)  # this delivery's shard per window
+    full_tries: dict[int, int] = field(default_factory=dict)  # an event's shards without room
+
+    @property
+    def series(self) -> str:
+        """What this source's windows count now (windows.WindowId)."""
+        mode = "-test" if self.tenant.test_mode else ""
+        return f"{self.spec.function}-{self.spec.window_seconds}s{mode}"
 
     def run(self, usages: Sequence[Usage], deadline: Deadline) -> list[Counted]:
         """Count every event. Raises WindowFull (a 422) before anything is written when an
@@ -228,7 +240,7 @@ class Counting:
                 self._reject(index, usage, {"meter_id": [_no_line(usage)]})
                 continue
             start = self.spec.window_start(usage.date_time)
-            window = WindowId(self.source, usage.subscription_line, start)
+            window = WindowId(self.source, usage.subscription_line, start, self.series)
             events.append(_Event(index, usage, window, _units(usage, self.spec)))
         try:
             opens = self.store.open_generations([e.window for e in events]) if events else {}
@@ -271,12 +283,22 @@ class Counting:
             return chunks[0] + rest if chunks else rest
         from concurrent.futures import ThreadPoolExecutor
 
+        # each lane with its own copy of what is known of the windows, merged afterwards
+        lanes = [
+            {w: Open(o.generation, o.exists, o.shards) for w, o in opens.items()} for _ in chunks
+        ]
         with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
             futures = [
-                pool.submit(self._count_chunk, chunk, opens, deadline, lane)
+                pool.submit(self._count_chunk, chunk, lanes[lane], deadline, lane)
                 for lane, chunk in enumerate(chunks)
             ]
             errors = [f.exception() for f in futures]
+        for window in opens:  # the latest generation any lane saw, and whether it exists
+            known = max(
+                (lane[window] for lane in lanes),
+                key=lambda o: (o.generation, o.exists),
+            )
+            opens[window] = Open(known.generation, known.exists, known.shards)
         for error in errors:
             if error is not None:
                 raise error
@@ -304,13 +326,16 @@ class Counting:
                 writes,
             )
             if result.committed:
+                committed = {w.window: w.generation for w in writes}
                 for window in shards:
-                    opens[window].exists = True
-                    self.store.remember(window, opens[window])
-                for e in chunk:
-                    g = opens[e.window].generation
+                    if opens[window].generation == committed[window]:
+                        opens[window].exists = True
+                        self.store.remember(window, opens[window])
+                for e in chunk:  # the generation it was written with
                     self.outcomes[e.index] = Counted(
-                        Status.AGGREGATED, window_start=e.window.start, generation=g
+                        Status.AGGREGATED,
+                        window_start=e.window.start,
+                        generation=committed[e.window],
                     )
                 return []
             if result.duplicates or result.closed or result.full:
@@ -390,12 +415,15 @@ class Counting:
                     e.usage,
                     {"date_time": [_generations_bound(self.spec)]},
                 )
-            elif e.window in full and (len(chunk) == 1 or e.units == 0):
-                self._reject(
-                    e.index,
-                    e.usage,
-                    {"quantity": ["the window's total would reach 10^20; not counted"]},
-                )
+            elif e.window in full and len(chunk) == 1:
+                # alone, and its shard has no room: another shard may have; after all of
+                # them, it is refused
+                tried = self.full_tries[e.index] = self.full_tries.get(e.index, 0) + 1
+                if tried < opens[e.window].shards:
+                    self.bases.pop(e.window, None)
+                    again.append(e)
+                else:
+                    self._reject(e.index, e.usage, {"quantity": [TOTAL_BOUND]})
             else:
                 again.append(e)
         self.singles |= full  # one by one from now on, so that only what does not fit is refused
@@ -431,17 +459,20 @@ class Counting:
         return [self.outcomes.get(i, Counted(None, reason=reason)) for i in range(len(usages))]
 
     def _key_expiry(self, usage: Usage) -> int:
-        # kept at least as long as an event this old can still arrive
+        # kept at least as long as an event this old can still arrive, whatever max_age the
+        # profile is given later (at most 35 days)
         return int(
             max(
                 self.clock() + self.ttl_days * DAY,
-                usage.date_time.timestamp() + self.spec.max_age_seconds + DAY,
+                usage.date_time.timestamp() + MAX_AGE_SECONDS + DAY,
             )
         )
 
     def _window_expiry(self, window: WindowId) -> int:
+        # as long as an event of the window can still arrive, whatever max_age the profile
+        # is given later, and then as long as a key is kept
         end = window.start.timestamp() + self.spec.window_seconds
-        return int(end + self.spec.max_age_seconds + self.ttl_days * DAY)
+        return int(end + MAX_AGE_SECONDS + self.ttl_days * DAY)
 
 
 def _chunk(
@@ -528,6 +559,15 @@ class FlushReport:
     lag_seconds: float = 0.0  # how long the oldest due generation left unsettled is overdue
 
 
+def window_key(window: WindowId, generation: int) -> UsageKey:
+    """The idempotency key of a generation's usage: source, line, window and generation."""
+    return UsageKey(
+        kind=KeyKind.WINDOW,
+        scope=f"v1/sources/{window.source}",
+        text=f"{window.line}#{window.series}#{utc_text(window.start)}#g{generation}",
+    )
+
+
 def window_usage(gen: Generation) -> Usage:
     """A closed generation's total as the record the lifecycle posts."""
     assert gen.total_units is not None
@@ -536,11 +576,7 @@ def window_usage(gen: Generation) -> Usage:
         subscription_line=window.line,
         date_time=gen.instant,
         quantity=from_units(gen.total_units),
-        key=UsageKey(
-            kind=KeyKind.WINDOW,
-            scope=f"v1/sources/{window.source}",
-            text=f"{window.line}#{utc_text(window.start)}#g{gen.generation}",
-        ),
+        key=window_key(window, gen.generation),
         source=window.source,
         original={
             "window_start": utc_text(window.start),
@@ -581,10 +617,19 @@ def flush(
                 skipped.append(found)
             continue
         closed.append(gen)
-    subs = [
-        Submission(n, window_usage(gen), Tenant(workspace=workspace, test_mode=gen.test_mode))
-        for n, gen in enumerate(closed)
-    ]
+    subs: list[Submission] = []
+    postable = []
+    for gen in closed:
+        try:
+            usage = window_usage(gen)
+        except ValueError as exc:  # a defect: it stays due (the lag alarm), the others go on
+            logger.error("window total cannot be posted", extra={"error": str(exc)[:300]})
+            skipped.append(gen)
+            continue
+        tenant = Tenant(workspace=workspace, test_mode=gen.test_mode)
+        subs.append(Submission(len(subs), usage, tenant))
+        postable.append(gen)
+    closed = postable
     outcomes = submitter.submit_all(subs, deadline, sink, concurrency, Taker.REPLAY)
     unsettled = {_pk(gen) for gen in skipped}
     for gen, outcome in zip(closed, outcomes, strict=True):

@@ -1,9 +1,10 @@
 """Aggregation windows in DynamoDB (SPEC section 9): the one module that writes and reads the
 window items, kept in IdempotencyTable next to the event keys they are counted with.
 
-    win#<source>#<line>#<start>              the window: `open_gen`, the generation events join
-    win#<source>#<line>#<start>#g<g>         generation g: its state, due marker and total
-    win#<source>#<line>#<start>#g<g>#s<s>    one shard of generation g's counter
+    win#<source>#<line>#<series>#<start>            the window: `open_gen`, the generation
+                                                    events join
+    win#<source>#<line>#<series>#<start>#g<g>       generation g: state, due marker, total
+    win#<source>#<line>#<series>#<start>#g<g>#s<s>  one shard of generation g's counter
 
 An event's key and its addition to a shard commit together in one TransactWriteItems (the
 key put fails when the key exists: a duplicate; the shard update fails once the shard is
@@ -83,15 +84,18 @@ def from_units(units: int) -> Decimal:
 
 @dataclass(frozen=True)
 class WindowId:
-    """One line's window of one source."""
+    """One line's window of one source. `series` is what the window counts: the function,
+    the window's length and the mode ("sum-60s", "count-300s-test"), so that a profile edited
+    while windows are open starts windows of its own instead of changing those."""
 
     source: str
     line: int
     start: datetime  # UTC, aligned to the window
+    series: str
 
     @property
     def pk(self) -> str:
-        return f"win#{self.source}#{self.line}#{utc_text(self.start)}"
+        return f"win#{self.source}#{self.line}#{self.series}#{utc_text(self.start)}"
 
     def gen_pk(self, generation: int) -> str:
         return f"{self.pk}#g{generation}"
@@ -273,9 +277,11 @@ class WindowStore:
             generation = next(w.generation for w in windows if w.window == e.window)
             action["Put"]["Item"]["generation"] = {"N": str(generation)}
         shards_at = len(actions)
-        room = MAX_TOTAL_UNITS
+        too_big = {n for n, w in enumerate(windows) if w.units > self.share(w)}
+        if too_big:  # more than a shard may ever hold (and past DynamoDB's 38 digits)
+            return ChunkResult(committed=False, full=too_big)
         for w in windows:
-            share = room // self._shards_of(w)
+            share = self.share(w)
             actions.append(
                 {
                     "Update": {
@@ -307,6 +313,10 @@ class WindowStore:
             return self._cancelled(exc, len(events), shards_at, windows, creates)
         return ChunkResult(committed=True)
 
+    def share(self, w: WindowWrite) -> int:
+        """The most one shard of the window may hold: its share of the total's bound."""
+        return MAX_TOTAL_UNITS // self._shards_of(w)
+
     def _shards_of(self, w: WindowWrite) -> int:
         with self._lock:
             known = self._cache.get(w.window.pk)
@@ -319,11 +329,16 @@ class WindowStore:
                 "TableName": self._table,
                 "Key": {"pk": {"S": window.gen_pk(w.generation)}},
                 "UpdateExpression": "SET #st = if_not_exists(#st, :open), "
-                "#src = :src, #line = :line, #start = :start, #gen = :gen, #ws = :ws, "
-                "shards = if_not_exists(shards, :shards), #fn = :fn, test_mode = :tm, "
+                "#src = :src, #line = :line, #start = :start, #gen = :gen, "
+                "#ws = if_not_exists(#ws, :ws), series = :series, "
+                "shards = if_not_exists(shards, :shards), #fn = if_not_exists(#fn, :fn), "
+                "test_mode = if_not_exists(test_mode, :tm), "
                 "due_at = if_not_exists(due_at, :due), wpart = if_not_exists(wpart, :wpart), "
                 "wsort = if_not_exists(wsort, :wsort), expires_at = :x",
-                "ConditionExpression": "attribute_not_exists(#st) OR #st = :open",
+                # created by a container with another WindowShards: read it again, and add
+                # to one of the shards it was created with
+                "ConditionExpression": "attribute_not_exists(#st) OR "
+                "(#st = :open AND shards = :shards)",
                 "ExpressionAttributeNames": {
                     "#st": "state",
                     "#src": "source",
@@ -335,6 +350,7 @@ class WindowStore:
                 },
                 "ExpressionAttributeValues": {
                     ":open": {"S": GenState.OPEN.value},
+                    ":series": {"S": window.series},
                     ":src": {"S": window.source},
                     ":line": {"N": str(window.line)},
                     ":start": {"S": utc_text(window.start)},
@@ -554,7 +570,12 @@ def _generation(item: dict[str, Any]) -> Generation:
 
     start = datetime.fromisoformat(item["window_start"]["S"].replace("Z", "+00:00"))
     return Generation(
-        window=WindowId(item["source"]["S"], int(item["line_id"]["N"]), start.astimezone(UTC)),
+        window=WindowId(
+            item["source"]["S"],
+            int(item["line_id"]["N"]),
+            start.astimezone(UTC),
+            item["series"]["S"],
+        ),
         generation=int(item["generation"]["N"]),
         state=GenState(item["state"]["S"]),
         window_seconds=int(item["window_seconds"]["N"]),

@@ -339,3 +339,81 @@ def test_concurrent_deliveries_to_one_line_and_window_are_all_counted_once(
     assert statuses.count("duplicate") == 200
     run_flush()
     assert totals(piriod) == {(95, utc(window)): Decimal(400)}
+
+
+def test_a_quantity_no_shard_can_hold_is_rejected_and_the_flush_goes_on(
+    meters: Adapter, piriod: Any
+) -> None:
+    # given an event of 6 x 10^19 (a valid quantity, but more than one of the window's 8
+    # counter shards may hold of the 10^20 bound), and a normal one, in one window
+    window = minute(3)
+    status, body = deliver(
+        meters, [event("huge", 96, window, "60000000000000000000"), event("ok", 96, window, "2")]
+    )
+    # then the huge one is kept in DeadLetterQueue, naming the bound, and the other counted
+    assert status == 202
+    assert [r["status"] for r in body["results"]] == ["rejected", "aggregated"]
+    assert "10^20" in body["results"][0]["errors"]["quantity"][0]
+    assert [m["usage"]["quantity"] for m in meters.messages("dead_letter")] == [
+        "60000000000000000000"
+    ]
+    # and the flush posts the window's total within Piriod's bound
+    assert run_flush()["posted"] == 1
+    assert totals(piriod) == {(96, utc(window)): Decimal(2)}
+
+
+def test_a_profile_switched_to_test_mode_starts_windows_of_its_own(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given a live aggregating profile with an event counted in a window
+    parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
+    meter = profile()
+    document = {"version": 1, "sources": {"meter": meter}}
+    provision_sources(adapter.endpoint, parameter, document, {"agg/meter": SECRET})
+    adapter.fresh_runtime(SOURCES_CONFIG=f"ssm:{parameter}", SOURCES_CACHE_SECONDS="0")
+    window = minute(3)
+    deliver(adapter, [event("live", 97, window, "1")])
+    # when the profile is switched to test mode and another event joins the same window
+    meter["test_mode"] = True
+    provision_sources(adapter.endpoint, parameter, document, {"agg/meter": SECRET})
+    deliver(adapter, [event("test", 97, window, "5")])
+    run_flush()
+    # then the live event is posted live and the test event to test data, each on its own
+    assert [Decimal(str(u["quantity"])) for u in piriod.usages(test_mode=False)] == [1]
+    assert [Decimal(str(u["quantity"])) for u in piriod.usages(test_mode=True)] == [5]
+
+
+def test_containers_with_another_shard_count_add_to_the_shards_the_window_has(
+    meters: Adapter, piriod: Any
+) -> None:
+    from piriod_adapter.aggregation import Aggregate, Counting
+    from piriod_adapter.clock import Deadline
+    from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey
+    from piriod_adapter.windows import WindowId, WindowStore
+
+    # given two containers, with WindowShards 2 and 8, that both read a window before it has
+    # a generation item; the 2-shard one then counts an event (and so creates the item)
+    dynamodb = client("dynamodb", meters.endpoint)
+    two, eight = (WindowStore(dynamodb, meters.resources.table, n) for n in (2, 8))
+    spec = Aggregate(function="sum", window="PT1M", lateness="PT0S")
+    tenant = Tenant(workspace="w", test_mode=False)
+    at = minute(3)
+    eight.open_generations([WindowId("meter", 98, at, "sum-60s")])  # cached: no item yet
+
+    def usage(n: int) -> Usage:
+        key = UsageKey(kind=KeyKind.EVENT, scope="v1/sources/meter", text=f"sh-{n}")
+        return Usage(
+            subscription_line=98, date_time=at, quantity=Decimal(n), key=key, source="meter"
+        )
+
+    def counting(store: WindowStore) -> Counting:
+        return Counting(spec, "meter", tenant, store, lambda *_: None, 30)
+
+    [first] = counting(two).run([usage(1)], Deadline.after(10))
+    assert first.status is not None and first.status.value == "aggregated"
+    # when the 8-shard container counts 20 more events with what it read before
+    results = counting(eight).run([usage(n) for n in range(2, 22)], Deadline.after(10))
+    # then all are counted, into the window's 2 shards, and the close sums them all
+    assert [r.status.value if r.status else None for r in results] == ["aggregated"] * 20
+    run_flush()
+    assert totals(piriod) == {(98, utc(at)): Decimal(sum(range(1, 22)))}

@@ -235,3 +235,40 @@ def test_an_unmapped_meter_is_rejected_and_queued_without_a_key() -> None:
     [one] = counting(store, queues).run([usage(1, NOW, line=None)], Deadline.after(10))
     assert one.status is Status.REJECTED and one.errors and "meter_id" in one.errors
     assert store.keys == {} and len(queues.dead) == 1
+
+
+def test_an_event_key_outlives_any_max_age_the_profile_may_be_given() -> None:
+    # given a source with max_age PT1H and a key TTL of 30 days
+    store = FakeWindowStore()
+    seen: list[Any] = []
+    original = store.count
+
+    def count(events: Any, windows: Any) -> Any:
+        seen.extend(events)
+        return original(events, windows)
+
+    store.count = count  # type: ignore[method-assign]
+    # when an event is counted
+    counting(store, max_age="PT1H").run([usage(1, NOW)], Deadline.after(10))
+    # then its key is kept 35 days (the longest max_age) and a day after its date_time
+    assert seen[0].expires_at >= NOW.timestamp() + 36 * 86400
+
+
+def test_a_profile_edit_starts_windows_of_their_own() -> None:
+    # given one event counted by a PT1M sum profile
+    store = FakeWindowStore()
+    counting(store).run([usage(1, NOW)], Deadline.after(10))
+    # when the profile becomes a PT5M count, and another event of the same minute arrives
+    [other] = Counting(
+        Aggregate(function="count", window="PT5M"),
+        "m",
+        TENANT,
+        store,
+        FakeQueues().store_failed,
+        30,
+        clock=NOW.timestamp,
+    ).run([usage(2, NOW)], Deadline.after(10))
+    # then it is counted in a window of its own series, not added to the PT1M sum
+    assert other.status is Status.AGGREGATED
+    series = sorted({window.series for (_, window, _) in store.keys.values()})
+    assert series == ["count-300s", "sum-60s"]

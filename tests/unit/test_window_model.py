@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
-from piriod_adapter.aggregation import Aggregate, Counting, count_one, flush
+from piriod_adapter.aggregation import Aggregate, Counting, count_one, flush, window_key
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import StoreUnavailable, key_pk
 from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
@@ -205,7 +205,7 @@ class Windows(Lifecycle):
             return None
         for gen in self.windows.gens:
             window, g = gen
-            self.window_keys.add(f"a#v1/sources/{SOURCE}#{window.line}#{_text(window)}#g{g}")
+            self.window_keys.add(key_pk(window_key(window, g)))
         return report
 
     @rule()
