@@ -218,8 +218,11 @@ class StartApi:
                 "start-api",
                 "--port",
                 str(self.port),
+                # LAZY: a container for the functions the API calls, made on its first
+                # request (EAGER makes one for every function of the template, and SAM's
+                # shutdown did not always remove FlushFunction's)
                 "--warm-containers",
-                "EAGER",
+                "LAZY",
                 "--config-env",
                 config_env(),
             ],
