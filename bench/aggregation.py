@@ -32,11 +32,11 @@ and exits 1 if an invariant fails: Piriod's total per line and instant must equa
 of the acknowledged events the adapter answered for it (nothing lost, nothing doubled), a
 redelivery must be all `duplicate`, the hot line all 202 without a not_stored result.
 
-moto 5.2.5's TransactWriteItems deep-copies the whole table once per action of a
-transaction (to roll back on failure): at 100,000 items that is minutes per transaction. The
-moto server here is started with that backup replaced by one of the items the transaction
-touches, and transactions run one at a time (moto has no isolation of its own; DynamoDB's is
-what the adapter relies on). Nothing else in moto is changed.
+moto runs as the project's local AWS does everywhere (piriod_devkit.moto_isolated): moto
+5.2.5's TransactWriteItems deep-copies the whole table once per action (minutes per
+transaction at 100,000 items), so a transaction backs up only the items it touches, and
+every DynamoDB write runs under one lock (moto has no isolation of its own; DynamoDB's is
+what the adapter relies on).
 """
 
 from __future__ import annotations
@@ -81,77 +81,15 @@ def say(text: str) -> None:
     print(text, file=OUT, flush=True)
 
 
-# --- moto, with a transaction's backup of the items it touches only ---------------------------
-
-
-def serve_moto(argv: list[str]) -> None:
-    import copy
-    import threading as threads
-
-    from moto.dynamodb import models
-    from moto.dynamodb.models.dynamo_type import DynamoType
-    from moto.dynamodb.models.table import Table
-    from moto.server import main as moto_main
-
-    class _Copy:
-        """`copy` for moto's DynamoDB backend: a Table is not deep-copied (see below)."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(copy, name)
-
-        @staticmethod
-        def deepcopy(value: Any, memo: Any = None) -> Any:
-            return value if isinstance(value, Table) else copy.deepcopy(value, memo)
-
-    models.copy = _Copy()  # type: ignore[attr-defined,assignment]
-    original = models.DynamoDBBackend.transact_write_items
-    lock = threads.Lock()
-
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        with lock:
-            saved = []
-            for action in transact_items:
-                _, op = next(iter(action.items()))
-                try:
-                    table = self.get_table(op["TableName"])
-                    attrs = op.get("Item") or op.get("Key") or {}
-                    hash_key = DynamoType(attrs[table.hash_key_attr])
-                except Exception:  # moto's own validation answers it
-                    continue
-                saved.append((table, hash_key, copy.deepcopy(table.items.get(hash_key))))
-            try:
-                original(self, transact_items)
-            except BaseException:
-                for table, hash_key, before in reversed(saved):
-                    if before is None:
-                        table.items.pop(hash_key, None)
-                    else:
-                        table.items[hash_key] = before
-                raise
-
-    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-    moto_main(argv)
+# --- moto -------------------------------------------------------------------------------------
 
 
 def moto_server() -> Any:
+    """The project's local AWS (piriod_devkit.moto_isolated): DynamoDB's isolation, and a
+    transaction's backup of only the items it touches."""
     from piriod_devkit.aws import MotoServer
 
-    class BenchMoto(MotoServer):
-        name = "moto server (bench: transaction backups of touched items)"
-
-        def argv(self) -> list[str]:
-            return [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--role",
-                "moto",
-                "-H",
-                self.host,
-                "-p",
-                str(self.port),
-            ]
-
-    return BenchMoto()
+    return MotoServer()
 
 
 # --- DynamoDB capacity, from the requests made -------------------------------------------------
@@ -1099,9 +1037,6 @@ def report(
 
 
 def main() -> int:
-    if sys.argv[1:3] == ["--role", "moto"]:
-        serve_moto(sys.argv[3:])
-        return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
