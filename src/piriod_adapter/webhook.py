@@ -394,23 +394,16 @@ def count_and_answer(
                 generation=one.generation,
             )
         )
-    count_records(counts, source)
-    logger.info(
-        "delivery handled",
-        extra={"delivery": delivery[:200], "source": source, "outcomes": dict(counts)},
+    return delivery_answer(
+        delivery,
+        source,
+        counts,
+        results,
+        [one.reason for one in counted if one.status is None],
+        message="some events could not be counted; retry the whole delivery (events already "
+        "counted will be reported as duplicates)",
+        cause="events not counted",
     )
-    if counts["not_stored"]:
-        reasons = sorted({one.reason or "?" for one in counted if one.status is None})
-        return Reply(
-            503,
-            Answered(
-                message="some events could not be counted; retry the whole delivery (events "
-                "already counted will be reported as duplicates)",
-                results=results,
-            ),
-            cause="events not counted: " + "; ".join(reasons)[:500],
-        )
-    return Reply(202, Answered(results=results))
 
 
 def summarize(
@@ -458,20 +451,41 @@ def summarize(
                 event_id=event_ids[sub.index] if event_ids is not None else None,
             )
         )
+    return delivery_answer(
+        delivery,
+        source,
+        counts,
+        results,
+        [o.reason for o in outcomes if o.status is None],
+        message="some records could be neither posted nor stored; retry the whole delivery "
+        "(records already handled will be reported as duplicates)",
+        cause="records not stored",
+    )
+
+
+def delivery_answer(
+    delivery: str,
+    source: str | None,
+    counts: Counter[str],
+    results: list[RecordResult],
+    failures: Sequence[str | None],
+    *,
+    message: str,
+    cause: str,
+) -> Reply:
+    """Count and log a delivery's outcomes, then answer: 202, or 503 (with `message` for the
+    sender, and `cause` with the reasons of `failures` for the log) when any record is
+    neither posted nor stored."""
     count_records(counts, source)
     logger.info(
         "delivery handled",
         extra={"delivery": delivery[:200], "source": source, "outcomes": dict(counts)},
     )
     if counts["not_stored"]:
-        reasons = sorted({o.reason or "?" for o in outcomes if o.status is None})
+        reasons = sorted({reason or "?" for reason in failures})
         return Reply(
             503,
-            Answered(
-                message="some records could be neither posted nor stored; retry the whole "
-                "delivery (records already handled will be reported as duplicates)",
-                results=results,
-            ),
-            cause="records not stored: " + "; ".join(reasons)[:500],
+            Answered(message=message, results=results),
+            cause=f"{cause}: " + "; ".join(reasons)[:500],
         )
     return Reply(202, Answered(results=results))

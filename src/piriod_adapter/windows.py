@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -180,8 +180,6 @@ class Generation:
     @property
     def instant(self) -> datetime:
         """The usage's date_time: window start plus g seconds."""
-        from datetime import timedelta
-
         return self.window.start + timedelta(seconds=self.generation)
 
 
@@ -230,7 +228,7 @@ class WindowStore:
                     found[window] = Open(head + 1, False, self._shards)
                 else:
                     found[window] = Open(head, open_now, shards)
-                self._remember(window, found[window])
+                self.remember(window, found[window])
         return found
 
     def reread(self, window: WindowId) -> Open:
@@ -240,9 +238,7 @@ class WindowStore:
         return self.open_generations([window])[window]
 
     def remember(self, window: WindowId, known: Open) -> None:
-        self._remember(window, known)
-
-    def _remember(self, window: WindowId, known: Open) -> None:
+        """What a delivery learnt of the window (a copy), for the container's next ones."""
         with self._lock:
             self._cache[window.pk] = Open(known.generation, known.exists, known.shards)
             self._cache.move_to_end(window.pk)
