@@ -1,14 +1,17 @@
 """moto server with DynamoDB's isolation: the local AWS every test, `serve`, `standins` and
 the demo use.
 
-DynamoDB runs a TransactWriteItems all or nothing and isolated from every other write to its
-items; the adapter relies on it (an event's key and its window's addition commit together,
-and a window's close never interleaves with an addition). moto 5.2.5 applies a transaction's
-actions one by one on the shared table, in whatever thread serves the request, so a
-concurrent write can see half a transaction. Here every DynamoDB write (and a transaction as
-a whole) runs under one lock. Also, moto backs a transaction up by deep-copying the whole
-table once per action (seconds per delivery once it holds thousands of keys); here only the
-items the transaction touches are backed up. Nothing else in moto is changed.
+DynamoDB runs a TransactWriteItems all or nothing and isolated from every other request to
+its items, and every single-item write is atomic: a reader sees an item before or after it,
+never halfway. The adapter relies on it (an event's key and its window's addition commit
+together, and a window's close never interleaves with an addition). moto 5.2.5 applies a
+transaction's actions one by one on the shared table, in whatever thread serves the request,
+and builds an UpdateItem's new item in place (first the key alone, then each SET), so a
+concurrent request, a read included, can see half a transaction or half an item: a generation
+item without its `state`, for example. Here every DynamoDB request (read or write, parsed,
+run and answered) is served under one lock. Also, moto backs a transaction up by deep-copying
+the whole table once per action (seconds per delivery once it holds thousands of keys); here
+only the items the transaction touches are backed up. Nothing else in moto is changed.
 
 Run: `python -m piriod_devkit.moto_isolated -H 127.0.0.1 -p 4566` (moto.server's options).
 """
@@ -21,14 +24,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
-_WRITES = ("put_item", "update_item", "delete_item", "batch_write_item")
-
 
 def isolate() -> None:
     """Patch moto's DynamoDB backend in this process (idempotent)."""
     from moto.dynamodb import models
     from moto.dynamodb.models.dynamo_type import DynamoType
     from moto.dynamodb.models.table import Table
+    from moto.dynamodb.responses import DynamoHandler
 
     backend = cast(Any, models.DynamoDBBackend)
     if getattr(backend, "_isolated", False):
@@ -71,15 +73,15 @@ def isolate() -> None:
                 raise
 
     def locked(method: Callable[..., Any]) -> Callable[..., Any]:
-        def write(self: Any, *args: Any, **kwargs: Any) -> Any:
+        def serve(self: Any, *args: Any, **kwargs: Any) -> Any:
             with lock:
                 return method(self, *args, **kwargs)
 
-        return write
+        return serve
 
     backend.transact_write_items = transact_write_items
-    for name in _WRITES:
-        setattr(backend, name, locked(getattr(backend, name)))
+    handler = cast(Any, DynamoHandler)
+    handler.call_action = locked(handler.call_action)  # one whole request at a time
     backend._isolated = True
 
 

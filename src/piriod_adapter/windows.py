@@ -221,13 +221,16 @@ class WindowStore:
             gens = {w: int(heads.get(w.pk, {}).get("open_gen", {}).get("N", "0")) for w in missing}
             items = self._get_many([w.gen_pk(g) for w, g in gens.items()])
             for window, head in gens.items():
-                item = items.get(window.gen_pk(head))
-                open_now = item is not None and item.get("state", {}).get("S") == GenState.OPEN
-                shards = int(item["shards"]["N"]) if item and "shards" in item else self._shards
-                if item is not None and not open_now:  # closing right now: the next one
+                item = items.get(window.gen_pk(head)) or {}
+                state = item.get("state", {}).get("S")
+                shards = int(item["shards"]["N"]) if "shards" in item else self._shards
+                # Only a state that says closed means closed: an item read without its state
+                # is one being created (its creator's transaction, seen halfway by a store
+                # that is not isolated); its events join it, and the write says if it closed.
+                if state == GenState.CLOSED:  # closed under us: the next one
                     found[window] = Open(head + 1, False, self._shards)
                 else:
-                    found[window] = Open(head, open_now, shards)
+                    found[window] = Open(head, state == GenState.OPEN, shards)
                 self.remember(window, found[window])
         return found
 
