@@ -96,7 +96,7 @@ def retimed(
     profile = aggregating_profile(event, sources)
     if profile is None:
         raise ValueError("not the event of an aggregating source")
-    from piriod_adapter.aggregation import duration_seconds
+    from piriod_adapter.aggregate import duration_seconds
 
     now = time.time() if now is None else now
     spec = profile["aggregate"]

@@ -714,7 +714,7 @@ def _windows_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_windows(ctx: Context) -> int:
     """Aggregation windows (docs/aggregation.md): source, line, window start, generation,
     state, total and events."""
-    from piriod_adapter.aggregation import list_windows
+    from piriod_operator.windows import list_windows
 
     runtime = ctx.runtime
     try:

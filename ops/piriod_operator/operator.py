@@ -20,12 +20,12 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import KeyStatus
+from piriod_adapter.lifecycle import KeyStatus
 from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, parse_rfc3339
 from piriod_adapter.observability import NAMESPACE, SERVICE
 from piriod_adapter.piriod import usage_id_of
 from piriod_adapter.queue import DEAD_LETTER, REPLAY, receive_all, release
-from piriod_adapter.replay import Verdict, redeliver_dead_letter
+from piriod_adapter.replay import redeliver_dead_letter
 from piriod_adapter.runtime import Runtime
 
 QUEUES = (REPLAY, DEAD_LETTER)
@@ -213,13 +213,9 @@ def replay_dead_letters(
             resolve,
             runtime.count_event,
         )
-        status = (
-            result.outcome.status.value
-            if result.outcome and result.outcome.status
-            else "not_stored"
-        )
+        status = result.outcome.answer if result.outcome else "not_stored"
         setattr(counts, status, getattr(counts, status) + 1)
-        if result.verdict is Verdict.DONE:
+        if not result.retry:
             runtime.queue.delete(DEAD_LETTER, entry.receipt_handle)
         else:
             runtime.queue.show_again(DEAD_LETTER, entry.receipt_handle)
@@ -460,8 +456,8 @@ def status(runtime: Runtime, now: datetime | None = None) -> dict[str, Any]:
 
 def _windows(runtime: Runtime, now: datetime) -> dict[str, Any] | str:
     """Open aggregation windows and the oldest due one (SPEC 9)."""
-    from piriod_adapter.aggregation import window_status
     from piriod_adapter.idempotency import StoreUnavailable
+    from piriod_operator.windows import window_status
 
     try:
         return window_status(runtime.windows, now.timestamp())

@@ -1,16 +1,29 @@
-"""One run of FlushFunction: close due windows, post their totals, and measure the lag."""
+"""FlushFunction's run (SPEC section 9): every generation due by now is closed (no event joins
+it afterwards) and its total becomes one usage at window start + g seconds, submitted through
+the one record lifecycle (submit.Submitter: claim, post, settle an unseen post by lookup,
+queue), keyed by source, line, window start and generation, so that two flushers, a crash
+halfway, or a replay post it once. A total of zero is not posted. The lag of the oldest due
+generation is a metric the flush-lag alarm watches.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from piriod_adapter.aggregation import flush
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import StoreUnavailable
+from piriod_adapter.lifecycle import FailureSink, Fate, Outcome, Submission, Taker
+from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey, utc_text
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import Runtime
+from piriod_adapter.windows import Generation, GenState, WindowId, from_units
+
+FLUSH_LIMIT = 2_000  # generations one run closes at most (the rest: the next run)
 
 
 def run_flush(runtime: Runtime, deadline: Deadline) -> dict[str, Any]:
@@ -21,7 +34,7 @@ def run_flush(runtime: Runtime, deadline: Deadline) -> dict[str, Any]:
         report = flush(
             runtime.windows,
             runtime.submitter,
-            runtime.queue.store_failed,
+            runtime.queue.place_failed,
             settings.piriod_workspace_id,
             deadline,
             settings.post_concurrency,
@@ -39,3 +52,165 @@ def run_flush(runtime: Runtime, deadline: Deadline) -> dict[str, Any]:
     result = report.__dict__.copy()
     logger.info("windows flushed", extra=result)
     return result
+
+
+class Closer(Protocol):
+    """What flushing needs of the window store."""
+
+    def due(self, now: float, limit: int) -> list[Generation]: ...
+
+    def close(self, gen: Generation) -> Generation: ...
+
+    def finish(self, gen: Generation, state: GenState, usage_id: int | None) -> None: ...
+
+
+class Submits(Protocol):
+    def submit_all(
+        self,
+        subs: Sequence[Submission],
+        deadline: Deadline,
+        sink: FailureSink,
+        concurrency: int,
+        taker: Taker = ...,
+    ) -> list[Outcome]: ...
+
+
+@dataclass
+class FlushReport:
+    """What one run of FlushFunction did."""
+
+    due: int = 0
+    posted: int = 0
+    queued: int = 0
+    empty: int = 0
+    left: int = 0  # due generations not settled this run (busy, a store down, out of time)
+    lag_seconds: float = 0.0  # how long the oldest due generation left unsettled is overdue
+
+
+def window_key(window: WindowId, generation: int) -> UsageKey:
+    """The idempotency key of a generation's usage: source, line, window and generation."""
+    return UsageKey(
+        kind=KeyKind.WINDOW,
+        scope=f"v1/sources/{window.source}",
+        text=f"{window.line}#{window.series}#{utc_text(window.start)}#g{generation}",
+    )
+
+
+def window_usage(gen: Generation) -> Usage:
+    """A closed generation's total as the record the lifecycle posts."""
+    assert gen.total_units is not None
+    window = gen.window
+    return Usage(
+        subscription_line=window.line,
+        date_time=gen.instant,
+        quantity=from_units(gen.total_units),
+        key=window_key(window, gen.generation),
+        source=window.source,
+        original={
+            "window_start": utc_text(window.start),
+            "generation": gen.generation,
+            "events": gen.events,
+            "function": gen.function,
+        },
+    )
+
+
+def flush(
+    store: Closer,
+    submitter: Submits,
+    sink: FailureSink,
+    workspace: str,
+    deadline: Deadline,
+    concurrency: int,
+    now: float | None = None,
+) -> FlushReport:
+    """Close every generation due by now and post its total once (see the module's text)."""
+    now = time.time() if now is None else now
+    report = FlushReport()
+    due = store.due(now, FLUSH_LIMIT)
+    report.due = len(due)
+    closed: list[Generation] = []  # the due generations, closed, with a total to post
+    skipped: list[Generation] = []  # not closed or not recorded this run (the next run)
+    for found, gen in _close_all(store, due, deadline, concurrency):
+        if gen is None:
+            skipped.append(found)
+            continue
+        if gen.state is not GenState.CLOSED:
+            continue  # posted or queued by another flusher meanwhile
+        if not gen.total_units:
+            try:
+                store.finish(gen, GenState.POSTED, None)  # a total of zero is not posted
+                report.empty += 1
+            except StoreUnavailable:
+                skipped.append(found)
+            continue
+        closed.append(gen)
+    subs: list[Submission] = []
+    postable = []
+    for gen in closed:
+        try:
+            usage = window_usage(gen)
+        except ValueError as exc:  # a defect: it stays due (the lag alarm), the others go on
+            logger.error("window total cannot be posted", extra={"error": str(exc)[:300]})
+            skipped.append(gen)
+            continue
+        tenant = Tenant(workspace=workspace, test_mode=gen.test_mode)
+        subs.append(Submission(len(subs), usage, tenant))
+        postable.append(gen)
+    closed = postable
+    outcomes = submitter.submit_all(subs, deadline, sink, concurrency, Taker.REPLAY)
+    unsettled = {_pk(gen) for gen in skipped}
+    for gen, outcome in zip(closed, outcomes, strict=True):
+        state = _settled_state(outcome)
+        try:
+            if state is not None:
+                store.finish(gen, state, outcome.usage_id)
+        except StoreUnavailable:
+            state = None
+        if state is None:
+            unsettled.add(_pk(gen))
+            continue
+        report.posted += state is GenState.POSTED
+        report.queued += state is GenState.QUEUED
+    report.left = len(unsettled)
+    report.lag_seconds = max(
+        (now - (g.due_at or now) for g in due if _pk(g) in unsettled), default=0.0
+    )
+    return report
+
+
+def _close_all(
+    store: Closer, due: list[Generation], deadline: Deadline, concurrency: int
+) -> list[tuple[Generation, Generation | None]]:
+    """Close the due generations, `concurrency` at a time; None: not closed this run (out of
+    time, or the store down)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def close(found: Generation) -> tuple[Generation, Generation | None]:
+        if deadline.remaining() <= 0:
+            return found, None
+        try:
+            return found, store.close(found)
+        except StoreUnavailable as exc:
+            logger.warning("window not closed", extra={"error": str(exc)})
+            return found, None
+
+    if not due:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(due)))) as pool:
+        return list(pool.map(close, due))
+
+
+def _pk(gen: Generation) -> str:
+    return gen.window.gen_pk(gen.generation)
+
+
+def _settled_state(outcome: Outcome) -> GenState | None:
+    """Where a generation's usage is now: posted, waiting in a queue, or not known yet."""
+    if outcome.fate is Fate.POSTED:
+        return GenState.POSTED
+    if outcome.fate in (Fate.QUEUED, Fate.REJECTED):
+        return GenState.QUEUED
+    if outcome.fate is Fate.DUPLICATE:  # handled before (a flusher that stopped halfway)
+        return GenState.POSTED if outcome.usage_id is not None else GenState.QUEUED
+    return None  # busy, or neither posted nor stored: due again at the next run

@@ -43,10 +43,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.clock import Deadline
+from piriod_adapter.lifecycle import KeyStatus, Taker
 from piriod_adapter.models import KeyKind, Usage, UsageKey, sortable_utc
 
 if TYPE_CHECKING:
@@ -66,15 +66,6 @@ _NAMESPACES = {
 
 class StoreUnavailable(RuntimeError):
     """The idempotency table could not be read or written."""
-
-
-class KeyStatus(StrEnum):
-    IN_PROGRESS = "in_progress"
-    POSTED = "posted"
-    QUEUED = "queued"
-    REJECTED = "rejected"
-    RELEASED = "released"
-    AGGREGATED = "aggregated"  # an aggregating source's event, counted into its window
 
 
 def key_pk(key: UsageKey) -> str:
@@ -121,16 +112,6 @@ class KeyState:
         if self.status is KeyStatus.IN_PROGRESS:  # its holder vanished mid-attempt
             return self.attempt_started
         return None
-
-
-class Taker(StrEnum):
-    """Who claims a key, which decides what it may take besides a new, released or expired
-    key: ReplayFunction takes a key whose record waits in ReplayQueue; the operator also one
-    in DeadLetterQueue (rejected or exhausted). A rejected record is never taken by replay."""
-
-    WEBHOOK = "webhook"
-    REPLAY = "replay"
-    OPERATOR = "operator"
 
 
 @dataclass(frozen=True)

@@ -253,12 +253,9 @@ class Usage(BaseModel):
 # --- outcomes ----------------------------------------------------------------------------------
 
 
-class Status(StrEnum):
-    POSTED = "posted"
-    DUPLICATE = "duplicate"
-    QUEUED = "queued"
-    REJECTED = "rejected"
-    AGGREGATED = "aggregated"  # counted into its window (an aggregating source, SPEC 9)
+# A record's status in its result (docs/answers.md): lifecycle.ANSWER says which fate reads
+# as which.
+AnswerStatus = Literal["posted", "duplicate", "queued", "rejected", "aggregated", "not_stored"]
 
 
 class FailureKind(StrEnum):
@@ -274,7 +271,7 @@ class RecordResult(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     index: int = Field(ge=0, le=MAX_BATCH - 1, description="the record's place in the delivery")
-    status: Status | Literal["not_stored"] = Field(
+    status: AnswerStatus = Field(
         description="posted, duplicate, queued, rejected, or aggregated (a source that "
         "aggregates: counted into `window_start`'s generation `generation`); not_stored only "
         "in a 503"

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -30,7 +29,14 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError
 
 from piriod_adapter import jsondoc
 from piriod_adapter.clock import Deadline
-from piriod_adapter.models import MAX_LINE, Tenant, Usage, clean_text, parse_rfc3339
+from piriod_adapter.models import (
+    MAX_LINE,
+    FailureKind,
+    Tenant,
+    Usage,
+    clean_text,
+    parse_rfc3339,
+)
 from piriod_adapter.tracing import Tracer
 
 CONNECT_RETRIES = 1  # only for failures where the request surely never reached Piriod
@@ -43,22 +49,29 @@ LOOKUP_PAGES = 10  # pages of 100 a settling lookup reads; past it the record st
 DEFINITE_REFUSALS = frozenset({401, 403, 404, 405, 429})
 
 
-class PostKind(StrEnum):
-    CREATED = "created"
-    REJECTED = "rejected"  # 400: Piriod refused the record itself
-    TRANSIENT = "transient"  # surely not created: may be posted again
-    AMBIGUOUS = "ambiguous"  # may have been created: look it up before posting again
-
-
 @dataclass(frozen=True)
 class PostResult:
-    kind: PostKind
+    """How one post ended: created (`failure` None), or why not, in the queue message's words
+    (models.FailureKind): REJECTED (400: Piriod refused the record itself), TRANSIENT (surely
+    not created: may be posted again) or AMBIGUOUS (may have been created: look it up before
+    posting again)."""
+
+    failure: FailureKind | None
     status: int | None = None
     usage_id: int | None = None
     errors: dict[str, list[str]] | None = None
     error: str | None = None
     attempted: bool = True  # False: nothing was sent (no token, no time left)
     token_refused: bool = False  # 401, or a token that cannot be sent: the token alarm counts it
+
+    @classmethod
+    def posted(cls, usage_id: int | None, status: int | None = 201) -> PostResult:
+        """Piriod has the usage (its id when known)."""
+        return cls(None, status, usage_id=usage_id)
+
+    @property
+    def created(self) -> bool:
+        return self.failure is None
 
 
 class PiriodUnavailable(RuntimeError):
@@ -182,7 +195,7 @@ class PiriodClient:
             token = self._token(None)
         except Exception as exc:  # the token secret cannot be read: nothing was sent
             return PostResult(
-                PostKind.TRANSIENT, error=f"Piriod token unavailable: {exc}", attempted=False
+                FailureKind.TRANSIENT, error=f"Piriod token unavailable: {exc}", attempted=False
             )
         unusable = _unsendable(token, tenant)
         if unusable is not None:
@@ -194,7 +207,9 @@ class PiriodClient:
             timeout = self._timeout(deadline)
             if timeout is None:
                 return PostResult(
-                    PostKind.TRANSIENT, error="no time left to post before timeout", attempted=False
+                    FailureKind.TRANSIENT,
+                    error="no time left to post before timeout",
+                    attempted=False,
                 )
             try:
                 answer = self._request(
@@ -210,28 +225,26 @@ class PiriodClient:
                     self._sleep(CONNECT_RETRY_PAUSE)
                     continue
                 return PostResult(
-                    PostKind.TRANSIENT, error=f"cannot connect to Piriod: {_reason(exc)}"
+                    FailureKind.TRANSIENT, error=f"cannot connect to Piriod: {_reason(exc)}"
                 )
             except (HTTPError, OSError, ValueError) as exc:
                 # timeout, reset, protocol error: it may have landed
                 return PostResult(
-                    PostKind.AMBIGUOUS, error=f"no answer from Piriod: {_reason(exc)}"
+                    FailureKind.AMBIGUOUS, error=f"no answer from Piriod: {_reason(exc)}"
                 )
 
             status = answer.status
             if status == 201:  # created, whatever the body says (or however slowly it comes)
-                return PostResult(
-                    PostKind.CREATED, status=201, usage_id=usage_id_of(answer.document())
-                )
+                return PostResult.posted(usage_id_of(answer.document()))
             if status == 400:
-                return PostResult(PostKind.REJECTED, status=400, errors=_error_map(answer))
+                return PostResult(FailureKind.REJECTED, status=400, errors=_error_map(answer))
             if status == 401 and not token_refreshed:
                 token_refreshed = True
                 try:
                     token = self._token(token)  # it may have been rotated: read it again, once
                 except Exception as exc:
                     return PostResult(
-                        PostKind.TRANSIENT,
+                        FailureKind.TRANSIENT,
                         status=401,
                         error=f"token re-read failed: {exc}",
                         token_refused=True,
@@ -250,16 +263,16 @@ class PiriodClient:
                     throttle_retries -= 1
                     self._sleep(wait)
                     continue
-                return PostResult(PostKind.TRANSIENT, status=status, error=_detail(answer))
+                return PostResult(FailureKind.TRANSIENT, status=status, error=_detail(answer))
             if status in DEFINITE_REFUSALS:
                 return PostResult(
-                    PostKind.TRANSIENT,
+                    FailureKind.TRANSIENT,
                     status=status,
                     error=_detail(answer),
                     token_refused=status == 401,
                 )
             return PostResult(
-                PostKind.AMBIGUOUS,
+                FailureKind.AMBIGUOUS,
                 status=status,
                 error=f"{_detail(answer)}: not a definite refusal, it may have been stored",
             )
@@ -461,14 +474,14 @@ def _unsendable(token: str, tenant: Tenant) -> PostResult | None:
     beyond ASCII): nothing is sent; a token counts towards the token alarm."""
     if not isinstance(token, str) or not _header_safe(token):
         return PostResult(
-            PostKind.TRANSIENT,
+            FailureKind.TRANSIENT,
             error="the Piriod token cannot be sent as a header value; fix the token secret",
             attempted=False,
             token_refused=True,
         )
     if not _header_safe(tenant.workspace):
         return PostResult(
-            PostKind.TRANSIENT,
+            FailureKind.TRANSIENT,
             error="the workspace id cannot be sent as a header value; fix PIRIOD_WORKSPACE_ID",
             attempted=False,
         )

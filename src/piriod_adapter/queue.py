@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from piriod_adapter.lifecycle import Fate, Placement
 from piriod_adapter.models import FailureKind, QueuedRecord
 from piriod_adapter.observability import logger
 
@@ -28,16 +28,6 @@ class QueueUnavailable(RuntimeError):
     """The message could not be stored."""
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where a failed record now waits."""
-
-    queue: str  # REPLAY or DEAD_LETTER
-    message_id: str
-    message: QueuedRecord
-    resent: bool = False  # a fresh copy replaces the message being replayed
-
-
 class FailureQueue:
     def __init__(
         self, client: Callable[[], SQSClient], replay_url: str, dead_letter_url: str
@@ -53,20 +43,23 @@ class FailureQueue:
     def url(self, queue: str) -> str:
         return self.replay_url if queue == REPLAY else self.dead_letter_url
 
-    def store(self, message: QueuedRecord) -> Placement | None:
+    def place(self, message: QueuedRecord) -> Placement | None:
         """Where a failed record waits (SPEC 5): refused for the record itself ->
         DeadLetterQueue, for a person; any passing failure -> ReplayQueue, for
-        ReplayFunction. None when it could not be stored."""
-        return self.send(
-            DEAD_LETTER if message.failure.kind is FailureKind.REJECTED else REPLAY, message
-        )
+        ReplayFunction. None when it could not be placed."""
+        if message.failure.kind is FailureKind.REJECTED:
+            return self.send(DEAD_LETTER, message, fate=Fate.REJECTED)
+        return self.send(REPLAY, message)
 
-    def store_failed(self, _sub: object, message: QueuedRecord) -> Placement | None:
-        """The submit path's sink for the webhook and the operator."""
-        return self.store(message)
+    def place_failed(self, _sub: object, message: QueuedRecord) -> Placement | None:
+        """The lifecycle's sink for the webhook, the flush and the operator."""
+        return self.place(message)
 
-    def send(self, queue: str, message: QueuedRecord, delay: int = 0) -> Placement | None:
-        """One message (SendMessage); None when SQS did not take it."""
+    def send(
+        self, queue: str, message: QueuedRecord, delay: int = 0, fate: Fate = Fate.QUEUED
+    ) -> Placement | None:
+        """One message (SendMessage), with the fate it gives its record; None when SQS did
+        not take it."""
         try:
             body = message.to_json()
             response = self._client.send_message(
@@ -80,7 +73,7 @@ class FailureQueue:
                 "cannot send to queue", extra={"queue": queue, "error": type(exc).__name__}
             )
             return None
-        return Placement(queue, response["MessageId"], message)
+        return Placement(queue, response["MessageId"], message, fate)
 
     def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
         """Send (queue, message, delay seconds) with SendMessageBatch: ten per call and at
@@ -122,7 +115,8 @@ class FailureQueue:
                 return
             for ok in response.get("Successful", []):
                 i = int(ok["Id"])
-                placed[i] = Placement(queue, ok["MessageId"], sends[i][1])
+                fate = Fate.QUEUED if queue == REPLAY else Fate.REJECTED
+                placed[i] = Placement(queue, ok["MessageId"], sends[i][1], fate)
 
         if len(calls) <= 1:
             for queue, chunk in calls:

@@ -11,29 +11,35 @@ over, and the received one is deleted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
+from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import Taker
-from piriod_adapter.models import FailureKind, QueuedRecord, Status, Usage
-from piriod_adapter.observability import logger
-from piriod_adapter.queue import DEAD_LETTER, REPLAY, FailureQueue, Placement
-from piriod_adapter.submit import FailureSink, Outcome, Submission, Submitter
+from piriod_adapter.lifecycle import (
+    FailureSink,
+    Fate,
+    Outcome,
+    Placement,
+    Submission,
+    Taker,
+    metric_name,
+)
+from piriod_adapter.models import FailureKind, QueuedRecord, Usage
+from piriod_adapter.observability import logger, metrics
+from piriod_adapter.queue import DEAD_LETTER, REPLAY, FailureQueue
+from piriod_adapter.runtime import Runtime
+from piriod_adapter.submit import Submitter
 
 # SQS refuses a visibility timeout that reaches 12 hours after the message was received.
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
 VISIBILITY_MARGIN_SECONDS = 5 * 60  # covers the batching window and the function's own run
 BUSY_RETRY_SECONDS = 30  # another attempt holds the key: look again shortly
-
-
-class Verdict(StrEnum):
-    DONE = "done"  # posted, duplicate, moved to DeadLetterQueue, or re-sent: delete it
-    RETRY = "retry"  # leave it in ReplayQueue and try again after a back-off
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,55 @@ class Received:
 
 @dataclass(frozen=True)
 class ReplayResult:
-    verdict: Verdict
-    outcome: Outcome | None  # None: the message could not be read as a record
+    """One message's replay: its outcome (None: it could not be read as a record) and
+    whether it is left in ReplayQueue for another try."""
+
+    retry: bool
+    outcome: Outcome | None
     message: QueuedRecord | None  # with the attempts of earlier receives counted
+
+
+def run_replay(
+    records: Sequence[Any], runtime: Runtime, deadline: Deadline, received_at: float
+) -> dict[str, Any]:
+    """ReplayFunction's batch (the SQS event source's records): replay it, back off what is
+    tried again, count each outcome, and answer the partial batch failures."""
+    batch = [
+        Received(r.message_id, r.body, int(r.attributes.approximate_receive_count or 1))
+        for r in records
+    ]
+    settings = runtime.settings
+    results = replay_batch(
+        batch,
+        runtime.submitter,
+        runtime.queue,
+        deadline,
+        settings.replay_max_attempts,
+        settings.post_concurrency,
+    )
+    retry_later(
+        runtime.queue,
+        [(r.receipt_handle, result) for r, result in zip(records, results, strict=True)],
+        settings.replay_backoff_seconds,
+        time.monotonic() - received_at,
+    )
+    for result in results:
+        outcome = result.outcome
+        if outcome is None:
+            metrics.add_metric(name="replay_unreadable", unit=MetricUnit.Count, value=1)
+            continue
+        if outcome.tried:
+            metrics.add_metric(name="replay_attempts", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name=metric_name("replay", outcome.fate), unit=MetricUnit.Count, value=1)
+        if outcome.ambiguous:
+            metrics.add_metric(name="replay_ambiguous", unit=MetricUnit.Count, value=1)
+    return {
+        "batchItemFailures": [
+            {"itemIdentifier": got.message_id}
+            for got, result in zip(batch, results, strict=True)
+            if result.retry
+        ]
+    }
 
 
 def consumer_sink(
@@ -65,14 +117,14 @@ def consumer_sink(
     def sink(sub: Submission, message: QueuedRecord) -> Placement | None:
         got = received[sub.index]
         if message.failure.kind is FailureKind.REJECTED:
-            return queue.send(DEAD_LETTER, message)
+            return queue.send(DEAD_LETTER, message, fate=Fate.REJECTED)
         if not message.failure.attempted:
-            placed = queue.send(REPLAY, message, resend_delay(message))
-            return replace(placed, resent=True) if placed else None
+            return queue.send(REPLAY, message, resend_delay(message))
         if got.receive_count >= max_attempts:
             failure = message.failure.model_copy(update={"kind": FailureKind.EXHAUSTED})
-            return queue.send(DEAD_LETTER, message.model_copy(update={"failure": failure}))
-        return Placement(REPLAY, got.message_id, message)
+            exhausted = message.model_copy(update={"failure": failure})
+            return queue.send(DEAD_LETTER, exhausted, fate=Fate.EXHAUSTED)
+        return Placement(REPLAY, got.message_id, message, Fate.RETRYING)
 
     return sink
 
@@ -120,45 +172,37 @@ def replay_batch(
         lambda message: settle_wait(message, submitter.settle_after_seconds),
     )
     outcomes = submitter.submit_all(subs, deadline, sink, concurrency, Taker.REPLAY)
-    busy = [(s, o) for s, o in zip(subs, outcomes, strict=True) if o.busy]
+    busy = [(s, o) for s, o in zip(subs, outcomes, strict=True) if o.fate is Fate.BUSY]
     resent = queue.send_all(
         [(REPLAY, s.previous, BUSY_RETRY_SECONDS) for s, _ in busy if s.previous]
     )
-    again = {s.index: placed for (s, _), placed in zip(busy, resent, strict=True)}
+    # a busy record sent again as a fresh message waits there: this one is done
+    again = {s.index: placed for (s, _), placed in zip(busy, resent, strict=True) if placed}
     for sub, outcome in zip(subs, outcomes, strict=True):
         placed = again.get(sub.index)
-        results[sub.index] = _verdict(
-            sub, replace(outcome, placement=placed) if placed else outcome
-        )
+        again_as = replace(outcome, fate=Fate.QUEUED, placement=placed) if placed else outcome
+        results[sub.index] = _result(sub, again_as)
     return [results[i] for i in range(len(batch))]
 
 
-def _verdict(sub: Submission, outcome: Outcome) -> ReplayResult:
-    placement = outcome.placement
-    waits_here = placement is not None and placement.queue == REPLAY and not placement.resent
-    resent_busy = outcome.busy and placement is not None
-    if (outcome.status is None and not resent_busy) or (
-        outcome.status is Status.QUEUED and waits_here
-    ):
-        verdict = Verdict.RETRY
-    else:
-        verdict = Verdict.DONE
+def _result(sub: Submission, outcome: Outcome) -> ReplayResult:
     message = sub.previous
     assert message is not None
     logger.info(
         "replayed record",
         extra={
             "scope": message.usage.key.scope,
-            "status": outcome.status.value if outcome.status else "not_stored",
-            "verdict": verdict.value,
-            "attempts": message.attempts + (1 if outcome.tried and not outcome.busy else 0),
-            "tried": outcome.tried and not outcome.busy,
+            "status": outcome.answer,
+            "fate": outcome.fate.value,
+            "retry": outcome.retry,
+            "attempts": message.attempts + (1 if outcome.tried else 0),
+            "tried": outcome.tried,
             "ambiguous": outcome.ambiguous,
             "settled": outcome.settled,
             "failure_kind": outcome.failure.kind.value if outcome.failure else None,
         },
     )
-    return ReplayResult(verdict, outcome, message)
+    return ReplayResult(outcome.retry, outcome, message)
 
 
 def _unreadable(got: Received, queue: FailureQueue) -> ReplayResult:
@@ -168,9 +212,9 @@ def _unreadable(got: Received, queue: FailureQueue) -> ReplayResult:
         queue.send_raw(DEAD_LETTER, got.body, kind="unreadable")
     except Exception as exc:
         logger.error("unreadable message not moved; it stays", extra={"error": str(exc)})
-        return ReplayResult(Verdict.RETRY, None, None)
+        return ReplayResult(True, None, None)
     logger.error("unreadable ReplayQueue message moved to DeadLetterQueue")
-    return ReplayResult(Verdict.DONE, None, None)
+    return ReplayResult(False, None, None)
 
 
 def redeliver_dead_letter(
@@ -190,10 +234,9 @@ def redeliver_dead_letter(
     backs off, settles an unseen post by lookup and retries, as for a webhook delivery."""
     sub = Submission.from_message(message, resolve(message.usage))
     outcome = count(sub, deadline) or submitter.submit(
-        sub, deadline, queue.store_failed, Taker.OPERATOR
+        sub, deadline, queue.place_failed, Taker.OPERATOR
     )
-    verdict = Verdict.DONE if outcome.status is not None else Verdict.RETRY
-    return ReplayResult(verdict, outcome, message)
+    return ReplayResult(outcome.fate is Fate.NOT_STORED, outcome, message)
 
 
 def retry_later(
@@ -212,7 +255,7 @@ def retry_later(
             ),
         )
         for receipt, result in handled
-        if result.verdict is Verdict.RETRY
+        if result.retry
     ]
     failed = queue.hide(REPLAY, receipts)
     if failed:

@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 
     from piriod_adapter.clock import Deadline
     from piriod_adapter.idempotency import IdempotencyStore
+    from piriod_adapter.lifecycle import Outcome, Submission
     from piriod_adapter.models import Usage
     from piriod_adapter.piriod import PiriodClient
     from piriod_adapter.queue import FailureQueue
     from piriod_adapter.secrets import SecretStore
     from piriod_adapter.sources import SourceCatalog
-    from piriod_adapter.submit import Outcome, Submission, Submitter
+    from piriod_adapter.submit import Submitter
     from piriod_adapter.tracing import Tracer
     from piriod_adapter.windows import WindowStore
 
@@ -189,7 +190,7 @@ class Runtime:
     def count_event(self, sub: Submission, deadline: Deadline) -> Outcome | None:
         """An aggregating source's event counted into its window (SPEC 9: an operator's
         replay of a dead-lettered event); None when its source does not aggregate."""
-        from piriod_adapter.aggregation import Counting, count_one
+        from piriod_adapter.counting import Counting, count_one
         from piriod_adapter.models import KeyKind
 
         usage = sub.usage
@@ -203,10 +204,11 @@ class Runtime:
             usage.source,
             sub.tenant,
             self.windows,
-            self.queue.store_failed,
+            self.submitter.place,
+            self.queue.place_failed,
             self.settings.idempotency_ttl_days,
         )
-        return count_one(counting, usage, deadline)
+        return count_one(counting, sub, deadline)
 
     def resolve_usage(self, usage: Usage) -> Usage:
         """A record with what can be mapped now (a meter's line, added to its profile)."""

@@ -49,7 +49,7 @@ from pydantic import (
 )
 
 from piriod_adapter import jsondoc
-from piriod_adapter.aggregation import Aggregate
+from piriod_adapter.aggregate import Aggregate
 from piriod_adapter.models import (
     MAX_BATCH,
     MAX_LINE,

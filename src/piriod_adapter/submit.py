@@ -38,17 +38,24 @@ from piriod_adapter.idempotency import (
     Claim,
     Identical,
     KeyState,
-    KeyStatus,
     Result,
     StoreUnavailable,
-    Taker,
     Waiting,
 )
-from piriod_adapter.models import Failure, FailureKind, QueuedRecord, Status, Tenant, Usage
+from piriod_adapter.lifecycle import (
+    HANDLED,
+    KEY_STATUS,
+    FailureSink,
+    Fate,
+    KeyStatus,
+    Outcome,
+    Submission,
+    Taker,
+)
+from piriod_adapter.models import Failure, FailureKind, QueuedRecord, Tenant, Usage
 from piriod_adapter.models import sortable_utc as _sortable
 from piriod_adapter.observability import logger, metrics
-from piriod_adapter.piriod import Listed, PiriodUnavailable, PostKind, PostResult
-from piriod_adapter.queue import Placement
+from piriod_adapter.piriod import Listed, PiriodUnavailable, PostResult
 
 # Piriod's `created` versus our clock, when settling: a matching usage created up to this
 # long before our first attempt is still taken as ours. Wider means more clock skew is
@@ -57,7 +64,7 @@ from piriod_adapter.queue import Placement
 CLOCK_SKEW_SECONDS = 300.0
 CLAIM_TRIES = 3
 BREAKER_FAILURES = 3  # connections refused in a row before the rest of a delivery is queued
-FINISH_GRACE_SECONDS = 3.0  # a record storing itself at the deadline is waited for this long
+FINISH_GRACE_SECONDS = 3.0  # a record placing itself at the deadline is waited for this long
 KEY_CONFLICT = (
     "this key was already used for a different record (another line, time or quantity); "
     "this record was not posted: send it with a key of its own"
@@ -99,48 +106,6 @@ class KeyStore(Protocol):
     def release(self, claim: Claim, ambiguous_since: float | None) -> None: ...
 
 
-@dataclass(frozen=True)
-class Submission:
-    """One record to submit, with everything needed to submit it alone."""
-
-    index: int
-    usage: Usage
-    tenant: Tenant
-    previous: QueuedRecord | None = None  # the queue message, when this is a replay
-
-    @classmethod
-    def from_message(
-        cls, message: QueuedRecord, usage: Usage | None = None, index: int = 0
-    ) -> Submission:
-        return cls(index, usage or message.usage, message.tenant, previous=message)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one submission ended. `status is None`: neither posted nor stored."""
-
-    status: Status | None
-    usage_id: int | None = None
-    errors: dict[str, list[str]] | None = None
-    failure: Failure | None = None
-    placement: Placement | None = None
-    ambiguous: bool = False
-    settled: bool = False  # posted by finding the earlier, unseen attempt in Piriod
-    busy: bool = False  # another attempt holds the key right now
-    reason: str | None = None
-
-    @property
-    def tried(self) -> bool:
-        """Whether Piriod was asked anything for this record in this attempt."""
-        return self.failure is None or self.failure.attempted
-
-
-# Stores one failed record where it belongs and says where it went (None: not stored). The
-# replay sink may leave a message where it is, send a fresh copy, or turn it into an
-# `exhausted` dead letter.
-FailureSink = Callable[[Submission, QueuedRecord], Placement | None]
-
-
 class _Breaker:
     """Piriod refusing connections: after a few in a row, the rest of the delivery is queued
     without trying (the answer comes at once, and Piriod is not hammered)."""
@@ -154,7 +119,9 @@ class _Breaker:
         return self._refused >= BREAKER_FAILURES
 
     def saw(self, result: PostResult) -> None:
-        refused = result.kind is PostKind.TRANSIENT and result.status is None and result.attempted
+        refused = (
+            result.failure is FailureKind.TRANSIENT and result.status is None and result.attempted
+        )
         with self._lock:
             self._refused = self._refused + 1 if refused else 0
 
@@ -162,14 +129,14 @@ class _Breaker:
 @dataclass
 class _Attempt:
     """One record's attempt, shared by its worker and the delivery, which may answer for it
-    at the deadline: whoever moves first (the worker to post or store, the delivery to
+    at the deadline: whoever moves first (the worker to post or place it, the delivery to
     abandon it) decides, under the lock."""
 
     claim: Claim | None = None
     since: float | None = None  # an earlier attempt's unseen post
     sent_at: float | None = None  # our own post, once sent
     abandoned: bool = False
-    storing: bool = False
+    placing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def unseen_since(self) -> float | None:
@@ -182,17 +149,17 @@ class _Attempt:
             self.sent_at = now
             return True
 
-    def start_storing(self) -> bool:
+    def start_placing(self) -> bool:
         with self.lock:
             if self.abandoned:
                 return False
-            self.storing = True
+            self.placing = True
             return True
 
     def abandon(self) -> bool:
-        """Take the record over from its worker; False when the worker is storing it."""
+        """Take the record over from its worker; False when the worker is placing it."""
         with self.lock:
-            if self.storing:
+            if self.placing:
                 return False
             self.abandoned = True
             return True
@@ -203,13 +170,43 @@ class _Abandoned(Exception):
 
 
 @dataclass(frozen=True)
-class _Failed:
-    """A record that failed its attempt, to be stored."""
+class Failed:
+    """A record that failed its attempt, to be placed: its queue message, and its key when
+    the attempt holds it."""
 
     sub: Submission
-    claim: Claim | None  # None: the key is not ours (a conflict, or held by another)
+    claim: Claim | None  # None: the key is not ours (a conflict, held by another, an event)
     message: QueuedRecord
     unseen_since: float | None
+
+
+def failed(
+    sub: Submission,
+    result: PostResult,
+    unseen_since: float | None = None,
+    claim: Claim | None = None,
+) -> Failed:
+    """The queue message of a record that failed, for any route (the one writer of a failure:
+    a replayed record keeps its attempts and first failure)."""
+    now = datetime.now(UTC)
+    failure = Failure(
+        kind=result.failure or FailureKind.TRANSIENT,
+        status=result.status,
+        errors=result.errors,
+        error=result.error,
+        attempted=result.attempted,
+        at=now,
+    )
+    previous = sub.previous
+    message = QueuedRecord(
+        usage=sub.usage,
+        tenant=sub.tenant,
+        failure=failure,
+        attempts=(previous.attempts if previous else 0) + (1 if result.attempted else 0),
+        first_failure_at=previous.first_failure_at if previous else now,
+        ambiguous_since=datetime.fromtimestamp(unseen_since, UTC) if unseen_since else None,
+    )
+    return Failed(sub, claim, message, unseen_since)
 
 
 @dataclass
@@ -270,9 +267,9 @@ class Submitter:
     def _result(self, future: Future[Outcome]) -> Outcome:
         try:
             return future.result(timeout=FINISH_GRACE_SECONDS)
-        except Exception as exc:  # still storing itself: its place is not known
+        except Exception as exc:  # still placing itself: its place is not known
             logger.error("record not done at the deadline", extra={"error": type(exc).__name__})
-            return Outcome(None, reason="not done before the function's deadline; retry")
+            return Outcome(Fate.NOT_STORED, reason="not done before the function's deadline; retry")
 
     def _at_deadline(self, sub: Submission, attempt: _Attempt, sink: FailureSink) -> Outcome:
         """A record whose worker is still busy at the deadline (a post not answered, a slow
@@ -280,17 +277,17 @@ class Submitter:
         unseen = attempt.unseen_since()
         if unseen is not None:
             result = PostResult(
-                PostKind.AMBIGUOUS, error="post still in flight at the function's deadline"
+                FailureKind.AMBIGUOUS, error="post still in flight at the function's deadline"
             )
         else:
             result = PostResult(
-                PostKind.TRANSIENT, error="function time ran out; not posted", attempted=False
+                FailureKind.TRANSIENT, error="function time ran out; not posted", attempted=False
             )
         claim = attempt.claim if attempt.claim is not None and attempt.claim.acquired else None
         logger.warning(
             "record answered at the deadline", extra={"index": sub.index, "sent": unseen}
         )
-        return self._store(self._failed(claim, sub, result, unseen), sink)
+        return self.place(failed(sub, result, unseen, claim), sink)
 
     # --- one record --------------------------------------------------------------------------
 
@@ -309,21 +306,23 @@ class Submitter:
         try:
             return self._lifecycle(sub, deadline, taker, breaker, attempt, sink)
         except _Abandoned:
-            return Outcome(None, reason="answered at the deadline")
+            return Outcome(Fate.NOT_STORED, reason="answered at the deadline")
         except Exception as exc:
             logger.exception(
                 "unexpected error submitting a record; it is not stored",
                 extra={"index": sub.index, "error": type(exc).__name__},
             )
             claim = attempt.claim
-            if claim is not None and claim.acquired and attempt.start_storing():
+            if claim is not None and claim.acquired and attempt.start_placing():
                 try:
                     self.store.release(claim, attempt.unseen_since())
                 except Exception as release_error:
                     logger.warning(
                         "key not released", extra={"error": type(release_error).__name__}
                     )
-            return Outcome(None, reason=f"unexpected error ({type(exc).__name__}); retry")
+            return Outcome(
+                Fate.NOT_STORED, reason=f"unexpected error ({type(exc).__name__}); retry"
+            )
 
     def _lifecycle(
         self,
@@ -339,45 +338,45 @@ class Submitter:
             claim = attempt.claim = self._claim(sub, deadline, taker, settling)
             if not claim.acquired:
                 handled = self._already_handled(claim, sub, deadline, taker)
-                if isinstance(handled, _Failed):
-                    return self._store_from(attempt, handled, sink)
+                if isinstance(handled, Failed):
+                    return self._place_from(attempt, handled, sink)
                 if handled is not None:
                     return handled
                 claim = attempt.claim = self._claim(sub, deadline, taker, settling)  # free again
                 if not claim.acquired:
-                    return self._store_from(attempt, self._hand_over(sub, claim.previous), sink)
+                    return self._place_from(attempt, self._hand_over(sub, claim.previous), sink)
         except StoreUnavailable as exc:
-            return Outcome(None, reason=str(exc))
+            return Outcome(Fate.NOT_STORED, reason=str(exc))
 
         since = attempt.since = _unsettled_since(claim.previous, sub.previous)
         usage = sub.usage
         if usage.subscription_line is None:
-            meter = f"no subscription line for meter {usage.meter_id!r} in source {usage.source!r}"
-            refused = PostResult(PostKind.REJECTED, errors={"meter_id": [meter]}, attempted=False)
-            return self._store_from(attempt, self._failed(claim, sub, refused, since), sink)
+            refused = PostResult(
+                FailureKind.REJECTED, errors={"meter_id": [no_line(usage)]}, attempted=False
+            )
+            return self._place_from(attempt, failed(sub, refused, since, claim), sink)
         if since is not None:
             settled = self._settle(claim, sub, since, deadline)
             if settled is not None:
-                if settled.kind is PostKind.CREATED:
-                    return Outcome(Status.POSTED, usage_id=settled.usage_id, settled=True)
-                failed = self._failed(claim, sub, settled, since)
-                return self._store_from(attempt, failed, sink)
+                if settled.created:
+                    return Outcome(Fate.POSTED, usage_id=settled.usage_id, settled=True)
+                return self._place_from(attempt, failed(sub, settled, since, claim), sink)
             if settling:
                 try:
                     self.store.mark_posting(claim)
                 except StoreUnavailable as exc:
-                    failed = self._failed(
-                        claim, sub, PostResult(PostKind.AMBIGUOUS, error=str(exc)), since
-                    )
-                    return self._store_from(attempt, failed, sink)
+                    unknown = PostResult(FailureKind.AMBIGUOUS, error=str(exc))
+                    return self._place_from(attempt, failed(sub, unknown, since, claim), sink)
 
         if deadline.remaining() < self.post_budget_seconds:
             result = PostResult(
-                PostKind.TRANSIENT, error="function time running out; not posted", attempted=False
+                FailureKind.TRANSIENT,
+                error="function time running out; not posted",
+                attempted=False,
             )
         elif breaker is not None and breaker.open:
             result = PostResult(
-                PostKind.TRANSIENT,
+                FailureKind.TRANSIENT,
                 error="Piriod refused the delivery's first connections; not tried",
                 attempted=False,
             )
@@ -389,14 +388,14 @@ class Submitter:
             _measure(result, self.clock() - started)
             if breaker is not None:
                 breaker.saw(result)
-        if result.kind is PostKind.CREATED:
-            if not attempt.start_storing():
+        if result.created:
+            if not attempt.start_placing():
                 raise _Abandoned
             self._finish(Result(claim, KeyStatus.POSTED, usage_id=result.usage_id))
-            return Outcome(Status.POSTED, usage_id=result.usage_id)
+            return Outcome(Fate.POSTED, usage_id=result.usage_id)
         # An earlier unseen post was settled above (proven absent), so only ours counts.
-        unseen = attempt.sent_at if result.kind is PostKind.AMBIGUOUS else None
-        return self._store_from(attempt, self._failed(claim, sub, result, unseen), sink)
+        unseen = attempt.sent_at if result.failure is FailureKind.AMBIGUOUS else None
+        return self._place_from(attempt, failed(sub, result, unseen, claim), sink)
 
     def _claim(self, sub: Submission, deadline: Deadline, taker: Taker, settling: bool) -> Claim:
         claim = self.store.claim(sub.usage, deadline, taker, settling=settling)
@@ -413,7 +412,7 @@ class Submitter:
 
     def _already_handled(
         self, claim: Claim, sub: Submission, deadline: Deadline, taker: Taker
-    ) -> Outcome | _Failed | None:
+    ) -> Outcome | Failed | None:
         """The key was not taken: a duplicate of a stored state, a conflict, a key held by
         another attempt (handed over), or None when the key is free again (claim it again).
         Raises StoreUnavailable."""
@@ -422,7 +421,7 @@ class Submitter:
             return self._conflict(sub)
         if holder is not None and holder.locked(self.clock()):
             if taker is not Taker.WEBHOOK:  # replay looks again shortly, without an attempt
-                return Outcome(None, busy=True, reason="another attempt holds this key")
+                return Outcome(Fate.BUSY, reason="another attempt holds this key")
             # A concurrent delivery of the same key: its holder writes the key as soon as
             # that one record is done, so wait as long as one post can take.
             holder = self.store.wait_while_locked(
@@ -430,38 +429,30 @@ class Submitter:
             )
             if holder is not None and holder.locked(self.clock()):
                 return self._hand_over(sub, holder)
-        if holder is not None and holder.status in (
-            KeyStatus.POSTED,
-            KeyStatus.QUEUED,
-            KeyStatus.REJECTED,
-            KeyStatus.AGGREGATED,  # counted into a window (the source aggregated then)
-        ):
+        if holder is not None and holder.status in HANDLED:
             # Done, or waiting elsewhere (a redelivered replay message of a record that was
             # rejected or dead-lettered meanwhile): nothing is sent again.
-            return Outcome(Status.DUPLICATE, usage_id=holder.usage_id)
+            return Outcome(Fate.DUPLICATE, usage_id=holder.usage_id)
         return None
 
-    def _hand_over(self, sub: Submission, holder: KeyState | None) -> _Failed:
+    def _hand_over(self, sub: Submission, holder: KeyState | None) -> Failed:
         """Another attempt holds the key past a post's time (it is slow, or it stopped
         mid-post and its lock has not expired yet): whatever it did is unseen. The record
         waits in ReplayQueue flagged ambiguous; ReplayFunction takes the key once it is
         free and looks the record up in Piriod before posting it."""
         since = holder.attempt_started if holder is not None else None
         unseen = PostResult(
-            PostKind.AMBIGUOUS,
+            FailureKind.AMBIGUOUS,
             error="another attempt holds this key; its outcome is settled on replay",
             attempted=False,
         )
-        return self._failed(None, sub, unseen, since or self.clock())
+        return failed(sub, unseen, since or self.clock())
 
-    def _conflict(self, sub: Submission) -> _Failed:
+    def _conflict(self, sub: Submission) -> Failed:
         """A key already used for a different record: this record is not posted, and not
         dropped either: it is rejected into DeadLetterQueue with the reason (the key stays
         with the record that had it first)."""
-        refused = PostResult(
-            PostKind.REJECTED, errors={"idempotency_key": [KEY_CONFLICT]}, attempted=False
-        )
-        return self._failed(None, sub, refused, None)
+        return failed(sub, key_conflict())
 
     # --- settling an unseen post -------------------------------------------------------------
 
@@ -490,7 +481,7 @@ class Submitter:
             return _ambiguous(f"cannot ask Piriod yet: {exc}")
         except StoreUnavailable as exc:
             return _ambiguous(f"cannot settle yet: {exc}")
-        if found is not None and found.kind is PostKind.CREATED:
+        if found is not None and found.created:
             logger.info(
                 "ambiguous post settled: found in Piriod",
                 extra={"usage_id": found.usage_id, "scope": usage.key.scope, "index": sub.index},
@@ -529,60 +520,28 @@ class Submitter:
                 self.store.give_back(claim, usage_id)
                 return _ambiguous("an identical record is being posted; settled on replay")
             self.store.settle(claim, usage_id)
-            return PostResult(PostKind.CREATED, usage_id=usage_id)
+            return PostResult.posted(usage_id, status=None)
         if unsure:  # it may be ours: never post again on a guess
             return _ambiguous(
                 "Piriod lists a matching usage the adapter cannot read; not posted again"
             )
         return None
 
-    # --- storing a failed record ---------------------------------------------------------------
+    # --- placing a failed record ----------------------------------------------------------------
 
-    def _failed(
-        self,
-        claim: Claim | None,
-        sub: Submission,
-        result: PostResult,
-        unseen_since: float | None,
-    ) -> _Failed:
-        """The queue message of a record that failed."""
-        now = datetime.now(UTC)
-        kind = {
-            PostKind.REJECTED: FailureKind.REJECTED,
-            PostKind.AMBIGUOUS: FailureKind.AMBIGUOUS,
-        }.get(result.kind, FailureKind.TRANSIENT)
-        failure = Failure(
-            kind=kind,
-            status=result.status,
-            errors=result.errors,
-            error=result.error,
-            attempted=result.attempted,
-            at=now,
-        )
-        previous = sub.previous
-        message = QueuedRecord(
-            usage=sub.usage,
-            tenant=sub.tenant,
-            failure=failure,
-            attempts=(previous.attempts if previous else 0) + (1 if result.attempted else 0),
-            first_failure_at=previous.first_failure_at if previous else now,
-            ambiguous_since=datetime.fromtimestamp(unseen_since, UTC) if unseen_since else None,
-        )
-        return _Failed(sub, claim, message, unseen_since)
-
-    def _store_from(self, attempt: _Attempt, step: _Failed, sink: FailureSink) -> Outcome:
-        if not attempt.start_storing():
+    def _place_from(self, attempt: _Attempt, step: Failed, sink: FailureSink) -> Outcome:
+        if not attempt.start_placing():
             raise _Abandoned
-        return self._store(step, sink)
+        return self.place(step, sink)
 
-    def _store(self, step: _Failed, sink: FailureSink) -> Outcome:
-        """Put a failed record in its queue and write its key: queued or rejected, or (a
-        queue down) not stored, its key released for the retry."""
-        ambiguous = step.unseen_since is not None
+    def place(self, step: Failed, sink: FailureSink) -> Outcome:
+        """Put a failed record in its queue and write its key (when the attempt holds it):
+        its fate is where it went; or (a queue down) not stored, its key released for the
+        retry."""
         try:
             placement = sink(step.sub, step.message)
         except Exception as exc:  # the sink is ours; a defect here must not lose records
-            logger.exception("storing a failed record raised", extra={"error": str(exc)})
+            logger.exception("placing a failed record raised", extra={"error": str(exc)})
             placement = None
         claim = step.claim if step.claim is not None and step.claim.acquired else None
         if placement is None:
@@ -592,13 +551,11 @@ class Submitter:
                 except StoreUnavailable as exc:
                     logger.warning("key not released", extra={"error": str(exc)})
             return Outcome(
-                None,
+                Fate.NOT_STORED,
                 failure=step.message.failure,
-                ambiguous=ambiguous,
                 reason="could not be stored in a queue (SQS unavailable); retry",
             )
         failure = placement.message.failure
-        rejected = failure.kind is FailureKind.REJECTED
         if claim is not None:
             waiting = Waiting(
                 queue=placement.queue,
@@ -606,14 +563,13 @@ class Submitter:
                 message=placement.message.to_json(),
                 since=_sortable(failure.at),
             )
-            status = KeyStatus.REJECTED if rejected else KeyStatus.QUEUED
+            status = KEY_STATUS[placement.fate]
             self._finish(Result(claim, status, ambiguous_since=step.unseen_since, waiting=waiting))
         return Outcome(
-            Status.REJECTED if rejected else Status.QUEUED,
-            errors=failure.errors if rejected else None,
+            placement.fate,
+            errors=failure.errors if placement.fate is Fate.REJECTED else None,
             failure=failure,
             placement=placement,
-            ambiguous=ambiguous,
         )
 
     def _finish(self, result: Result) -> None:
@@ -629,7 +585,18 @@ class Submitter:
 
 
 def _ambiguous(error: str, *, asked: bool = True) -> PostResult:
-    return PostResult(PostKind.AMBIGUOUS, error=error, attempted=asked)
+    return PostResult(FailureKind.AMBIGUOUS, error=error, attempted=asked)
+
+
+def key_conflict() -> PostResult:
+    """A key already used for a different record (line, time or quantity)."""
+    return PostResult(
+        FailureKind.REJECTED, errors={"idempotency_key": [KEY_CONFLICT]}, attempted=False
+    )
+
+
+def no_line(usage: Usage) -> str:
+    return f"no subscription line for meter {usage.meter_id!r} in source {usage.source!r}"
 
 
 def _measure(result: PostResult, seconds: float) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from piriod_adapter.clock import Deadline
+from piriod_adapter.lifecycle import Fate, Outcome, Submission
 from piriod_adapter.models import (
     ANSWER_ERRORS_BYTES,
     Answered,
@@ -35,14 +36,14 @@ from piriod_adapter.signatures import (
     verify_standard,
     verify_stripe,
 )
-from piriod_adapter.submit import Outcome, Submission
+from piriod_adapter.validation import BodyError, check_size, decode_json, parse_native_body
 
 if TYPE_CHECKING:
-    from piriod_adapter.aggregation import Aggregate
-    from piriod_adapter.aggregation import Counter as Counter_
+    from piriod_adapter.aggregate import Aggregate
+    from piriod_adapter.counting import Counter as Counter_
+    from piriod_adapter.counting import Place
+    from piriod_adapter.lifecycle import FailureSink
     from piriod_adapter.sources import Profile
-    from piriod_adapter.submit import FailureSink
-from piriod_adapter.validation import BodyError, check_size, decode_json, parse_native_body
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,8 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
     if profile.aggregate is not None:  # counted into windows, posted when they close
         return count_and_answer(
             runtime.windows,
-            runtime.queue.store_failed,
+            runtime.submitter.place,
+            runtime.queue.place_failed,
             runtime.settings.idempotency_ttl_days,
             [record.usage for record in mapped],
             tenant,
@@ -322,13 +324,14 @@ def submit_and_answer(
         Submission(index=index, usage=usage, tenant=tenant) for index, usage in enumerate(usages)
     ]
     outcomes = runtime.submitter.submit_all(
-        submissions, deadline, runtime.queue.store_failed, runtime.settings.post_concurrency
+        submissions, deadline, runtime.queue.place_failed, runtime.settings.post_concurrency
     )
     return summarize(delivery, submissions, outcomes, source, event_ids)
 
 
 def count_and_answer(
     windows: Counter_,
+    place: Place,
     sink: FailureSink,
     ttl_days: int,
     usages: Sequence[Usage],
@@ -349,61 +352,43 @@ def count_and_answer(
     signature passed at (under `sam local`, the samples' signing time may be that)."""
     from datetime import UTC, datetime
 
-    from piriod_adapter.aggregation import (
-        Counting,
-        WindowFull,
-        check_events,
-        window_full_message,
-    )
+    from piriod_adapter.aggregate import check_events
+    from piriod_adapter.counting import Counting, WindowFull
     from piriod_adapter.validation import FieldProblem, invalid
 
     problems = check_events(
         usages, spec, datetime.fromtimestamp(clock() if now is None else now, UTC)
     )
-    counting = Counting(spec, source, tenant, windows, sink, ttl_days, clock=clock)
+    counting = Counting(spec, source, tenant, windows, place, sink, ttl_days, clock=clock)
+    subs = [Submission(index, usage, tenant) for index, usage in enumerate(usages)]
     try:
         if problems:
             raise invalid(problems)
         try:
-            counted = counting.run(usages, deadline)
+            outcomes = counting.run(subs, deadline)
         except WindowFull as exc:
-            message = window_full_message(spec)
-            raise invalid([FieldProblem(i, "date_time", message) for i in exc.args[0]]) from None
+            bound = spec.generations_bound()
+            raise invalid([FieldProblem(i, "date_time", bound) for i in exc.args[0]]) from None
     except BodyError as exc:
         logger.info(
             "delivery invalid",
             extra={"source": source, "status": exc.status, "problems": len(exc.problems)},
         )
         return Reply(exc.status, exc.public())
-    results: list[RecordResult] = []
-    counts: Counter[str] = Counter({"received": len(counted)})
-    for index, (one, event_id) in enumerate(zip(counted, event_ids, strict=True)):
-        status = one.status.value if one.status else "not_stored"
-        counts[status] += 1
-        counts["late"] += bool(one.generation)
-        errors, omitted = cut_errors(one.errors, ANSWER_ERRORS_BYTES)
-        results.append(
-            RecordResult(
-                index=index,
-                status=one.status or "not_stored",
-                errors=errors,
-                errors_omitted=omitted or None,
-                message=one.reason if one.status is None else None,
-                event_id=event_id,
-                window_start=one.window_start,
-                generation=one.generation,
-            )
-        )
-    return delivery_answer(
-        delivery,
-        source,
-        counts,
-        results,
-        [one.reason for one in counted if one.status is None],
-        message="some events could not be counted; retry the whole delivery (events already "
-        "counted will be reported as duplicates)",
-        cause="events not counted",
-    )
+    return summarize(delivery, subs, outcomes, source, event_ids, retry=EVENTS_NOT_COUNTED)
+
+
+# A 503's message for the sender, and its cause for the log
+RECORDS_NOT_STORED = (
+    "some records could be neither posted nor stored; retry the whole delivery (records "
+    "already handled will be reported as duplicates)",
+    "records not stored",
+)
+EVENTS_NOT_COUNTED = (
+    "some events could not be counted; retry the whole delivery (events already counted will "
+    "be reported as duplicates)",
+    "events not counted",
+)
 
 
 def summarize(
@@ -412,18 +397,19 @@ def summarize(
     outcomes: list[Outcome],
     source: str | None = None,
     event_ids: Sequence[str] | None = None,
+    retry: tuple[str, str] = RECORDS_NOT_STORED,
 ) -> Reply:
-    """202 when every record reached a state; 503 when any could be neither posted nor stored.
-    Each record's outcome is logged (delivery, key, source, outcome) and counted. With
-    `event_ids` (the sources route), each result carries its record's event id."""
+    """202 when every record (or event) reached a state; 503 when any could be neither
+    placed nor counted. Each outcome is logged (delivery, key, source, fate) and counted.
+    With `event_ids` (the sources route), each result carries its record's event id."""
     if event_ids is not None and len(event_ids) != len(submissions):
         raise ValueError("one event id per record")
     results: list[RecordResult] = []
     counts: Counter[str] = Counter({"received": len(outcomes)})
     for sub, outcome in zip(submissions, outcomes, strict=True):
-        status = outcome.status.value if outcome.status else "not_stored"
-        counts[status] += 1
+        counts[outcome.answer] += 1
         counts["ambiguous"] += outcome.ambiguous
+        counts["late"] += bool(outcome.generation)
         logger.info(
             "record handled",
             extra={
@@ -431,7 +417,7 @@ def summarize(
                 "index": sub.index,
                 "idempotency_key": sub.usage.key.text[:200],
                 "source": source,
-                "outcome": status,
+                "outcome": outcome.answer,
                 "usage_id": outcome.usage_id,
                 "ambiguous": outcome.ambiguous,
                 "error": outcome.failure.error if outcome.failure else outcome.reason,
@@ -443,46 +429,24 @@ def summarize(
         results.append(
             RecordResult(
                 index=sub.index,
-                status=outcome.status or "not_stored",
+                status=outcome.answer,
                 usage_id=outcome.usage_id,
                 errors=errors,
                 errors_omitted=omitted or None,
-                message=outcome.reason if outcome.status is None else None,
+                message=outcome.reason if outcome.fate is Fate.NOT_STORED else None,
                 event_id=event_ids[sub.index] if event_ids is not None else None,
+                window_start=outcome.window_start,
+                generation=outcome.generation,
             )
         )
-    return delivery_answer(
-        delivery,
-        source,
-        counts,
-        results,
-        [o.reason for o in outcomes if o.status is None],
-        message="some records could be neither posted nor stored; retry the whole delivery "
-        "(records already handled will be reported as duplicates)",
-        cause="records not stored",
-    )
-
-
-def delivery_answer(
-    delivery: str,
-    source: str | None,
-    counts: Counter[str],
-    results: list[RecordResult],
-    failures: Sequence[str | None],
-    *,
-    message: str,
-    cause: str,
-) -> Reply:
-    """Count and log a delivery's outcomes, then answer: 202, or 503 (with `message` for the
-    sender, and `cause` with the reasons of `failures` for the log) when any record is
-    neither posted nor stored."""
     count_records(counts, source)
     logger.info(
         "delivery handled",
         extra={"delivery": delivery[:200], "source": source, "outcomes": dict(counts)},
     )
     if counts["not_stored"]:
-        reasons = sorted({reason or "?" for reason in failures})
+        message, cause = retry
+        reasons = sorted({o.reason or "?" for o in outcomes if o.fate is Fate.NOT_STORED})
         return Reply(
             503,
             Answered(message=message, results=results),

@@ -389,10 +389,13 @@ def test_a_profile_switched_to_test_mode_starts_windows_of_its_own(
 def test_containers_with_another_shard_count_add_to_the_shards_the_window_has(
     meters: Adapter, piriod: Any
 ) -> None:
-    from piriod_adapter.aggregation import Aggregate, Counting
+    from piriod_adapter.aggregate import Aggregate
     from piriod_adapter.clock import Deadline
+    from piriod_adapter.counting import Counting
+    from piriod_adapter.lifecycle import Fate, Submission
     from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey
     from piriod_adapter.windows import WindowId, WindowStore
+    from tests.unit.fakes import placer
 
     # given two containers, with WindowShards 2 and 8, that both read a window before it has
     # a generation item; the 2-shard one then counts an event (and so creates the item)
@@ -410,13 +413,16 @@ def test_containers_with_another_shard_count_add_to_the_shards_the_window_has(
         )
 
     def counting(store: WindowStore) -> Counting:
-        return Counting(spec, "meter", tenant, store, lambda *_: None, 30)
+        return Counting(spec, "meter", tenant, store, placer(), lambda *_: None, 30)
 
-    [first] = counting(two).run([usage(1)], Deadline.after(10))
-    assert first.status is not None and first.status.value == "aggregated"
+    def subs(usages: list[Usage]) -> list[Submission]:
+        return [Submission(n, u, tenant) for n, u in enumerate(usages)]
+
+    [first] = counting(two).run(subs([usage(1)]), Deadline.after(10))
+    assert first.fate is Fate.AGGREGATED
     # when the 8-shard container counts 20 more events with what it read before
-    results = counting(eight).run([usage(n) for n in range(2, 22)], Deadline.after(10))
+    results = counting(eight).run(subs([usage(n) for n in range(2, 22)]), Deadline.after(10))
     # then all are counted, into the window's 2 shards, and the close sums them all
-    assert [r.status.value if r.status else None for r in results] == ["aggregated"] * 20
+    assert [r.fate for r in results] == [Fate.AGGREGATED] * 20
     run_flush()
     assert totals(piriod) == {(98, utc(at)): Decimal(sum(range(1, 22)))}

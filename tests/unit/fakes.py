@@ -20,15 +20,14 @@ from piriod_adapter.idempotency import (
     Claim,
     Identical,
     KeyState,
-    KeyStatus,
     Result,
     StoreUnavailable,
-    Taker,
     key_pk,
 )
-from piriod_adapter.models import QueuedRecord, Tenant, Usage, utc_text
-from piriod_adapter.piriod import Listed, PiriodUnavailable, PostKind, PostResult
-from piriod_adapter.queue import DEAD_LETTER, REPLAY, Placement
+from piriod_adapter.lifecycle import Fate, KeyStatus, Placement, Taker
+from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, utc_text
+from piriod_adapter.piriod import Listed, PiriodUnavailable, PostResult
+from piriod_adapter.queue import DEAD_LETTER, REPLAY
 
 
 class Clock:
@@ -270,20 +269,20 @@ class FakePiriod:
             answer = self.answers.popleft() if self.answers else "created"
             assert usage.subscription_line is not None
             if usage.subscription_line in self.unmetered:
-                return PostResult(PostKind.REJECTED, 400, errors={"subscription_line": ["no"]})
+                return PostResult(FailureKind.REJECTED, 400, errors={"subscription_line": ["no"]})
             if answer == "created":
-                return PostResult(PostKind.CREATED, 201, usage_id=self._store(usage).usage_id)
+                return PostResult.posted(self._store(usage).usage_id)
             if answer == "zero_id":
                 self._store(usage)
-                return PostResult(PostKind.CREATED, 201, usage_id=None)
+                return PostResult.posted(None)
             if answer == "stored_then_lost":
                 self._store(usage)
-                return PostResult(PostKind.AMBIGUOUS, error="read timeout")
+                return PostResult(FailureKind.AMBIGUOUS, error="read timeout")
             if answer == "lost":
-                return PostResult(PostKind.AMBIGUOUS, error="reset")
+                return PostResult(FailureKind.AMBIGUOUS, error="reset")
             if answer == "throttled":
-                return PostResult(PostKind.TRANSIENT, 429, error="HTTP 429")
-            return PostResult(PostKind.TRANSIENT, error="cannot connect")
+                return PostResult(FailureKind.TRANSIENT, 429, error="HTTP 429")
+            return PostResult(FailureKind.TRANSIENT, error="cannot connect")
 
     def _render(self, entry: Stored) -> dict[str, Any]:
         quantity: Any = entry.quantity
@@ -369,25 +368,28 @@ class FakeQueues:
     down: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send(self, queue: str, message: QueuedRecord, delay: int = 0) -> Placement | None:
+    def send(
+        self, queue: str, message: QueuedRecord, delay: int = 0, fate: Fate = Fate.QUEUED
+    ) -> Placement | None:
         with self._lock:
             if self.down:
                 return None
             stored = Message(uuid.uuid4().hex, message.to_json())
             (self.replay if queue == REPLAY else self.dead).append(stored)
-            return Placement(queue, stored.message_id, message)
+            return Placement(queue, stored.message_id, message, fate)
 
-    def store(self, message: QueuedRecord) -> Placement | None:
-        from piriod_adapter.models import FailureKind
+    def place(self, message: QueuedRecord) -> Placement | None:
+        if message.failure.kind is FailureKind.REJECTED:
+            return self.send(DEAD_LETTER, message, fate=Fate.REJECTED)
+        return self.send(REPLAY, message)
 
-        queue = DEAD_LETTER if message.failure.kind is FailureKind.REJECTED else REPLAY
-        return self.send(queue, message)
-
-    def store_failed(self, _sub: object, message: QueuedRecord) -> Placement | None:
-        return self.store(message)
+    def place_failed(self, _sub: object, message: QueuedRecord) -> Placement | None:
+        return self.place(message)
 
     def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
-        return [self.send(q, m, d) for q, m, d in sends]
+        return [
+            self.send(q, m, d, Fate.QUEUED if q == REPLAY else Fate.REJECTED) for q, m, d in sends
+        ]
 
     def send_raw(self, queue: str, body: str, kind: str) -> str:
         with self._lock:
@@ -409,6 +411,22 @@ def later(at: datetime, seconds: float) -> datetime:
     return at + timedelta(seconds=seconds)
 
 
+def placer(store: FakeKeyStore | None = None) -> Any:
+    """The lifecycle's failure writer (Submitter.place) over fake ports, for counting."""
+    from piriod_adapter.submit import Submitter
+
+    clock = Clock()
+    return Submitter(FakePiriod(clock), store or FakeKeyStore(clock), 1.0, 60.0).place
+
+
+def subs(usages: Sequence[Usage], tenant: Tenant | None = None) -> list[Any]:
+    """Usages as the lifecycle's submissions, in order."""
+    from piriod_adapter.lifecycle import Submission
+
+    tenant = tenant or Tenant(workspace="w", test_mode=False)
+    return [Submission(index, usage, tenant) for index, usage in enumerate(usages)]
+
+
 __all__ = [
     "Clock",
     "FakeKeyStore",
@@ -417,7 +435,9 @@ __all__ = [
     "Message",
     "Stored",
     "later",
+    "placer",
     "replace",
+    "subs",
 ]
 
 

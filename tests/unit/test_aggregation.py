@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from piriod_adapter.aggregation import Aggregate, Counting, WindowFull, check_events
+from piriod_adapter.aggregate import Aggregate, check_events
 from piriod_adapter.clock import Deadline
-from piriod_adapter.models import KeyKind, QueuedRecord, Status, Tenant, Usage, UsageKey
+from piriod_adapter.counting import Counting, WindowFull
+from piriod_adapter.lifecycle import Fate
+from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
 from piriod_adapter.sources import parse_document
 from piriod_adapter.windows import from_units, to_units
-from tests.unit.fakes import FakeQueues, FakeWindowStore
+from tests.unit.fakes import FakeQueues, FakeWindowStore, placer, subs
 
 # about now: a queue message refuses a record more than 5 minutes ahead of the wall clock
 NOW = datetime.now(UTC).replace(second=30, microsecond=0) - timedelta(minutes=1)
@@ -40,7 +42,8 @@ def counting(store: FakeWindowStore, queues: FakeQueues | None = None, **spec: s
         "m",
         TENANT,
         store,
-        (queues or FakeQueues()).store_failed,
+        placer(),
+        (queues or FakeQueues()).place_failed,
         30,
         clock=NOW.timestamp,
         sleep=lambda _: None,
@@ -145,40 +148,40 @@ def test_conflicts_are_retried_and_then_counted() -> None:
     # given a store whose next three transactions conflict
     store = FakeWindowStore(conflicts=3)
     # when a delivery is counted
-    [one] = counting(store).run([usage(1, NOW)], Deadline.after(10))
+    [one] = counting(store).run(subs([usage(1, NOW)]), Deadline.after(10))
     # then it is counted once
-    assert (one.status, one.generation) == (Status.AGGREGATED, 0)
+    assert (one.fate, one.generation) == (Fate.AGGREGATED, 0)
     assert len(store.keys) == 1
 
 
 def test_conflicts_that_never_clear_are_not_stored() -> None:
     store = FakeWindowStore(conflicts=100)
-    [one] = counting(store).run([usage(1, NOW)], Deadline.after(10))
-    assert one.status is None and store.keys == {}
+    [one] = counting(store).run(subs([usage(1, NOW)]), Deadline.after(10))
+    assert one.fate is Fate.NOT_STORED and store.keys == {}
 
 
 def test_a_window_closed_under_a_delivery_sends_it_to_the_next_generation() -> None:
     # given a window whose generation 0 a flusher closes between the read and the write
     store = FakeWindowStore()
     first = counting(store)
-    first.run([usage(1, NOW - timedelta(minutes=2))], Deadline.after(10))
+    first.run(subs([usage(1, NOW - timedelta(minutes=2))]), Deadline.after(10))
     gen = store.due(NOW.timestamp() + 3600, 10)[0]
     store.before_count = lambda: store.close(gen)
     # when a late event is counted
-    [late] = counting(store).run([usage(2, NOW - timedelta(minutes=2))], Deadline.after(10))
+    [late] = counting(store).run(subs([usage(2, NOW - timedelta(minutes=2))]), Deadline.after(10))
     # then it is in generation 1, and generation 0's total is unchanged
-    assert (late.status, late.generation) == (Status.AGGREGATED, 1)
+    assert (late.fate, late.generation) == (Fate.AGGREGATED, 1)
     window = store.keys["e#v1/sources/m#e1"][1]
     assert (store.counted(window, 0), store.counted(window, 1)) == (10**18, 10**18)
 
 
 def test_a_duplicate_carries_no_window_and_a_reused_key_is_rejected() -> None:
     store, queues = FakeWindowStore(), FakeQueues()
-    counting(store, queues).run([usage(1, NOW)], Deadline.after(10))
-    again = counting(store, queues).run([usage(1, NOW)], Deadline.after(10))
-    assert again[0].status is Status.DUPLICATE and again[0].generation is None
-    [reused] = counting(store, queues).run([usage(1, NOW, "5")], Deadline.after(10))
-    assert reused.status is Status.REJECTED and reused.errors is not None
+    counting(store, queues).run(subs([usage(1, NOW)]), Deadline.after(10))
+    again = counting(store, queues).run(subs([usage(1, NOW)]), Deadline.after(10))
+    assert again[0].fate is Fate.DUPLICATE and again[0].generation is None
+    [reused] = counting(store, queues).run(subs([usage(1, NOW, "5")]), Deadline.after(10))
+    assert reused.fate is Fate.REJECTED and reused.errors is not None
     assert "idempotency_key" in reused.errors
     assert [QueuedRecord.from_json(m.body).usage.quantity for m in queues.dead] == [Decimal(5)]
 
@@ -187,11 +190,11 @@ def test_a_window_past_its_generations_is_refused_before_anything_is_counted() -
     # given a PT1S window that has had its one generation
     store = FakeWindowStore()
     at = NOW - timedelta(minutes=2)
-    counting(store, window="PT1S").run([usage(1, at)], Deadline.after(10))
+    counting(store, window="PT1S").run(subs([usage(1, at)]), Deadline.after(10))
     store.close(store.due(NOW.timestamp() + 3600, 10)[0])
     # when another event for it arrives, then it is a 422 and nothing is written
     with pytest.raises(WindowFull):
-        counting(store, window="PT1S").run([usage(2, at), usage(3, NOW)], Deadline.after(10))
+        counting(store, window="PT1S").run(subs([usage(2, at), usage(3, NOW)]), Deadline.after(10))
     assert list(store.keys) == ["e#v1/sources/m#e1"]
 
 
@@ -200,10 +203,10 @@ def test_a_full_window_rejects_only_what_does_not_fit() -> None:
     store, queues = FakeWindowStore(room=3 * 2), FakeQueues()
     events = [usage(n, NOW, "0.000000000000000001") for n in range(8)]
     # when 8 are counted
-    results = counting(store, queues).run(events, Deadline.after(10))
+    results = counting(store, queues).run(subs(events), Deadline.after(10))
     # then what fits is counted, and the rest is kept in DeadLetterQueue
-    counted = [r for r in results if r.status is Status.AGGREGATED]
-    rejected = [r for r in results if r.status is Status.REJECTED]
+    counted = [r for r in results if r.fate is Fate.AGGREGATED]
+    rejected = [r for r in results if r.fate is Fate.REJECTED]
     assert len(counted) + len(rejected) == 8 and rejected
     assert len(queues.dead) == len(rejected)
     assert sum(store.counted(w, g) for (_, w, g) in store.keys.values()) >= len(counted)
@@ -223,17 +226,17 @@ def test_a_store_down_answers_not_stored_and_keeps_what_was_counted() -> None:
         return original(*args)
 
     store.count = count  # type: ignore[method-assign,assignment]
-    results = counting(store).run(events, Deadline.after(10))
+    results = counting(store).run(subs(events), Deadline.after(10))
     # then the first chunk's events are aggregated, the rest not stored
-    statuses = {r.status for r in results}
-    assert statuses == {Status.AGGREGATED, None}
-    assert len(store.keys) == sum(r.status is Status.AGGREGATED for r in results)
+    statuses = {r.fate for r in results}
+    assert statuses == {Fate.AGGREGATED, Fate.NOT_STORED}
+    assert len(store.keys) == sum(r.fate is Fate.AGGREGATED for r in results)
 
 
 def test_an_unmapped_meter_is_rejected_and_queued_without_a_key() -> None:
     store, queues = FakeWindowStore(), FakeQueues()
-    [one] = counting(store, queues).run([usage(1, NOW, line=None)], Deadline.after(10))
-    assert one.status is Status.REJECTED and one.errors and "meter_id" in one.errors
+    [one] = counting(store, queues).run(subs([usage(1, NOW, line=None)]), Deadline.after(10))
+    assert one.fate is Fate.REJECTED and one.errors and "meter_id" in one.errors
     assert store.keys == {} and len(queues.dead) == 1
 
 
@@ -249,7 +252,7 @@ def test_an_event_key_outlives_any_max_age_the_profile_may_be_given() -> None:
 
     store.count = count  # type: ignore[method-assign]
     # when an event is counted
-    counting(store, max_age="PT1H").run([usage(1, NOW)], Deadline.after(10))
+    counting(store, max_age="PT1H").run(subs([usage(1, NOW)]), Deadline.after(10))
     # then its key is kept 35 days (the longest max_age) and a day after its date_time
     assert seen[0].expires_at >= NOW.timestamp() + 36 * 86400
 
@@ -257,18 +260,19 @@ def test_an_event_key_outlives_any_max_age_the_profile_may_be_given() -> None:
 def test_a_profile_edit_starts_windows_of_their_own() -> None:
     # given one event counted by a PT1M sum profile
     store = FakeWindowStore()
-    counting(store).run([usage(1, NOW)], Deadline.after(10))
+    counting(store).run(subs([usage(1, NOW)]), Deadline.after(10))
     # when the profile becomes a PT5M count, and another event of the same minute arrives
     [other] = Counting(
         Aggregate(function="count", window="PT5M"),
         "m",
         TENANT,
         store,
-        FakeQueues().store_failed,
+        placer(),
+        FakeQueues().place_failed,
         30,
         clock=NOW.timestamp,
-    ).run([usage(2, NOW)], Deadline.after(10))
+    ).run(subs([usage(2, NOW)]), Deadline.after(10))
     # then it is counted in a window of its own series, not added to the PT1M sum
-    assert other.status is Status.AGGREGATED
+    assert other.fate is Fate.AGGREGATED
     series = sorted({window.series for (_, window, _) in store.keys.values()})
     assert series == ["count-300s", "sum-60s"]

@@ -21,10 +21,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import key_pk
-from piriod_adapter.models import KeyKind, QueuedRecord, Status, Tenant, Usage, UsageKey
+from piriod_adapter.lifecycle import Fate, Submission
+from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
-from piriod_adapter.replay import Received, Verdict, redeliver_dead_letter, replay_batch
-from piriod_adapter.submit import Submission, Submitter
+from piriod_adapter.replay import Received, redeliver_dead_letter, replay_batch
+from piriod_adapter.submit import Submitter
 from piriod_adapter.webhook import summarize
 from tests.unit.fakes import Clock, FakeKeyStore, FakePiriod, FakeQueues
 
@@ -135,7 +136,7 @@ class Lifecycle(RuleBasedStateMachine):
             usages.append(usage)
         down = self.store.down or self.queues.down
         subs = [Submission(i, u, TENANT) for i, u in enumerate(usages)]
-        outcomes = self.submitter.submit_all(subs, Deadline.after(25), self.queues.store_failed, 1)
+        outcomes = self.submitter.submit_all(subs, Deadline.after(25), self.queues.place_failed, 1)
         reply = summarize("delivery", subs, outcomes)
         body = json.loads(reply.body.model_dump_json(exclude_defaults=True))
         # a 503 only while a store is down
@@ -151,18 +152,18 @@ class Lifecycle(RuleBasedStateMachine):
         """The 202 tells the record's true place."""
         status = result["status"]
         posted = self.piriod.usages_of(pk)
-        if status == Status.POSTED:
+        if status == Fate.POSTED:
             assert posted or self._settled(pk), (pk, result)
             if "usage_id" in result:
                 assert result["usage_id"] in [u.usage_id for u in posted] + [
                     self.store.keys[pk].usage_id
                 ]
-        elif status == Status.QUEUED:
+        elif status == Fate.QUEUED:
             assert pk in self.queues.keys_in(REPLAY), (pk, result)
-        elif status == Status.REJECTED:
+        elif status == Fate.REJECTED:
             assert pk in self.queues.keys_in(DEAD_LETTER), (pk, result)
         else:
-            assert status == Status.DUPLICATE
+            assert status == Fate.DUPLICATE
             assert self._placed(pk), (pk, result)
 
     def _settled(self, pk: str) -> bool:
@@ -206,7 +207,7 @@ class Lifecycle(RuleBasedStateMachine):
         )
         for message, result in zip(batch, results, strict=True):
             # SQS delivers at least once: a handled message may come back
-            if result.verdict is Verdict.DONE and not crash_before_delete:
+            if not result.retry and not crash_before_delete:
                 self.queues.delete(REPLAY, message.message_id)
 
     @precondition(lambda self: self.queues.dead)
@@ -217,7 +218,7 @@ class Lifecycle(RuleBasedStateMachine):
         result = redeliver_dead_letter(
             record_, self.submitter, cast(Any, self.queues), Deadline.after(60)
         )
-        if result.verdict is Verdict.DONE:
+        if not result.retry:
             self.queues.delete(DEAD_LETTER, message.message_id)
 
     # --- the invariants ----------------------------------------------------------------------

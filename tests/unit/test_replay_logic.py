@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from piriod_adapter.lifecycle import Fate, Placement, Submission
 from piriod_adapter.models import (
     Failure,
     FailureKind,
@@ -20,7 +21,7 @@ from piriod_adapter.models import (
     UsageKey,
 )
 from piriod_adapter.piriod import Answer, _error_map, _retry_after, usage_id_of
-from piriod_adapter.queue import DEAD_LETTER, REPLAY, Placement
+from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.replay import (
     MAX_VISIBILITY_SECONDS,
     Received,
@@ -28,16 +29,17 @@ from piriod_adapter.replay import (
     consumer_sink,
     settle_wait,
 )
-from piriod_adapter.submit import Submission
 
 
 class FakeQueue:
     def __init__(self) -> None:
         self.sent: list[tuple[str, QueuedRecord, int]] = []
 
-    def send(self, queue: str, message: QueuedRecord, delay: int = 0) -> Placement | None:
+    def send(
+        self, queue: str, message: QueuedRecord, delay: int = 0, fate: Fate = Fate.QUEUED
+    ) -> Placement | None:
         self.sent.append((queue, message, delay))
-        return Placement(queue, f"new-{len(self.sent)}", message)
+        return Placement(queue, f"new-{len(self.sent)}", message, fate)
 
 
 def message(
@@ -134,17 +136,19 @@ def test_replay_sink_keeps_tried_failures_in_place_until_the_last_attempt() -> N
     # given a transient failure before the last attempt: the message stays where it is
     kept = sink_for(queue, 3)(sub(), message(FailureKind.TRANSIENT))
     assert kept is not None
-    assert (kept.queue, kept.message_id, kept.resent) == (REPLAY, "m-1", False)
+    assert (kept.queue, kept.message_id, kept.fate) == (REPLAY, "m-1", Fate.RETRYING)
     assert queue.sent == []
     # on the last attempt it becomes an exhausted dead letter
     moved = sink_for(queue, 8)(sub(), message(FailureKind.AMBIGUOUS))
     assert moved is not None
     assert moved.queue == DEAD_LETTER and moved.message.failure.kind is FailureKind.EXHAUSTED
+    assert moved.fate is Fate.EXHAUSTED
     # and a rejection always goes to the dead-letter queue as rejected
     rejected = sink_for(queue, 1)(sub(), message(FailureKind.REJECTED))
     assert rejected is not None
     assert rejected.queue == DEAD_LETTER
     assert rejected.message.failure.kind is FailureKind.REJECTED
+    assert rejected.fate is Fate.REJECTED
 
 
 def test_replay_sink_resends_a_record_that_was_not_tried() -> None:
@@ -154,7 +158,8 @@ def test_replay_sink_resends_a_record_that_was_not_tried() -> None:
     placed = sink_for(queue, 8, delay=42)(sub(), message(FailureKind.TRANSIENT, attempted=False))
     assert placed is not None
     # then it is a fresh ReplayQueue message, delayed, not an exhausted dead letter
-    assert placed.queue == REPLAY and placed.resent and placed.message_id.startswith("new-")
+    assert placed.queue == REPLAY and placed.fate is Fate.QUEUED
+    assert placed.message_id.startswith("new-")
     assert queue.sent[0][0] == REPLAY and queue.sent[0][2] == 42
 
 

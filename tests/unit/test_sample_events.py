@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from piriod_adapter.aggregation import Aggregate
+from piriod_adapter.aggregate import Aggregate
 from piriod_devkit.events import (
     EVENTS,
     LambdaContext,

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey
-from piriod_adapter.piriod import Listed, PostKind, PostResult
-from piriod_adapter.submit import CLOCK_SKEW_SECONDS, Submission, Submitter
+from piriod_adapter.lifecycle import Submission
+from piriod_adapter.models import FailureKind, KeyKind, Tenant, Usage, UsageKey
+from piriod_adapter.piriod import Listed, PostResult
+from piriod_adapter.submit import CLOCK_SKEW_SECONDS, Submitter
 from tests.unit.fakes import Clock, FakeKeyStore, FakePiriod
 
 FIRST_ATTEMPT = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -78,14 +79,14 @@ def settled_ids(store: FakeKeyStore) -> list[int]:
 
 def test_a_matching_usage_created_since_the_first_attempt_settles_it() -> None:
     result, store = settle(listed())
-    assert result is not None and result.kind is PostKind.CREATED and settled_ids(store) == [11]
+    assert result is not None and result.created and settled_ids(store) == [11]
 
 
 def test_a_matching_usage_within_the_clock_skew_allowance_settles_it() -> None:
     # given Piriod's clock some minutes behind ours
     early = FIRST_ATTEMPT - timedelta(seconds=CLOCK_SKEW_SECONDS - 10)
     result, store = settle(listed(created=early.isoformat()))
-    assert result is not None and result.kind is PostKind.CREATED and settled_ids(store) == [11]
+    assert result is not None and result.created and settled_ids(store) == [11]
 
 
 @pytest.mark.parametrize(
@@ -111,7 +112,7 @@ def test_a_usage_equal_at_the_precision_it_is_listed_with_settles_it(
     # when its ambiguous post is settled
     result, store = settle(listed(**fields), record=usage(sent, micro))
     # then that usage is taken as its own: it is not posted a second time
-    assert result is not None and result.kind is PostKind.CREATED and settled_ids(store) == [11]
+    assert result is not None and result.created and settled_ids(store) == [11]
 
 
 def test_nothing_listed_or_only_others_means_not_there() -> None:
@@ -131,7 +132,8 @@ def test_a_usage_another_key_holds_is_not_taken() -> None:
     store = FakeKeyStore(clock)
     twin = usage(text="twin")
     claim = store.claim(twin, Deadline.after(30))
-    from piriod_adapter.idempotency import KeyStatus, Result
+    from piriod_adapter.idempotency import Result
+    from piriod_adapter.lifecycle import KeyStatus
 
     store.finish(Result(claim, KeyStatus.POSTED, usage_id=7))
     # when our record's lookup lists only usage 7
@@ -146,7 +148,7 @@ def test_one_listed_usage_settles_at_most_one_record() -> None:
     first, _ = settle(listed(), record=usage(text="a"), store=store)
     second, _ = settle(listed(), record=usage(text="b"), store=store)
     # then the first takes it, and the second is proven absent (posted again), not settled
-    assert first is not None and first.kind is PostKind.CREATED
+    assert first is not None and first.created
     assert second is None
     # and with two usages listed, each record takes its own
     store = FakeKeyStore(Clock())
@@ -165,7 +167,7 @@ def test_an_identical_record_being_posted_defers_settling() -> None:
     # when our record is settled
     result, _ = settle(listed(), store=store)
     # then it stays ambiguous: the listed usage may be the twin's
-    assert result is not None and result.kind is PostKind.AMBIGUOUS
+    assert result is not None and result.failure is FailureKind.AMBIGUOUS
 
 
 @pytest.mark.parametrize(
@@ -189,7 +191,8 @@ def test_a_possible_match_the_adapter_cannot_read_keeps_the_record_ambiguous(
     # when the lookup lists a usage that may be this record's but cannot be read
     result, store = settle(entry)
     # then the record stays ambiguous (queued, looked up again), never posted on a guess
-    assert result is not None and result.kind is PostKind.AMBIGUOUS and settled_ids(store) == []
+    assert result is not None and result.failure is FailureKind.AMBIGUOUS
+    assert settled_ids(store) == []
 
 
 def test_a_listing_that_does_not_end_keeps_the_record_ambiguous() -> None:
@@ -204,4 +207,4 @@ def test_a_listing_that_does_not_end_keeps_the_record_ambiguous() -> None:
         claim, Submission(0, usage(), TENANT), FIRST_ATTEMPT.timestamp(), Deadline.after(30)
     )
     # then it stays ambiguous
-    assert result is not None and result.kind is PostKind.AMBIGUOUS
+    assert result is not None and result.failure is FailureKind.AMBIGUOUS

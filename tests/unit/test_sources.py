@@ -475,8 +475,8 @@ def test_a_cloudevent_result_carries_the_event_id_and_records_inside_one_event_s
 
 
 def _outcomes(count: int) -> tuple[list[Any], list[Any]]:
-    from piriod_adapter.models import Status, Tenant
-    from piriod_adapter.submit import Outcome, Submission
+    from piriod_adapter.lifecycle import Fate, Outcome, Submission
+    from piriod_adapter.models import Tenant
 
     usages = mapped(
         profile(records="r"),
@@ -484,7 +484,7 @@ def _outcomes(count: int) -> tuple[list[Any], list[Any]]:
     )
     tenant = Tenant(workspace="w", test_mode=False)
     subs = [Submission(n, u, tenant) for n, u in enumerate(usages)]
-    return subs, [Outcome(Status.POSTED, usage_id=100 + n) for n in range(count)]
+    return subs, [Outcome(Fate.POSTED, usage_id=100 + n) for n in range(count)]
 
 
 def test_the_answer_for_no_records_is_a_202_with_empty_results() -> None:

@@ -8,19 +8,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import KeyStatus, key_pk
+from piriod_adapter.idempotency import key_pk
+from piriod_adapter.lifecycle import Fate, KeyStatus, Outcome, Submission
 from piriod_adapter.models import (
     FailureKind,
     KeyKind,
     QueuedRecord,
-    Status,
     Tenant,
     Usage,
     UsageKey,
 )
-from piriod_adapter.piriod import Listed, PostKind, PostResult
+from piriod_adapter.piriod import Listed, PostResult
 from piriod_adapter.queue import REPLAY
-from piriod_adapter.submit import Outcome, Submission, Submitter
+from piriod_adapter.submit import Submitter
 from tests.unit.fakes import Clock, FakeKeyStore, FakeQueues
 
 TENANT = Tenant(workspace="w", test_mode=False)
@@ -47,7 +47,7 @@ class Gated:
         if usage.subscription_line == self.slow_line:
             self.started.set()
             self.gate.wait(timeout=30)
-        return PostResult(PostKind.CREATED, 201, usage_id=usage.subscription_line)
+        return PostResult.posted(usage.subscription_line)
 
     def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Listed]:
         return []
@@ -66,13 +66,13 @@ def test_a_post_still_in_flight_at_the_deadline_is_queued_ambiguous() -> None:
     subs = [Submission(0, usage(0), TENANT), Submission(1, usage(1), TENANT)]
     try:
         # when the delivery reaches its deadline
-        outcomes = submitter.submit_all(subs, Deadline.after(0.5), queues.store_failed, 4)
+        outcomes = submitter.submit_all(subs, Deadline.after(0.5), queues.place_failed, 4)
     finally:
         piriod.gate.set()
     # then the answered record is posted, and the one in flight is queued, flagged ambiguous
     assert piriod.started.is_set()
-    assert outcomes[0].status is Status.POSTED
-    assert outcomes[1].status is Status.QUEUED and outcomes[1].ambiguous
+    assert outcomes[0].fate is Fate.POSTED
+    assert outcomes[1].fate is Fate.QUEUED and outcomes[1].ambiguous
     [message] = queues.replay
     queued = QueuedRecord.from_json(message.body)
     assert queued.failure.kind is FailureKind.AMBIGUOUS and queued.ambiguous_since is not None
@@ -92,7 +92,7 @@ def test_each_key_is_written_as_soon_as_its_record_is_done() -> None:
     outcomes: list[Outcome] = []
 
     def deliver() -> None:
-        outcomes.extend(submitter.submit_all(subs, Deadline.after(20), queues.store_failed, 4))
+        outcomes.extend(submitter.submit_all(subs, Deadline.after(20), queues.place_failed, 4))
         done.set()
 
     worker = threading.Thread(target=deliver)
@@ -110,4 +110,4 @@ def test_each_key_is_written_as_soon_as_its_record_is_done() -> None:
     assert store.keys[key_pk(usage(1).key)].status is KeyStatus.IN_PROGRESS
     piriod.gate.set()
     worker.join(timeout=10)
-    assert [o.status for o in outcomes] == [Status.POSTED, Status.POSTED]
+    assert [o.fate for o in outcomes] == [Fate.POSTED, Fate.POSTED]

@@ -28,13 +28,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
-from piriod_adapter.aggregation import Aggregate, Counting, count_one, flush, window_key
+from piriod_adapter.aggregate import Aggregate
 from piriod_adapter.clock import Deadline
+from piriod_adapter.counting import Counting, count_one
+from piriod_adapter.flush import flush, window_key
 from piriod_adapter.idempotency import StoreUnavailable, key_pk
+from piriod_adapter.lifecycle import Outcome, Submission
 from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
-from piriod_adapter.replay import Received, Verdict, redeliver_dead_letter, replay_batch
-from piriod_adapter.submit import Outcome, Submission
+from piriod_adapter.replay import Received, redeliver_dead_letter, replay_batch
 from piriod_adapter.webhook import count_and_answer
 from piriod_adapter.windows import WindowId, to_units
 from tests.unit.fakes import FakeWindowStore
@@ -120,7 +122,8 @@ class Windows(Lifecycle):
         down = self.windows.down or self.queues.down
         reply = count_and_answer(
             self.windows,
-            self.queues.store_failed,
+            self.submitter.place,
+            self.queues.place_failed,
             30,
             usages,
             TENANT,
@@ -165,9 +168,16 @@ class Windows(Lifecycle):
         if usage.source != SOURCE or usage.key.kind is not KeyKind.EVENT:
             return None
         counting = Counting(
-            SPEC, SOURCE, TENANT, self.windows, self.queues.store_failed, 30, clock=self.clock
+            SPEC,
+            SOURCE,
+            TENANT,
+            self.windows,
+            self.submitter.place,
+            self.queues.place_failed,
+            30,
+            clock=self.clock,
         )
-        return count_one(counting, usage, deadline)
+        return count_one(counting, sub, deadline)
 
     @precondition(lambda self: self.queues.dead)
     @rule(data=st.data())
@@ -185,7 +195,7 @@ class Windows(Lifecycle):
             self._resolve,
             self._count,
         )
-        if result.verdict is Verdict.DONE:
+        if not result.retry:
             self.queues.delete(DEAD_LETTER, message.message_id)
 
     # --- flushing ------------------------------------------------------------------------------
@@ -195,7 +205,7 @@ class Windows(Lifecycle):
             report = flush(
                 self.windows,
                 self.submitter,
-                self.queues.store_failed,
+                self.queues.place_failed,
                 "w",
                 Deadline.after(25),
                 1,
@@ -278,7 +288,7 @@ class Windows(Lifecycle):
                     received, self.submitter, cast(Any, self.queues), Deadline.after(60), 8, 1
                 )
                 for message, result in zip(batch, results, strict=True):
-                    if result.verdict is Verdict.DONE:
+                    if not result.retry:
                         self.queues.delete(REPLAY, message.message_id)
             due = self.windows.due(self.clock(), 1000)
             if not due and not self.queues.replay:

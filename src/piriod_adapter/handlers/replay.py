@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.observability import logger, metrics
-from piriod_adapter.replay import Received, Verdict, replay_batch, retry_later
+from piriod_adapter.replay import run_replay
 from piriod_adapter.runtime import get_runtime
 from piriod_adapter.snapstart import register
 
@@ -24,40 +24,5 @@ register()  # SnapStart's runtime hooks (nothing outside the Lambda runtime)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     received_at = time.monotonic()  # the batch was received just before this
-    runtime = get_runtime()
-    records = list(SQSEvent(event).records)
-    batch = [
-        Received(r.message_id, r.body, int(r.attributes.approximate_receive_count or 1))
-        for r in records
-    ]
-    results = replay_batch(
-        batch,
-        runtime.submitter,
-        runtime.queue,
-        Deadline.from_context(context, DEADLINE_RESERVE_SECONDS),
-        runtime.settings.replay_max_attempts,
-        runtime.settings.post_concurrency,
-    )
-    retry_later(
-        runtime.queue,
-        [(r.receipt_handle, result) for r, result in zip(records, results, strict=True)],
-        runtime.settings.replay_backoff_seconds,
-        time.monotonic() - received_at,
-    )
-    for result in results:
-        outcome = result.outcome
-        if outcome is not None and outcome.tried and not outcome.busy:
-            metrics.add_metric(name="replay_attempts", unit="Count", value=1)
-        status = outcome.status.value if outcome and outcome.status else "not_stored"
-        metrics.add_metric(
-            name=f"replay_{status if outcome else 'unreadable'}", unit="Count", value=1
-        )
-        if outcome is not None and outcome.ambiguous:
-            metrics.add_metric(name="replay_ambiguous", unit="Count", value=1)
-    return {
-        "batchItemFailures": [
-            {"itemIdentifier": r.message_id}
-            for r, result in zip(records, results, strict=True)
-            if result.verdict is Verdict.RETRY
-        ]
-    }
+    deadline = Deadline.from_context(context, DEADLINE_RESERVE_SECONDS)
+    return run_replay(list(SQSEvent(event).records), get_runtime(), deadline, received_at)
