@@ -236,7 +236,7 @@ def redeliver_dead_letter(
     outcome = count(sub, deadline) or submitter.submit(
         sub, deadline, queue.place_failed, Taker.OPERATOR
     )
-    return ReplayResult(outcome.fate is Fate.NOT_STORED, outcome, message)
+    return ReplayResult(outcome.retry, outcome, message)
 
 
 def retry_later(
