@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC
+from decimal import Decimal
 from typing import Any, TextIO
 
 import urllib3
@@ -203,7 +203,7 @@ def _show_aggregation(http: urllib3.PoolManager, url: str, sources: dict[str, An
     1), shown as a table of what Piriod got."""
     from piriod_adapter.handlers.flush import lambda_handler as flush_handler
     from piriod_adapter.runtime import get_runtime
-    from piriod_adapter.windows import from_units
+    from piriod_operator.windows import list_windows
 
     profile = sources["sources"][AGGREGATING_SOURCE]
     spec = profile["aggregate"]
@@ -261,17 +261,16 @@ def _show_aggregation(http: urllib3.PoolManager, url: str, sources: dict[str, An
     report = flush_handler({}, LambdaContext(function_name="FlushFunction", timeout_seconds=60))
     print(f"  the next run posts it: {report.get('posted')} posted")
 
-    windows = get_runtime().windows.settled(AGGREGATING_SOURCE, 100)
+    runtime = get_runtime()
+    windows = list_windows(runtime.windows, runtime.store, [AGGREGATING_SOURCE], limit=100)
     print(f"\n  {AGGREGATED_EVENTS + 1:,} events became {len(windows)} usages in Piriod:")
     print(f"  {'line':>6}  {'window':<20}  {'generation':>10}  {'quantity':>8}  usage_id")
-    for gen in sorted(windows, key=lambda g: (g.window.start, g.window.line, g.generation)):
-        start = gen.window.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        total = "" if gen.total_units is None else format(from_units(gen.total_units), "f")
+    for one in windows:
         print(
-            f"  {gen.window.line:>6}  {start:<20}  {gen.generation:>10}  {total:>8}  "
-            f"{gen.usage_id if gen.usage_id is not None else gen.state.value}"
+            f"  {one.line:>6}  {one.window_start:<20}  {one.generation:>10}  {one.total:>8}  "
+            f"{one.usage_id if one.usage_id is not None else one.state}"
         )
-    held = from_units(sum(g.total_units or 0 for g in windows))
+    held = sum(Decimal(one.total or 0) for one in windows)
     print(f"  their quantities add up to {held:,}: every acknowledged event counted once")
 
 

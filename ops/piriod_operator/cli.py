@@ -706,7 +706,7 @@ def _windows_arguments(p: argparse.ArgumentParser) -> None:
         "--limit",
         type=_positive_int(MAX_LIMIT),
         default=1000,
-        help="at most this many (default: %(default)s)",
+        help="the newest this many that match, oldest first (default: %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per window")
 
@@ -724,7 +724,7 @@ def cmd_windows(ctx: Context) -> int:
     args = ctx.args
     rows = list_windows(
         runtime.windows,
-        runtime.store.get,
+        runtime.store,
         names,
         source=args.source,
         line=args.line,
@@ -737,13 +737,14 @@ def cmd_windows(ctx: Context) -> int:
         return EXIT_OK
     ctx.out.write(
         f"{'SOURCE':<16} {'LINE':>8}  {'WINDOW START':<20} {'GEN':>3}  {'STATE':<7} "
-        f"{'TOTAL':>20} {'EVENTS':>7}  USAGE\n"
+        f"{'TOTAL':>20} {'EVENTS':>7}  {'DUE AT':<20}  USAGE\n"
     )
     for one in rows:
         ctx.out.write(
             f"{one.source[:16]:<16} {one.line:>8}  {one.window_start:<20} {one.generation:>3}  "
             f"{one.state:<7} {one.total or '-':>20} "
-            f"{'-' if one.events is None else one.events:>7}  {one.usage_id or '-'}\n"
+            f"{'-' if one.events is None else one.events:>7}  {one.due_at or '-':<20}  "
+            f"{one.usage_id or '-'}\n"
         )
     ctx.out.write(f"{len(rows)} window generation(s)\n")
     return EXIT_OK

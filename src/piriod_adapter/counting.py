@@ -20,18 +20,18 @@ from typing import Protocol
 
 from piriod_adapter.aggregate import DAY, MAX_AGE_SECONDS, Aggregate
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import StoreUnavailable, key_pk
+from piriod_adapter.idempotency import StoreUnavailable
 from piriod_adapter.lifecycle import FailureSink, Fate, Outcome, Submission
 from piriod_adapter.models import FailureKind, Tenant
 from piriod_adapter.piriod import PostResult
 from piriod_adapter.submit import Failed, failed, key_conflict, no_line
+from piriod_adapter.table import WindowId, key_pk
 from piriod_adapter.windows import (
     MAX_ACTIONS,
     ChunkResult,
     EventWrite,
     NewGeneration,
     Open,
-    WindowId,
     WindowWrite,
 )
 
@@ -185,7 +185,7 @@ class Counting:
                 [
                     EventWrite(
                         key_pk(e.sub.usage.key),
-                        e.sub.usage.fingerprint,
+                        e.sub.usage,
                         e.window,
                         e.units,
                         self._key_expiry(e),

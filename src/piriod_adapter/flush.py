@@ -16,12 +16,12 @@ from typing import Any, Protocol
 from aws_lambda_powertools.metrics import MetricUnit
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import StoreUnavailable
 from piriod_adapter.lifecycle import FailureSink, Fate, Outcome, Submission, Taker
 from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey, utc_text
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import Runtime
-from piriod_adapter.windows import Generation, GenState, WindowId, from_units
+from piriod_adapter.table import Generation, StoreUnavailable, WindowId
+from piriod_adapter.windows import from_units
 
 FLUSH_LIMIT = 2_000  # generations one run closes at most (the rest: the next run)
 
@@ -61,7 +61,7 @@ class Closer(Protocol):
 
     def close(self, gen: Generation) -> Generation: ...
 
-    def finish(self, gen: Generation, state: GenState, usage_id: int | None) -> None: ...
+    def hand_over(self, gen: Generation) -> None: ...
 
 
 class Submits(Protocol):
@@ -83,8 +83,8 @@ class FlushReport:
     posted: int = 0
     queued: int = 0
     empty: int = 0
-    left: int = 0  # due generations not settled this run (busy, a store down, out of time)
-    lag_seconds: float = 0.0  # how long the oldest due generation left unsettled is overdue
+    left: int = 0  # due generations not handed over this run (busy, a store down, no time)
+    lag_seconds: float = 0.0  # how long the oldest due generation left behind is overdue
 
 
 def window_key(window: WindowId, generation: int) -> UsageKey:
@@ -130,16 +130,16 @@ def flush(
     due = store.due(now, FLUSH_LIMIT)
     report.due = len(due)
     closed: list[Generation] = []  # the due generations, closed, with a total to post
-    skipped: list[Generation] = []  # not closed or not recorded this run (the next run)
+    skipped: list[Generation] = []  # not closed or not handed over this run (the next run)
     for found, gen in _close_all(store, due, deadline, concurrency):
         if gen is None:
             skipped.append(found)
             continue
-        if gen.state is not GenState.CLOSED:
-            continue  # posted or queued by another flusher meanwhile
+        if gen.handed:
+            continue  # handed over by another flusher meanwhile
         if not gen.total_units:
             try:
-                store.finish(gen, GenState.POSTED, None)  # a total of zero is not posted
+                store.hand_over(gen)  # a total of zero is not posted
                 report.empty += 1
             except StoreUnavailable:
                 skipped.append(found)
@@ -159,23 +159,20 @@ def flush(
         postable.append(gen)
     closed = postable
     outcomes = submitter.submit_all(subs, deadline, sink, concurrency, Taker.REPLAY)
-    unsettled = {_pk(gen) for gen in skipped}
+    left = {_pk(gen) for gen in skipped}
     for gen, outcome in zip(closed, outcomes, strict=True):
-        state = _settled_state(outcome)
-        try:
-            if state is not None:
-                store.finish(gen, state, outcome.usage_id)
-        except StoreUnavailable:
-            state = None
-        if state is None:
-            unsettled.add(_pk(gen))
+        if outcome.fate not in HANDED:  # busy, or neither posted nor placed: the next run
+            left.add(_pk(gen))
             continue
-        report.posted += state is GenState.POSTED
-        report.queued += state is GenState.QUEUED
-    report.left = len(unsettled)
-    report.lag_seconds = max(
-        (now - (g.due_at or now) for g in due if _pk(g) in unsettled), default=0.0
-    )
+        try:
+            store.hand_over(gen)
+        except StoreUnavailable:
+            left.add(_pk(gen))
+            continue
+        report.posted += outcome.fate in (Fate.POSTED, Fate.DUPLICATE)
+        report.queued += outcome.fate in (Fate.QUEUED, Fate.REJECTED)
+    report.left = len(left)
+    report.lag_seconds = max((now - (g.due_at or now) for g in due if _pk(g) in left), default=0.0)
     return report
 
 
@@ -205,12 +202,6 @@ def _pk(gen: Generation) -> str:
     return gen.window.gen_pk(gen.generation)
 
 
-def _settled_state(outcome: Outcome) -> GenState | None:
-    """Where a generation's usage is now: posted, waiting in a queue, or not known yet."""
-    if outcome.fate is Fate.POSTED:
-        return GenState.POSTED
-    if outcome.fate in (Fate.QUEUED, Fate.REJECTED):
-        return GenState.QUEUED
-    if outcome.fate is Fate.DUPLICATE:  # handled before (a flusher that stopped halfway)
-        return GenState.POSTED if outcome.usage_id is not None else GenState.QUEUED
-    return None  # busy, or neither posted nor stored: due again at the next run
+# The fates after which the lifecycle has a generation's total: it is in Piriod, waits in a
+# queue, or was handled before (a flusher that stopped halfway); its key says which.
+HANDED = frozenset({Fate.POSTED, Fate.DUPLICATE, Fate.QUEUED, Fate.REJECTED})

@@ -34,14 +34,7 @@ from typing import Protocol
 from aws_lambda_powertools.metrics import MetricUnit
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import (
-    Claim,
-    Identical,
-    KeyState,
-    Result,
-    StoreUnavailable,
-    Waiting,
-)
+from piriod_adapter.idempotency import Claim, Identical, Result, StoreUnavailable
 from piriod_adapter.lifecycle import (
     HANDLED,
     KEY_STATUS,
@@ -56,6 +49,7 @@ from piriod_adapter.models import Failure, FailureKind, QueuedRecord, Tenant, Us
 from piriod_adapter.models import sortable_utc as _sortable
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.piriod import Listed, PiriodUnavailable, PostResult
+from piriod_adapter.table import KeyState, Waiting
 
 # Piriod's `created` versus our clock, when settling: a matching usage created up to this
 # long before our first attempt is still taken as ours. Wider means more clock skew is

@@ -394,7 +394,8 @@ def test_containers_with_another_shard_count_add_to_the_shards_the_window_has(
     from piriod_adapter.counting import Counting
     from piriod_adapter.lifecycle import Fate, Submission
     from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey
-    from piriod_adapter.windows import WindowId, WindowStore
+    from piriod_adapter.table import WindowId
+    from piriod_adapter.windows import WindowStore
     from tests.unit.fakes import placer
 
     # given two containers, with WindowShards 2 and 8, that both read a window before it has

@@ -26,9 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from piriod_adapter.idempotency import key_pk
 from piriod_adapter.models import KeyKind, UsageKey
 from piriod_adapter.queue import receive_all
+from piriod_adapter.table import key_pk
 from piriod_devkit.aws import client
 from piriod_devkit.events import http_event, sign_event
 from piriod_devkit.poller import drain

@@ -19,15 +19,15 @@ from piriod_adapter.idempotency import (
     LOCK_MARGIN_SECONDS,
     Claim,
     Identical,
-    KeyState,
+    LockLost,
     Result,
     StoreUnavailable,
-    key_pk,
 )
 from piriod_adapter.lifecycle import Fate, KeyStatus, Placement, Taker
 from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, utc_text
 from piriod_adapter.piriod import Listed, PiriodUnavailable, PostResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
+from piriod_adapter.table import KeyState, key_pk
 
 
 class Clock:
@@ -131,7 +131,8 @@ class FakeKeyStore:
 
     def _held(self, claim: Claim) -> _Key:
         key = self.keys[claim.pk]
-        assert key.token == claim.token, "written by a claim that no longer holds the key"
+        if key.token != claim.token:
+            raise LockLost("the key is no longer held by this attempt")
         return key
 
     def finish(self, result: Result) -> None:
@@ -139,7 +140,7 @@ class FakeKeyStore:
             self._check()
             key = self.keys[result.claim.pk]
             if key.token != result.claim.token:
-                return  # DynamoDB would write it over: the claim's lock made that safe
+                raise LockLost("the key is no longer held by this attempt")
             key.status = result.status
             key.token = key.lock_expires = None
             key.phase = ""
@@ -201,9 +202,7 @@ class FakeKeyStore:
     def release(self, claim: Claim, ambiguous_since: float | None) -> None:
         with self._lock:
             self._check()
-            key = self.keys[claim.pk]
-            if key.token != claim.token:
-                raise StoreUnavailable("lock lost")
+            key = self._held(claim)
             key.status = KeyStatus.RELEASED
             key.token = key.lock_expires = None
             if ambiguous_since is not None:
@@ -453,7 +452,7 @@ class _Gen:
     function: str
     total: int | None = None
     events: int | None = None
-    usage_id: int | None = None
+    handed: bool = False
 
 
 @dataclass
@@ -543,7 +542,7 @@ class FakeWindowStore:
                 )
         for e in events:
             g = next(w.generation for w in windows if w.window == e.window)
-            self.keys[e.pk] = (e.fingerprint, e.window, g)
+            self.keys[e.pk] = (e.usage.fingerprint, e.window, g)
         return ChunkResult(committed=True)
 
     def due(self, now: float, limit: int) -> list[Any]:
@@ -551,18 +550,18 @@ class FakeWindowStore:
         found = [
             self._generation(window, g)
             for (window, g), gen in sorted(self.gens.items(), key=lambda kv: kv[1].due_at)
-            if gen.state in ("open", "closed") and gen.due_at <= now
+            if not gen.handed and gen.due_at <= now
         ]
         return found[:limit]
 
     def _generation(self, window: Any, g: int) -> Any:
-        from piriod_adapter.windows import Generation, GenState
+        from piriod_adapter.table import Generation
 
         gen = self.gens[(window, g)]
         return Generation(
             window=window,
             generation=g,
-            state=GenState(gen.state),
+            closed=gen.state == "closed",
             window_seconds=gen.window_seconds,
             due_at=gen.due_at,
             shards=gen.shards,
@@ -570,7 +569,7 @@ class FakeWindowStore:
             test_mode=False,
             total_units=gen.total,
             events=gen.events,
-            usage_id=gen.usage_id,
+            handed=gen.handed,
         )
 
     def close(self, found: Any) -> Any:
@@ -584,15 +583,14 @@ class FakeWindowStore:
             counter = self.counters.get((window, g, shard), [0, 0])
             total, events = total + counter[0], events + counter[1]
         gen = self.gens[(window, g)]
-        if gen.state in ("open", "closed"):
-            gen.state, gen.total, gen.events = "closed", total, events
+        gen.state, gen.total, gen.events = "closed", total, events
         return self._generation(window, g)
 
-    def finish(self, found: Any, state: Any, usage_id: int | None) -> None:
+    def hand_over(self, found: Any) -> None:
         self._check()
         gen = self.gens[(found.window, found.generation)]
-        if gen.state in ("closed", state.value):
-            gen.state, gen.usage_id = state.value, usage_id
+        if gen.state == "closed":
+            gen.handed = True
 
     def counted(self, window: Any, g: int) -> int:
         return sum(c[0] for (w, gg, _), c in self.counters.items() if w == window and gg == g)

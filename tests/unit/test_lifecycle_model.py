@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import key_pk
 from piriod_adapter.lifecycle import Fate, Submission
 from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.replay import Received, redeliver_dead_letter, replay_batch
 from piriod_adapter.submit import Submitter
+from piriod_adapter.table import key_pk
 from piriod_adapter.webhook import summarize
 from tests.unit.fakes import Clock, FakeKeyStore, FakePiriod, FakeQueues
 

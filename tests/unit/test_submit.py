@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import key_pk
 from piriod_adapter.lifecycle import Fate, KeyStatus, Outcome, Submission
 from piriod_adapter.models import (
     FailureKind,
@@ -21,6 +20,7 @@ from piriod_adapter.models import (
 from piriod_adapter.piriod import Listed, PostResult
 from piriod_adapter.queue import REPLAY
 from piriod_adapter.submit import Submitter
+from piriod_adapter.table import key_pk
 from tests.unit.fakes import Clock, FakeKeyStore, FakeQueues
 
 TENANT = Tenant(workspace="w", test_mode=False)

@@ -32,13 +32,14 @@ from piriod_adapter.aggregate import Aggregate
 from piriod_adapter.clock import Deadline
 from piriod_adapter.counting import Counting, count_one
 from piriod_adapter.flush import flush, window_key
-from piriod_adapter.idempotency import StoreUnavailable, key_pk
+from piriod_adapter.idempotency import StoreUnavailable
 from piriod_adapter.lifecycle import Outcome, Submission
 from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.replay import Received, redeliver_dead_letter, replay_batch
+from piriod_adapter.table import WindowId, key_pk
 from piriod_adapter.webhook import count_and_answer
-from piriod_adapter.windows import WindowId, to_units
+from piriod_adapter.windows import to_units
 from tests.unit.fakes import FakeWindowStore
 from tests.unit.test_lifecycle_model import Lifecycle
 

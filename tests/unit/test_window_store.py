@@ -11,7 +11,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from piriod_adapter.windows import WindowId, WindowStore
+from piriod_adapter.table import WindowId
+from piriod_adapter.windows import WindowStore
 
 TABLE = "keys"
 WINDOW = WindowId("meter", 7, datetime(2026, 12, 1, 10, 0, tzinfo=UTC), "sum-60s")

@@ -1,0 +1,703 @@
+"""IdempotencyTable's items: the one module that knows their layouts. The stores call DynamoDB
+with what the builders here make and read items back through the readers here
+(idempotency.KeyStore: keys, usage owners and parked dead letters; windows.WindowStore:
+windows); nothing else writes the table.
+
+    <ns>#<scope>#<key>                     a record's or an event's key (below)
+    u#<usage id>                           the key a listed usage settled (`owner`)
+    win#<source>#<line>#<series>#<start>   a window: `open_gen`, the generation events join
+    ...#g<g>                               generation g: state, due marker, closed total
+    ...#g<g>#s<s>                          one shard of generation g's counter
+    park#<message id>                      a dead letter parked before SQS could drop it
+
+A key's namespace is `k` for a native record's own key, `d` for a key derived from the
+delivery (`{webhook-id}:{index}`), `e` for a source's event id and `a` for a window total's,
+so that no key of one kind can take the place of another; a key that would make `pk` longer
+than 1,024 bytes is hashed (`kh`, `dh`, `eh`, `ah`). Its `status` is a lifecycle.KeyStatus.
+A record's key carries its line and UTC instant (index `by_line`: settling tells which
+Piriod usages other keys account for, reconcile compares a period) and, while the record
+waits in a queue, its queue message (`waiting`, index `by_waiting`, sharded: the operator
+lists ReplayQueue without receiving from it; a parked dead letter is listed there too). An
+event's key carries its window, generation and units instead (never a line: an event is not
+a Piriod usage). A generation is in index `by_window` under `due` (ordered by due time) until
+its total is handed to the lifecycle, then under `done#<source>` (ordered by window).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from piriod_adapter.lifecycle import KeyStatus, Taker
+from piriod_adapter.models import KeyKind, Usage, UsageKey, sortable_utc, utc_text
+
+MAX_PK_BYTES = 1024  # DynamoDB allows 2,048 for a partition key; hashed beyond this
+WAITING_SHARDS = 8  # `waiting` spreads over this many index partitions per queue
+BY_LINE, BY_WAITING, BY_WINDOW = "by_line", "by_waiting", "by_window"
+DUE = "due"
+PARKED = "parked"  # the `waiting` queue name of a parked dead letter
+
+_NAMESPACES = {
+    KeyKind.EXPLICIT: "k",
+    KeyKind.DELIVERY: "d",
+    KeyKind.EVENT: "e",
+    KeyKind.WINDOW: "a",
+}
+# Attributes of an attempt in progress, and of a wait in a queue: none survive a post.
+_ATTEMPT = ("lock_expires", "lock_token", "phase")
+_WAIT = ("waiting", "waiting_since", "message_id", "message")
+# What a take-over keeps of the item before: an earlier attempt's unseen post, and where the
+# record waits while the new attempt is on it.
+_KEPT_ON_TAKE_OVER = ("ambiguous_since", *_WAIT)
+
+
+class StoreUnavailable(RuntimeError):
+    """IdempotencyTable could not be read or written."""
+
+
+def num(value: float) -> str:
+    return f"{value:.6f}"
+
+
+def error_code(exc: Exception) -> str | None:
+    """The error code of a failed DynamoDB call, read from its response rather than by
+    `client.exceptions`: botocore builds those classes on a client's first error without a
+    lock, and threads that race there can each get a copy of their own, so an `except`
+    naming one copy misses another (a key claim then looked like a store that is down)."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    code = error.get("Code") if isinstance(error, dict) else None
+    return str(code) if code else None
+
+
+def condition_failed(exc: Exception) -> bool:
+    """A conditional write refused by its condition."""
+    return error_code(exc) == "ConditionalCheckFailedException"
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def key_pk(key: UsageKey) -> str:
+    """The item key of an idempotency key: its namespace, scope and text (hashed if long)."""
+    tag = _NAMESPACES[key.kind]
+    pk = f"{tag}#{key.scope}#{key.text}"
+    if len(pk.encode("utf-8", "surrogatepass")) <= MAX_PK_BYTES:
+        return pk
+    digest = hashlib.sha256(key.text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{tag}h#{key.scope}#{digest}"
+
+
+def waiting_shard(pk: str) -> int:
+    digest = hashlib.sha256(pk.encode("utf-8", "surrogatepass")).hexdigest()
+    return int(digest[:8], 16) % WAITING_SHARDS
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """What a key's item says."""
+
+    status: KeyStatus
+    fingerprint: str | None = None
+    usage_id: int | None = None
+    lock_expires: float | None = None
+    attempt_started: float | None = None
+    ambiguous_since: float | None = None
+    phase: str | None = None
+    line: int | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> KeyState:
+        def number(name: str) -> float | None:
+            return float(item[name]["N"]) if name in item else None
+
+        usage_id, line = number("usage_id"), number("line")
+        return cls(
+            status=KeyStatus(item["status"]["S"]),
+            fingerprint=item.get("fingerprint", {}).get("S"),
+            usage_id=int(usage_id) if usage_id is not None else None,
+            lock_expires=number("lock_expires"),
+            attempt_started=number("attempt_started"),
+            ambiguous_since=number("ambiguous_since"),
+            phase=item.get("phase", {}).get("S"),
+            line=int(line) if line is not None else None,
+        )
+
+    def locked(self, now: float) -> bool:
+        return self.status is KeyStatus.IN_PROGRESS and (self.lock_expires or 0) > now
+
+    def posting(self, now: float) -> bool:
+        """Held by an attempt that may be posting right now (not only settling by lookup)."""
+        return self.locked(now) and self.phase != "settling"
+
+    def unsettled_since(self) -> float | None:
+        """When an attempt whose outcome is unknown started, if there is one."""
+        if self.ambiguous_since is not None:
+            return self.ambiguous_since
+        if self.status is KeyStatus.IN_PROGRESS:  # its holder vanished mid-attempt
+            return self.attempt_started
+        return None
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Where a record waits: the queue, its message id there and the message itself."""
+
+    queue: str  # "replay", "dead-letter" or (a parked dead letter) PARKED
+    message_id: str
+    message: str  # the queue message's JSON
+    since: str  # when it failed (parked: when SQS first took it), as sortable UTC text
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Waiting:
+        return cls(
+            queue=item["waiting"]["S"].rpartition("#")[0],
+            message_id=item["message_id"]["S"],
+            message=item["message"]["S"],
+            since=item["waiting_since"]["S"],
+        )
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What the table says of one record's key (for reconcile)."""
+
+    key: str
+    status: KeyStatus
+    usage_id: int | None
+    date_time: str
+    quantity: str
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> KeyRecord:
+        return cls(
+            key=item["pk"]["S"],
+            status=KeyStatus(item["status"]["S"]),
+            usage_id=int(item["usage_id"]["N"]) if "usage_id" in item else None,
+            date_time=item["date_time"]["S"],
+            quantity=item["quantity"]["S"],
+        )
+
+
+def claim_item(
+    pk: str, usage: Usage, token: str, now: float, lock: float, phase: str, expires_at: int
+) -> dict[str, Any]:
+    """A key taken by an attempt: held until `lock`, with the record it stands for."""
+    item = {
+        "pk": {"S": pk},
+        "status": {"S": KeyStatus.IN_PROGRESS.value},
+        "phase": {"S": phase},
+        "lock_expires": {"N": num(lock)},
+        "lock_token": {"S": token},
+        "attempt_started": {"N": num(now)},
+        "fingerprint": {"S": usage.fingerprint},
+        "usage_at": {"S": sortable_utc(usage.date_time)},
+        "date_time": {"S": usage.date_time_text},
+        "quantity": {"S": usage.quantity_text},
+        "expires_at": {"N": str(expires_at)},
+    }
+    if usage.subscription_line is not None:  # an unmapped meter's record has no line yet
+        item["line"] = {"N": str(usage.subscription_line)}
+    return item
+
+
+def new_key(item: dict[str, Any]) -> dict[str, Any]:
+    """The claim of a key nobody has had: put only where there is none."""
+    return {"Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
+
+
+def take_over(item: dict[str, Any], now: float, taker: Taker) -> dict[str, Any]:
+    """The claim of an existing key, for the same record: taken when released or when its
+    holder's lock expired, and also where the record waits for this taker (ReplayFunction:
+    queued in ReplayQueue, never a rejected or exhausted dead letter; the operator: queued or
+    rejected, anywhere). Only the lock is written: the attempt's end writes the rest
+    (`finish`). The item before is returned either way."""
+    takeable = "#s = :released OR (#s = :in_progress AND lock_expires < :now)"
+    values: dict[str, Any] = {
+        ":in_progress": {"S": KeyStatus.IN_PROGRESS.value},
+        ":released": {"S": KeyStatus.RELEASED.value},
+        ":now": {"N": num(now)},
+        ":lock": item["lock_expires"],
+        ":token": item["lock_token"],
+        ":fp": item["fingerprint"],
+        ":started": item["attempt_started"],
+        ":phase": item["phase"],
+    }
+    if taker is Taker.REPLAY:
+        takeable += " OR (#s = :queued AND begins_with(waiting, :replay))"
+        values[":queued"] = {"S": KeyStatus.QUEUED.value}
+        values[":replay"] = {"S": "replay#"}
+    elif taker is Taker.OPERATOR:
+        takeable += " OR #s IN (:queued, :rejected)"
+        values[":queued"] = {"S": KeyStatus.QUEUED.value}
+        values[":rejected"] = {"S": KeyStatus.REJECTED.value}
+    return {
+        "Key": {"pk": item["pk"]},
+        "UpdateExpression": "SET #s = :in_progress, lock_expires = :lock, lock_token = :token, "
+        "attempt_started = :started, phase = :phase",
+        # A key reused for a different record never takes the lock: it is a conflict.
+        "ConditionExpression": f"({takeable}) AND fingerprint = :fp",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": values,
+        "ReturnValues": "ALL_OLD",
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+
+
+def taken_over(item: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """The claim as the take-over left it: the new attempt's item and what it keeps."""
+    return {**item, **{k: v for k, v in old.items() if k in _KEPT_ON_TAKE_OVER}}
+
+
+def finish(
+    pk: str,
+    token: str,
+    claimed: dict[str, Any],
+    status: KeyStatus,
+    now: float,
+    *,
+    usage_id: int | None = None,
+    ambiguous_since: float | None = None,
+    waiting: Waiting | None = None,
+) -> dict[str, Any]:
+    """An attempt's final state written over its claim, while it still holds the lock:
+    posted (Piriod's id when known), waiting in a queue (with its message) or rejected.
+    Every attribute of the record is written again (retention, a meter's newly mapped line);
+    what others keep on the item is left alone."""
+    sets = {name: value for name, value in claimed.items() if name not in ("pk", *_ATTEMPT)}
+    sets.pop("ambiguous_since", None)
+    for name in _WAIT:
+        sets.pop(name, None)
+    removes = list(_ATTEMPT)
+    sets["status"] = {"S": status.value}
+    if status is KeyStatus.POSTED:
+        sets["posted_at"] = {"N": num(now)}
+        if usage_id is not None:
+            sets["usage_id"] = {"N": str(usage_id)}
+        removes += ["ambiguous_since", *_WAIT]
+    else:
+        if ambiguous_since is not None:
+            sets["ambiguous_since"] = {"N": num(ambiguous_since)}
+        else:
+            removes.append("ambiguous_since")
+        if waiting is not None:
+            sets.update(
+                waiting={"S": f"{waiting.queue}#{waiting_shard(pk)}"},
+                waiting_since={"S": waiting.since},
+                message_id={"S": waiting.message_id},
+                message={"S": waiting.message},
+            )
+        else:
+            removes += list(_WAIT)
+    names = {f"#a{n}": name for n, name in enumerate(sets)}
+    values = {f":a{n}": value for n, value in enumerate(sets.values())}
+    values[":token"] = {"S": token}
+    return {
+        "Key": {"pk": {"S": pk}},
+        "UpdateExpression": "SET "
+        + ", ".join(f"#a{n} = :a{n}" for n in range(len(sets)))
+        + " REMOVE "
+        + ", ".join(removes),
+        "ConditionExpression": "lock_token = :token",
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def mark_posting(pk: str, token: str) -> dict[str, Any]:
+    """A settling attempt is about to post: identical records see it as posting from now."""
+    return {
+        "Key": {"pk": {"S": pk}},
+        "UpdateExpression": "SET phase = :posting",
+        "ConditionExpression": "lock_token = :token",
+        "ExpressionAttributeValues": {":posting": {"S": "posting"}, ":token": {"S": token}},
+    }
+
+
+def settle(pk: str, token: str, usage_id: int, now: float) -> dict[str, Any]:
+    """An earlier, unseen attempt did land in Piriod as `usage_id`."""
+    return {
+        "Key": {"pk": {"S": pk}},
+        "UpdateExpression": "SET #s = :posted, usage_id = :id, posted_at = :now REMOVE "
+        + ", ".join((*_ATTEMPT, "ambiguous_since", *_WAIT)),
+        "ConditionExpression": "lock_token = :token",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": {
+            ":posted": {"S": KeyStatus.POSTED.value},
+            ":id": {"N": str(usage_id)},
+            ":now": {"N": num(now)},
+            ":token": {"S": token},
+        },
+    }
+
+
+def release(pk: str, token: str, ambiguous_since: float | None) -> dict[str, Any]:
+    """A key freed by its holder, an unseen post kept flagged for the next holder."""
+    values: dict[str, Any] = {
+        ":status": {"S": KeyStatus.RELEASED.value},
+        ":token": {"S": token},
+    }
+    update = "SET #s = :status"
+    if ambiguous_since is not None:
+        update += ", ambiguous_since = :since"
+        values[":since"] = {"N": num(ambiguous_since)}
+    return {
+        "Key": {"pk": {"S": pk}},
+        "UpdateExpression": update + " REMOVE lock_expires, lock_token",
+        "ConditionExpression": "lock_token = :token",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": values,
+    }
+
+
+def take_usage(usage_id: int, owner: str, expires_at: int) -> dict[str, Any]:
+    """A listed usage taken for one key (one usage settles at most one record)."""
+    return {
+        "Key": {"pk": {"S": f"u#{usage_id}"}},
+        "UpdateExpression": "SET #o = :owner, expires_at = :expires",
+        "ConditionExpression": "attribute_not_exists(#o) OR #o = :owner",
+        "ExpressionAttributeNames": {"#o": "owner"},
+        "ExpressionAttributeValues": {":owner": {"S": owner}, ":expires": {"N": str(expires_at)}},
+    }
+
+
+def give_back(usage_id: int, owner: str) -> dict[str, Any]:
+    return {
+        "Key": {"pk": {"S": f"u#{usage_id}"}},
+        "UpdateExpression": "REMOVE #o",
+        "ConditionExpression": "#o = :owner",
+        "ExpressionAttributeNames": {"#o": "owner"},
+        "ExpressionAttributeValues": {":owner": {"S": owner}},
+    }
+
+
+def line_between(line: int, start: str, end: str) -> dict[str, Any]:
+    """The query of every record key of a line with its UTC instant in [start, end]."""
+    return {
+        "IndexName": BY_LINE,
+        "KeyConditionExpression": "line = :line AND usage_at BETWEEN :a AND :b",
+        "ExpressionAttributeValues": {
+            ":line": {"N": str(line)},
+            ":a": {"S": start},
+            ":b": {"S": end},
+        },
+    }
+
+
+def waiting_in(queue: str, shard: int) -> dict[str, Any]:
+    """The query of one shard of what waits in `queue`, oldest first."""
+    return {
+        "IndexName": BY_WAITING,
+        "KeyConditionExpression": "waiting = :w",
+        "ExpressionAttributeValues": {":w": {"S": f"{queue}#{shard}"}},
+    }
+
+
+def identical_window(usage: Usage) -> tuple[str, str]:
+    """The instants of the keys that may be listed like `usage`: strictly within a second (a
+    usage a whole second apart is told apart even when listed to the second; an aggregation
+    window's generations are one second apart)."""
+    one = timedelta(seconds=1) - timedelta(microseconds=1)
+    return sortable_utc(usage.date_time - one), sortable_utc(usage.date_time + one)
+
+
+# --- aggregation windows -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowId:
+    """One line's window of one source. `series` is what the window counts: the function,
+    the window's length and the mode ("sum-60s", "count-300s-test"), so that a profile edited
+    while windows are open starts windows of its own instead of changing those."""
+
+    source: str
+    line: int
+    start: datetime  # UTC, aligned to the window
+    series: str
+
+    @property
+    def pk(self) -> str:
+        return f"win#{self.source}#{self.line}#{self.series}#{utc_text(self.start)}"
+
+    def gen_pk(self, generation: int) -> str:
+        return f"{self.pk}#g{generation}"
+
+    def shard_pk(self, generation: int, shard: int) -> str:
+        return f"{self.gen_pk(generation)}#s{shard}"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generation's item, as the flusher and the operator read it. Its state is OPEN
+    (events join it) or CLOSED (its total is final); once its total is handed to the
+    lifecycle (`handed`), where its usage is is read from its key."""
+
+    window: WindowId
+    generation: int
+    closed: bool
+    window_seconds: int
+    due_at: float | None
+    shards: int
+    function: str
+    test_mode: bool
+    total_units: int | None = None
+    events: int | None = None
+    handed: bool = False
+    expires_at: int | None = None
+
+    @property
+    def instant(self) -> datetime:
+        """The usage's date_time: window start plus g seconds."""
+        return self.window.start + timedelta(seconds=self.generation)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Generation:
+        def number(name: str) -> int | None:
+            return int(Decimal(item[name]["N"])) if name in item else None
+
+        start = datetime.fromisoformat(item["window_start"]["S"].replace("Z", "+00:00"))
+        return cls(
+            window=WindowId(
+                item["source"]["S"],
+                int(item["line_id"]["N"]),
+                start.astimezone(UTC),
+                item["series"]["S"],
+            ),
+            generation=int(item["generation"]["N"]),
+            closed=item["state"]["S"] == CLOSED,
+            window_seconds=int(item["window_seconds"]["N"]),
+            due_at=float(item["due_at"]["N"]) if "due_at" in item else None,
+            shards=int(item["shards"]["N"]),
+            function=item.get("function", {}).get("S", "sum"),
+            test_mode=bool(item.get("test_mode", {}).get("BOOL", False)),
+            total_units=number("total"),
+            events=number("events"),
+            handed="handed_at" in item,
+            expires_at=number("expires_at"),
+        )
+
+
+OPEN, CLOSED = "open", "closed"  # a generation's `state`
+
+
+def event_key(
+    pk: str, usage: Usage, window: WindowId, generation: int, units: int, expires_at: int
+) -> dict[str, Any]:
+    """An event's key, put with its addition (in one transaction); refused when it exists."""
+    return {
+        "Put": {
+            "Item": {
+                "pk": {"S": pk},
+                "status": {"S": KeyStatus.AGGREGATED.value},
+                "fingerprint": {"S": usage.fingerprint},
+                "window": {"S": window.pk},
+                "generation": {"N": str(generation)},
+                "units": {"N": str(units)},
+                "date_time": {"S": usage.date_time_text},
+                "quantity": {"S": usage.quantity_text},
+                "expires_at": {"N": str(expires_at)},
+            },
+            "ConditionExpression": "attribute_not_exists(pk)",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
+def add_to_shard(
+    window: WindowId, generation: int, shard: int, units: int, events: int, room: int, expires: int
+) -> dict[str, Any]:
+    """An addition to one shard of an open generation: refused once the shard is closed, or
+    when it would take the shard past `room` (its share of the total's bound)."""
+    return {
+        "Update": {
+            "Key": {"pk": {"S": window.shard_pk(generation, shard)}},
+            "UpdateExpression": "ADD #t :u, #n :n SET expires_at = :x",
+            "ConditionExpression": "attribute_not_exists(closed) AND "
+            "(attribute_not_exists(#t) OR #t <= :room)",
+            "ExpressionAttributeNames": {"#t": "total", "#n": "events"},
+            "ExpressionAttributeValues": {
+                ":u": {"N": str(units)},
+                ":n": {"N": str(events)},
+                ":x": {"N": str(expires)},
+                ":room": {"N": str(room - units)},
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
+def create_generation(
+    window: WindowId,
+    generation: int,
+    *,
+    shards: int,
+    window_seconds: int,
+    due_at: float,
+    function: str,
+    test_mode: bool,
+    expires_at: int,
+) -> dict[str, Any]:
+    """A generation's item, written with its first addition (its due marker). Refused when
+    it is closed, or was created with another shard count (read again, and add to one of
+    its own)."""
+    return {
+        "Update": {
+            "Key": {"pk": {"S": window.gen_pk(generation)}},
+            "UpdateExpression": "SET #st = if_not_exists(#st, :open), "
+            "#src = :src, #line = :line, #start = :start, #gen = :gen, "
+            "#ws = if_not_exists(#ws, :ws), series = :series, "
+            "shards = if_not_exists(shards, :shards), #fn = if_not_exists(#fn, :fn), "
+            "test_mode = if_not_exists(test_mode, :tm), "
+            "due_at = if_not_exists(due_at, :due), wpart = if_not_exists(wpart, :wpart), "
+            "wsort = if_not_exists(wsort, :wsort), expires_at = :x",
+            "ConditionExpression": "attribute_not_exists(#st) OR "
+            "(#st = :open AND shards = :shards)",
+            "ExpressionAttributeNames": {
+                "#st": "state",
+                "#src": "source",
+                "#line": "line_id",
+                "#start": "window_start",
+                "#gen": "generation",
+                "#ws": "window_seconds",
+                "#fn": "function",
+            },
+            "ExpressionAttributeValues": {
+                ":open": {"S": OPEN},
+                ":series": {"S": window.series},
+                ":src": {"S": window.source},
+                ":line": {"N": str(window.line)},
+                ":start": {"S": utc_text(window.start)},
+                ":gen": {"N": str(generation)},
+                ":ws": {"N": str(window_seconds)},
+                ":shards": {"N": str(shards)},
+                ":fn": {"S": function},
+                ":tm": {"BOOL": test_mode},
+                ":due": {"N": num(due_at)},
+                ":wpart": {"S": DUE},
+                ":wsort": {"S": due_sort(due_at, window.gen_pk(generation))},
+                ":x": {"N": str(expires_at)},
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
+def advance_head(window: WindowId, generation: int, expires_at: int) -> dict[str, Any]:
+    """Closing generation g, first step: events that read the window from now on join g+1."""
+    condition = "open_gen = :g" + (" OR attribute_not_exists(open_gen)" if generation == 0 else "")
+    return {
+        "Key": {"pk": {"S": window.pk}},
+        "UpdateExpression": "SET open_gen = :next, expires_at = :x",
+        "ConditionExpression": condition,
+        "ExpressionAttributeValues": {
+            ":g": {"N": str(generation)},
+            ":next": {"N": str(generation + 1)},
+            ":x": {"N": str(expires_at)},
+        },
+    }
+
+
+def close_shard(window: WindowId, generation: int, shard: int, expires_at: int) -> dict[str, Any]:
+    """Closing generation g, second step, per shard: no addition after this; its final
+    total and event count are returned."""
+    return {
+        "Key": {"pk": {"S": window.shard_pk(generation, shard)}},
+        "UpdateExpression": "SET closed = :t, expires_at = if_not_exists(expires_at, :x)",
+        "ExpressionAttributeValues": {":t": {"BOOL": True}, ":x": {"N": str(expires_at)}},
+        "ReturnValues": "ALL_NEW",
+    }
+
+
+def close_generation(window: WindowId, generation: int, total: int, events: int) -> dict[str, Any]:
+    """Closing generation g, last step: its state and exact total (the same total whoever
+    closes it)."""
+    return {
+        "Key": {"pk": {"S": window.gen_pk(generation)}},
+        "UpdateExpression": "SET #st = :closed, #t = :t, #n = :n",
+        "ExpressionAttributeNames": {"#st": "state", "#t": "total", "#n": "events"},
+        "ExpressionAttributeValues": {
+            ":closed": {"S": CLOSED},
+            ":t": {"N": str(total)},
+            ":n": {"N": str(events)},
+        },
+        "ReturnValues": "ALL_NEW",
+    }
+
+
+def hand_over(gen: Generation, now: float) -> dict[str, Any]:
+    """A closed generation whose total the lifecycle has (posted, queued, or nothing to
+    post): it leaves the due part of the index."""
+    return {
+        "Key": {"pk": {"S": gen.window.gen_pk(gen.generation)}},
+        "UpdateExpression": "SET wpart = :part, wsort = :sort, handed_at = :now",
+        "ConditionExpression": "#st = :closed",
+        "ExpressionAttributeNames": {"#st": "state"},
+        "ExpressionAttributeValues": {
+            ":part": {"S": f"done#{gen.window.source}"},
+            ":sort": {"S": window_sort(gen.window, gen.generation)},
+            ":now": {"N": num(now)},
+            ":closed": {"S": CLOSED},
+        },
+    }
+
+
+def generations(
+    part: str,
+    high: str | None,
+    limit: int,
+    *,
+    newest_first: bool = False,
+    line: int | None = None,
+) -> dict[str, Any]:
+    """The query of one part of `by_window` (`due`, or `done#<source>`), of one line only
+    when given (a filter: DynamoDB reads `limit` items, then filters)."""
+    condition = "wpart = :p"
+    values: dict[str, Any] = {":p": {"S": part}}
+    if high is not None:
+        condition += " AND wsort <= :hi"
+        values[":hi"] = {"S": high}
+    request: dict[str, Any] = {
+        "IndexName": BY_WINDOW,
+        "KeyConditionExpression": condition,
+        "ExpressionAttributeValues": values,
+        "Limit": limit,
+        "ScanIndexForward": not newest_first,
+    }
+    if line is not None:
+        request["FilterExpression"] = "line_id = :line"
+        values[":line"] = {"N": str(line)}
+    return request
+
+
+def due_sort(due_at: float, pk: str) -> str:
+    return f"{sortable_utc(datetime.fromtimestamp(due_at, UTC))}#{pk}"
+
+
+def window_sort(window: WindowId, generation: int) -> str:
+    return f"{sortable_utc(window.start)}#{window.line:019d}#{generation:05d}"
+
+
+# --- parked dead letters -------------------------------------------------------------------
+
+
+def parked(message_id: str, body: str, first_sent: datetime, now: float) -> dict[str, Any]:
+    """A dead letter parked whole before SQS could drop it: listed with what waits (its
+    `waiting` queue is PARKED). Written once per message id; it never expires."""
+    pk = f"park#{message_id}"
+    return {
+        "Item": {
+            "pk": {"S": pk},
+            "waiting": {"S": f"{PARKED}#{waiting_shard(pk)}"},
+            "waiting_since": {"S": sortable_utc(first_sent)},
+            "message_id": {"S": message_id},
+            "message": {"S": body},
+            "parked_at": {"N": num(now)},
+        },
+    }
+
+
+def parked_key(message_id: str) -> dict[str, Any]:
+    return {"Key": {"pk": {"S": f"park#{message_id}"}}}
