@@ -117,7 +117,10 @@ def adapter(
         piriod_url=piriod.url,
         workspace=WORKSPACE,
         PIRIOD_CONNECT_TIMEOUT="1",
-        PIRIOD_READ_TIMEOUT="1",
+        # Piriod's stand-in answers in milliseconds, but on a loaded machine an answer has
+        # taken over a second (a 1 s timeout then made definite answers ambiguous); a test
+        # that needs a post to time out sets its own timeout below its fault's delay.
+        PIRIOD_READ_TIMEOUT="3",
         SETTLE_AFTER_SECONDS="0",
         AWS_CLIENT_READ_TIMEOUT="15",  # moto shares two cores with the whole suite
         POWERTOOLS_METRICS_NAMESPACE="PiriodUsageAdapter",

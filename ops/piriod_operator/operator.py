@@ -21,12 +21,21 @@ from pydantic import ValidationError
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.lifecycle import KeyStatus
-from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, parse_rfc3339
+from piriod_adapter.models import (
+    FailureKind,
+    KeyKind,
+    QueuedRecord,
+    Tenant,
+    Usage,
+    UsageKey,
+    parse_rfc3339,
+)
 from piriod_adapter.observability import NAMESPACE, SERVICE
-from piriod_adapter.piriod import usage_id_of
+from piriod_adapter.piriod import Listed, usage_id_of
 from piriod_adapter.queue import DEAD_LETTER, REPLAY, receive_all, release
 from piriod_adapter.replay import redeliver_dead_letter
 from piriod_adapter.runtime import Runtime
+from piriod_adapter.table import KeyRecord
 
 QUEUES = (REPLAY, DEAD_LETTER)
 DLQ_HOLD_SECONDS = 300  # dead letters chosen for a replay are held this long
@@ -243,7 +252,8 @@ def reconcile(
     retention_start = now - timedelta(days=settings.idempotency_ttl_days)
     tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
     recorded = runtime.store.recorded_between(line, since, until)
-    ours = {r.usage_id: r for r in recorded if r.status is KeyStatus.POSTED and r.usage_id}
+    posted = [r for r in recorded if r.status is KeyStatus.POSTED]
+    ours = {r.usage_id: r for r in posted if r.usage_id}
     waiting = [r for r in recorded if r.status is not KeyStatus.POSTED]
     theirs: dict[int, dict[str, Any]] = {}
     for usage in _listed(runtime, line, since, until, tenant):
@@ -251,8 +261,16 @@ def reconcile(
         assert usage_id is not None
         theirs[usage_id] = usage
         progress(len(theirs))
-    missing_in_piriod = sorted(set(ours) - set(theirs))
     unknown = sorted(set(theirs) - set(ours))
+    # A record posted by a 201 without an id is matched as settling matches: a listed usage
+    # that may be it at the precision it is listed with, one usage per record.
+    idless = [r for r in posted if not r.usage_id]
+    found = match_idless(line, idless, {u: theirs[u] for u in unknown})
+    unknown = [u for u in unknown if u not in set(found.values())]
+    missing: list[tuple[int | None, KeyRecord]] = [
+        (uid, ours[uid]) for uid in sorted(set(ours) - set(theirs))
+    ]
+    missing += [(None, r) for r in idless if r.key not in found]
     beyond = [u for u in unknown if _created(theirs[u]) < retention_start]
     not_recorded = [u for u in unknown if u not in set(beyond)]
     return {
@@ -260,22 +278,46 @@ def reconcile(
         "since": since.isoformat(),
         "until": until.isoformat(),
         "retention_days": settings.idempotency_ttl_days,
-        "adapter_posted": len(ours),
+        "adapter_posted": len(posted),
         "piriod_listed": len(theirs),
-        "matched": len(set(ours) & set(theirs)),
+        "matched": len(set(ours) & set(theirs)) + len(found),
         "missing_in_piriod": [
             {
                 "usage_id": uid,
-                "key": ours[uid].key,
-                "date_time": ours[uid].date_time,
-                "quantity": ours[uid].quantity,
+                "key": record.key,
+                "date_time": record.date_time,
+                "quantity": record.quantity,
             }
-            for uid in missing_in_piriod
+            for uid, record in missing
         ],
         "not_recorded_by_adapter": [_their(theirs[uid]) for uid in not_recorded],
         "beyond_retention": [_their(theirs[uid]) for uid in beyond],
         "waiting_in_queues": len(waiting),
     }
+
+
+def match_idless(
+    line: int, records: list[KeyRecord], listed: dict[int, dict[str, Any]]
+) -> dict[str, int]:
+    """The listed usage each id-less record is, by key: one that may be it at the precision
+    Piriod lists it with (piriod.Listed.may_be, as settling reads it), each listed usage for
+    at most one record, the lowest id first."""
+    readable = {uid: Listed.read(document) for uid, document in sorted(listed.items())}
+    found: dict[str, int] = {}
+    for record in sorted(records, key=lambda r: r.key):
+        usage = Usage.model_validate(
+            {
+                "subscription_line": line,
+                "date_time": record.date_time,
+                "quantity": record.quantity,
+                "key": UsageKey(kind=KeyKind.EXPLICIT, scope="reconcile", text=record.key[:255]),
+            }
+        )
+        for uid, entry in readable.items():
+            if uid not in found.values() and entry.may_be(usage):
+                found[record.key] = uid
+                break
+    return found
 
 
 def _listed(
@@ -547,7 +589,7 @@ def render_reconcile(report: dict[str, Any], out: TextIO) -> None:
     rows = [
         [
             "missing in Piriod",
-            str(m["usage_id"]),
+            str(m["usage_id"] or "-"),
             str(m["date_time"]),
             str(m["quantity"]),
             _short(str(m["key"]), 40),

@@ -95,33 +95,42 @@ class Counting:
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     singles: set[WindowId] = field(default_factory=set)  # windows whose shard is full
     bases: dict[WindowId, int] = field(default_factory=dict)  # this delivery's shard per window
-    full_tries: dict[int, int] = field(default_factory=dict)  # an event's shards without room
+    no_room: dict[int, set[int]] = field(default_factory=dict)  # an event's shards without room
+    out_of_generations: list[_Event] = field(default_factory=list)  # closed under the delivery
 
     def run(self, subs: Sequence[Submission], deadline: Deadline) -> list[Outcome]:
         """Count every event (`subs[i].index` is i). Raises WindowFull (a 422) before
-        anything is written when an event's window has had all its generations."""
+        anything is written or placed when an event's window has had all its generations
+        (read now, whatever this container saw before)."""
         events: list[_Event] = []
+        unmapped: list[Submission] = []
         series = self.spec.series(self.tenant.test_mode)
         for sub in subs:
             line = sub.usage.subscription_line
             if line is None:
-                self._reject(sub, {"meter_id": [no_line(sub.usage)]})
+                unmapped.append(sub)
                 continue
-            window = WindowId(
-                self.source, line, self.spec.window_start(sub.usage.date_time), series
-            )
+            start = self.spec.window_start(sub.usage.date_time)
+            window = WindowId(self.source, line, start, series)
             events.append(_Event(sub, window, self.spec.units(sub.usage)))
+        failed_read: str | None = None
         try:
             opens = self.store.open_generations([e.window for e in events]) if events else {}
         except StoreUnavailable as exc:
-            return self._finish(subs, events, str(exc))
-        full = [e for e in events if opens[e.window].generation >= self.spec.window_seconds]
-        if full:
-            raise WindowFull([e.index for e in full])
+            opens, failed_read = {}, str(exc)
+        else:
+            full = [e for e in events if opens[e.window].generation >= self.spec.window_seconds]
+            if full:
+                raise WindowFull([e.index for e in full])
+        for sub in unmapped:  # kept in DeadLetterQueue until the meter has a line
+            self._reject(sub, {"meter_id": [no_line(sub.usage)]})
+        if failed_read is not None:
+            return self._finish(subs, events, failed_read)
         # By line and window, so that a chunk touches few windows (fewer shard additions).
         pending = sorted(events, key=lambda e: (e.window.line, e.window.start))
         try:
             pending = self._first_round(pending, opens, deadline)
+            self._out_of_generations()
         except StoreUnavailable as exc:
             return self._finish(subs, events, str(exc))
         rounds = 0
@@ -132,10 +141,25 @@ class Counting:
             chunk, pending = _chunk(pending, opens, self.singles)
             try:
                 left = self._count_chunk(chunk, opens, deadline)
+                self._out_of_generations()
             except StoreUnavailable as exc:
                 return self._finish(subs, chunk + pending, str(exc))
             pending = left + pending
         return self._finish(subs, [], None)
+
+    def _out_of_generations(self) -> None:
+        """Events whose window ran out of generations while this delivery was counted (a
+        flush closed its last one between the read and the write): the delivery is refused
+        as a whole (WindowFull, a 422) while nothing of it is counted; once something is,
+        they are rejected into DeadLetterQueue, with why."""
+        if not self.out_of_generations:
+            return
+        late, self.out_of_generations = self.out_of_generations, []
+        if not any(o.fate is Fate.AGGREGATED for o in self.outcomes.values()):
+            raise WindowFull(sorted(e.index for e in late))
+        bound = self.spec.generations_bound() + "; not counted"
+        for e in late:
+            self._reject(e.sub, {"date_time": [bound]})
 
     def _first_round(
         self, pending: list[_Event], opens: dict[WindowId, Open], deadline: Deadline
@@ -235,6 +259,7 @@ class Counting:
                     window=window,
                     generation=g,
                     shard=(self._base(window, known) + lane) % known.shards,
+                    shards=known.shards,
                     units=sum(e.units for e in events),
                     events=len(events),
                     expires_at=self._window_expiry(window),
@@ -279,14 +304,16 @@ class Counting:
                 else:
                     self.outcomes[e.index] = Outcome(Fate.DUPLICATE)
             elif e.window in closed and opens[e.window].generation >= self.spec.window_seconds:
-                bound = self.spec.generations_bound() + "; not counted"
-                self._reject(e.sub, {"date_time": [bound]})
+                self.out_of_generations.append(e)
             elif e.window in full and len(chunk) == 1:
-                # alone, and its shard has no room: another shard may have; after all of
-                # them, it is refused
-                tried = self.full_tries[e.index] = self.full_tries.get(e.index, 0) + 1
-                if tried < opens[e.window].shards:
-                    self.bases.pop(e.window, None)
+                # alone, and its shard has no room: the next shard may have; after every
+                # one of them, it is refused
+                shards = opens[e.window].shards
+                tried = self.no_room.setdefault(e.index, set())
+                tried.add(self.bases.get(e.window, 0) % shards)
+                untried = [s for s in range(shards) if s not in tried]
+                if untried:
+                    self.bases[e.window] = untried[0]
                     again.append(e)
                 else:
                     self._reject(e.sub, {"quantity": [TOTAL_BOUND]})

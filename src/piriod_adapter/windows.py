@@ -113,6 +113,7 @@ class WindowWrite:
     window: WindowId
     generation: int
     shard: int
+    shards: int  # the generation's shard count
     units: int
     events: int
     expires_at: int
@@ -147,53 +148,50 @@ class WindowStore:
         self._clock = clock
         self._choose = choose or random.randrange  # spreading, not secrecy
         self._lock = threading.Lock()
-        self._cache: OrderedDict[str, Open] = OrderedDict()
+        self._seen: OrderedDict[str, int] = OrderedDict()  # window pk -> generation
 
     # --- counting ------------------------------------------------------------------------------
 
     def open_generations(self, windows: Sequence[WindowId]) -> dict[WindowId, Open]:
-        """The generation each window's events join now. A cached answer is safe: a closed
-        generation refuses the addition, and the window is read again."""
-        found: dict[WindowId, Open] = {}
-        missing = []
+        """The generation each window's events join now, read for every delivery (what a
+        container saw may be stale: another function may have closed a generation since).
+        One BatchGetItem: each window's head, and the generation this container last saw it
+        at (a guess); another one only for a window whose head moved past the guess."""
+        windows = list(dict.fromkeys(windows))
         with self._lock:
-            for window in dict.fromkeys(windows):
-                cached = self._cache.get(window.pk)
-                if cached is not None:
-                    found[window] = Open(cached.generation, cached.exists, cached.shards)
-                else:
-                    missing.append(window)
-        if missing:
-            heads = self._get_many([w.pk for w in missing])
-            gens = {w: int(heads.get(w.pk, {}).get("open_gen", {}).get("N", "0")) for w in missing}
-            items = self._get_many([w.gen_pk(g) for w, g in gens.items()])
-            for window, head in gens.items():
-                item = items.get(window.gen_pk(head)) or {}
-                state = item.get("state", {}).get("S")
-                shards = int(item["shards"]["N"]) if "shards" in item else self._shards
-                # Only a state that says closed means closed: an item read without its state
-                # is one being created (its creator's transaction, seen halfway by a store
-                # that is not isolated); its events join it, and the write says if it closed.
-                if state == CLOSED:  # closed under us: the next one
-                    found[window] = Open(head + 1, False, self._shards)
-                else:
-                    found[window] = Open(head, state == OPEN, shards)
-                self.remember(window, found[window])
+            guess = {w: self._seen.get(w.pk, 0) for w in windows}
+        items = self._get_many([w.pk for w in windows] + [w.gen_pk(guess[w]) for w in windows])
+        heads = {w: int(items.get(w.pk, {}).get("open_gen", {}).get("N", "0")) for w in windows}
+        moved = [w for w in windows if heads[w] != guess[w]]
+        if moved:
+            items.update(self._get_many([w.gen_pk(heads[w]) for w in moved]))
+        found: dict[WindowId, Open] = {}
+        for window in windows:
+            head = heads[window]
+            item = items.get(window.gen_pk(head)) or {}
+            state = item.get("state", {}).get("S")
+            shards = int(item["shards"]["N"]) if "shards" in item else self._shards
+            # Only a state that says closed means closed: an item read without its state
+            # is one being created (its creator's transaction, seen halfway by a store
+            # that is not isolated); its events join it, and the write says if it closed.
+            if state == CLOSED:  # closed under us: the next one
+                found[window] = Open(head + 1, False, self._shards)
+            else:
+                found[window] = Open(head, state == OPEN, shards)
+            self.remember(window, found[window])
         return found
 
     def reread(self, window: WindowId) -> Open:
         """The window read again (its generation was closed under a delivery)."""
-        with self._lock:
-            self._cache.pop(window.pk, None)
         return self.open_generations([window])[window]
 
     def remember(self, window: WindowId, known: Open) -> None:
-        """What a delivery learnt of the window (a copy), for the container's next ones."""
+        """The generation a delivery saw the window at: the next delivery's guess."""
         with self._lock:
-            self._cache[window.pk] = Open(known.generation, known.exists, known.shards)
-            self._cache.move_to_end(window.pk)
-            while len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
+            self._seen[window.pk] = known.generation
+            self._seen.move_to_end(window.pk)
+            while len(self._seen) > _CACHE_SIZE:
+                self._seen.popitem(last=False)
 
     def shard_for(self, known: Open) -> int:
         return self._choose(known.shards)
@@ -224,7 +222,7 @@ class WindowStore:
                 table.create_generation(
                     w.window,
                     w.generation,
-                    shards=self._shards_of(w),
+                    shards=w.shards,
                     window_seconds=new.window_seconds,
                     due_at=new.due_at,
                     function=new.function,
@@ -243,12 +241,7 @@ class WindowStore:
 
     def share(self, w: WindowWrite) -> int:
         """The most one shard of the window may hold: its share of the total's bound."""
-        return MAX_TOTAL_UNITS // self._shards_of(w)
-
-    def _shards_of(self, w: WindowWrite) -> int:
-        with self._lock:
-            known = self._cache.get(w.window.pk)
-        return known.shards if known is not None else self._shards
+        return MAX_TOTAL_UNITS // w.shards
 
     # --- closing -------------------------------------------------------------------------------
 
@@ -331,8 +324,6 @@ class WindowStore:
         except Exception as exc:
             code = error_code(exc) or type(exc).__name__
             raise StoreUnavailable(f"cannot close window: {code}") from None
-        with self._lock:
-            self._cache.pop(window.pk, None)
         return Generation.from_item(closed["Attributes"])
 
     def hand_over(self, gen: Generation) -> None:

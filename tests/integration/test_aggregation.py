@@ -36,9 +36,11 @@ def profile(function: str = "sum", **aggregate: str) -> dict[str, Any]:
 
 @pytest.fixture
 def meters(adapter: Adapter) -> Adapter:
-    """The adapter with two aggregating sources: `meter` sums, `counter` counts."""
+    """The adapter with three aggregating sources: `meter` sums, `counter` counts, `tick`
+    sums into one-second windows."""
     parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
-    document = {"version": 1, "sources": {"meter": profile(), "counter": profile("count")}}
+    sources = {"meter": profile(), "counter": profile("count"), "tick": profile(window="PT1S")}
+    document = {"version": 1, "sources": sources}
     config = provision_sources(adapter.endpoint, parameter, document, {"agg/meter": SECRET})
     adapter.fresh_runtime(SOURCES_CONFIG=config, SOURCES_CACHE_SECONDS="0")
     return adapter
@@ -308,8 +310,9 @@ def test_the_operator_sees_windows_and_the_oldest_due_one(meters: Adapter, pirio
     assert code == 0
     assert [(r["window_start"], r["state"], r["total"], r["events"]) for r in rows] == [
         (utc(first), "posted", "3.25", 2),
-        (utc(second), "open", "", None),
+        (utc(second), "open", "5", 1),  # an open one's running total
     ]
+    assert rows[1]["due_at"] == utc(second, 60) and rows[0]["due_at"] == utc(first, 60)
     assert rows[0]["usage_id"] == piriod.usages()[0]["id"]
     code, table = ops("windows", "--state", "open")
     assert code == 0 and "open" in table and "posted" not in table
@@ -427,3 +430,93 @@ def test_containers_with_another_shard_count_add_to_the_shards_the_window_has(
     assert [r.fate for r in results] == [Fate.AGGREGATED] * 20
     run_flush()
     assert totals(piriod) == {(98, utc(at)): Decimal(sum(range(1, 22)))}
+
+
+def test_a_warm_container_refuses_an_event_for_a_window_a_flush_elsewhere_used_up(
+    meters: Adapter, piriod: Any
+) -> None:
+    from piriod_adapter.runtime import get_runtime, reset_runtime
+
+    # given a one-second window that this container counted an event into (so it saw
+    # generation 0 open), then FlushFunction, in a container of its own, closed (its only
+    # generation: a PT1S window has one per second)
+    second = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    assert deliver(meters, [event("t1", 94, second)], "tick")[1]["results"][0]["generation"] == 0
+    container = get_runtime()
+    reset_runtime()
+    assert run_flush()["posted"] == 1
+    reset_runtime(container)
+    # when this (warm) container, and a fresh one, each get a late event for that window
+    warm = deliver(meters, [event("t2", 94, second)], "tick")
+    meters.fresh_runtime()
+    fresh = deliver(meters, [event("t3", 94, second)], "tick")
+    # then both answer the same 422 naming date_time and the bound, and nothing is kept
+    for status, body in (warm, fresh):
+        assert status == 422, body
+        [problem] = body["errors"]
+        assert problem["field"] == "date_time" and "all 1 generations" in problem["message"]
+    assert meters.messages("dead_letter") == []
+    assert totals(piriod) == {(94, utc(second)): Decimal(1)}
+
+
+def test_every_shard_is_tried_before_an_event_is_refused(meters: Adapter, piriod: Any) -> None:
+    from piriod_adapter.aggregate import Aggregate
+    from piriod_adapter.clock import Deadline
+    from piriod_adapter.counting import Counting
+    from piriod_adapter.lifecycle import Fate, Submission
+    from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey
+    from piriod_adapter.windows import WindowStore
+    from tests.unit.fakes import FakeQueues, placer
+
+    # given a window of 8 counter shards, each with room for one event of 10^19, and a
+    # container whose random choice of shard always falls on the first one
+    store = WindowStore(
+        client("dynamodb", meters.endpoint), meters.resources.table, 8, choose=lambda n: 0
+    )
+    spec = Aggregate(function="sum", window="PT1M", lateness="PT0S")
+    tenant = Tenant(workspace="w", test_mode=False)
+    at, queues = minute(3), FakeQueues()
+
+    def count(n: int) -> Fate:
+        key = UsageKey(kind=KeyKind.EVENT, scope="v1/sources/meter", text=f"big-{n}")
+        usage = Usage(
+            subscription_line=93, date_time=at, quantity=Decimal(10**19), key=key, source="meter"
+        )
+        counting = Counting(spec, "meter", tenant, store, placer(), queues.place_failed, 30)
+        [one] = counting.run([Submission(0, usage, tenant)], Deadline.after(20))
+        return one.fate
+
+    # when nine such events are counted one delivery at a time
+    fates = [count(n) for n in range(9)]
+    # then the first eight each find the shard with room (every shard is tried), and only
+    # the ninth, for which no shard has room, is refused into DeadLetterQueue
+    assert fates == [Fate.AGGREGATED] * 8 + [Fate.REJECTED]
+    [refused] = [json.loads(m.body)["failure"]["errors"]["quantity"][0] for m in queues.dead]
+    assert "10^20" in refused
+
+
+def test_windows_filters_by_line_before_it_limits(meters: Adapter, piriod: Any) -> None:
+    import io
+
+    from piriod_operator.cli import main
+
+    # given line 92 with three flushed generations of one window, and line 90 with many
+    # newer windows of the same source
+    window = minute(10)
+    for n in range(3):
+        deliver(meters, [event(f"l92-{n}", 92, window)])
+        run_flush()
+    deliver(meters, [event(f"l90-{m}", 90, minute(m)) for m in range(2, 9)])
+    run_flush()
+    # when the operator asks for two of line 92's windows
+    out = io.StringIO()
+    code = main(
+        ["windows", "--source", "meter", "--line", "92", "--limit", "2", "--json"], out=out, err=out
+    )
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    # then it gets the newest two of line 92's three, oldest first
+    assert code == 0
+    assert [(r["line"], r["generation"], r["state"]) for r in rows] == [
+        (92, 1, "posted"),
+        (92, 2, "posted"),
+    ]

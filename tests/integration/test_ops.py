@@ -225,6 +225,41 @@ def test_reconcile_is_clean_then_reports_each_side(adapter: Adapter, piriod: Any
     ]
 
 
+def test_reconcile_matches_usages_created_by_a_201_without_an_id(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given two twin records of line 12 (same instant and quantity, two keys) posted by 201s
+    # without a usage id (an OpenAPI mock's answer), Piriod listing quantities as floats and
+    # times in milliseconds, and a third record posted normally
+    piriod.set_listing(quantity="float", date_time="millis")
+    piriod.add_fault("answer_after_store", status=201, body="no_id", count=2)
+    twin = (
+        '{"subscription_line": 12, "date_time": "2026-11-01T01:00:00Z", '
+        '"quantity": 1.23456789012345678}'
+    )
+    adapter.deliver(f'{{"usages": [{twin}, {twin}]}}', message_id="msg_idless")
+    adapter.deliver({"usages": [record(12, 3)]}, message_id="msg_with_id")
+    window = ("--line", "12", "--since", "2026-11-01T00:00:00Z", "--until", "2026-11-01T23:59:59Z")
+    # when the operator reconciles the line
+    code, text = ops("reconcile", *window, "--json")
+    report = json.loads(text)
+    # then each id-less record is matched to a usage of its own: none is "not recorded"
+    assert code == 0, report
+    assert (report["adapter_posted"], report["piriod_listed"], report["matched"]) == (3, 3, 3)
+    assert report["not_recorded_by_adapter"] == [] and report["missing_in_piriod"] == []
+    # and once one of the twins' usages is gone from Piriod, one twin is missing, by key
+    http = urllib3.PoolManager()
+    headers = {"Authorization": f"Token {TOKEN}", "x-simple-workspace": WORKSPACE}
+    first = min(u["id"] for u in piriod.usages())
+    assert http.request("DELETE", f"{piriod.url}/usages/{first}/", headers=headers).status == 204
+    code, text = ops("reconcile", *window, "--json")
+    report = json.loads(text)
+    assert code == 3 and report["matched"] == 2
+    [missing] = report["missing_in_piriod"]
+    assert missing["usage_id"] is None
+    assert missing["key"] in ("d#v1/usages#msg_idless:0", "d#v1/usages#msg_idless:1")
+
+
 def test_list_shows_every_message_and_leaves_them_visible(adapter: Adapter, piriod: Any) -> None:
     # given 25 records in the dead-letter queue (more than one receive returns)
     piriod.set_unmetered_lines(*range(300, 325))

@@ -75,6 +75,7 @@ def test_ambiguous_post_that_landed_is_settled_not_posted_again(
     adapter: Adapter, piriod: Any
 ) -> None:
     # given a post that reached Piriod but whose answer never came back
+    adapter.fresh_runtime(PIRIOD_READ_TIMEOUT="1")
     piriod.add_fault("timeout_after_store", delay=2, count=1)
     _, body = adapter.deliver(RECORD, message_id="msg_ambiguous_1")
     assert body["results"][0]["status"] == "queued"

@@ -53,6 +53,7 @@ def test_a_usage_listed_at_lower_precision_settles_its_record(
     # given Piriod listing usages at a lower precision than they were sent, and a post that
     # was stored but whose answer was lost
     piriod.set_listing(**listing)
+    adapter.fresh_runtime(PIRIOD_READ_TIMEOUT="1")
     piriod.add_fault("timeout_after_store", count=1, delay=2)
     raw = json.dumps(sent).replace("1.2345678901234568", "1.23456789012345678")
     status, body = adapter.deliver(raw)

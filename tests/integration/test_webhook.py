@@ -576,6 +576,7 @@ def test_401_with_no_new_token_is_queued(adapter: Adapter, piriod: Any) -> None:
 
 def test_read_timeout_after_arrival_is_queued_as_ambiguous(adapter: Adapter, piriod: Any) -> None:
     # given Piriod storing the usage but never answering in time
+    adapter.fresh_runtime(PIRIOD_READ_TIMEOUT="1")
     piriod.add_fault("timeout_after_store", delay=3)
     # when a record is delivered
     status, body = adapter.deliver(RECORD)

@@ -198,6 +198,49 @@ def test_a_window_past_its_generations_is_refused_before_anything_is_counted() -
     assert list(store.keys) == ["e#v1/sources/m#e1"]
 
 
+def test_a_window_used_up_by_a_flush_during_the_delivery_is_a_422_while_nothing_counted() -> None:
+    # given a PT1S window with its one generation open, and a flusher that closes it between
+    # this delivery's read and its write
+    store, queues = FakeWindowStore(), FakeQueues()
+    at = NOW - timedelta(minutes=2)
+    counting(store, window="PT1S").run(subs([usage(1, at)]), Deadline.after(10))
+    gen = store.due(NOW.timestamp() + 3600, 10)[0]
+    store.before_count = lambda: store.close(gen)
+    # when another event for it arrives, then it is a 422 as if the read had seen the close,
+    # and nothing is written or kept
+    with pytest.raises(WindowFull):
+        counting(store, queues, window="PT1S").run(subs([usage(2, at)]), Deadline.after(10))
+    assert list(store.keys) == ["e#v1/sources/m#e1"] and queues.dead == []
+
+
+def test_a_window_used_up_after_part_of_the_delivery_counted_rejects_only_its_events() -> None:
+    # given a PT1S window with its one generation open, and a flusher that closes it just
+    # before the delivery's second transaction (its first one, for another window, committed)
+    store, queues = FakeWindowStore(), FakeQueues()
+    at = NOW - timedelta(minutes=2)
+    counting(store, window="PT1S").run(subs([usage(1, at)]), Deadline.after(10))
+    gen = store.due(NOW.timestamp() + 3600, 10)[0]
+    original = store.count
+
+    def count(*args: Any) -> Any:
+        if "e#v1/sources/m#e3" in [e.pk for e in args[0]]:
+            store.close(gen)
+        return original(*args)
+
+    store.count = count  # type: ignore[method-assign,assignment]
+    deliver = counting(store, queues, window="PT1S")
+    # (each event in a transaction of its own, as when a window's shard is full)
+    deliver.singles.add(next(w for (w, _) in store.gens))
+    # when a delivery of an event for another window, and one for the used-up window, comes
+    other = usage(2, at + timedelta(seconds=5))
+    results = deliver.run(subs([other, usage(3, at)]), Deadline.after(10))
+    # then the first is counted, and the second, no longer countable, is kept in
+    # DeadLetterQueue naming the bound (the delivery cannot be refused: part of it counted)
+    assert [r.fate for r in results] == [Fate.AGGREGATED, Fate.REJECTED]
+    assert "generations" in (results[1].errors or {}).get("date_time", [""])[0]
+    assert len(queues.dead) == 1
+
+
 def test_a_full_window_rejects_only_what_does_not_fit() -> None:
     # given 3 shards with room for 2 units of 10^-18 each
     store, queues = FakeWindowStore(room=3 * 2), FakeQueues()
