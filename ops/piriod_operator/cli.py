@@ -582,13 +582,9 @@ def cmd_replay(ctx: Context) -> int:
     if args.dry_run:
         render_table(chosen, out)
         out.write("dry run: nothing was replayed\n")
-        from piriod_adapter.queue import DEAD_LETTER, release
+        from piriod_adapter.queue import DEAD_LETTER
 
-        release(
-            runtime.sqs,
-            runtime.queue.url(DEAD_LETTER),
-            [e.receipt_handle for e in chosen if e.receipt_handle],
-        )
+        runtime.queue.release(DEAD_LETTER, [e.receipt_handle for e in chosen if e.receipt_handle])
         out.write(f"replay: chosen={len(chosen)}\n")
         return EXIT_OK
     enabled = args.progress if args.progress is not None else (len(chosen) > 20 and err.isatty())
@@ -637,8 +633,15 @@ def cmd_purge(ctx: Context) -> int:
         answer = input(f"Type the queue name ({args.queue}) to delete every message in it: ")
         if answer.strip() != args.queue:
             raise CommandError(EXIT_NOT_FOUND, "not confirmed; nothing deleted")
-    runtime.sqs.purge_queue(QueueUrl=runtime.queue.url(args.queue))
-    out.write(f"purged {args.queue}\n")
+    runtime.queue.purge(args.queue)
+    parked = 0
+    if args.queue == "dead-letter":  # and the dead letters parked before SQS could drop them
+        from piriod_adapter.table import PARKED
+
+        for waiting in runtime.store.waiting(PARKED):
+            runtime.store.unpark(waiting.message_id)
+            parked += 1
+    out.write(f"purged {args.queue}" + (f" and {parked} parked record(s)" if parked else "") + "\n")
     return EXIT_OK
 
 

@@ -32,10 +32,10 @@ from piriod_adapter.models import (
 )
 from piriod_adapter.observability import NAMESPACE, SERVICE
 from piriod_adapter.piriod import Listed, usage_id_of
-from piriod_adapter.queue import DEAD_LETTER, REPLAY, receive_all, release
+from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.replay import redeliver_dead_letter
 from piriod_adapter.runtime import Runtime
-from piriod_adapter.table import KeyRecord
+from piriod_adapter.table import PARKED, KeyRecord
 
 QUEUES = (REPLAY, DEAD_LETTER)
 DLQ_HOLD_SECONDS = 300  # dead letters chosen for a replay are held this long
@@ -52,18 +52,21 @@ class Entry:
     raw: str
     receipt_handle: str | None = None  # set for dead letters received to be replayed
     problem: str | None = None  # why the message cannot be read as a record
+    parked: bool = False  # a dead letter kept in the table before SQS could drop it
 
     def to_dict(self) -> dict[str, Any]:
         try:  # NaN and Infinity stay text: what is printed is JSON
             body: Any = json.loads(self.raw, parse_constant=_no_constant)
         except ValueError:
             body = self.raw
-        return {
+        shown: dict[str, Any] = {
             "queue": self.queue,
             "message_id": self.message_id,
             "kind": self.kind,
-            "record": body,
         }
+        if self.parked:
+            shown["parked"] = True
+        return {**shown, "record": body}
 
     @property
     def kind(self) -> str:
@@ -107,24 +110,30 @@ def waiting_in_replay(runtime: Runtime) -> list[Entry]:
 
 
 def dead_letters(runtime: Runtime, limit: int = 10_000, hold_seconds: int = 0) -> list[Entry]:
-    """Messages in DeadLetterQueue (released again at once unless held for a replay)."""
+    """Dead letters: the messages in DeadLetterQueue (released again at once unless held for
+    a replay), then the ones parked in the table before SQS could drop them (SPEC 5)."""
     entries = []
-    url = runtime.queue.url(DEAD_LETTER)
-    for message in receive_all(runtime.sqs, url, limit=limit, hold_seconds=hold_seconds):
-        sent = int(message.get("Attributes", {}).get("SentTimestamp", "0")) / 1000
-        record, problem = _read(message["Body"])
+    for held in runtime.queue.walk(DEAD_LETTER, hold_seconds, limit):
+        record, problem = _read(held.body)
+        handle = held.receipt_handle if hold_seconds else None
+        entries.append(
+            Entry(DEAD_LETTER, held.message_id, held.sent_at, record, held.body, handle, problem)
+        )
+    for waiting in runtime.store.waiting(PARKED):
+        record, problem = _read(waiting.message)
+        sent = datetime.strptime(waiting.since, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         entries.append(
             Entry(
                 DEAD_LETTER,
-                message["MessageId"],
-                datetime.fromtimestamp(sent, UTC),
+                waiting.message_id,
+                sent,
                 record,
-                message["Body"],
-                message["ReceiptHandle"] if hold_seconds else None,
-                problem,
+                waiting.message,
+                problem=problem,
+                parked=True,
             )
         )
-    return entries
+    return entries[:limit]
 
 
 def entries(runtime: Runtime, queue: str, limit: int) -> list[Entry]:
@@ -182,9 +191,8 @@ def choose_dead_letters(runtime: Runtime, filters: Filters, limit: int) -> list[
     taken = dead_letters(runtime, hold_seconds=DLQ_HOLD_SECONDS)
     chosen = [e for e in taken if filters.match(e)][:limit]
     picked = {e.message_id for e in chosen}
-    release(
-        runtime.sqs,
-        runtime.queue.url(DEAD_LETTER),
+    runtime.queue.release(
+        DEAD_LETTER,
         [e.receipt_handle for e in taken if e.message_id not in picked and e.receipt_handle],
     )
     return chosen
@@ -208,10 +216,10 @@ def replay_dead_letters(
         if interval and number:
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
         started = time.monotonic()
-        assert entry.receipt_handle is not None
         if entry.record is None:
             counts.unreadable += 1
-            runtime.queue.show_again(DEAD_LETTER, entry.receipt_handle)
+            if entry.receipt_handle is not None:
+                runtime.queue.show_again(DEAD_LETTER, entry.receipt_handle)
             report(entry, "unreadable", None)
             continue
         result = redeliver_dead_letter(
@@ -224,9 +232,14 @@ def replay_dead_letters(
         )
         status = result.outcome.answer if result.outcome else "not_stored"
         setattr(counts, status, getattr(counts, status) + 1)
-        if not result.retry:
+        if entry.parked:
+            if not result.retry:  # else: it stays parked
+                runtime.store.unpark(entry.message_id)
+        elif not result.retry:
+            assert entry.receipt_handle is not None
             runtime.queue.delete(DEAD_LETTER, entry.receipt_handle)
         else:
+            assert entry.receipt_handle is not None
             runtime.queue.show_again(DEAD_LETTER, entry.receipt_handle)
         report(entry, status, result.outcome)
     return counts
@@ -410,7 +423,7 @@ def render_table(found: list[Entry], out: TextIO) -> None:
             line = str(u.subscription_line) if u.subscription_line else f"meter:{u.meter_id}"
         rows.append(
             [
-                e.queue,
+                "parked" if e.parked else e.queue,
                 e.message_id[:8],
                 _short(line, 24),
                 u.date_time_text if u else "?",

@@ -336,6 +336,18 @@ class IdempotencyStore:
         items = self.query_line(line, sortable_utc(start), sortable_utc(end))
         return [KeyRecord.from_item(item) for item in items]
 
+    def park(self, message_id: str, body: str, first_sent: datetime) -> None:
+        """Keep a dead letter whole in the table (see park.py). Raises StoreUnavailable."""
+        self._call(
+            "put_item",
+            "park a dead letter",
+            table.parked(message_id, body, first_sent, self._clock()),
+        )
+
+    def unpark(self, message_id: str) -> None:
+        """Forget a parked dead letter (replayed, or purged by the operator)."""
+        self._call("delete_item", "delete a parked dead letter", table.parked_key(message_id))
+
     def waiting(self, queue: str) -> list[Waiting]:
         """What waits in `queue` ("replay", "dead-letter", or table.PARKED), oldest first, with
         its queue message: read from the table, the queue itself is not touched."""

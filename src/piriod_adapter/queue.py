@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,16 @@ MAX_PARALLEL_SENDS = 10
 
 class QueueUnavailable(RuntimeError):
     """The message could not be stored."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A message received from a queue and held invisible, to act on."""
+
+    message_id: str
+    body: str
+    sent_at: datetime  # SentTimestamp: when SQS took it
+    receipt_handle: str
 
 
 class FailureQueue:
@@ -148,6 +160,32 @@ class FailureQueue:
 
     def delete(self, queue: str, receipt_handle: str) -> None:
         self._client.delete_message(QueueUrl=self.url(queue), ReceiptHandle=receipt_handle)
+
+    def walk(self, queue: str, hold_seconds: int, limit: int) -> list[Held]:
+        """Every visible message of `queue` (up to `limit`), each once, held invisible for
+        `hold_seconds` (see receive_all: never walk ReplayQueue)."""
+        messages = receive_all(
+            self._client, self.url(queue), limit=limit, hold_seconds=hold_seconds
+        )
+        return [
+            Held(
+                message_id=m["MessageId"],
+                body=m["Body"],
+                sent_at=datetime.fromtimestamp(
+                    int(m.get("Attributes", {}).get("SentTimestamp", "0")) / 1000, UTC
+                ),
+                receipt_handle=m["ReceiptHandle"],
+            )
+            for m in messages
+        ]
+
+    def purge(self, queue: str) -> None:
+        """Delete every message of `queue` (the operator's purge)."""
+        self._client.purge_queue(QueueUrl=self.url(queue))
+
+    def release(self, queue: str, receipt_handles: list[str]) -> None:
+        """Make held messages visible again at once."""
+        release(self._client, self.url(queue), receipt_handles)
 
     def show_again(self, queue: str, receipt_handle: str) -> None:
         """Make one received message visible again at once."""

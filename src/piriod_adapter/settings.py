@@ -43,7 +43,7 @@ class Settings(BaseModel):
     # Counter shards per aggregation window (SPEC 9): concurrent deliveries to one line and
     # window add to different items, so that they rarely conflict; a close sums them.
     window_shards: int = Field(default=8, ge=1, le=32, alias="WINDOW_SHARDS")
-    idempotency_ttl_days: int = Field(default=30, ge=7, alias="IDEMPOTENCY_TTL_DAYS")
+    idempotency_ttl_days: int = Field(default=35, ge=7, alias="IDEMPOTENCY_TTL_DAYS")
     post_concurrency: int = Field(default=16, ge=1, le=64, alias="POST_CONCURRENCY")
     piriod_connect_timeout: float = Field(default=3.0, gt=0, le=30, alias="PIRIOD_CONNECT_TIMEOUT")
     piriod_read_timeout: float = Field(default=8.0, gt=0, le=60, alias="PIRIOD_READ_TIMEOUT")

@@ -36,10 +36,15 @@ def test_template_validates_with_lint(gateway: str) -> None:
 
 
 # Each function of template.yaml with the handler module it runs.
-HANDLERS = {"WebhookFunction": "webhook", "ReplayFunction": "replay", "FlushFunction": "flush"}
+HANDLERS = {
+    "WebhookFunction": "webhook",
+    "ReplayFunction": "replay",
+    "FlushFunction": "flush",
+    "ParkFunction": "park",
+}
 
 
-def test_build_packages_all_three_functions_with_their_requirements(built: Path) -> None:
+def test_build_packages_every_function_with_its_requirements(built: Path) -> None:
     # given `sam build`'s output: its template and a directory per function
     class Loader(yaml.SafeLoader):
         """CloudFormation's short tags (!Ref, !Sub...) read as nothing."""
@@ -51,7 +56,7 @@ def test_build_packages_all_three_functions_with_their_requirements(built: Path)
         for name, resource in resources.items()
         if resource["Type"] == "AWS::Serverless::Function"
     }
-    # then the functions are the three, each packaged with its handler and the runtime's
+    # then the functions are the four, each packaged with its handler and the runtime's
     # requirements
     assert sorted(functions) == sorted(HANDLERS)
     for function, handler in HANDLERS.items():
@@ -232,3 +237,6 @@ def test_an_aggregating_delivery_is_posted_by_flush_function_through_sam_local_i
     assert posted == {(3201, first, "2"), (3201, second, "1"), (3202, second, "2")}
     # and a second run finds nothing due
     assert invoke("FlushFunction", EVENTS / "flush-scheduled.json", tmp_path)["due"] == 0
+    # and ParkFunction walks DeadLetterQueue on its scheduled event (nothing is 10 days old)
+    parked = invoke("ParkFunction", EVENTS / "park-scheduled.json", tmp_path)
+    assert parked["parked"] == 0 and "oldest_seconds" in parked, parked

@@ -114,3 +114,24 @@ def test_the_scheduled_event_is_ignored_by_flush_function(
     # when the handler runs on it, then it flushes, with nothing taken from the event
     assert flush.lambda_handler(event, LambdaContext(function_name="FlushFunction")) == {"due": 0}
     assert seen == [("runtime", True)]
+
+
+def test_the_scheduled_event_is_ignored_by_park_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given the scheduled event EventBridge Scheduler delivers to ParkFunction every hour
+    event = load_event("park-scheduled.json")
+    assert event["detail-type"] == "Scheduled Event" and not is_http_event(event)
+    from piriod_adapter.handlers import park
+
+    seen: list[Any] = []
+
+    def run_park(runtime: Any, deadline: Any) -> dict[str, Any]:
+        seen.append((runtime, deadline.remaining() > 0))
+        return {"parked": 0}
+
+    monkeypatch.setattr(park, "run_park", run_park)
+    monkeypatch.setattr(park, "get_runtime", lambda: "runtime")
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    # when the handler runs on it, then it parks, with nothing taken from the event
+    context = LambdaContext(function_name="ParkFunction", timeout_seconds=300)
+    assert park.lambda_handler(event, context) == {"parked": 0}
+    assert seen == [("runtime", True)]

@@ -1,0 +1,24 @@
+"""ParkFunction: every hour (SPEC 5), park the dead letters SQS would drop within days, and
+measure the oldest dead letter. The scheduled event's content is ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.observability import logger, metrics
+from piriod_adapter.park import run_park
+from piriod_adapter.runtime import get_runtime
+from piriod_adapter.snapstart import register
+
+DEADLINE_RESERVE_SECONDS = 10.0
+
+register()  # SnapStart's runtime hooks (nothing outside the Lambda runtime)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return run_park(get_runtime(), Deadline.from_context(context, DEADLINE_RESERVE_SECONDS))
