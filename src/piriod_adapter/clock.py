@@ -13,14 +13,13 @@ class HasRemainingTime(Protocol):
 
 @dataclass(frozen=True)
 class Deadline:
-    """A point on the monotonic clock, with the matching wall-clock time for DynamoDB locks."""
+    """A point on the monotonic clock."""
 
     monotonic_at: float
-    wall_at: float
 
     @classmethod
     def after(cls, seconds: float) -> Deadline:
-        return cls(time.monotonic() + seconds, time.time() + seconds)
+        return cls(time.monotonic() + seconds)
 
     @classmethod
     def from_context(cls, context: HasRemainingTime, reserve_seconds: float) -> Deadline:

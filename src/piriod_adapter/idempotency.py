@@ -149,7 +149,7 @@ class IdempotencyStore:
         now = self._clock()
         token = uuid.uuid4().hex
         phase = "settling" if settling else "posting"
-        lock = deadline.wall_at + LOCK_MARGIN_SECONDS
+        lock = now + deadline.remaining() + LOCK_MARGIN_SECONDS  # past the holder's timeout
         item = table.claim_item(pk, usage, token, now, lock, phase, int(now + self._ttl))
         if taker is not Taker.WEBHOOK:
             taken = self._take_over(item, now, taker)

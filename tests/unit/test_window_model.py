@@ -50,6 +50,19 @@ WINDOW_LINES = [31, 32, 0]  # 0: a meter the profile has no line for (until it g
 NEW_METER_LINE = 33
 EVENT_QUANTITIES = [Decimal("0.000000000000000001"), Decimal("2.5"), Decimal("7"), Decimal(0)]
 TENANT = Tenant(workspace="w", test_mode=False)
+# A delivery's events: (event number, line, window, second in it, quantity), one per number.
+PICKS = st.lists(
+    st.tuples(
+        st.integers(0, 15),
+        st.sampled_from(WINDOW_LINES),
+        st.integers(0, 3),
+        st.integers(0, 59),
+        st.sampled_from(EVENT_QUANTITIES),
+    ),
+    min_size=1,
+    max_size=5,
+    unique_by=lambda p: p[0],
+)
 
 
 class Windows(Lifecycle):
@@ -100,26 +113,23 @@ class Windows(Lifecycle):
 
     # --- deliveries ----------------------------------------------------------------------------
 
-    @rule(
-        picks=st.lists(
-            st.tuples(
-                st.integers(0, 15),
-                st.sampled_from(WINDOW_LINES),
-                st.integers(0, 3),
-                st.integers(0, 59),
-                st.sampled_from(EVENT_QUANTITIES),
-            ),
-            min_size=1,
-            max_size=5,
-            unique_by=lambda p: p[0],
-        ),
-        flush_between=st.booleans(),
-    )
+    @rule(picks=PICKS, flush_between=st.booleans())
     def deliver_events(self, picks: list[Any], flush_between: bool) -> None:
-        seen = [u for u in self.events.values()]
-        usages = [self._resolve(self._event(*pick)) for pick in picks]
         if flush_between:  # a flusher closes windows between this delivery's read and write
             self.windows.before_count = self._flush
+        self._deliver(picks)
+
+    @rule(first=PICKS, second=PICKS)
+    def deliveries_at_once(self, first: list[Any], second: list[Any]) -> None:
+        # two deliveries of the first events of a generation (a window's first, or the one
+        # after a close): the second runs whole between the first's read and its write, so
+        # both read the generation as new and both write its item with their additions
+        self.windows.before_count = lambda: self._deliver(second)
+        self._deliver(first)
+
+    def _deliver(self, picks: list[Any]) -> None:
+        seen = [u for u in self.events.values()]
+        usages = [self._resolve(self._event(*pick)) for pick in picks]
         down = self.windows.down or self.queues.down
         reply = count_and_answer(
             self.windows,

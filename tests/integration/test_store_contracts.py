@@ -1,0 +1,443 @@
+"""The fakes the model tests run on are held equal to the real stores: every test here runs
+twice, once against the DynamoDB store on moto server (over loopback HTTP, the functions'
+own code) and once against its fake (tests/unit/fakes.py), and asserts the same observable
+behaviour of both. A fake that drifts from DynamoDB's conditions fails here, so the model
+tests' proof (tests/unit/test_lifecycle_model.py, test_window_model.py) covers the stores.
+
+The key store: claiming, takeover by who may take what, finishing, releasing, settling,
+taking and giving back a usage, identical twins, a lost lock. The window store: counting,
+duplicates, a closed generation, a full shard, a conflict, closing and handing over."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.idempotency import Claim, IdempotencyStore, LockLost, Result
+from piriod_adapter.lifecycle import KeyStatus, Taker
+from piriod_adapter.models import KeyKind, Usage, UsageKey
+from piriod_adapter.table import KeyState, Waiting, WindowId, key_pk
+from piriod_adapter.windows import (
+    EventWrite,
+    NewGeneration,
+    WindowStore,
+    WindowWrite,
+    from_units,
+    to_units,
+)
+from piriod_devkit.aws import MotoServer, client, provision
+from tests.conftest import TOKEN
+from tests.unit.fakes import Clock, FakeKeyStore, FakeWindowStore
+
+AT = datetime(2026, 11, 30, 10, 0, 0, 123456, tzinfo=UTC)
+LIFETIME = 25.0  # the attempts' deadline: their locks outlive it
+
+
+def usage(text: str, quantity: str = "1.5", line: int = 41, micro: int = 123456) -> Usage:
+    return Usage(
+        subscription_line=line,
+        date_time=AT.replace(microsecond=micro),
+        quantity=Decimal(quantity),
+        key=UsageKey(kind=KeyKind.EXPLICIT, scope="v1/usages", text=text),
+    )
+
+
+def seen(state: KeyState | None, now: float) -> tuple[Any, ...] | None:
+    """What the lifecycle reads of a key's state."""
+    if state is None:
+        return None
+    return (
+        state.status,
+        state.fingerprint,
+        state.usage_id,
+        state.locked(now),
+        state.posting(now),
+        state.unsettled_since() is not None,
+        state.ambiguous_since,
+    )
+
+
+@pytest.fixture(scope="module")
+def table(moto_server: MotoServer) -> str:
+    return provision(moto_server.url, token=TOKEN, signing_secrets=[]).table
+
+
+@dataclass
+class Keys:
+    store: Any  # IdempotencyStore or FakeKeyStore
+    clock: Clock
+
+
+@pytest.fixture(params=["dynamodb", "fake"])
+def keys(request: pytest.FixtureRequest, moto_server: MotoServer, table: str) -> Keys:
+    clock = Clock(time.time())
+    if request.param == "fake":
+        return Keys(FakeKeyStore(clock), clock)
+    dynamodb = client("dynamodb", moto_server.url)
+    return Keys(IdempotencyStore(dynamodb, table, 35, clock=clock, sleep=lambda _: None), clock)
+
+
+_unique = iter(range(10**9))
+
+
+def fresh(text: str) -> str:
+    """A key text no other test uses (the real store's table is shared by this module)."""
+    return f"{text}-{next(_unique)}-{time.time_ns()}"
+
+
+def claim(keys: Keys, record: Usage, taker: Taker = Taker.WEBHOOK, **kw: Any) -> Claim:
+    result: Claim = keys.store.claim(record, Deadline.after(LIFETIME), taker, **kw)
+    return result
+
+
+def waiting(queue: str, message_id: str = "m-1") -> Waiting:
+    return Waiting(queue=queue, message_id=message_id, message="{}", since="2026-11-30T10")
+
+
+# --- the key store ------------------------------------------------------------------------------
+
+
+def test_a_new_key_is_taken_once_and_a_held_one_is_reported(keys: Keys) -> None:
+    # given a record nobody has claimed
+    record = usage(fresh("new"))
+    # when two attempts claim it
+    first, second = claim(keys, record), claim(keys, record)
+    # then the first holds it, and the second sees it held (locked, posting)
+    assert first.acquired and first.previous is None
+    assert not second.acquired
+    assert seen(second.previous, keys.clock()) == (
+        KeyStatus.IN_PROGRESS,
+        record.fingerprint,
+        None,
+        True,
+        True,
+        True,
+        None,
+    )
+
+
+def test_a_finished_key_is_a_duplicate_for_every_taker(keys: Keys) -> None:
+    # given a record posted as usage 77
+    record = usage(fresh("done"))
+    held = claim(keys, record)
+    keys.store.finish(Result(held, KeyStatus.POSTED, usage_id=77))
+    # when anyone claims it again
+    for taker in Taker:
+        again = claim(keys, record, taker)
+        # then nobody takes it, and it says posted as 77, unlocked
+        assert not again.acquired
+        assert seen(again.previous, keys.clock()) == (
+            KeyStatus.POSTED,
+            record.fingerprint,
+            77,
+            False,
+            False,
+            False,
+            None,
+        )
+
+
+def test_a_holder_that_vanished_is_taken_over_once_its_lock_expires(keys: Keys) -> None:
+    # given a record whose attempt stopped mid-post (its lock still held)
+    record = usage(fresh("vanished"))
+    claim(keys, record)
+    assert not claim(keys, record).acquired
+    # when its lock has expired
+    keys.clock.advance(LIFETIME + 10)
+    again = claim(keys, record)
+    # then the next attempt takes it, and learns an earlier post may be unseen
+    assert again.acquired
+    assert again.previous is not None and again.previous.unsettled_since() is not None
+
+
+def test_who_may_take_a_queued_or_rejected_key(keys: Keys) -> None:
+    # given three records: queued in ReplayQueue, exhausted into DeadLetterQueue, rejected
+    replay, exhausted, rejected = (usage(fresh(n)) for n in ("replay", "exhausted", "rejected"))
+    for record, status, queue in (
+        (replay, KeyStatus.QUEUED, "replay"),
+        (exhausted, KeyStatus.QUEUED, "dead-letter"),
+        (rejected, KeyStatus.REJECTED, "dead-letter"),
+    ):
+        held = claim(keys, record)
+        keys.store.finish(Result(held, status, waiting=waiting(queue)))
+    # when the webhook, ReplayFunction and the operator try each
+    taken = {
+        (name, taker): claim(keys, record, taker).acquired
+        for name, record in (("replay", replay), ("exhausted", exhausted), ("rejected", rejected))
+        for taker in (Taker.WEBHOOK, Taker.REPLAY)
+    }
+    # then the webhook takes none, ReplayFunction only what waits in ReplayQueue
+    assert taken == {
+        ("replay", Taker.WEBHOOK): False,
+        ("replay", Taker.REPLAY): True,
+        ("exhausted", Taker.WEBHOOK): False,
+        ("exhausted", Taker.REPLAY): False,
+        ("rejected", Taker.WEBHOOK): False,
+        ("rejected", Taker.REPLAY): False,
+    }
+    # and the operator takes what waits in DeadLetterQueue, rejected or exhausted
+    assert claim(keys, exhausted, Taker.OPERATOR).acquired
+    assert claim(keys, rejected, Taker.OPERATOR).acquired
+
+
+def test_a_key_reused_for_another_record_is_never_taken(keys: Keys) -> None:
+    # given a key released by its first record (free to take again)
+    text = fresh("reused")
+    held = claim(keys, usage(text, "1.5"))
+    keys.store.release(held, None)
+    # when a different record (another quantity) claims the same key, by any taker
+    other = usage(text, "9")
+    for taker in Taker:
+        attempt = claim(keys, other, taker)
+        # then it is refused, and it sees the first record's fingerprint
+        assert not attempt.acquired
+        assert attempt.previous is not None
+        assert attempt.previous.fingerprint == usage(text, "1.5").fingerprint
+
+
+def test_a_release_frees_the_key_and_keeps_an_unseen_post(keys: Keys) -> None:
+    # given a record whose post went unanswered, released because no queue took it
+    record = usage(fresh("released"))
+    held = claim(keys, record)
+    keys.store.release(held, 1234.5)
+    # when the next attempt claims it
+    again = claim(keys, record)
+    # then it takes it, and learns when the unseen post was sent
+    assert again.acquired and again.previous is not None
+    assert again.previous.status is KeyStatus.RELEASED
+    assert again.previous.ambiguous_since == 1234.5
+
+
+def test_a_lost_lock_writes_nothing(keys: Keys) -> None:
+    # given an attempt whose lock expired and another attempt that took the key over
+    record = usage(fresh("lost"))
+    stale = claim(keys, record)
+    keys.clock.advance(LIFETIME + 10)
+    current = claim(keys, record)
+    assert current.acquired
+    # when the stale attempt tries to write its result, release or mark it
+    writes: list[Callable[[], None]] = [
+        lambda: keys.store.finish(Result(stale, KeyStatus.POSTED, usage_id=5)),
+        lambda: keys.store.release(stale, None),
+        lambda: keys.store.mark_posting(stale),
+        lambda: keys.store.settle(stale, 6),
+    ]
+    for write in writes:
+        # then each is refused, and the key stays the current attempt's
+        with pytest.raises(LockLost):
+            write()
+    keys.store.finish(Result(current, KeyStatus.POSTED, usage_id=7))
+    again = claim(keys, record)
+    assert again.previous is not None and again.previous.usage_id == 7
+
+
+def test_a_settled_record_is_posted_and_one_usage_settles_one_record(keys: Keys) -> None:
+    # given two records that an ambiguous post each left unsettled
+    first, second = usage(fresh("settle-a")), usage(fresh("settle-b"))
+    a, b = claim(keys, first, settling=True), claim(keys, second, settling=True)
+    usage_id = 900_000 + next(_unique)
+    # when both try to take the same listed usage
+    took_a, took_b = keys.store.take_usage(a, usage_id), keys.store.take_usage(b, usage_id)
+    # then only the first has it (again and again), until it gives it back
+    assert (took_a, took_b, keys.store.take_usage(a, usage_id)) == (True, False, True)
+    keys.store.give_back(a, usage_id)
+    assert keys.store.take_usage(b, usage_id)
+    # and settling writes the record posted with that usage
+    keys.store.settle(b, usage_id)
+    again = claim(keys, second)
+    assert seen(again.previous, keys.clock())[:3] == (  # type: ignore[index]
+        KeyStatus.POSTED,
+        second.fingerprint,
+        usage_id,
+    )
+
+
+def test_identical_records_account_for_each_other(keys: Keys) -> None:
+    # given four twins of one line, less than a second apart: one posted as a known usage,
+    # one posted without an id, one queued with an unseen post, one being settled
+    line = 600 + next(_unique) % 10_000
+    twins = [usage(fresh(f"twin{n}"), line=line, micro=100_000 * n) for n in range(5)]
+    known, idless, unseen, settling, me = twins
+    keys.store.finish(Result(claim(keys, known), KeyStatus.POSTED, usage_id=31))
+    keys.store.finish(Result(claim(keys, idless), KeyStatus.POSTED))
+    keys.store.finish(
+        Result(
+            claim(keys, unseen), KeyStatus.QUEUED, ambiguous_since=99.0, waiting=waiting("replay")
+        )
+    )
+    held = claim(keys, settling, settling=True)
+    mine = claim(keys, me)
+    # when one of them asks what the others account for
+    found = keys.store.identical(mine, me)
+    # then the known usage, one id-less post and one unseen post; nobody is posting
+    assert (found.held, found.unknown, found.unseen, found.posting) == (
+        frozenset({31}),
+        1,
+        2,
+        False,
+    )
+    # and once the settling one is about to post, it is posting
+    keys.store.mark_posting(held)
+    assert keys.store.identical(mine, me).posting
+
+
+# --- the window store -----------------------------------------------------------------------
+
+
+@dataclass
+class Windows:
+    store: Any  # WindowStore or FakeWindowStore
+    conflict: Any  # makes the next n transactions conflict
+
+
+@pytest.fixture(params=["dynamodb", "fake"])
+def windows(
+    request: pytest.FixtureRequest, moto_server: MotoServer, table: str
+) -> Iterator[Windows]:
+    if request.param == "fake":
+        fake = FakeWindowStore(shards=3)
+        yield Windows(fake, lambda n: setattr(fake, "conflicts", n))
+        return
+    dynamodb = client("dynamodb", moto_server.url)
+    left = [0]
+
+    def conflict(params: dict[str, Any], **_: Any) -> None:
+        """The next transactions cancelled as DynamoDB cancels one that met a concurrent
+        transaction on one of its items, before anything is sent."""
+        if left[0]:
+            left[0] -= 1
+            raise _conflict(len(params["TransactItems"]))
+
+    dynamodb.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", conflict)
+    yield Windows(WindowStore(dynamodb, table, 3), lambda n: left.__setitem__(0, n))
+
+
+def _conflict(actions: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    reasons: Any = [{"Code": "None"}] * (actions - 1) + [{"Code": "TransactionConflict"}]
+    return ClientError(
+        {
+            "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+            "CancellationReasons": reasons,
+        },
+        "TransactWriteItems",
+    )
+
+
+def window() -> WindowId:
+    start = datetime(2026, 11, 30, 10, next(_unique) % 60, tzinfo=UTC)
+    return WindowId(f"contract{next(_unique)}", 51, start, "sum-60s")
+
+
+def add(
+    store: Any, w: WindowId, texts: list[str], units: int, *, shard: int = 0, g: int | None = None
+) -> Any:
+    """One chunk: events (each of `units`) added to one shard of the window's open
+    generation, writing the generation's item when it is new."""
+    known = store.open_generations([w])[w]
+    generation = known.generation if g is None else g
+    events = [
+        EventWrite(key_pk(ev.key), ev, w, units, 2_000_000_000)
+        for ev in (
+            Usage(
+                subscription_line=w.line,
+                date_time=w.start,
+                quantity=from_units(units),
+                key=UsageKey(kind=KeyKind.EVENT, scope=f"v1/sources/{w.source}", text=text),
+                source=w.source,
+            )
+            for text in texts
+        )
+    ]
+    create = NewGeneration(60, w.start.timestamp() + 60, "sum", False, 2_000_000_000)
+    write = WindowWrite(
+        window=w,
+        generation=generation,
+        shard=shard,
+        shards=known.shards,
+        units=units * len(texts),
+        events=len(texts),
+        expires_at=2_000_000_000,
+        create=None if known.exists else create,
+    )
+    return store.count(events, [write])
+
+
+def test_a_chunk_commits_its_keys_and_additions_together(windows: Windows) -> None:
+    # given a window nobody counted into
+    w = window()
+    # when a chunk of two events commits, and one of them comes again with a new one
+    first = add(windows.store, w, ["a", "b"], to_units(Decimal("2.5")))
+    again = add(windows.store, w, ["b", "c"], to_units(Decimal("2.5")))
+    # then the first committed, the second did not (b is a duplicate, with its fingerprint)
+    assert first.committed and not again.committed
+    assert list(again.duplicates) == [0] and again.duplicates[0] is not None
+    assert not (again.closed or again.full or again.conflict)
+    # and the generation's total is the first chunk's alone
+    closed = windows.store.close(next(g for g in windows.store.due(2e9, 10_000) if g.window == w))
+    assert (closed.total_units, closed.events, closed.closed) == (to_units(Decimal(5)), 2, True)
+
+
+def test_a_closed_generation_refuses_additions_and_sends_events_to_the_next(
+    windows: Windows,
+) -> None:
+    # given a window whose generation 0 has an event, then is closed
+    w = window()
+    assert add(windows.store, w, ["a"], 10).committed
+    gen = next(g for g in windows.store.due(2e9, 10_000) if g.window == w)
+    windows.store.close(gen)
+    # when a chunk still aimed at generation 0 comes
+    late = add(windows.store, w, ["b"], 10, g=0)
+    # then it is refused as closed, and the window's open generation is now 1
+    assert not late.committed and late.closed == {0} and not late.duplicates
+    assert windows.store.open_generations([w])[w].generation == 1
+    assert add(windows.store, w, ["b"], 10).committed
+    # and closing again gives the same total (two flushers agree)
+    assert windows.store.close(gen).total_units == 10
+
+
+def test_a_full_shard_refuses_an_addition_past_its_share(windows: Windows) -> None:
+    # given a window of 3 shards, each holding at most a third of the 10^38 - 1 unit bound
+    w = window()
+    share = (10**38 - 1) // 3
+    assert add(windows.store, w, ["a"], share - 5, shard=1).committed
+    # when an addition would take shard 1 past its share, and another fits shard 2
+    over = add(windows.store, w, ["b"], 6, shard=1)
+    fits = add(windows.store, w, ["c"], 6, shard=2)
+    # then the first is refused as full (nothing written), the second commits
+    assert not over.committed and over.full == {0} and not (over.closed or over.duplicates)
+    assert fits.committed
+
+
+def test_a_conflict_cancels_the_whole_transaction(windows: Windows) -> None:
+    # given a window, and a concurrent transaction on one of the next chunk's items
+    w = window()
+    windows.conflict(1)
+    # when the chunk is written, then it is cancelled as a conflict, and nothing is written
+    first = add(windows.store, w, ["a"], 10)
+    assert not first.committed and first.conflict
+    assert not (first.duplicates or first.closed or first.full)
+    # and the same chunk commits on the next try (its key was not written)
+    assert add(windows.store, w, ["a"], 10).committed
+
+
+def test_a_handed_over_generation_leaves_the_due_generations(windows: Windows) -> None:
+    # given a generation with a total, closed
+    w = window()
+    add(windows.store, w, ["a", "b"], 7)
+    gen = windows.store.close(next(g for g in windows.store.due(2e9, 10_000) if g.window == w))
+    assert any(g.window == w for g in windows.store.due(2e9, 10_000))
+    # when its total is handed to the lifecycle
+    windows.store.hand_over(gen)
+    # then it is no longer due, and closing it again changes nothing
+    assert not any(g.window == w for g in windows.store.due(2e9, 10_000))
+    again = windows.store.close(gen)
+    assert (again.total_units, again.handed) == (14, True)
