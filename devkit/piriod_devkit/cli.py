@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _sign(args: argparse.Namespace) -> int:
@@ -34,8 +35,18 @@ NEEDS_LOCAL = 'piriod-local needs the dev kit: pip install ".[local]"'
 
 
 def main(argv: list[str] | None = None) -> int:
+    from piriod_operator.errors import closed_pipe
+
     try:
-        return _main(argv)
+        try:
+            code = _main(argv)
+        except SystemExit:  # --help, --version, an argument error: what they wrote goes out
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `piriod-local demo | head`: the reader has all it wanted
+        return closed_pipe(sys.stdout)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in LOCAL_EXTRA:
             raise
@@ -43,11 +54,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """As argparse's, without its silence on a failed write (a closed pipe)."""
+        if message:
+            (file or sys.stderr).write(message)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("piriod-usage-adapter")
+    except PackageNotFoundError:  # pragma: no cover (run from a checkout without install)
+        return "unknown"
+
+
 def _main(argv: list[str] | None) -> int:
     from piriod_devkit import demo
     from piriod_devkit import serve as local_serve
 
-    parser = argparse.ArgumentParser(prog="piriod-local", description=__doc__)
+    parser = _Parser(prog="piriod-local", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="run the whole adapter locally and show it work")
     demo.add_arguments(demo_parser)

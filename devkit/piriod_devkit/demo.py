@@ -139,7 +139,8 @@ def _print_answer(title: str, status: int, body: dict[str, Any], shown: Shown) -
     if "results" not in body:
         print(f"  {body.get('message')}")
         for error in body.get("errors", []):
-            print(f"    record {error['index']} · {error['field']}: {error['message']}")
+            where = "body" if error.get("index") is None else f"record {error['index']}"
+            print(f"    {where} · {error['field']}: {error['message']}")
 
 
 def _show_mapping(

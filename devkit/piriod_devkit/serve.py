@@ -317,10 +317,9 @@ def delivery_line(event: dict[str, Any], response: dict[str, Any]) -> str:
         line += f"  {body['message']}"
     for error in (body.get("errors") or [])[:3]:
         if isinstance(error, dict):
-            line += (
-                f"\n          record {error.get('index')} · {error.get('field')}: "
-                f"{error.get('message')}"
-            )
+            index = error.get("index")
+            where = "body" if index is None else f"record {index}"  # the delivery as a whole
+            line += f"\n          {where} · {error.get('field')}: {error.get('message')}"
     return line
 
 

@@ -290,11 +290,14 @@ def test_validate_names_every_broken_source_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "sources.json", document)
     # when it is validated
     code, out, _ = run("sources", "validate", path)
-    # then each problem names its source and field, and the good source is not blamed
+    # then each problem names its source and field, in plain words on one line, and the
+    # good source is not blamed
     assert code == 1
-    assert "source 'acme-storage': time_formt: Extra inputs are not permitted" in out
-    assert "source 'ci-minutes': fields.quantity: is not a valid JMESPath expression" in out
-    assert "source 'ci-minutes': quantity_factor:" in out
+    assert "source 'acme-storage': time_formt: is not a field here (misspelt" in out
+    [jmespath] = [line for line in out.splitlines() if "fields.quantity:" in line]
+    assert "is not a valid JMESPath expression: " in jmespath and "column 18" in jmespath
+    assert "source 'ci-minutes': quantity_factor: must be a string, e.g. \"0.5\" in quotes" in out
+    assert "Input should be" not in out
     assert "source 'Bad_Name': (name):" in out
     assert "fleet-telemetry'" not in out.replace("valid: ", "")
     assert "3 broken source(s): Bad_Name, acme-storage, ci-minutes; 1 valid" in out
@@ -306,7 +309,7 @@ def test_validate_names_every_broken_source_and_field(tmp_path: Path) -> None:
         (b"{not json", "not valid JSON"),
         (b'{"version": 2, "sources": {}}', "document: version:"),
         (b'{"version": 1, "sources": []}', "document: sources: must be an object"),
-        (b'{"version": 1, "source": {}}', "document: source: Extra inputs"),
+        (b'{"version": 1, "source": {}}', "document: source: is not a field here"),
     ],
 )
 def test_validate_refuses_a_document_that_is_not_a_profile_document(
@@ -412,3 +415,21 @@ def test_values_written_into_samconfig_are_refused_when_they_would_break_it(
         run(*argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and len(err.strip().splitlines()) == 1 and "argument" in err
+
+
+# --- exit codes --------------------------------------------------------------------------------
+
+
+def test_a_defect_is_one_line_and_exit_7(monkeypatch: pytest.MonkeyPatch) -> None:
+    from piriod_operator import completion
+
+    # given a command whose code fails in a way nothing expects, with a message of two lines
+    def defect(*args: Any) -> str:
+        raise RuntimeError("a defect\nspread over lines")
+
+    monkeypatch.setattr(completion, "script", defect)
+    # when it runs
+    code, out, err = run("completion", "bash")
+    # then exit 7 (please report it), and the message is one line
+    assert (code, out) == (7, "")
+    assert err == "piriod-adapter: unexpected error (RuntimeError): a defect spread over lines\n"
