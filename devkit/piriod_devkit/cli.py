@@ -1,4 +1,6 @@
-"""`piriod-local`: run the adapter locally, serve the stand-ins, sign sample events."""
+"""`piriod-local`: run the adapter locally, serve the stand-ins, sign sample events. It runs
+from a checkout of the project, with the dev kit installed there (`pip install -e ".[local]"`):
+it reads the checkout's template.yaml, events/ and examples/."""
 
 from __future__ import annotations
 
@@ -31,10 +33,14 @@ def _sign(args: argparse.Namespace) -> int:
 # The import names of the `local` extra (pyproject.toml) and of moto[server]'s own: the dev
 # kit's dependencies, which a plain `pip install .` does not bring.
 LOCAL_EXTRA = frozenset({"moto", "yaml", "jsonschema", "flask", "flask_cors", "werkzeug"})
-NEEDS_LOCAL = 'piriod-local needs the dev kit: pip install ".[local]"'
+NEEDS_LOCAL = (
+    "piriod-local runs from a checkout of piriod-usage-adapter, with the dev kit installed "
+    'there: `pip install -e ".[local]"` (`pipx install .` installs piriod-adapter only)'
+)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from piriod_devkit.checkout import NotACheckout
     from piriod_operator.errors import closed_pipe
 
     try:
@@ -51,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         if (exc.name or "").split(".")[0] not in LOCAL_EXTRA:
             raise
         sys.stderr.write(NEEDS_LOCAL + "\n")
+        return 2
+    except NotACheckout as exc:  # installed on its own, or run outside a checkout
+        sys.stderr.write(f"{exc}\n")
         return 2
 
 
@@ -115,6 +124,10 @@ def _main(argv: list[str] | None) -> int:
         "--check", action="store_true", help="fail when the file is not what the models say"
     )
     args = parser.parse_args(argv)
+    if not (args.command == "serve" and (args.print_env or args.unset)):
+        from piriod_devkit import checkout
+
+        checkout.root()  # every other command reads the checkout: none is one line, first
     if args.command == "demo":
         if args.token and not args.workspace:
             parser.error("--workspace (or PIRIOD_WORKSPACE_ID) is required with --token")

@@ -294,6 +294,22 @@ class Context:
     out: TextIO
     err: TextIO
     _runtime: Runtime | None = field(default=None, repr=False)
+    _told_local: bool = field(default=False, repr=False)
+
+    def _aws(self) -> None:
+        """Before the first AWS call: on a terminal, say when AWS_ENDPOINT_URL aims it at a
+        local stand-in (as `eval "$(piriod-local serve --print-env)"` leaves a shell)."""
+        from piriod_operator.stack import UNDO_LOCAL, local_endpoint
+
+        if self._told_local:
+            return
+        self._told_local = True
+        local = local_endpoint()
+        if local and self.err.isatty():
+            self.err.write(
+                f"{PROG}: AWS here is the local stand-in at {local} (AWS_ENDPOINT_URL); "
+                f"`{UNDO_LOCAL}` goes back to AWS\n"
+            )
 
     @property
     def stack_name(self) -> str | None:
@@ -307,21 +323,27 @@ class Context:
 
     @cached_property
     def stack(self) -> Stack:
-        return get_stack(self.require_stack(), self.args.region)
+        name = self.require_stack()
+        self._aws()
+        return get_stack(name, self.args.region)
 
     def find_stack(self) -> Stack | None:
         """The stack, or None when it does not exist yet (init, before the first deploy)."""
-        return find_stack(self.require_stack(), self.args.region)
+        name = self.require_stack()
+        self._aws()
+        return find_stack(name, self.args.region)
 
     def client(self, service: str) -> Any:
         from piriod_operator.stack import client
 
+        self._aws()
         return client(service, self.args.region)
 
     @property
     def runtime(self) -> Runtime:
         """The adapter's clients, aimed at the stack, or at the environment's variables."""
         if self._runtime is None:
+            self._aws()
             if self.stack_name:
                 runtime = Runtime(self.stack.settings())
             else:

@@ -140,6 +140,19 @@ def test_a_stack_that_does_not_exist_is_refused_with_what_to_do(
     assert code == 2 and out == ""
     assert "no stack 'never-deployed'" in err and "--stack never-deployed init" in err
     assert len(err.strip().splitlines()) == 1
+    # and, AWS being a local stand-in here (moto), it says so and how to go back to AWS
+    assert f"AWS_ENDPOINT_URL points at a local stand-in, {adapter.endpoint}" in err
+    assert 'eval "$(piriod-local serve --unset)"' in err
+
+
+def test_the_local_stack_without_a_serve_says_to_start_one(adapter: Adapter) -> None:
+    # when a command is aimed at piriod-local where no `piriod-local serve` registered it
+    code, out, err = cli("status", "--stack", "piriod-local")
+    # then it says that it is the local serve's stack, and how to start and reach it
+    assert code == 2 and out == ""
+    assert "no stack 'piriod-local'" in err and "it is the local serve's" in err
+    assert "start `piriod-local serve`" in err and "--print-env" in err
+    assert "sam deploy" not in err and len(err.strip().splitlines()) == 1
     names = [
         s["Name"] for s in client("secretsmanager", adapter.endpoint).list_secrets()["SecretList"]
     ]

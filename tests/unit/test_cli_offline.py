@@ -433,3 +433,46 @@ def test_a_defect_is_one_line_and_exit_7(monkeypatch: pytest.MonkeyPatch) -> Non
     # then exit 7 (please report it), and the message is one line
     assert (code, out) == (7, "")
     assert err == "piriod-adapter: unexpected error (RuntimeError): a defect spread over lines\n"
+
+
+# --- status: the last hour ---------------------------------------------------------------------
+
+
+class _CloudWatch:
+    """CloudWatch's get_metric_statistics, at an endpoint, with one datapoint per metric."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.meta = type("Meta", (), {"endpoint_url": endpoint})()
+
+    def get_metric_statistics(self, **query: Any) -> dict[str, Any]:
+        sums = {"records_received": 5.0, "records_posted": 4.0, "records_queued": 1.0}
+        return {"Datapoints": [{"Sum": sums.get(query["MetricName"], 0.0)}]}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [
+        ("https://monitoring.eu-west-1.amazonaws.com", False),
+        ("http://127.0.0.1:4566", True),
+        ("http://localhost:4566", True),
+    ],
+)
+def test_last_hour_is_counted_from_cloudwatch_and_not_shown_as_zeros_locally(
+    endpoint: str, local: bool
+) -> None:
+    from datetime import UTC, datetime
+    from typing import cast
+
+    from piriod_adapter.runtime import Runtime
+    from piriod_operator.operator import recent_outcomes
+
+    # given the functions' metrics at an endpoint
+    runtime = cast(Runtime, type("R", (), {"cloudwatch": _CloudWatch(endpoint)})())
+    # when the last hour is asked for
+    recent = recent_outcomes(runtime, datetime.now(UTC))
+    # then AWS's CloudWatch gives counts; a local stand-in, which keeps no metrics, a sentence
+    if local:
+        assert isinstance(recent, str) and recent.startswith("not available locally")
+    else:
+        assert isinstance(recent, dict)
+        assert (recent["received"], recent["posted"], recent["queued"]) == (5, 4, 1)
