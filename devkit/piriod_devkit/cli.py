@@ -129,8 +129,6 @@ def _main(argv: list[str] | None) -> int:
 
         checkout.root()  # every other command reads the checkout: none is one line, first
     if args.command == "demo":
-        if args.token and not args.workspace:
-            parser.error("--workspace (or PIRIOD_WORKSPACE_ID) is required with --token")
         return demo.run(args)
     if args.command == "serve":
         return local_serve.run(args)

@@ -192,6 +192,14 @@ def test_a_local_install_serves_from_a_checkout_and_takes_a_send(
     assert process.wait(timeout=120) == 0
 
 
+def test_a_local_install_runs_the_demo_from_a_checkout(local: Path) -> None:
+    # when `make demo`'s command runs with only the `local` extra installed (no test tools)
+    done = run([str(local / "piriod-local"), "demo"], ROOT, timeout=600)
+    # then it succeeds, every outcome seen
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert "Outcomes seen: " in done.stdout and "replayed=" in done.stdout
+
+
 def test_a_local_install_outside_a_checkout_says_it_runs_from_one(
     local: Path, tmp_path: Path
 ) -> None:

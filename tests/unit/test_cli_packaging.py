@@ -233,3 +233,48 @@ def test_a_directory_named_like_a_checkout_of_another_project_is_not_one(
     # then it is not taken for this project's checkout
     assert not checkout.is_checkout(other)
     assert checkout.is_checkout(ROOT)
+
+
+def make(*argv: str) -> subprocess.CompletedProcess[str]:
+    """make in this checkout, as typed in a shell (also when the tests run under make)."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *argv],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_make_demo_installs_the_dev_kit_and_not_the_test_tools() -> None:
+    # when make is asked what `make demo` would run on a first run
+    done = make("-n", "-W", "pyproject.toml", "demo")
+    # then it says so first, installs the `local` extra only, then runs the demo
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('echo "First run:') and "not the test tools" in lines[0]
+    installs = [line for line in lines if "pip install" in line]
+    assert installs == ['.venv/bin/python -m pip install --quiet -e ".[local]"'], installs
+    assert lines[-1] == ".venv/bin/piriod-local demo"
+    # and the `local` extra holds none of the test tools
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    tools = ("pytest", "hypothesis", "ruff", "mypy", "bandit", "cfn-lint", "schemathesis")
+    assert not [r for r in extras["local"] if r.split("[")[0].split("=")[0].strip() in tools]
+
+
+def test_make_help_lists_every_target_and_is_what_make_alone_prints() -> None:
+    # given the Makefile's phony targets
+    makefile = (ROOT / "Makefile").read_text()
+    [phony] = [line for line in makefile.splitlines() if line.startswith(".PHONY:")]
+    targets = phony.split(":", 1)[1].split()
+    # when `make help`, and `make` alone, are run
+    helped, alone = make("help"), make()
+    # then each target has a line saying what it does, and `make` alone prints the same
+    assert helped.returncode == 0 and alone.stdout == helped.stdout, helped.stderr
+    listed = {line.split()[1] for line in helped.stdout.splitlines() if line.startswith("  make ")}
+    assert listed == set(targets), sorted(set(targets) ^ listed)
+    assert helped.stdout.index("make demo") < helped.stdout.index("make test")
