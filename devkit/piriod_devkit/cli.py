@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except NotACheckout as exc:  # installed on its own, or run outside a checkout
         sys.stderr.write(f"{exc}\n")
         return 2
+    except OSError as exc:  # a file given that is not there or cannot be read: not a defect
+        if exc.filename is None:
+            raise
+        sys.stderr.write(f"piriod-local: {exc.filename}: {exc.strerror or exc}\n")
+        return 2
 
 
 class _Parser(argparse.ArgumentParser):

@@ -160,3 +160,19 @@ def test_a_file_init_cannot_write_is_one_line_and_exit_2(adapter: Adapter, tmp_p
     # then it says which file and why, on one line, exit 2: not a defect
     assert code == 2, out + err
     assert err.strip().splitlines()[-1] == f"piriod-adapter: {target}: No such file or directory"
+
+
+def test_piriod_local_with_a_file_that_is_not_there_is_one_line_and_exit_2() -> None:
+    # when piriod-local is asked to sign an event file that does not exist
+    done = subprocess.run(
+        [str(BIN / "piriod-local"), "sign", "no-such-event.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # then it names the file and why, on one line, exit 2: not a traceback
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("piriod-local: ") and "no-such-event.json" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

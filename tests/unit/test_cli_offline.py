@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -476,3 +477,19 @@ def test_last_hour_is_counted_from_cloudwatch_and_not_shown_as_zeros_locally(
     else:
         assert isinstance(recent, dict)
         assert (recent["received"], recent["posted"], recent["queued"]) == (5, 4, 1)
+
+
+def test_every_exit_code_is_documented_in_the_help_and_operations_md() -> None:
+    from piriod_operator import errors
+
+    # given the exit codes the command has
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    # when its help and docs/operations.md list theirs
+    text = (ROOT / "docs" / "operations.md").read_text()
+    paragraph = text[text.index("Exit codes: ") :].split("\n\n", 1)[0]
+    documented = {int(n) for n in re.findall(r"(?:Exit codes: |; )`(\d+)`", paragraph)}
+    helped = cli.__doc__ or ""
+    in_help = {int(n) for n in re.findall(r"(?:;|codes:) (\d+) ", " ".join(helped.split()))}
+    # then both list every one, and no other
+    assert documented == codes, sorted(documented ^ codes)
+    assert in_help == codes, sorted(in_help ^ codes)
