@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,18 +89,6 @@ def fresh_install(directory: Path, requirement: str) -> Path:
     return directory / "bin"
 
 
-@pytest.fixture(scope="module")
-def plain(wheel: Path) -> Path:
-    """`pipx install .`: the wheel alone."""
-    return fresh_install(wheel.parent / "plain", str(wheel))
-
-
-@pytest.fixture(scope="module")
-def local(wheel: Path) -> Path:
-    """`pip install ".[local]"`: the wheel with the dev kit's dependencies."""
-    return fresh_install(wheel.parent / "local", f"{wheel}[local]")
-
-
 def one_line_about_the_checkout(done: subprocess.CompletedProcess[str]) -> None:
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
     lines = done.stderr.strip().splitlines()
@@ -109,8 +96,15 @@ def one_line_about_the_checkout(done: subprocess.CompletedProcess[str]) -> None:
     assert 'pip install -e ".[local]"' in lines[0]
 
 
-def test_pipx_install_gives_a_working_piriod_adapter(plain: Path) -> None:
-    # when piriod-adapter of the plain install is asked for its help and its version
+# One test per install, so that a parallel run (pytest -n) makes each environment once.
+
+
+def test_pipx_install_gives_a_working_piriod_adapter_and_a_piriod_local_that_says_why_not(
+    wheel: Path, tmp_path: Path
+) -> None:
+    # given the wheel installed alone into a fresh environment, as `pipx install .` does
+    plain = fresh_install(tmp_path / "plain", str(wheel))
+    # when piriod-adapter is asked for its help and its version
     helped = run([str(plain / "piriod-adapter"), "--help"], ROOT)
     version = run([str(plain / "piriod-adapter"), "--version"], ROOT)
     # then both answer
@@ -134,21 +128,20 @@ def test_pipx_install_gives_a_working_piriod_adapter(plain: Path) -> None:
     # then it maps both readings, bytes to GB, with the adapter's own code
     assert tried.returncode == 0, tried.stdout + tried.stderr
     assert "1.073741824" in tried.stdout and "2 would post" in tried.stdout
+    # when its piriod-local (no dev kit) is run, even inside a checkout
+    for argv in (["--help"], ["serve"], ["demo"]):
+        done = run([str(plain / "piriod-local"), *argv], ROOT)
+        # then it says in one line that it runs from a checkout with the dev kit, exit 2
+        one_line_about_the_checkout(done)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["serve"], ["demo"]])
-def test_pipx_install_gives_a_piriod_local_that_says_it_runs_from_a_checkout(
-    plain: Path, argv: list[str]
+def test_a_local_install_serves_and_demos_from_a_checkout_and_says_why_not_elsewhere(
+    wheel: Path, tmp_path: Path
 ) -> None:
-    # when piriod-local of the plain install (no dev kit) is run, even inside a checkout
-    done = run([str(plain / "piriod-local"), *argv], ROOT)
-    # then it says in one line that it runs from a checkout with the dev kit, exit 2
-    one_line_about_the_checkout(done)
-
-
-@pytest.fixture
-def serving(local: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`piriod-local serve` of the `.[local]` install, run from this checkout."""
+    # given the wheel with its `local` extra in a fresh environment (`pip install ".[local]"`,
+    # what `make demo` installs: no test tools)
+    local = fresh_install(tmp_path / "local", f"{wheel}[local]")
+    # when its piriod-local serves from this checkout
     port = free_port()
     process = subprocess.Popen(
         [str(local / "piriod-local"), "serve", "--port", str(port)],
@@ -160,52 +153,40 @@ def serving(local: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         start_new_session=True,
     )
     try:
-        yield process, port
+        assert process.stdout is not None
+        seen: list[str] = []
+        end = time.monotonic() + STARTUP_SECONDS
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("Ready;") or time.monotonic() > end:
+                break
+        assert seen and seen[-1].startswith("Ready;"), "".join(seen)
+        # and a record is sent with that install's piriod-adapter, through the exports
+        printed = run(
+            [str(local / "piriod-local"), "serve", "--port", str(port), "--print-env"], ROOT
+        )
+        assert printed.returncode == 0, printed.stderr
+        env = clean_environment() | exports(printed.stdout)
+        sent = run([str(local / "piriod-adapter"), "send", "--line", "4242"], ROOT, env)
+        # then it was posted through the local adapter
+        assert sent.returncode == 0 and "record 0: posted" in sent.stdout, sent.stdout + sent.stderr
+        # and Ctrl-C stops the serve, exit 0
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=120) == 0
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)
             process.wait(timeout=120)
-
-
-def test_a_local_install_serves_from_a_checkout_and_takes_a_send(
-    local: Path, serving: tuple[subprocess.Popen[str], int]
-) -> None:
-    process, port = serving
-    # given piriod-local of the `.[local]` install, serving from this checkout
-    assert process.stdout is not None
-    seen: list[str] = []
-    end = time.monotonic() + STARTUP_SECONDS
-    for line in process.stdout:
-        seen.append(line)
-        if line.startswith("Ready;") or time.monotonic() > end:
-            break
-    assert seen and seen[-1].startswith("Ready;"), "".join(seen)
-    # when its exports are read, and a record is sent with that install's piriod-adapter
-    printed = run([str(local / "piriod-local"), "serve", "--port", str(port), "--print-env"], ROOT)
-    assert printed.returncode == 0, printed.stderr
-    env = clean_environment() | exports(printed.stdout)
-    sent = run([str(local / "piriod-adapter"), "send", "--line", "4242"], ROOT, env)
-    # then it was posted through the local adapter
-    assert sent.returncode == 0 and "record 0: posted" in sent.stdout, sent.stdout + sent.stderr
-    # and Ctrl-C stops the serve, exit 0
-    os.killpg(process.pid, signal.SIGINT)
-    assert process.wait(timeout=120) == 0
-
-
-def test_a_local_install_runs_the_demo_from_a_checkout(local: Path) -> None:
-    # when `make demo`'s command runs with only the `local` extra installed (no test tools)
-    done = run([str(local / "piriod-local"), "demo"], ROOT, timeout=600)
+    # when `make demo`'s command runs there
+    demo = run([str(local / "piriod-local"), "demo"], ROOT, timeout=600)
     # then it succeeds, every outcome seen
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
-    assert "Outcomes seen: " in done.stdout and "replayed=" in done.stdout
-
-
-def test_a_local_install_outside_a_checkout_says_it_runs_from_one(
-    local: Path, tmp_path: Path
-) -> None:
-    # when the `.[local]` install's piriod-local is run from a directory outside any checkout
-    helped = run([str(local / "piriod-local"), "--help"], tmp_path)
-    served = run([str(local / "piriod-local"), "serve"], tmp_path)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr
+    assert "Outcomes seen: " in demo.stdout and "replayed=" in demo.stdout
+    # when it is run from a directory outside any checkout
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    helped = run([str(local / "piriod-local"), "--help"], outside)
+    served = run([str(local / "piriod-local"), "serve"], outside)
     # then its help works, and serving says in one line that it runs from a checkout
     assert helped.returncode == 0 and "serve" in helped.stdout, helped.stderr
     one_line_about_the_checkout(served)
