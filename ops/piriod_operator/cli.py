@@ -5,10 +5,11 @@ signed test delivery (send), find, inspect and replay failed records, and reconc
 adapter posted with what Piriod lists. See the README for a walk through.
 
 Which adapter: --stack NAME (before or after the command) reads everything from that
-CloudFormation stack's parameters and outputs. Without it, the commands that read the queues
-and the table take the functions' own environment variables (docs/operations.md lists
-them). AWS endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-ins
-too.
+CloudFormation stack's parameters and outputs (--stack piriod-local: the local serve).
+Without it, the commands that read the queues and the table take the functions' own
+environment variables (docs/operations.md lists them). A flag beats the environment: send
+posts to --url, else the stack's WebhookUrl, else $PIRIOD_WEBHOOK_URL. AWS endpoints follow
+boto3's AWS_ENDPOINT_URL, so it works against local stand-ins too (said on a terminal).
 
 Exit codes: 0 done; 1 show found nothing, not confirmed, send not answered 202 or a record
 of it rejected or queued (see send --allow), sources try would not be answered 202, or

@@ -278,3 +278,19 @@ def test_make_help_lists_every_target_and_is_what_make_alone_prints() -> None:
     listed = {line.split()[1] for line in helped.stdout.splitlines() if line.startswith("  make ")}
     assert listed == set(targets), sorted(set(targets) ^ listed)
     assert helped.stdout.index("make demo") < helped.stdout.index("make test")
+
+
+def test_piriod_local_prints_its_version() -> None:
+    # when the installed piriod-local is asked for its version
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "piriod-local"), "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # then it prints the project's, as piriod-adapter does
+    from piriod_operator.cli import version
+
+    assert (done.returncode, done.stdout) == (0, f"piriod-local {version()}\n"), done.stderr
