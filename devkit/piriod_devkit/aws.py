@@ -166,3 +166,21 @@ def function_environment(
         "POWERTOOLS_SERVICE_NAME": "piriod-usage-adapter",
         **extra,
     }
+
+
+def register_stack(
+    endpoint: str, name: str, parameters: dict[str, str], outputs: dict[str, str]
+) -> None:
+    """A CloudFormation stack on moto that holds these parameters and outputs, as `sam deploy`
+    leaves them (and nothing else), so that `piriod-adapter --stack NAME` finds the local
+    stand-ins through it as it finds a deployed adapter's resources."""
+    template = {
+        "Parameters": {key: {"Type": "String", "Default": ""} for key in parameters},
+        "Resources": {"Placeholder": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    client("cloudformation", endpoint).create_stack(
+        StackName=name,
+        TemplateBody=json.dumps(template),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items() if v],
+    )

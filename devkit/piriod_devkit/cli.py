@@ -1,4 +1,6 @@
-"""`piriod-local`: run the adapter locally, serve the stand-ins, sign sample events."""
+"""`piriod-local`: run the adapter locally, serve the stand-ins, sign sample events. It runs
+from a checkout of the project, with the dev kit installed there (`pip install -e ".[local]"`):
+it reads the checkout's template.yaml, events/ and examples/."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _sign(args: argparse.Namespace) -> int:
@@ -30,24 +33,64 @@ def _sign(args: argparse.Namespace) -> int:
 # The import names of the `local` extra (pyproject.toml) and of moto[server]'s own: the dev
 # kit's dependencies, which a plain `pip install .` does not bring.
 LOCAL_EXTRA = frozenset({"moto", "yaml", "jsonschema", "flask", "flask_cors", "werkzeug"})
-NEEDS_LOCAL = 'piriod-local needs the dev kit: pip install ".[local]"'
+NEEDS_LOCAL = (
+    "piriod-local runs from a checkout of piriod-usage-adapter, with the dev kit installed "
+    'there: `pip install -e ".[local]"` (`pipx install .` installs piriod-adapter only)'
+)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from piriod_devkit.checkout import NotACheckout
+    from piriod_operator.errors import closed_pipe
+
     try:
-        return _main(argv)
+        try:
+            code = _main(argv)
+        except SystemExit:  # --help, --version, an argument error: what they wrote goes out
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `piriod-local demo | head`: the reader has all it wanted
+        return closed_pipe(sys.stdout)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in LOCAL_EXTRA:
             raise
         sys.stderr.write(NEEDS_LOCAL + "\n")
         return 2
+    except NotACheckout as exc:  # installed on its own, or run outside a checkout
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    except OSError as exc:  # a file given that is not there or cannot be read: not a defect
+        if exc.filename is None:
+            raise
+        sys.stderr.write(f"piriod-local: {exc.filename}: {exc.strerror or exc}\n")
+        return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """As argparse's, without its silence on a failed write (a closed pipe)."""
+        if message:
+            (file or sys.stderr).write(message)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("piriod-usage-adapter")
+    except PackageNotFoundError:  # pragma: no cover (run from a checkout without install)
+        return "unknown"
 
 
 def _main(argv: list[str] | None) -> int:
     from piriod_devkit import demo
     from piriod_devkit import serve as local_serve
 
-    parser = argparse.ArgumentParser(prog="piriod-local", description=__doc__)
+    parser = _Parser(prog="piriod-local", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="run the whole adapter locally and show it work")
     demo.add_arguments(demo_parser)
@@ -86,9 +129,11 @@ def _main(argv: list[str] | None) -> int:
         "--check", action="store_true", help="fail when the file is not what the models say"
     )
     args = parser.parse_args(argv)
+    if not (args.command == "serve" and (args.print_env or args.unset)):
+        from piriod_devkit import checkout
+
+        checkout.root()  # every other command reads the checkout: none is one line, first
     if args.command == "demo":
-        if args.token and not args.workspace:
-            parser.error("--workspace (or PIRIOD_WORKSPACE_ID) is required with --token")
         return demo.run(args)
     if args.command == "serve":
         return local_serve.run(args)

@@ -20,13 +20,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TextIO
 
 import urllib3
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from piriod_devkit.aws import MotoServer, client, function_environment, provision
 from piriod_devkit.events import (
@@ -53,10 +55,14 @@ PER_DELIVERY = 100
 
 @dataclass
 class Shown:
+    """What the demo's deliveries were answered: each record's status, each HTTP status."""
+
     outcomes: Counter[str]
+    answers: Counter[int]
 
     def __init__(self) -> None:
         self.outcomes = Counter()
+        self.answers = Counter()
 
 
 class _WithoutMetrics(io.TextIOBase):
@@ -128,6 +134,7 @@ def _send(http: urllib3.PoolManager, url: str, event: dict[str, Any]) -> tuple[i
 
 def _print_answer(title: str, status: int, body: dict[str, Any], shown: Shown) -> None:
     print(f"\n▶ {title}\n  HTTP {status}")
+    shown.answers[status] += 1
     for result in body.get("results", []):
         shown.outcomes[result["status"]] += 1
         extra = ""
@@ -139,7 +146,8 @@ def _print_answer(title: str, status: int, body: dict[str, Any], shown: Shown) -
     if "results" not in body:
         print(f"  {body.get('message')}")
         for error in body.get("errors", []):
-            print(f"    record {error['index']} · {error['field']}: {error['message']}")
+            where = "body" if error.get("index") is None else f"record {error['index']}"
+            print(f"    {where} · {error['field']}: {error['message']}")
 
 
 def _show_mapping(
@@ -197,7 +205,9 @@ def _requests_delivery(requests: list[dict[str, Any]], sources: dict[str, Any]) 
     return sign_event(event, sources=sources)
 
 
-def _show_aggregation(http: urllib3.PoolManager, url: str, sources: dict[str, Any]) -> None:
+def _show_aggregation(
+    http: urllib3.PoolManager, url: str, sources: dict[str, Any], shown: Shown
+) -> None:
     """The high-volume meter: 5,000 events in deliveries of 100, counted into windows; the
     flush turns them into one usage per line and window (and a late event into generation
     1), shown as a table of what Piriod got."""
@@ -223,6 +233,8 @@ def _show_aggregation(http: urllib3.PoolManager, url: str, sources: dict[str, An
     took = time.monotonic() - started
     statuses = Counter(status for status, _ in answers)
     counted = Counter(r["status"] for _, body in answers for r in body.get("results", []))
+    shown.outcomes.update(counted)
+    shown.answers.update(statuses)
     keys = Counter(r["api_key"] for r in requests)
     print(
         f"  {len(batches)} deliveries of {PER_DELIVERY} (HMAC-signed: "
@@ -239,6 +251,8 @@ def _show_aggregation(http: urllib3.PoolManager, url: str, sources: dict[str, An
     print(f"  e.g. {json.dumps(answers[0][1]['results'][0])}")
     status, again = _send(http, url, batches[0])
     retried = Counter(r["status"] for r in again.get("results", []))
+    shown.outcomes.update(retried)
+    shown.answers[status] += 1
     print(
         f"  the first delivery again (the sender retries): HTTP {status}, "
         + ", ".join(f"{k}={v}" for k, v in sorted(retried.items()))
@@ -254,6 +268,8 @@ def _show_aggregation(http: urllib3.PoolManager, url: str, sources: dict[str, An
     late = dict(requests[0], request_id="req_late_0001")
     status, body = _send(http, url, _requests_delivery([late], sources))
     result = body.get("results", [{}])[0]
+    shown.outcomes.update(str(r.get("status")) for r in body.get("results", []))
+    shown.answers[status] += 1
     print(
         f"  a late request for the closed window {result.get('window_start')}: HTTP {status} "
         f"{result.get('status')}, generation {result.get('generation')}"
@@ -274,18 +290,49 @@ def _show_aggregation(http: urllib3.PoolManager, url: str, sources: dict[str, An
     print(f"  their quantities add up to {held:,}: every acknowledged event counted once")
 
 
+def _show_dead_letters(sqs: Any, url: str) -> None:
+    """Each dead letter by name: its message id, line, why it is there."""
+    from piriod_adapter.queue import receive_all
+
+    messages = receive_all(sqs, url, wait_seconds=0)  # a look: released at once
+    print(f"DeadLetterQueue: {len(messages)} message(s) waiting for a person")
+    for message in messages:
+        try:
+            body = json.loads(message["Body"])
+            usage, failure = body["usage"], body["failure"]
+            errors = "; ".join(
+                f"{field}: {' '.join(texts)}"
+                for field, texts in (failure.get("errors") or {}).items()
+            )
+            why = f"{failure['kind']} (Piriod {failure.get('status')}): "
+            why += errors or str(failure.get("error"))
+            line = usage.get("subscription_line") or f"meter:{usage.get('meter_id')}"
+        except (ValueError, KeyError, TypeError, AttributeError):
+            line, why = "?", "unreadable"
+        print(f"  message {message['MessageId']}: line {line}, {why}")
+    if messages:
+        print(
+            "  (with `piriod-local serve` running, `piriod-adapter list --queue dead-letter` lists "
+            "them, and `replay` posts them once the cause is fixed)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        real = real_piriod(args, os.environ, sys.stdin)
+    except DemoArgumentError as exc:
+        print(f"piriod-local demo: {exc}", file=sys.stderr)
+        return 2
     with _no_metric_lines():
-        return _run(args)
+        return _run(args, real)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, real: RealPiriod | None) -> int:
     shown = Shown()
-    real_piriod = bool(args.token)
     with MotoServer() as moto:
         resources = provision(
             moto.url,
-            token=args.token or TOKEN,
+            token=real.token.get_secret_value() if real else TOKEN,
             signing_secrets=[LOCAL_SIGNING_SECRET],
             prefix="piriod-local",
         )
@@ -299,8 +346,8 @@ def _run(args: argparse.Namespace) -> int:
             )
         sources_config = provision_sources(moto.url, "/piriod-local/sources", sources)
         standin = None
-        if real_piriod:
-            piriod_url, workspace = args.piriod_url, args.workspace
+        if real is not None:
+            piriod_url, workspace = real.url, real.workspace
             print(f"Piriod: {piriod_url} (test mode, workspace {workspace})")
         else:
             standin = PiriodStandin(tokens=(TOKEN,), workspace=WORKSPACE).start()
@@ -311,7 +358,7 @@ def _run(args: argparse.Namespace) -> int:
             resources,
             piriod_url=piriod_url,
             workspace=workspace,
-            test_mode=real_piriod,
+            test_mode=real is not None,
             SETTLE_AFTER_SECONDS="1",
             REPLAY_BACKOFF_SECONDS="0",
             POWERTOOLS_LOG_LEVEL="ERROR",
@@ -364,7 +411,7 @@ def _run(args: argparse.Namespace) -> int:
             posted = standin.usages()[before:] if standin is not None else []
             _show_mapping(json.loads(event_body(meter)), body, posted)
 
-            _show_aggregation(http, api.url, sources)
+            _show_aggregation(http, api.url, sources, shown)
 
             bad = load_event("webhook-bad-signature.json")
             bad["headers"]["webhook-timestamp"] = str(int(time.time()))
@@ -413,16 +460,13 @@ def _run(args: argparse.Namespace) -> int:
                         f"  id={usage['id']} line={usage['subscription_line']} "
                         f"date_time={usage['date_time']} quantity={usage['quantity']}"
                     )
-            dlq = sqs.get_queue_attributes(
-                QueueUrl=resources.dead_letter_queue_url,
-                AttributeNames=["ApproximateNumberOfMessages"],
-            )["Attributes"]["ApproximateNumberOfMessages"]
-            print(f"DeadLetterQueue: {dlq} message(s) waiting for a person")
+            _show_dead_letters(sqs, resources.dead_letter_queue_url)
         finally:
             api.stop()
             if standin is not None:
                 standin.stop()
     print("\nOutcomes seen: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.outcomes.items())))
+    print("Answers: " + ", ".join(f"HTTP {k}={v}" for k, v in sorted(shown.answers.items())))
     wanted = {"posted", "duplicate", "queued", "rejected", "replayed"}
     missing = wanted - set(shown.outcomes)
     if missing:
@@ -433,16 +477,79 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="local port for the webhook")
-    parser.add_argument("--piriod-url", default="https://api.piriod.com")
     parser.add_argument(
-        "--token",
-        default=os.environ.get("PIRIOD_TOKEN"),
-        help="a Piriod API token: use the real Piriod in test mode",
+        "--piriod-url",
+        default="https://api.piriod.com",
+        help="the real Piriod's API, with a token (default: %(default)s)",
     )
-    parser.add_argument("--workspace", default=os.environ.get("PIRIOD_WORKSPACE_ID"))
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="read a Piriod API token from standard input: use the real Piriod in test mode "
+        "(default: $PIRIOD_TOKEN when set, else the Piriod stand-in)",
+    )
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="read the Piriod API token from this file instead",
+    )
+    token.add_argument("--token", help=argparse.SUPPRESS)  # refused: a token in argv
+    parser.add_argument(
+        "--workspace",
+        help="your Piriod workspace id, with a token (default: $PIRIOD_WORKSPACE_ID)",
+    )
     parser.add_argument(
         "--subscription-line",
         type=int,
         default=None,
         help="a metered subscription line of yours, for the real Piriod",
     )
+
+
+class RealPiriod(BaseModel):
+    """The real Piriod in test mode, instead of the stand-in: where, whose, and its token."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    workspace: str = Field(min_length=1)
+    token: SecretStr
+
+
+class DemoArgumentError(ValueError):
+    """An argument of the demo that cannot be used: one line, exit 2."""
+
+
+def real_piriod(
+    args: argparse.Namespace, environ: Mapping[str, str], stdin: TextIO
+) -> RealPiriod | None:
+    """The real Piriod the demo is pointed at, or None for the stand-in. A flag beats the
+    environment: the token is --token-stdin's or --token-file's, else $PIRIOD_TOKEN; the
+    workspace --workspace, else $PIRIOD_WORKSPACE_ID. A token is never taken from argv."""
+    if args.token is not None:
+        raise DemoArgumentError(
+            "--token would put the token in the command line, where ps and the shell's "
+            "history show it: give it on standard input with --token-stdin, in a file "
+            "with --token-file PATH, or in $PIRIOD_TOKEN"
+        )
+    if args.token_stdin:
+        token, where = stdin.readline().strip(), "standard input"
+    elif args.token_file is not None:
+        try:
+            token, where = args.token_file.read_text().strip(), str(args.token_file)
+        except OSError as exc:
+            raise DemoArgumentError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    else:
+        token, where = environ.get("PIRIOD_TOKEN", "").strip(), "$PIRIOD_TOKEN"
+        if not token:
+            return None
+    if not token:
+        raise DemoArgumentError(f"the Piriod token read from {where} is empty")
+    workspace = (args.workspace or environ.get("PIRIOD_WORKSPACE_ID", "")).strip()
+    if not workspace:
+        raise DemoArgumentError(
+            "the real Piriod needs your workspace: give --workspace, or export PIRIOD_WORKSPACE_ID"
+        )
+    return RealPiriod(url=args.piriod_url, workspace=workspace, token=SecretStr(token))

@@ -17,9 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from piriod_adapter.signatures import sign_standard, standard_key
+from piriod_devkit import checkout
 
-ROOT = Path(__file__).resolve().parents[2]
-EVENTS = ROOT / "events"
+
+def __getattr__(name: str) -> Path:
+    """EVENTS: the checkout's events/ (looked up when asked for, not at import)."""
+    if name == "EVENTS":
+        return checkout.path("events")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # The signing secret the sample events, the local run and the tests use. Not a real secret.
 LOCAL_SIGNING_SECRET = "whsec_" + base64.b64encode(b"piriod-local-signing-key-0001").decode()
 
@@ -32,7 +39,7 @@ def sample_signature_timestamp() -> int:
     """When the committed sample events are signed: env/local.json's setting, which the
     function honours under `sam local` only, so `sam local invoke -e events/<file>.json`
     works as committed."""
-    env = json.loads((ROOT / "env" / "local.json").read_text())["Parameters"]
+    env = json.loads(checkout.path("env", "local.json").read_text())["Parameters"]
     return int(env["SAMPLE_SIGNATURE_TIMESTAMP"])
 
 
@@ -53,7 +60,7 @@ def sign_samples(now: float | None = None) -> list[Path]:
     the sample time (see `retimed`): under `sam local` an event's age is measured from the
     time its signature passed at, so the committed file keeps answering `aggregated`."""
     written = []
-    for path in sorted(EVENTS.glob("*.json")):
+    for path in sorted(checkout.path("events").glob("*.json")):
         event = load_event(path.name)
         if is_http_event(event):
             if aggregating_profile(event) is not None:
@@ -134,7 +141,7 @@ def retimed(
 
 
 def load_event(name: str) -> dict[str, Any]:
-    path = Path(name) if Path(name).exists() else EVENTS / name
+    path = Path(name) if Path(name).exists() else checkout.path("events", name)
     event: dict[str, Any] = json.loads(path.read_text())
     return event
 

@@ -16,16 +16,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-
-def _root() -> Path:
-    """The checkout: this module's own in one (an editable install), else the current
-    directory (a non-editable install, run from the checkout)."""
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+from piriod_devkit import checkout
 
 
-ROOT = _root()
-OPENAPI_PATH = ROOT / "openapi.yaml"
+def __getattr__(name: str) -> Path:
+    """OPENAPI_PATH: the checkout's openapi.yaml (looked up when asked for, not at import)."""
+    if name == "OPENAPI_PATH":
+        return checkout.path("openapi.yaml")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 REF = "#/components/schemas/{model}"
 
 DESCRIPTION = """\
@@ -375,7 +375,7 @@ def render() -> str:
 
 
 def main(output: str | None, check: bool) -> int:
-    path = Path(output) if output else OPENAPI_PATH
+    path = Path(output) if output else checkout.path("openapi.yaml")
     text = render()
     if check:
         if not path.exists() or path.read_text() != text:

@@ -7,7 +7,13 @@ Piriod fault is posted once Piriod answers again. Each delivery's outcome is pri
 line. Ctrl-C (or SIGTERM) stops everything, the stand-ins' processes too.
 
 `--print-env` asks the serve running on --port for the exports `piriod-adapter` needs in
-another shell (`eval "$(piriod-local serve --print-env)"`); nothing is guessed.
+another shell (`eval "$(piriod-local serve --print-env)"`); nothing is guessed. `--unset`
+undoes them (`eval "$(piriod-local serve --unset)"`): each variable is given back the value
+it had before, or unset, so that `sam deploy` and `piriod-adapter` talk to AWS again.
+
+The serve is also a stack: `piriod-adapter --stack piriod-local ...` (sources secret add,
+sources push, send, status, list, replay) finds the stand-ins through it, as it finds a
+deployed adapter through its CloudFormation stack.
 """
 
 from __future__ import annotations
@@ -36,15 +42,28 @@ from typing import Any, TextIO
 import urllib3
 from botocore.exceptions import ClientError
 
-from piriod_devkit.aws import MotoServer, client, function_environment, provision
+from piriod_devkit.aws import (
+    LocalResources,
+    MotoServer,
+    client,
+    function_environment,
+    provision,
+    register_stack,
+)
 from piriod_devkit.events import LOCAL_SIGNING_SECRET, LambdaContext
 from piriod_devkit.local_api import LocalApiServer
-from piriod_devkit.sources import EXAMPLES, provision_sources
+from piriod_devkit.sources import (
+    LOCAL_SOURCE_SECRETS,
+    examples_path,
+    provision_sources,
+    put_sources,
+)
 from piriod_devkit.standin_process import StandinProcess
 
 DEFAULT_PORT = 3000
 ENV_ROUTE = "/_local/env"  # GET on the served port: the exports, for --print-env
-PREFIX = "piriod-local"
+PREFIX = "piriod-local"  # the names of its resources, and its stack's
+BEFORE = "PIRIOD_LOCAL_BEFORE"  # what --print-env found set, for --unset to give back
 SOURCES_PARAMETER = f"/{PREFIX}/sources"
 WORKSPACE = "acc_local"
 TOKEN = "local-serve-token"  # noqa: S105 (stand-in credential)
@@ -86,11 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "running on --port, and exit",
     )
     parser.add_argument(
+        "--unset",
+        action="store_true",
+        help="print the lines that undo --print-env's exports (each variable back to its "
+        'value before, or unset): `eval "$(piriod-local serve --unset)"`, and exit',
+    )
+    parser.add_argument(
         "--env-file",
         metavar="PATH",
         type=Path,
-        help="write the same export lines to PATH, to `source` (with --print-env: instead "
-        "of printing them)",
+        help="when serving: also write the export lines to PATH, to `source` in another "
+        "shell; with --print-env: write them there instead of printing them",
     )
 
 
@@ -105,6 +130,9 @@ def _port(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.unset:
+        sys.stdout.write(unset_lines(dict(os.environ)))
+        return 0
     if args.print_env:
         return print_env(args.port, args.env_file)
     return Serve(args.port, args.sources, args.env_file, sys.stdout).run()
@@ -136,13 +164,70 @@ def print_env(port: int, env_file: Path | None) -> int:
             f"; start it first (`piriod-local serve --port {port}`) and keep it running\n"
         )
         return 1
-    text = export_lines(env)
+    text = export_lines(env) + before_line(env, dict(os.environ))
     if env_file is not None:
         env_file.write_text(text)
         sys.stderr.write(f"wrote {len(env)} exports to {env_file}; `source {env_file}`\n")
     else:
         sys.stdout.write(text)
+    sys.stderr.write(
+        "AWS_ENDPOINT_URL and AWS credentials now aim at the local stand-ins (piriod-adapter, "
+        'sam, aws); `eval "$(piriod-local serve --unset)"` undoes these exports\n'
+    )
     return 0
+
+
+def before_line(env: dict[str, str], current: dict[str, str]) -> str:
+    """`export PIRIOD_LOCAL_BEFORE=...`: the value each of `env`'s variables has now (null:
+    unset), for --unset to give back. Kept as it is when the shell has it already (a second
+    --print-env must not take the local values for the user's own)."""
+    if BEFORE in current:
+        return ""
+    before = {name: current.get(name) for name in sorted(env)}
+    return f"export {BEFORE}={shlex.quote(json.dumps(before))}\n"
+
+
+def unset_lines(current: dict[str, str]) -> str:
+    """The lines that undo --print-env in a shell whose environment is `current`: each
+    variable it sets back to the value PIRIOD_LOCAL_BEFORE recorded, or unset."""
+    try:
+        before = json.loads(current.get(BEFORE, "{}"))
+    except ValueError:
+        before = {}
+    if not isinstance(before, dict):
+        before = {}
+    names = set(exported_names()) | {n for n in before if isinstance(n, str)}
+    lines = []
+    for name in sorted(n for n in names if ENV_NAME.fullmatch(n)):
+        value = before.get(name)
+        if isinstance(value, str):
+            lines.append(f"export {name}={shlex.quote(value)}\n")
+        else:
+            lines.append(f"unset {name}\n")
+    return "".join(lines) + f"unset {BEFORE}\n"
+
+
+def serve_environment(
+    resources: LocalResources, piriod_url: str, sources_config: str
+) -> dict[str, str]:
+    """The functions' environment under the serve: the stand-ins, the local settings."""
+    return (
+        function_environment(
+            resources,
+            piriod_url=piriod_url,
+            workspace=WORKSPACE,
+            SOURCES_CONFIG=sources_config,
+            POWERTOOLS_LOG_LEVEL="INFO",  # shown: warnings, errors, replays (LogLines)
+            POWERTOOLS_METRICS_DISABLED="true",
+        )
+        | LOCAL_SETTINGS
+    )
+
+
+def exported_names() -> list[str]:
+    """The names --print-env exports (whatever the serve's resources are)."""
+    resources = LocalResources("", "", "", "", "", "")
+    return sorted(operator_environment(serve_environment(resources, "", ""), ""))
 
 
 def operator_environment(function_env: dict[str, str], webhook_url: str) -> dict[str, str]:
@@ -317,10 +402,9 @@ def delivery_line(event: dict[str, Any], response: dict[str, Any]) -> str:
         line += f"  {body['message']}"
     for error in (body.get("errors") or [])[:3]:
         if isinstance(error, dict):
-            line += (
-                f"\n          record {error.get('index')} · {error.get('field')}: "
-                f"{error.get('message')}"
-            )
+            index = error.get("index")
+            where = "body" if index is None else f"record {index}"  # the delivery as a whole
+            line += f"\n          {where} · {error.get('field')}: {error.get('message')}"
     return line
 
 
@@ -482,7 +566,7 @@ class Serve:
         notes: list[str] = []
         if self.sources is None:
             sources_config = provision_sources(moto.url, SOURCES_PARAMETER)
-            raw = EXAMPLES.read_bytes()
+            raw = examples_path().read_bytes()
         else:
             path = self.sources.resolve()
             sources_config = f"file:{path}"
@@ -496,17 +580,7 @@ class Serve:
         piriod = stack.enter_context(StandinProcess(token=TOKEN, workspace=WORKSPACE))
         piriod.set_unmetered_lines(UNMETERED_LINE)
         yield
-        env = (
-            function_environment(
-                resources,
-                piriod_url=piriod.url,
-                workspace=WORKSPACE,
-                SOURCES_CONFIG=sources_config,
-                POWERTOOLS_LOG_LEVEL="INFO",  # shown: warnings, errors, replays (LogLines)
-                POWERTOOLS_METRICS_DISABLED="true",
-            )
-            | LOCAL_SETTINGS
-        )
+        env = serve_environment(resources, piriod.url, sources_config)
         os.environ.update(env)
         from piriod_adapter.runtime import get_runtime, reset_runtime
 
@@ -517,6 +591,7 @@ class Serve:
         api.local_routes[ENV_ROUTE] = lambda: shell_env
         api.start()
         stack.callback(api.stop)
+        self._register(moto.url, resources, piriod.url, api.url, sources_config)
         if self.env_file is not None:
             self.env_file.write_text(export_lines(shell_env))
         self._banner(api.url, moto.url, piriod.url, raw, made, notes)
@@ -527,20 +602,62 @@ class Serve:
         stack.callback(self._join, threads)
         yield
 
+    def _register(
+        self,
+        aws_url: str,
+        resources: LocalResources,
+        piriod_url: str,
+        url: str,
+        sources_config: str,
+    ) -> None:
+        """The stack `piriod-adapter --stack piriod-local` reads: the parameters and outputs
+        a deployed adapter's stack has, naming the stand-ins."""
+        manager = client("secretsmanager", aws_url)
+        readable = []
+        if self.sources is None:  # the examples' secrets (not named piriod-local/sources/...)
+            readable = [manager.describe_secret(SecretId=s)["ARN"] for s in LOCAL_SOURCE_SECRETS]
+        register_stack(
+            aws_url,
+            PREFIX,
+            {
+                "PiriodApiUrl": piriod_url,
+                "PiriodWorkspaceId": WORKSPACE,
+                "PiriodTestMode": "false",
+                "PiriodTokenSecretArn": resources.token_secret_arn,
+                "WebhookSecretArn": resources.webhook_secret_arn,
+                "SourcesConfig": sources_config,
+                "SourceSecretArns": ",".join(readable),
+            },
+            {
+                "WebhookUrl": f"{url}/v1/usages",
+                "SourcesUrlTemplate": f"{url}/v1/sources/{{source}}/usages",
+                "ReplayQueueUrl": resources.replay_queue_url,
+                "DeadLetterQueueUrl": resources.dead_letter_queue_url,
+                "IdempotencyTableName": resources.table,
+                "WebhookSecretArn": resources.webhook_secret_arn,
+            },
+        )
+
     def periodic_jobs(self, replay_queue_url: str, aws_url: str, sources: bytes) -> list[Job]:
         """What runs every few seconds: ReplayQueue's event source mapping, FlushFunction's
-        schedule once it exists, and a watch of --sources FILE. A new job is one more line."""
+        schedule once it exists, and a watch of the profiles it loaded (--sources FILE, or
+        examples/sources.json into its SSM parameter). A new job is one more line."""
         jobs = [Job("replay", REPLAY_EVERY_SECONDS, self._replayer(replay_queue_url))]
         flush = flush_job()
         if flush is not None:
             jobs.append(flush)
         if self.sources is not None:
             watch = self._sources_watcher(self.sources.resolve(), aws_url, sources)
-            jobs.append(Job("sources", SOURCES_WATCH_SECONDS, watch))
+        else:
+            watch = self._sources_watcher(examples_path(), aws_url, sources, SOURCES_PARAMETER)
+        jobs.append(Job("sources", SOURCES_WATCH_SECONDS, watch))
         return jobs
 
-    def _sources_watcher(self, path: Path, aws_url: str, seen: bytes) -> Callable[[], str | None]:
-        """An edit to the profile document: its problems, and a secret for each new source."""
+    def _sources_watcher(
+        self, path: Path, aws_url: str, seen: bytes, parameter: str | None = None
+    ) -> Callable[[], str | None]:
+        """An edit to the profile document: its problems, and a secret for each new source;
+        with `parameter`, the document is put there again (the webhook reads it from SSM)."""
         last = [seen]
 
         def watch() -> str | None:
@@ -557,6 +674,9 @@ class Serve:
                 document = None
             made, notes = ensure_source_secrets(aws_url, document)
             lines = [f"sources  {path} changed"]
+            if parameter is not None and document is not None:
+                put_sources(aws_url, parameter, raw.decode("utf-8", "replace"))
+                lines[0] += f": put into SSM parameter {parameter}"
             lines += [
                 f"          new local signing secret for source {m.source} ({m.secret_id}), "
                 f"shown once: {m.value}"
@@ -616,16 +736,17 @@ class Serve:
             names = ", ".join(json.loads(raw).get("sources", {})) or "none"
         except (ValueError, AttributeError):
             names = "none"
-        where = self.sources.resolve() if self.sources else "examples/sources.json"
+        where = self.sources.resolve() if self.sources else examples_path()
         say()
         say("The Piriod usage adapter runs on this machine (local stand-ins, no AWS account).")
         say()
         say(f"  Webhook          POST {url}/v1/usages")
         say("                   (Standard Webhooks signatures, with the signing secret below)")
         say(f"  Third-party      POST {url}/v1/sources/{{source}}/usages")
-        say(f"                   sources: {names} (from {where})")
+        say(f"                   sources: {names} (from {where}; edits apply within a second)")
         say(f"  Signing secret   {LOCAL_SIGNING_SECRET}   (local only)")
-        say(f"  AWS stand-in     {aws_url}   (moto: Secrets Manager, SQS, DynamoDB, SSM)")
+        say(f"  AWS stand-in     {aws_url}   (moto: Secrets Manager, SQS, DynamoDB, SSM,")
+        say(f"                   CloudFormation: the stack {PREFIX})")
         say(f"  Piriod stand-in  {piriod_url}   (workspace {WORKSPACE})")
         say(f"                   every line is metered but {UNMETERED_LINE}, which Piriod rejects")
         for secret in made:
@@ -639,15 +760,16 @@ class Serve:
         say()
         say("From another shell (it then talks to these stand-ins, not to AWS):")
         say(f'  eval "$(piriod-local serve{port} --print-env)"')
-        say('  piriod-adapter send --url "$PIRIOD_WEBHOOK_URL" --line 101')
+        say("  piriod-adapter send --line 101")
         if self.sources is not None:
             say(
-                '  piriod-adapter send --url "$PIRIOD_WEBHOOK_URL" --source NAME '
+                "  piriod-adapter send --source NAME "
                 f"--config {shlex.quote(str(self.sources))} --payload PAYLOAD.json"
             )
-        say("  piriod-adapter status")
+        say(f"  piriod-adapter --stack {PREFIX} status      (this serve is the stack {PREFIX})")
         if self.env_file is not None:
             say(f"  (or `source {self.env_file}`, written now)")
+        say('  eval "$(piriod-local serve --unset)"         (back to AWS, before `sam deploy`)')
         say()
         say("Make Piriod fail, to see a record queued and then replayed:")
         say(

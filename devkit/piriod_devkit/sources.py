@@ -19,10 +19,20 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from piriod_devkit import checkout
 from piriod_devkit.aws import client
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples" / "sources.json"
+
+def __getattr__(name: str) -> Path:
+    """EXAMPLES: the checkout's examples/sources.json (looked up when asked for)."""
+    if name == "EXAMPLES":
+        return examples_path()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def examples_path() -> Path:
+    return checkout.path("examples", "sources.json")
+
 
 # Local-only secrets for the example profiles, by their secret_id. Not real secrets.
 LOCAL_SOURCE_SECRETS: dict[str, str] = {
@@ -36,7 +46,7 @@ LOCAL_SOURCE_SECRETS: dict[str, str] = {
 
 
 def example_document() -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(EXAMPLES.read_text())
+    document: dict[str, Any] = json.loads(examples_path().read_text())
     return document
 
 

@@ -10,15 +10,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
+from piriod_devkit import checkout
 from piriod_devkit.aws import LocalResources, MotoServer, provision
 from piriod_devkit.events import LOCAL_SIGNING_SECRET
 from piriod_devkit.sources import provision_sources
 from piriod_devkit.standin_process import StandinProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV_FILE = ROOT / "env" / "local.json"
 MOTO_PORT = 4566
 PIRIOD_PORT = 8081
 TOKEN = "local-token"  # noqa: S105 (stand-in credential)
@@ -33,7 +31,7 @@ class LocalStandins:
 
 
 def local_env() -> dict[str, str]:
-    env: dict[str, str] = json.loads(ENV_FILE.read_text())["Parameters"]
+    env: dict[str, str] = json.loads(checkout.path("env", "local.json").read_text())["Parameters"]
     return env
 
 

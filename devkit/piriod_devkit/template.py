@@ -7,8 +7,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "template.yaml"
+from piriod_devkit import checkout
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -31,8 +30,9 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any
 _CfnLoader.add_multi_constructor("!", _tag)
 
 
-def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
-    with path.open() as handle:
+def load_template(path: Path | None = None) -> dict[str, Any]:
+    """template.yaml (the checkout's, by default)."""
+    with (path or checkout.path("template.yaml")).open() as handle:
         document: dict[str, Any] = yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 (safe loader)
     return document
 

@@ -5,17 +5,21 @@ signed test delivery (send), find, inspect and replay failed records, and reconc
 adapter posted with what Piriod lists. See the README for a walk through.
 
 Which adapter: --stack NAME (before or after the command) reads everything from that
-CloudFormation stack's parameters and outputs. Without it, the commands that read the queues
-and the table take the functions' own environment variables (docs/operations.md lists
-them). AWS endpoints follow boto3's AWS_ENDPOINT_URL, so it works against local stand-ins
-too.
+CloudFormation stack's parameters and outputs (--stack piriod-local: the local serve).
+Without it, the commands that read the queues and the table take the functions' own
+environment variables (docs/operations.md lists them). A flag beats the environment: send
+posts to --url, else the stack's WebhookUrl, else $PIRIOD_WEBHOOK_URL. AWS endpoints follow
+boto3's AWS_ENDPOINT_URL, so it works against local stand-ins too (said on a terminal).
 
-Exit codes: 0 done; 1 show found nothing, not confirmed, send not answered 202, sources try
-would not be answered 202, or sources validate found a broken source; 2 invalid arguments or
-settings, or a stack or secret that does not exist; 3 reconcile found differences; 4 AWS (SQS,
-DynamoDB, CloudFormation, Secrets Manager, SSM) could not be reached or refused; 5 Piriod
-could not be reached or refused; 6 a replayed record could be neither posted nor stored (run
-the replay again); 7 an unexpected error (a defect).
+Exit codes: 0 done; 1 show found nothing, not confirmed, send not answered 202 or a record
+of it rejected or queued (see send --allow), sources try would not be answered 202, or
+sources validate found a broken source; 2 invalid arguments or settings, or a stack or secret
+that does not exist; 3 reconcile found differences; 4 AWS (SQS, DynamoDB, CloudFormation,
+Secrets Manager, SSM) could not be reached or refused; 5 Piriod could not be reached or
+refused; 6 a replayed record could be neither posted nor stored (run the replay again); 7 an
+unexpected error (a defect); 8 send: nothing answers at the webhook's URL; 9 a question to
+ask (init's token, purge's confirmation) and no terminal to ask it on; 141 standard output
+was closed (`| head`): stopped quietly, as a Unix tool does.
 """
 
 from __future__ import annotations
@@ -40,13 +44,17 @@ from piriod_operator.errors import (
     EXIT_AWS,
     EXIT_DIFFERENCES,
     EXIT_INTERNAL,
+    EXIT_NO_TERMINAL,
     EXIT_NOT_FOUND,
     EXIT_NOT_STORED,
     EXIT_OK,
     EXIT_PIRIOD,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     NO_STACK,
     CommandError,
+    closed_pipe,
+    one_line,
 )
 from piriod_operator.operator import (
     QUEUES,
@@ -216,6 +224,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """As argparse's, without its silence on a failed write: a closed pipe is told to
+        main, which stops quietly with its own exit code."""
+        if message:
+            (file or sys.stderr).write(message)
+
 
 class _Help(argparse.HelpFormatter):
     """The help of every option ends with its default, unless its text already says it."""
@@ -281,6 +295,22 @@ class Context:
     out: TextIO
     err: TextIO
     _runtime: Runtime | None = field(default=None, repr=False)
+    _told_local: bool = field(default=False, repr=False)
+
+    def _aws(self) -> None:
+        """Before the first AWS call: on a terminal, say when AWS_ENDPOINT_URL aims it at a
+        local stand-in (as `eval "$(piriod-local serve --print-env)"` leaves a shell)."""
+        from piriod_operator.stack import UNDO_LOCAL, local_endpoint
+
+        if self._told_local:
+            return
+        self._told_local = True
+        local = local_endpoint()
+        if local and self.err.isatty():
+            self.err.write(
+                f"{PROG}: AWS here is the local stand-in at {local} (AWS_ENDPOINT_URL); "
+                f"`{UNDO_LOCAL}` goes back to AWS\n"
+            )
 
     @property
     def stack_name(self) -> str | None:
@@ -294,21 +324,27 @@ class Context:
 
     @cached_property
     def stack(self) -> Stack:
-        return get_stack(self.require_stack(), self.args.region)
+        name = self.require_stack()
+        self._aws()
+        return get_stack(name, self.args.region)
 
     def find_stack(self) -> Stack | None:
         """The stack, or None when it does not exist yet (init, before the first deploy)."""
-        return find_stack(self.require_stack(), self.args.region)
+        name = self.require_stack()
+        self._aws()
+        return find_stack(name, self.args.region)
 
     def client(self, service: str) -> Any:
         from piriod_operator.stack import client
 
+        self._aws()
         return client(service, self.args.region)
 
     @property
     def runtime(self) -> Runtime:
         """The adapter's clients, aimed at the stack, or at the environment's variables."""
         if self._runtime is None:
+            self._aws()
             if self.stack_name:
                 runtime = Runtime(self.stack.settings())
             else:
@@ -389,6 +425,19 @@ def _region(region: str | None) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    try:
+        try:
+            code = _main(argv, out, err)
+        except SystemExit:  # --help, --version, an argument error: what they wrote goes out
+            out.flush()
+            raise
+        out.flush()
+        return code
+    except BrokenPipeError:  # `piriod-adapter list | head`: the reader has all it wanted
+        return closed_pipe(out)
+
+
+def _main(argv: list[str] | None, out: TextIO, err: TextIO) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command: Command | None = args._command
@@ -399,9 +448,11 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     try:
         with _region(args.region):
             return command.run(Context(args, out, err))
+    except BrokenPipeError:
+        raise
     except Exception as exc:
         code, message = _failure_line(exc)
-        err.write(f"{PROG}: {message}\n")
+        err.write(f"{PROG}: {one_line(message)}\n")
         return code
 
 
@@ -428,6 +479,8 @@ def _failure_line(exc: Exception) -> tuple[int, str]:
         return EXIT_AWS, f"AWS refused: {error.get('Code', '?')}: {error.get('Message', '')}"
     if isinstance(exc, BotoCoreError):
         return EXIT_AWS, f"AWS unreachable: {type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.filename is not None:  # a file given, not readable
+        return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"
     return EXIT_INTERNAL, f"unexpected error ({type(exc).__name__}): {exc}"
 
 
@@ -629,7 +682,9 @@ def cmd_purge(ctx: Context) -> int:
     args, out, runtime = ctx.args, ctx.out, ctx.runtime
     if not args.yes:
         if not sys.stdin.isatty():
-            raise CommandError(EXIT_USAGE, "refusing to purge without --yes when not on a terminal")
+            raise CommandError(
+                EXIT_NO_TERMINAL, "no terminal to confirm the purge on: give --yes to purge"
+            )
         answer = input(f"Type the queue name ({args.queue}) to delete every message in it: ")
         if answer.strip() != args.queue:
             raise CommandError(EXIT_NOT_FOUND, "not confirmed; nothing deleted")
@@ -814,9 +869,31 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samconfig", default="samconfig.toml", help="the samconfig file")
 
 
-def cmd_init(ctx: Context) -> int:
+def _ask_token() -> str:
+    """The Piriod token, asked for on the terminal without echo; with no terminal, the line
+    on standard input (a pipe), and none there is a one-line error, not a traceback."""
     import getpass
+    import warnings
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", getpass.GetPassWarning)  # no terminal: said below
+        try:
+            return getpass.getpass("Piriod API token (not shown): ")
+        except getpass.GetPassWarning:
+            pass
+        except EOFError:  # Ctrl-D at the prompt
+            return ""
+    line = sys.stdin.readline()
+    if not line:
+        raise CommandError(
+            EXIT_NO_TERMINAL,
+            "no terminal to ask for the Piriod token on, and nothing on standard input: pipe "
+            "it with --token-stdin, or give --keep-token",
+        )
+    return line
+
+
+def cmd_init(ctx: Context) -> int:
     from piriod_operator.onboarding import ensure_secrets, write_samconfig
 
     args, out, err = ctx.args, ctx.out, ctx.err
@@ -831,7 +908,7 @@ def cmd_init(ctx: Context) -> int:
     if args.token_stdin:
         token = sys.stdin.readline().strip()
     elif not args.keep_token:
-        token = getpass.getpass("Piriod API token (not shown): ").strip()
+        token = _ask_token().strip()
     if token is not None and not token:
         raise CommandError(EXIT_USAGE, "the Piriod token is empty")
     manager = ctx.client("secretsmanager")
@@ -935,17 +1012,21 @@ def _rotate(ctx: Context, manager: Any, secret_id: str, action: str, cmd: str, w
     return EXIT_OK
 
 
+SEND_STATUSES = ("posted", "duplicate", "aggregated")  # a record that got where it was sent
+ALLOWABLE = ("queued", "rejected")
+
+
 def _send_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
-        help="the webhook's URL; with --source, its base address is enough (default: "
-        "$PIRIOD_WEBHOOK_URL when set, which `piriod-local serve --print-env` exports, then "
-        "the stack's WebhookUrl)",
+        help="the webhook's URL; with --source, its base address is enough (default: the "
+        "stack's WebhookUrl with --stack, else $PIRIOD_WEBHOOK_URL, which `piriod-local serve "
+        "--print-env` exports)",
     )
     p.add_argument(
         "--secret-id",
         help="sign with the secrets of this Secrets Manager secret (default: the stack's "
-        "WebhookSecretArn, or the profile's secret_id with --source, then "
+        "WebhookSecretArn with --stack, or the profile's secret_id with --source, else "
         "$PIRIOD_SIGNING_SECRET)",
     )
     p.add_argument(
@@ -954,16 +1035,43 @@ def _send_arguments(p: argparse.ArgumentParser) -> None:
         help="send one record for this metered subscription line",
     )
     p.add_argument(
-        "--quantity", type=_json_number, default="1", help="the record's quantity, a JSON number"
+        "--quantity",
+        type=_json_number,
+        help="with --line: the record's quantity, a JSON number (default: 1)",
     )
     p.add_argument(
         "--date-time",
         type=_date_time_text,
         metavar="WHEN",
-        help="the record's date_time: RFC 3339, or a date YYYY-MM-DD (default: now)",
+        help="with --line: the record's date_time: RFC 3339, or a date YYYY-MM-DD (default: "
+        "now, so that each run is a new record)",
     )
-    p.add_argument("--key", help="the record's idempotency_key (default: none)")
-    p.add_argument("--file", type=_file, help="send this native body as it is, instead of --line")
+    p.add_argument(
+        "--key",
+        help="with --line: the record's idempotency_key (default: none). Sent again, it is a "
+        "retry (duplicate) only with the same --date-time and --quantity: with the default "
+        "time, now, it is another record under a used key, and rejected",
+    )
+    p.add_argument(
+        "--file",
+        type=_file,
+        help="send this native body as it is, instead of --line and its options",
+    )
+    p.add_argument(
+        "--webhook-id",
+        type=_text("--webhook-id"),
+        metavar="ID",
+        help="send as this delivery (its webhook-id): the same body with an id already sent "
+        "is a retry, its records answered duplicate (default: a new id, printed)",
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        choices=ALLOWABLE,
+        help="exit 0 even when a record is answered this (repeatable; default: exit 1 when "
+        "a record is queued or rejected)",
+    )
     p.add_argument(
         "--source",
         type=_source_name,
@@ -986,60 +1094,117 @@ def _send_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where send posts, and where that came from (printed with each send)."""
+
+    url: str
+    came_from: str
+
+
+def _send_url(ctx: Context) -> _Target:
+    """--url; else the WebhookUrl of the stack --stack names; else $PIRIOD_WEBHOOK_URL.
+    A flag (--stack too) beats the environment."""
+    if ctx.args.url:
+        return _Target(ctx.args.url, "--url")
+    if ctx.stack_name:
+        return _Target(ctx.stack.output("WebhookUrl"), f"stack {ctx.stack_name}")
+    url = os.environ.get("PIRIOD_WEBHOOK_URL", "").strip()
+    if url:
+        return _Target(url, "$PIRIOD_WEBHOOK_URL")
+    raise CommandError(
+        EXIT_USAGE,
+        "give --url, or --stack NAME of a deployed adapter, or export PIRIOD_WEBHOOK_URL",
+    )
+
+
 def cmd_send(ctx: Context) -> int:
-    from piriod_operator.onboarding import one_record_delivery, post, signed_headers
+    from piriod_operator.onboarding import one_record_delivery, signed_headers
 
     args = ctx.args
-    stack = ctx.stack if ctx.stack_name else None
-    url = (
-        args.url
-        or os.environ.get("PIRIOD_WEBHOOK_URL", "").strip()
-        or (stack.output("WebhookUrl") if stack else None)
-    )
-    if not url:
-        raise CommandError(
-            EXIT_USAGE,
-            "give --url, export PIRIOD_WEBHOOK_URL, or give --stack NAME of a deployed adapter",
-        )
     if args.source:
-        return _send_to_source(ctx, url, stack)
+        return _send_to_source(ctx)
     if args.payload or args.config:
         raise CommandError(EXIT_USAGE, "--payload and --config go with --source NAME")
-    secrets = _secrets_for(
-        ctx, args.secret_id or (stack.output("WebhookSecretArn") if stack else None)
-    )
+    record_options = [
+        option
+        for option, value in (
+            ("--quantity", args.quantity),
+            ("--date-time", args.date_time),
+            ("--key", args.key),
+        )
+        if value is not None
+    ]
+    if args.file is not None and args.line is not None:
+        raise CommandError(EXIT_USAGE, "give --line or --file, not both (--file is sent as it is)")
+    if args.file is not None and record_options:
+        raise CommandError(
+            EXIT_USAGE, f"{', '.join(record_options)} go with --line; --file is sent as it is"
+        )
+    if args.file is None and args.line is None:
+        raise CommandError(EXIT_USAGE, "give --line (a metered subscription line) or --file")
+    target = _send_url(ctx)
+    if args.secret_id:
+        secrets, signer = _secrets_of(ctx, args.secret_id), f"secret {args.secret_id}"
+    elif ctx.stack_name:
+        secret_id = ctx.stack.output("WebhookSecretArn")
+        secrets, signer = _secrets_of(ctx, secret_id), f"stack {ctx.stack_name}'s secret"
+    elif os.environ.get("PIRIOD_SIGNING_SECRET"):
+        secrets, signer = [os.environ["PIRIOD_SIGNING_SECRET"]], "$PIRIOD_SIGNING_SECRET"
+    else:
+        raise CommandError(
+            EXIT_USAGE, "give --secret-id or --stack NAME, or export PIRIOD_SIGNING_SECRET"
+        )
     if args.file is not None:
         body = args.file.read_bytes()
-    elif args.line is not None:
-        body = one_record_delivery(args.line, args.quantity, args.date_time, args.key)
     else:
-        raise CommandError(EXIT_USAGE, "give --line (a metered subscription line) or --file")
-    status_code, answer = post(url, body, signed_headers(body, secrets))
-    return _show_answer(ctx.out, status_code, answer)
+        if args.key and not args.date_time:
+            ctx.err.write(
+                "note: --key without --date-time is a new record each run (its time is now); "
+                "give a fixed --date-time to send it again as a retry\n"
+            )
+        body = one_record_delivery(args.line, args.quantity or "1", args.date_time, args.key)
+    headers = signed_headers(body, secrets, args.webhook_id)
+    return _post_and_show(ctx, target, body, headers, signer, headers["webhook-id"])
 
 
-def _secrets_for(ctx: Context, secret_id: str | None) -> list[str]:
-    """The signing secrets: those of `secret_id`, else $PIRIOD_SIGNING_SECRET."""
+def _post_and_show(
+    ctx: Context,
+    target: _Target,
+    body: bytes,
+    headers: dict[str, str],
+    signer: str,
+    webhook_id: str | None,
+) -> int:
+    """Say where the delivery goes (and what came from where), post it, show the answer."""
+    from piriod_operator.onboarding import Unreachable, post
+
+    delivery = f"; webhook-id {webhook_id}" if webhook_id else ""
+    ctx.err.write(f"POST {target.url} (from {target.came_from}; signed with {signer}{delivery})\n")
+    try:
+        status_code, answer = post(target.url, body, headers)
+    except Unreachable as exc:
+        raise CommandError(
+            EXIT_UNREACHABLE, f"nothing answers at {target.url} ({exc}); nothing was sent"
+        ) from None
+    return _show_answer(ctx.out, status_code, answer, allowed=set(ctx.args.allow))
+
+
+def _secrets_of(ctx: Context, secret_id: str) -> list[str]:
+    """The signing secrets of a Secrets Manager secret that exists."""
     from piriod_operator.onboarding import secret_exists, signing_secrets
 
-    if secret_id:
-        manager = ctx.client("secretsmanager")
-        if not secret_exists(manager, secret_id):
-            raise CommandError(
-                EXIT_USAGE,
-                f"no secret {secret_id!r}: make it (`piriod-adapter --stack NAME init`, or "
-                "`sources secret add NAME`), or give --secret-id",
-            )
-        return signing_secrets(manager, secret_id)
-    if os.environ.get("PIRIOD_SIGNING_SECRET"):
-        return [os.environ["PIRIOD_SIGNING_SECRET"]]
-    raise CommandError(
-        EXIT_USAGE, "give --secret-id or --stack NAME, or export PIRIOD_SIGNING_SECRET"
-    )
+    manager = ctx.client("secretsmanager")
+    if not secret_exists(manager, secret_id):
+        raise CommandError(
+            EXIT_USAGE,
+            f"no secret {secret_id!r}: make it (`piriod-adapter --stack NAME init`, or "
+            "`sources secret add NAME`), or give --secret-id",
+        )
+    return signing_secrets(manager, secret_id)
 
 
-def _send_to_source(ctx: Context, url: str, stack: Stack | None) -> int:
-    from piriod_operator.onboarding import post
+def _send_to_source(ctx: Context) -> int:
     from piriod_operator.profiles import source_headers, source_url
 
     args = ctx.args
@@ -1047,17 +1212,27 @@ def _send_to_source(ctx: Context, url: str, stack: Stack | None) -> int:
         raise CommandError(EXIT_USAGE, "--source needs --payload FILE (the meter's own payload)")
     if args.line is not None or args.file is not None:
         raise CommandError(EXIT_USAGE, "--line and --file are for the native route, not --source")
+    stack = ctx.stack if ctx.stack_name and args.config is None else None
     profile = _profile(ctx, args.source, args.config, stack)
-    secrets = _secrets_for(ctx, args.secret_id or profile.signature.secret_id)
+    scheme = profile.signature.scheme
+    if args.webhook_id and scheme != "standard-webhooks":
+        raise CommandError(
+            EXIT_USAGE,
+            f"--webhook-id goes with a standard-webhooks source; {args.source!r} signs with "
+            f"{scheme} (its events' event_id are their keys)",
+        )
+    secret_id = args.secret_id or profile.signature.secret_id
+    secrets = _secrets_of(ctx, secret_id)
+    target = _send_url(ctx)
     body = args.payload.read_bytes()
     try:
-        headers = source_headers(profile, body, secrets)
+        headers = source_headers(profile, body, secrets, message_id=args.webhook_id)
     except ValueError as exc:  # standard-webhooks with a secret that is not whsec_...
         raise CommandError(EXIT_USAGE, f"cannot sign for {args.source!r}: {exc}") from None
-    target = source_url(url, args.source)
-    ctx.err.write(f"POST {target} ({profile.signature.scheme})\n")
-    status_code, answer = post(target, body, headers)
-    return _show_answer(ctx.out, status_code, answer)
+    routed = _Target(source_url(target.url, args.source), target.came_from)
+    return _post_and_show(
+        ctx, routed, body, headers, f"{scheme}, secret {secret_id}", headers.get("webhook-id")
+    )
 
 
 def _profile(ctx: Context, name: str, config: Path | None, stack: Stack | None) -> Any:
@@ -1082,10 +1257,14 @@ def _profile(ctx: Context, name: str, config: Path | None, stack: Stack | None) 
     raise CommandError(EXIT_USAGE, f"no source {name!r} in {where} (it has: {known})")
 
 
-def _show_answer(out: TextIO, status_code: int, answer: Any) -> int:
+def _show_answer(out: TextIO, status_code: int, answer: Any, allowed: set[str]) -> int:
+    """The answer, record by record; exit 0 only for a 202 whose every record got where it
+    was sent (posted, duplicate, aggregated), or whose other statuses are `allowed`."""
     out.write(f"HTTP {status_code}\n")
+    statuses: list[str] = []
     if isinstance(answer, dict):
         for result in answer.get("results", []):
+            statuses.append(str(result.get("status")))
             detail = " ".join(
                 f"{k}={json.dumps(v)}" for k, v in result.items() if k not in ("index", "status")
             )
@@ -1093,15 +1272,30 @@ def _show_answer(out: TextIO, status_code: int, answer: Any) -> int:
         if "results" not in answer:
             out.write(f"{answer.get('message', '')}\n")
             for problem in answer.get("errors") or []:
-                out.write(
-                    f"  record {problem.get('index')} · {problem.get('field')}: "
-                    f"{problem.get('message')}\n"
-                )
+                out.write(f"  {_problem_text(problem)}\n")
         elif not answer["results"]:
             out.write("no records (the profile's records expression found none)\n")
     else:
         out.write(f"{answer}\n")
-    return EXIT_OK if status_code == 202 else EXIT_NOT_FOUND
+    if status_code != 202:
+        return EXIT_NOT_FOUND
+    refused = sorted({s for s in statuses if s not in SEND_STATUSES} - allowed)
+    if refused:
+        out.write(
+            f"not all records got through ({', '.join(refused)}): exit 1 "
+            f"(--allow {' --allow '.join(s for s in refused if s in ALLOWABLE) or 'STATUS'} "
+            "to exit 0 all the same)\n"
+        )
+        return EXIT_NOT_FOUND
+    return EXIT_OK
+
+
+def _problem_text(problem: dict[str, Any]) -> str:
+    """One problem of a 422: `record 2 · quantity: ...`, or `body · usages: ...` for the
+    delivery as a whole (a problem with no record index)."""
+    index = problem.get("index")
+    where = "body" if index is None else f"record {index}"
+    return f"{where} · {problem.get('field')}: {problem.get('message')}"
 
 
 # --- sources: meter profiles -------------------------------------------------------------------
@@ -1363,10 +1557,14 @@ COMMANDS: list[Command] = [
         cmd_send,
         description="Native route: --line (or --file), signed with Standard Webhooks. "
         "A source: --source NAME --payload FILE, signed with the profile's own scheme "
-        "(standard-webhooks, stripe or hmac-sha256-hex). The URL is, in this order: --url, "
-        "$PIRIOD_WEBHOOK_URL (`piriod-local serve --print-env` exports it), the stack's "
-        "WebhookUrl; the secret is, in this order: --secret-id, the stack's (or the "
-        "profile's), $PIRIOD_SIGNING_SECRET.",
+        "(standard-webhooks, stripe or hmac-sha256-hex). A flag beats the environment: the "
+        "URL is --url, else the WebhookUrl of the stack --stack names, else "
+        "$PIRIOD_WEBHOOK_URL (`piriod-local serve --print-env` exports it); the secret is "
+        "--secret-id, else the stack's (a source: its profile's secret_id), else "
+        "$PIRIOD_SIGNING_SECRET. Where it posts, and what came from where, is printed on "
+        "stderr. Exit 0 when answered 202 with every record posted, duplicate or aggregated; "
+        "1 otherwise (--allow queued, --allow rejected: exit 0 for those too); 8 when nothing "
+        "answers at the URL.",
     ),
     Command(
         ("sources", "validate"),

@@ -277,19 +277,51 @@ def signed_headers(
     }
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30.0) -> tuple[int, Any]:
-    """POST one signed delivery; the answer's status and body (JSON when it is)."""
-    import urllib3
+class Unreachable(Exception):
+    """Nothing answered at the webhook's URL (refused, no such host, no answer in time)."""
 
-    response = urllib3.PoolManager().request(
-        "POST",
-        url,
-        body=body,
-        headers=headers,
-        timeout=urllib3.Timeout(connect=10, read=timeout),
-        retries=False,
-    )
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30.0) -> tuple[int, Any]:
+    """POST one signed delivery; the answer's status and body (JSON when it is). Raises
+    Unreachable, with why in a few words, when nothing answers."""
+    import urllib3
+    from urllib3.exceptions import HTTPError, LocationValueError
+
+    try:
+        response = urllib3.PoolManager().request(
+            "POST",
+            url,
+            body=body,
+            headers=headers,
+            timeout=urllib3.Timeout(connect=10, read=timeout),
+            retries=False,
+        )
+    except LocationValueError as exc:
+        raise Unreachable(f"{url!r} is not a URL ({exc})") from None
+    except HTTPError as exc:
+        raise Unreachable(_why(exc, timeout)) from None
     try:
         return response.status, json.loads(response.data)
     except ValueError:
         return response.status, response.data.decode("utf-8", "replace")
+
+
+def _why(exc: Exception, timeout: float) -> str:
+    """A urllib3 failure in a few words: `Connection refused`, `no answer in 30 s`, ..."""
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        NameResolutionError,
+        NewConnectionError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, NameResolutionError):
+        return "no such host"
+    if isinstance(exc, NewConnectionError):  # "...: Failed to establish ...: [Errno 111] ..."
+        reason = str(exc).rsplit("]", 1)[-1].strip() if "[Errno" in str(exc) else str(exc)
+        return reason or "no connection"
+    if isinstance(exc, ConnectTimeoutError):  # (NewConnectionError is one too: checked first)
+        return "no connection within 10 s"
+    if isinstance(exc, ReadTimeoutError):
+        return f"no answer within {timeout:g} s"
+    return f"{type(exc).__name__}: {exc}"

@@ -521,9 +521,18 @@ def _windows(runtime: Runtime, now: datetime) -> dict[str, Any] | str:
 
 
 def recent_outcomes(runtime: Runtime, now: datetime) -> dict[str, int] | str:
-    """Records by outcome over the last hour, from the functions' metrics."""
+    """Records by outcome over the last hour, from the functions' metrics; not available
+    from a local stand-in, which holds no metrics (all zeros would read as an idle hour)."""
+    from urllib.parse import urlsplit
+
     try:
         cloudwatch = runtime.cloudwatch
+        host = urlsplit(str(cloudwatch.meta.endpoint_url or "")).hostname or ""
+        if host in ("localhost", "::1") or host.startswith("127."):
+            return (
+                "not available locally (the functions' metrics go to CloudWatch; the local "
+                "stand-ins keep none: `piriod-local serve` prints each outcome as it happens)"
+            )
         totals = {}
         for name in RECENT_OUTCOMES:
             points = cloudwatch.get_metric_statistics(

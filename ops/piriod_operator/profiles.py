@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from piriod_adapter import jsondoc
 from piriod_adapter.sources import SOURCE_NAME, Profile, SourcesDocument, SourcesUnavailable
+from piriod_operator.errors import one_line
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,8 @@ class Problem:
 
     def text(self) -> str:
         where = f"source {self.source!r}" if self.source is not None else "document"
-        return (
-            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        )
+        message = one_line(self.message)
+        return f"{where}: {self.field}: {message}" if self.field else f"{where}: {message}"
 
 
 @dataclass
@@ -47,12 +47,26 @@ class Checked:
         return sorted({p.source for p in self.problems if p.source is not None})
 
 
+# pydantic's own words for the commonest slips, said as a profile's author thinks of them
+_PLAIN = {
+    "extra_forbidden": "is not a field here (misspelt, or at the wrong level?)",
+    "missing": "is required",
+    "string_type": "must be a string, in quotes",
+    "int_type": "must be a whole number, without quotes",
+    "int_from_float": "must be a whole number",
+    "bool_type": "must be true or false, without quotes",
+    "dict_type": "must be an object {...}",
+    "model_type": "must be an object {...}",
+}
+
+
 def _messages(exc: ValidationError) -> list[tuple[str, str]]:
     """Every error of a pydantic validation: (field path, message)."""
     found = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in error["loc"])
-        found.append((where, str(error["msg"]).removeprefix("Value error, ")))
+        message = _PLAIN.get(str(error["type"]), str(error["msg"]))
+        found.append((where, message.removeprefix("Value error, ")))
     return found
 
 
@@ -264,10 +278,15 @@ def _short(text: str, width: int) -> str:
 
 
 def source_headers(
-    profile: Profile, body: bytes, secrets: Sequence[str], now: float | None = None
+    profile: Profile,
+    body: bytes,
+    secrets: Sequence[str],
+    now: float | None = None,
+    message_id: str | None = None,
 ) -> dict[str, str]:
     """The headers a meter using this profile sends: its scheme's signature (one per active
-    secret where the scheme lists several; the newest where it holds one) and content type."""
+    secret where the scheme lists several; the newest where it holds one) and content type.
+    A standard-webhooks delivery has `message_id` as its webhook-id (default: a new one)."""
     from piriod_adapter.signatures import sign_hmac_hex, sign_standard, sign_stripe, standard_key
 
     timestamp = int(time.time() if now is None else now)
@@ -279,7 +298,7 @@ def source_headers(
             "application/cloudevents-batch+json" if batch else "application/cloudevents+json"
         )
     if signature.scheme == "standard-webhooks":
-        message_id = f"msg_{uuid.uuid4().hex}"
+        message_id = message_id or f"msg_{uuid.uuid4().hex}"
         headers["webhook-id"] = message_id
         headers["webhook-timestamp"] = str(timestamp)
         headers["webhook-signature"] = " ".join(

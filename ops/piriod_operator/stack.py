@@ -3,11 +3,27 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from piriod_adapter.settings import Settings, load_settings
 from piriod_operator.errors import EXIT_USAGE, CommandError
+
+LOCAL_STACK = "piriod-local"  # the stack `piriod-local serve` registers on its stand-in
+UNDO_LOCAL = 'eval "$(piriod-local serve --unset)"'
+
+
+def local_endpoint() -> str | None:
+    """AWS_ENDPOINT_URL when it points at this machine (a local stand-in such as
+    `piriod-local serve`'s), else None."""
+    url = os.environ.get("AWS_ENDPOINT_URL", "").strip()
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return None
+    return url if host in ("localhost", "::1") or host.startswith("127.") else None
 
 
 def client(service: str, region: str | None = None) -> Any:
@@ -103,10 +119,25 @@ def get_stack(name: str, region: str | None = None) -> Stack:
     found = find_stack(name, region)
     if found is None:
         where = client("cloudformation", region).meta.region_name
+        local = local_endpoint()
+        if name == LOCAL_STACK:
+            raise CommandError(
+                EXIT_USAGE,
+                f"no stack {name!r} in {where}"
+                + (f" at {local}" if local else "")
+                + ": it is the local serve's; start `piriod-local serve`, then "
+                '`eval "$(piriod-local serve --print-env)"` in this shell',
+            )
         raise CommandError(
             EXIT_USAGE,
             f"no stack {name!r} in {where}: make it first (`piriod-adapter --stack {name} init "
             "--config-env ENV`, then `sam build && sam deploy --config-env ENV`), or give the "
-            "right --stack NAME / --region R",
+            "right --stack NAME / --region R"
+            + (
+                f" (AWS_ENDPOINT_URL points at a local stand-in, {local}: `{UNDO_LOCAL}` "
+                "goes back to AWS)"
+                if local
+                else ""
+            ),
         )
     return found

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -103,7 +104,11 @@ def _compiles(expression: str) -> str:
     try:
         jmespath.compile(expression)
     except Exception as exc:  # jmespath raises LexerError, ParseError, ...
-        raise ValueError(f"is not a valid JMESPath expression: {exc}") from None
+        # on one line: jmespath's own message ends with the expression and a caret below it
+        first = str(exc).splitlines()[0].removesuffix(":").removesuffix(", for expression")
+        at = getattr(exc, "lex_position", None)
+        where = f" at column {at}" if isinstance(at, int) and "column" not in first else ""
+        raise ValueError(f"is not a valid JMESPath expression: {first}{where}") from None
     _check_literals(expression)
     return expression
 
@@ -182,6 +187,16 @@ LineId = Annotated[int, Field(ge=1, le=MAX_LINE, strict=True)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
 
+def _factor_text(value: Any) -> Any:
+    """A factor given as a JSON number is refused in words, not as pydantic's "Input should be
+    a valid string": JSON numbers are read as binary floats, which bend decimals."""
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        raise ValueError(
+            f'must be a string, e.g. "{value}" in quotes: a JSON number may lose digits'
+        )
+    return value
+
+
 def _exact_factor(value: str) -> str:
     if not _NUMERIC_TEXT.fullmatch(value):
         raise ValueError('must be an exact decimal written as a string, e.g. "0.000000001"')
@@ -224,7 +239,9 @@ class Profile(_Strict):
     records: JMESPath = "@"
     fields: FieldPaths
     time_format: Literal["rfc3339", "epoch_seconds", "epoch_millis"] = "rfc3339"
-    quantity_factor: Annotated[str, AfterValidator(_exact_factor)] = "1"
+    quantity_factor: Annotated[
+        str, BeforeValidator(_factor_text), AfterValidator(_exact_factor)
+    ] = "1"
     subscription_line: LineId | None = None
     lines: dict[Annotated[str, StringConstraints(max_length=MAX_METER_ID_LENGTH)], LineId] = {}
     test_mode: bool = Field(default=False, strict=True)

@@ -251,7 +251,8 @@ def test_replay_prints_the_line_an_unmapped_meter_resolves_to(
     assert cli("--stack", stack, "sources", "secret", "add", SOURCE)[0] == 0
     assert cli("--stack", stack, "sources", "push", write(tmp_path, "s.json", document))[0] == 0
     payload = write(tmp_path, "payload.json", PAYLOAD)
-    code, out, _ = cli("--stack", stack, "send", "--source", SOURCE, "--payload", payload)
+    argv = ("--stack", stack, "send", "--source", SOURCE, "--payload", payload)
+    code, out, _ = cli(*argv, "--allow", "rejected")
     assert code == 0 and out.count(": rejected") == 2
     # when the line is mapped and the dead letters are replayed
     profile["lines"] = {"cus-9": 4300}

@@ -11,7 +11,6 @@ import shutil
 import sys
 import tomllib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import pytest
 import urllib3
 
 from piriod_devkit.aws import client
-from piriod_devkit.local_api import LocalApiServer
 from tests.conftest import TOKEN, WORKSPACE, Adapter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,18 +53,23 @@ def cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
 
 
 def deploy_stack(
-    adapter: Adapter, name: str | None = None, webhook_url: str = "", **parameters: str
+    adapter: Adapter,
+    name: str | None = None,
+    webhook_url: str = "",
+    webhook_secret_arn: str = "",
+    **parameters: str,
 ) -> str:
     """A CloudFormation stack in moto with the adapter's parameters and outputs (what
     `sam deploy` leaves) for the adapter's resources; returns its name."""
     name = name or f"adapter-{uuid.uuid4().hex[:8]}"
     resources = adapter.resources
+    webhook_secret_arn = webhook_secret_arn or resources.webhook_secret_arn
     values = {
         "PiriodApiUrl": adapter.env["PIRIOD_API_URL"],
         "PiriodWorkspaceId": WORKSPACE,
         "PiriodTestMode": "false",
         "PiriodTokenSecretArn": resources.token_secret_arn,
-        "WebhookSecretArn": resources.webhook_secret_arn,
+        "WebhookSecretArn": webhook_secret_arn,
         "SourcesConfig": "",
         "SourceSecretArns": "",
         **parameters,
@@ -76,7 +79,7 @@ def deploy_stack(
         "ReplayQueueUrl": resources.replay_queue_url,
         "DeadLetterQueueUrl": resources.dead_letter_queue_url,
         "IdempotencyTableName": resources.table,
-        "WebhookSecretArn": resources.webhook_secret_arn,
+        "WebhookSecretArn": webhook_secret_arn,
     }
     template = {
         "Parameters": {key: {"Type": "String", "Default": ""} for key in values},
@@ -137,6 +140,19 @@ def test_a_stack_that_does_not_exist_is_refused_with_what_to_do(
     assert code == 2 and out == ""
     assert "no stack 'never-deployed'" in err and "--stack never-deployed init" in err
     assert len(err.strip().splitlines()) == 1
+    # and, AWS being a local stand-in here (moto), it says so and how to go back to AWS
+    assert f"AWS_ENDPOINT_URL points at a local stand-in, {adapter.endpoint}" in err
+    assert 'eval "$(piriod-local serve --unset)"' in err
+
+
+def test_the_local_stack_without_a_serve_says_to_start_one(adapter: Adapter) -> None:
+    # when a command is aimed at piriod-local where no `piriod-local serve` registered it
+    code, out, err = cli("status", "--stack", "piriod-local")
+    # then it says that it is the local serve's stack, and how to start and reach it
+    assert code == 2 and out == ""
+    assert "no stack 'piriod-local'" in err and "it is the local serve's" in err
+    assert "start `piriod-local serve`" in err and "--print-env" in err
+    assert "sam deploy" not in err and len(err.strip().splitlines()) == 1
     names = [
         s["Name"] for s in client("secretsmanager", adapter.endpoint).list_secrets()["SecretList"]
     ]
@@ -372,61 +388,10 @@ def test_send_with_a_secret_that_does_not_exist_is_refused_before_sending(
     assert piriod.usages() == []
 
 
-@pytest.fixture
-def api(adapter: Adapter) -> Iterator[LocalApiServer]:
-    """The webhook on a local port, its settings read while the functions' variables are set
-    (`cli` runs without them)."""
-    from piriod_adapter.runtime import get_runtime
-
-    get_runtime().settings  # noqa: B018
-    server = LocalApiServer().start()
-    yield server
-    server.stop()
-
-
-def test_send_without_url_goes_to_piriod_webhook_url_before_the_stacks(
-    adapter: Adapter,
-    piriod: Any,
-    api: LocalApiServer,
-    dead_endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # given a stack whose WebhookUrl answers nothing, and $PIRIOD_WEBHOOK_URL at the webhook
-    # (as `piriod-local serve --print-env` exports it)
-    stack = deploy_stack(adapter, webhook_url=f"{dead_endpoint}/v1/usages")
-    monkeypatch.setenv("PIRIOD_WEBHOOK_URL", f"{api.url}/v1/usages")
-    # when a record is sent without --url
-    code, out, err = cli("send", "--stack", stack, "--line", "4242", "--quantity", "3")
-    # then it went to $PIRIOD_WEBHOOK_URL and was posted
-    assert code == 0, out + err
-    assert out.startswith("HTTP 202") and "record 0: posted usage_id=" in out
-    assert [(u["subscription_line"], u["quantity"]) for u in piriod.usages()] == [(4242, "3")]
-
-
-def test_send_with_url_given_or_without_the_variable_goes_where_told(
-    adapter: Adapter,
-    piriod: Any,
-    api: LocalApiServer,
-    dead_endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # given a stack whose WebhookUrl is the webhook, and $PIRIOD_WEBHOOK_URL where nothing
-    # listens
-    stack = deploy_stack(adapter, webhook_url=f"{api.url}/v1/usages")
-    monkeypatch.setenv("PIRIOD_WEBHOOK_URL", f"{dead_endpoint}/v1/usages")
-    # when a record is sent with --url, then one with the variable unset
-    given = cli("send", "--stack", stack, "--url", f"{api.url}/v1/usages", "--line", "11")
-    monkeypatch.delenv("PIRIOD_WEBHOOK_URL")
-    from_stack = cli("send", "--stack", stack, "--line", "12")
-    # then --url wins over the variable, and without it the stack's WebhookUrl is used
-    assert given[0] == 0 and given[1].startswith("HTTP 202"), given
-    assert from_stack[0] == 0 and from_stack[1].startswith("HTTP 202"), from_stack
-    assert sorted(u["subscription_line"] for u in piriod.usages()) == [11, 12]
-
-
 def test_send_with_no_url_anywhere_says_what_to_give(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PIRIOD_WEBHOOK_URL", raising=False)
     monkeypatch.setenv("PIRIOD_SIGNING_SECRET", "whsec_" + "A" * 32)
     code, out, err = cli("send", "--line", "1")
     assert code == 2 and out == ""
     assert "export PIRIOD_WEBHOOK_URL" in err and len(err.strip().splitlines()) == 1
+    assert "--stack NAME" in err and "--url" in err

@@ -39,3 +39,19 @@ def test_the_demo_shows_a_delivery_and_a_mapping_without_metric_lines() -> None:
     assert re.search(r"rd_0001 \S+ bytes=1073741824 +─▶ line=3001 \S+ quantity=1.073741824", output)
     # and no metric line (Powertools' EMF JSON) reaches the terminal
     assert '"_aws"' not in output, output
+    # and the summary counts every status: each aggregated event (the 5,000 and the late one),
+    # and every HTTP answer
+    from piriod_devkit.demo import AGGREGATED_EVENTS, UNMETERED_LINE
+
+    assert int(outcomes["aggregated"]) == AGGREGATED_EVENTS + 1, seen
+    [answers] = re.findall(r"^Answers: (.*)$", output, re.MULTILINE)
+    assert {"HTTP 202", "HTTP 401", "HTTP 422", "HTTP 400"} <= {
+        pair.split("=")[0] for pair in answers.split(", ")
+    }, answers
+    # and the dead letter is named: its message id, its line and why
+    assert re.search(
+        rf"^  message [0-9a-f-]{{36}}: line {UNMETERED_LINE}, rejected \(Piriod 400\): "
+        r"subscription_line: ",
+        output,
+        re.MULTILINE,
+    ), output

@@ -181,8 +181,8 @@ def test_token_rotation_then_replay_posts_exhausted_records(
 def test_purge_needs_confirmation(rejected_batch: Adapter) -> None:
     # when the operator purges without --yes, from a script
     code, text = ops("purge", "--queue", "dead-letter")
-    # then nothing is deleted
-    assert code == 2 and "--yes" in text
+    # then nothing is deleted (exit 9: no terminal to confirm on)
+    assert code == 9 and "--yes" in text
     assert len(rejected_batch.messages("dead_letter")) == 5
     # and with --yes the queue is emptied
     assert ops("purge", "--queue", "dead-letter", "--yes")[0] == 0

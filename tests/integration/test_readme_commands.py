@@ -1,11 +1,15 @@
 """The README's commands, run as written (its bash blocks, in bash):
 
 - "Quick start": `piriod-local serve` in one shell, `eval "$(piriod-local serve
-  --print-env)"` and `send` in another (on a free port instead of 3000, the one change);
+  --print-env)"`, `send` and `--unset` in another (on a free port instead of 3000, the one
+  change); docs/local.md's serve block the same way;
+- "Add a third-party meter" rehearsed unchanged against `piriod-local serve`, with
+  STACK=piriod-local;
 - against moto server, where a CloudFormation stack carries what `sam deploy` leaves
   (parameters and outputs pointing at the adapter's moto resources) and the webhook is
   served on a local port: "Add a third-party meter" (the meter's secret, validate, try,
-  push, send --source) and "Operate" (list, replay --dry-run, reconcile, signing-secret add).
+  push, send --source), "Operate" (list, replay --dry-run, reconcile, signing-secret add),
+  and Deploy's clean-up (with the AWS CLI; `sam delete` as CloudFormation's delete-stack).
 
 The deploy steps themselves are run by tests/e2e/test_readme_deploy.py (they need sam)."""
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -126,9 +131,9 @@ def test_readme_operate_works_as_written(
     assert secrets.count("whsec_") == 2
 
 
-def test_readme_quick_start_serve_and_send_work_as_written(workdir: Path) -> None:
-    # given the Quick start's second block: serve in one shell, the exports and send in another
-    [_, block] = readme_blocks("Quick start")
+def two_shells(block: str, workdir: Path) -> tuple[int, str, str]:
+    """A block whose first line serves (`piriod-local serve`) and whose other lines run in
+    another shell once it answers (on a free port instead of 3000, the one change)."""
     serve, *other_shell = block.strip().splitlines()
     assert "piriod-local serve" in serve and "--print-env" in other_shell[0]
     port = free_port()
@@ -141,7 +146,7 @@ def test_readme_quick_start_serve_and_send_work_as_written(workdir: Path) -> Non
         for k, v in os.environ.items()
         if not k.startswith(("AWS_", "PIRIOD_", "POWERTOOLS_")) and k != "SOURCES_CONFIG"
     }
-    # when the first shell serves, and the second runs its lines once it answers
+    # the first shell serves, and the second runs its lines once it answers
     server = subprocess.Popen(
         ["bash", "-c", on_port(serve)],
         cwd=workdir,
@@ -155,9 +160,90 @@ def test_readme_quick_start_serve_and_send_work_as_written(workdir: Path) -> Non
         while bash(on_port(other_shell[0]), workdir, env)[0] != 0:
             assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
             time.sleep(1)
-        code, out, err = bash("\n".join(map(on_port, other_shell)), workdir, env)
+        return bash("\n".join(map(on_port, other_shell)), workdir, env)
     finally:
         stop_group(server)
+
+
+def test_readme_quick_start_serve_and_send_work_as_written(workdir: Path) -> None:
+    # given the Quick start's second block: serve in one shell, the exports, send and the
+    # undo in another
+    [_, block] = readme_blocks("Quick start")
+    # when it runs
+    code, out, err = two_shells(block, workdir)
     # then the record was posted through the local adapter
     assert code == 0, out + err
     assert "HTTP 202" in out and re.search(r"record 0: posted usage_id=\d+", out), out
+
+
+def test_local_md_serve_block_works_as_written(workdir: Path) -> None:
+    # given docs/local.md's serve block: serve in one shell; the exports, send, status through
+    # the stack piriod-local, a dry run and a third-party send, and the undo in another
+    text = (ROOT / "docs" / "local.md").read_text()
+    section = text[text.index("## `piriod-local serve`") :]
+    [block] = re.findall(r"^```bash\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)[:1]
+    # when it runs
+    code, out, err = two_shells(block, workdir)
+    # then each command did its job against the serve
+    assert code == 0, out + err
+    assert re.search(r"record 0: posted usage_id=\d+", out), out
+    assert "QUEUE" in out and "last hour: not available locally" in out
+    assert "2 would post" in out and "dry run: nothing was posted" in out
+    assert 'event_id="rd_0001"' in out
+
+
+def test_readme_add_a_meter_rehearses_unchanged_against_the_local_serve(workdir: Path) -> None:
+    from tests.integration.test_serve import serve
+
+    # given a running `piriod-local serve`, and a shell with its exports and STACK=piriod-local,
+    # as the README's rehearsal says
+    [steps] = readme_blocks("Add a third-party meter")
+    with serve() as running:
+        env = running.env() | {"STACK": "piriod-local"}
+        # when the README's steps run, unchanged
+        code, out, err = bash(steps, workdir, env)
+        # then the meter's secret was made in the serve's stand-in and shown once, the
+        # profile pushed to the serve's parameter, and the payload posted in GB to its line
+        assert code == 0, out + err
+        secret = client("secretsmanager", env["AWS_ENDPOINT_URL"]).get_secret_value(
+            SecretId="piriod-local/sources/acme-storage"
+        )["SecretString"]
+        [made] = [line for line in out.splitlines() if line and line in secret]
+        assert out.count(made) == 1
+        assert "pushed 1 source(s) (acme-storage) to SSM parameter /piriod-local/sources" in out
+        assert "HTTP 202" in out and 'event_id="rd_0001"' in out, out
+        posted = sorted(
+            u["quantity"] for u in running.ledger(env) if u["subscription_line"] == 3001
+        )
+        assert posted == ["1.073741824", "1.500000000"]
+
+
+def test_readme_clean_up_removes_what_the_steps_made(adapter: Adapter, workdir: Path) -> None:
+    # given what Deploy and "Add a third-party meter" leave: the stack, its two secrets, a
+    # meter's secret, the pushed profiles, and another stack's secret that must stay
+    if shutil.which("aws") is None:
+        pytest.skip("the AWS CLI is not installed (README, Prerequisites)")
+    stack = f"readme-clean-{uuid.uuid4().hex[:8]}"
+    manager = client("secretsmanager", adapter.endpoint)
+    for name in ("piriod-token", "webhook-signing-secrets", "sources/acme-storage"):
+        manager.create_secret(Name=f"{stack}/{name}", SecretString="{}")
+    manager.create_secret(Name=f"{stack}-other/piriod-token", SecretString="{}")
+    ssm = client("ssm", adapter.endpoint)
+    ssm.put_parameter(Name=f"/{stack}/sources", Value="{}", Type="String")
+    deploy_stack(adapter, stack)
+    [steps] = readme_blocks("Deploy")[-1:]
+    assert steps.startswith('sam delete --stack-name "$STACK"\n')
+    # when the clean-up runs (`sam delete` as CloudFormation's own delete: no sam here)
+    script = steps.replace(
+        'sam delete --stack-name "$STACK"', 'aws cloudformation delete-stack --stack-name "$STACK"'
+    )
+    code, out, err = bash(script, workdir, shell_env(adapter, stack))
+    # then nothing of the stack is left, and the other stack's secret is
+    assert code == 0, out + err
+    left = [s["Name"] for s in manager.list_secrets()["SecretList"] if stack in s["Name"]]
+    assert left == [f"{stack}-other/piriod-token"]
+    assert not ssm.get_parameters(Names=[f"/{stack}/sources"])["Parameters"]
+    stacks = client("cloudformation", adapter.endpoint).list_stacks()["StackSummaries"]
+    assert {s["StackStatus"] for s in stacks if s["StackName"] == stack} <= {"DELETE_COMPLETE"}
+    # and run again, with nothing left to delete, it still succeeds
+    assert bash(script, workdir, shell_env(adapter, stack))[0] == 0

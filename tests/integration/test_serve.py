@@ -27,7 +27,7 @@ import urllib3
 from piriod_devkit.aws import free_port
 from piriod_devkit.events import event_body, http_event, load_event, sign_event
 from piriod_devkit.process import stop_group
-from piriod_devkit.sources import sign_source
+from piriod_devkit.sources import LOCAL_SOURCE_SECRETS, sign_source
 
 ROOT = Path(__file__).resolve().parents[2]
 PIRIOD_LOCAL = ROOT / ".venv" / "bin" / "piriod-local"
@@ -158,7 +158,7 @@ def listening(url: str) -> bool:
 
 
 @contextmanager
-def serve(*options: str) -> Iterator[Served]:
+def serve(*options: str, cwd: Path | None = None) -> Iterator[Served]:
     port = free_port()
     process = subprocess.Popen(
         [str(PIRIOD_LOCAL), "serve", "--port", str(port), *options],
@@ -166,6 +166,7 @@ def serve(*options: str) -> Iterator[Served]:
         stderr=subprocess.STDOUT,
         text=True,
         env=clean_environment(),
+        cwd=cwd,
         start_new_session=True,  # a process group of its own, as a shell's job
     )
     served = Served(process, port)
@@ -274,7 +275,8 @@ def test_ctrl_c_stops_every_process_and_port_and_exits_0(tmp_path: Path) -> None
     # given a running serve that wrote its exports to a file
     with serve("--env-file", str(env_file)) as running:
         env = clean_environment() | exports(env_file.read_text())
-        assert env == running.env()
+        # (the same exports as --print-env's, without what that shell had before them)
+        assert env == {k: v for k, v in running.env().items() if k != "PIRIOD_LOCAL_BEFORE"}
         children = running.descendants()
         urls = [env["PIRIOD_WEBHOOK_URL"], env["AWS_ENDPOINT_URL"], env["PIRIOD_API_URL"]]
         assert len(children) >= 2 and all(alive(pid) for pid in children)
@@ -424,3 +426,124 @@ def test_a_source_added_to_the_file_while_serving_gets_a_secret_and_posts(
             status, body = running.post(base + event["rawPath"], sign_source(event, meter, secret))
         assert status == 202 and body["results"], body
         assert {r["status"] for r in body["results"]} == {"posted"}, body
+
+
+def test_unset_gives_back_what_the_shell_had_and_unsets_the_rest(served: Served) -> None:
+    # given a shell with a region and a signing secret of its own
+    shell = f"""
+export AWS_DEFAULT_REGION=eu-west-1 PIRIOD_SIGNING_SECRET=mine
+eval "$({PIRIOD_LOCAL} serve --port {served.port} --print-env)"
+echo "during: $AWS_DEFAULT_REGION ${{AWS_ENDPOINT_URL:+local}}"
+eval "$({PIRIOD_LOCAL} serve --unset)"
+echo "after: $AWS_DEFAULT_REGION $PIRIOD_SIGNING_SECRET ${{AWS_ENDPOINT_URL-unset}}"
+echo "left: ${{PIRIOD_WEBHOOK_URL-none}} ${{AWS_ACCESS_KEY_ID-none}} ${{PIRIOD_LOCAL_BEFORE-none}}"
+"""
+    # when it takes the serve's exports, then undoes them
+    done = subprocess.run(
+        ["bash", "-euc", shell],
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # then during, AWS is the local stand-in (print-env says how to undo it), and after, the
+    # shell's own values are back and the rest unset
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "during: us-east-1 local",
+        "after: eu-west-1 mine unset",
+        "left: none none none",
+    ]
+    assert '`eval "$(piriod-local serve --unset)"` undoes these exports' in done.stderr
+
+
+def test_the_serve_is_the_stack_piriod_local(served: Served) -> None:
+    # given the exports of a running serve
+    env = served.env()
+    # when the operator aims piriod-adapter at the stack piriod-local
+    sent = adapter_cli(env, "--stack", "piriod-local", "send", "--line", "103")
+    status = adapter_cli(env, "--stack", "piriod-local", "status")
+    # then send went to the serve's webhook, signed with its secret, and status read its queues
+    assert sent.returncode == 0 and "record 0: posted" in sent.stdout, sent.stdout + sent.stderr
+    assert f"POST {env['PIRIOD_WEBHOOK_URL']} (from stack piriod-local;" in sent.stderr
+    assert any(u["subscription_line"] == 103 for u in served.ledger(env))
+    assert status.returncode == 0, status.stderr
+    # and the last hour is said to be unavailable locally, not shown as zeros
+    assert "last hour: not available locally" in status.stdout, status.stdout
+    assert "received=0" not in status.stdout
+
+
+def test_a_command_on_a_terminal_says_aws_is_the_local_stand_in(served: Served) -> None:
+    import pty
+
+    # given the exports of a running serve
+    env = served.env()
+    # when status runs with its stderr on a terminal, then on a pipe
+    leader, follower = pty.openpty()
+    try:
+        on_terminal = subprocess.run(
+            [str(PIRIOD_ADAPTER), "--stack", "piriod-local", "status"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=180,
+            check=False,
+        )
+        os.close(follower)
+        said = b""
+        with suppress(OSError):  # EIO once everything written has been read
+            while chunk := os.read(leader, 4096):
+                said += chunk
+    finally:
+        os.close(leader)
+    on_pipe = adapter_cli(env, "--stack", "piriod-local", "status")
+    # then the terminal is told where AWS is and how to go back; a script's stderr is not
+    assert on_terminal.returncode == 0
+    text = said.decode()
+    assert f"AWS here is the local stand-in at {env['AWS_ENDPOINT_URL']}" in text, text
+    assert 'eval "$(piriod-local serve --unset)"' in text
+    assert on_pipe.returncode == 0 and "local stand-in" not in on_pipe.stderr
+
+
+def test_a_problem_of_the_whole_body_is_printed_as_the_bodys(served: Served) -> None:
+    # given a batch with no records
+    env = served.env()
+    event = http_event(
+        "POST", "/v1/usages", b'{"usages": []}', {"content-type": "application/json"}
+    )
+    signed = sign_event(event, env["PIRIOD_SIGNING_SECRET"], message_id=f"msg_{uuid.uuid4().hex}")
+    # when it is sent
+    status, _ = served.post(env["PIRIOD_WEBHOOK_URL"], signed)
+    # then serve's line names the body, not "record None"
+    assert status == 422
+    served.wait_for("body · usages:", STOP_SECONDS)
+    assert not [line for line in served.lines if "record None" in line]
+
+
+def test_the_default_serve_reloads_the_example_profiles_it_loaded(tmp_path: Path) -> None:
+    # given a serve run from a checkout (a copy: its example profiles are edited below), and a
+    # build of a customer its ci-minutes profile has no line for, rejected into DeadLetterQueue
+    checkout = tmp_path / "checkout"
+    for name in ("pyproject.toml", "template.yaml", "examples/sources.json"):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, checkout / name)
+    with serve(cwd=checkout) as running:
+        env = running.env()
+        event = load_event("source-ci-minutes-unmapped.json")
+        document = json.loads((checkout / "examples/sources.json").read_text())
+        profile = document["sources"]["ci-minutes"]
+        key = LOCAL_SOURCE_SECRETS[profile["signature"]["secret_id"]]
+        base = env["PIRIOD_WEBHOOK_URL"].removesuffix("/v1/usages")
+        status, body = running.post(base + event["rawPath"], sign_source(event, profile, key))
+        assert status == 202 and body["results"][0]["status"] == "rejected", body
+        # when the customer is mapped in the example profiles
+        profile["lines"]["cus_initech"] = 3103
+        (checkout / "examples/sources.json").write_text(json.dumps(document, indent=2))
+        # then serve puts them into its SSM parameter again, and says so
+        running.wait_for("put into SSM parameter /piriod-local/sources", STOP_SECONDS)
+        # and the operator's replay posts the dead letter to the new line
+        replayed = adapter_cli(env, "replay")
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "posted=1" in replayed.stdout, replayed.stdout
+        assert [u for u in running.ledger(env) if u["subscription_line"] == 3103]

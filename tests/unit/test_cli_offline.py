@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -290,11 +291,14 @@ def test_validate_names_every_broken_source_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "sources.json", document)
     # when it is validated
     code, out, _ = run("sources", "validate", path)
-    # then each problem names its source and field, and the good source is not blamed
+    # then each problem names its source and field, in plain words on one line, and the
+    # good source is not blamed
     assert code == 1
-    assert "source 'acme-storage': time_formt: Extra inputs are not permitted" in out
-    assert "source 'ci-minutes': fields.quantity: is not a valid JMESPath expression" in out
-    assert "source 'ci-minutes': quantity_factor:" in out
+    assert "source 'acme-storage': time_formt: is not a field here (misspelt" in out
+    [jmespath] = [line for line in out.splitlines() if "fields.quantity:" in line]
+    assert "is not a valid JMESPath expression: " in jmespath and "column 18" in jmespath
+    assert "source 'ci-minutes': quantity_factor: must be a string, e.g. \"0.5\" in quotes" in out
+    assert "Input should be" not in out
     assert "source 'Bad_Name': (name):" in out
     assert "fleet-telemetry'" not in out.replace("valid: ", "")
     assert "3 broken source(s): Bad_Name, acme-storage, ci-minutes; 1 valid" in out
@@ -306,7 +310,7 @@ def test_validate_names_every_broken_source_and_field(tmp_path: Path) -> None:
         (b"{not json", "not valid JSON"),
         (b'{"version": 2, "sources": {}}', "document: version:"),
         (b'{"version": 1, "sources": []}', "document: sources: must be an object"),
-        (b'{"version": 1, "source": {}}', "document: source: Extra inputs"),
+        (b'{"version": 1, "source": {}}', "document: source: is not a field here"),
     ],
 )
 def test_validate_refuses_a_document_that_is_not_a_profile_document(
@@ -412,3 +416,80 @@ def test_values_written_into_samconfig_are_refused_when_they_would_break_it(
         run(*argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and len(err.strip().splitlines()) == 1 and "argument" in err
+
+
+# --- exit codes --------------------------------------------------------------------------------
+
+
+def test_a_defect_is_one_line_and_exit_7(monkeypatch: pytest.MonkeyPatch) -> None:
+    from piriod_operator import completion
+
+    # given a command whose code fails in a way nothing expects, with a message of two lines
+    def defect(*args: Any) -> str:
+        raise RuntimeError("a defect\nspread over lines")
+
+    monkeypatch.setattr(completion, "script", defect)
+    # when it runs
+    code, out, err = run("completion", "bash")
+    # then exit 7 (please report it), and the message is one line
+    assert (code, out) == (7, "")
+    assert err == "piriod-adapter: unexpected error (RuntimeError): a defect spread over lines\n"
+
+
+# --- status: the last hour ---------------------------------------------------------------------
+
+
+class _CloudWatch:
+    """CloudWatch's get_metric_statistics, at an endpoint, with one datapoint per metric."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.meta = type("Meta", (), {"endpoint_url": endpoint})()
+
+    def get_metric_statistics(self, **query: Any) -> dict[str, Any]:
+        sums = {"records_received": 5.0, "records_posted": 4.0, "records_queued": 1.0}
+        return {"Datapoints": [{"Sum": sums.get(query["MetricName"], 0.0)}]}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [
+        ("https://monitoring.eu-west-1.amazonaws.com", False),
+        ("http://127.0.0.1:4566", True),
+        ("http://localhost:4566", True),
+    ],
+)
+def test_last_hour_is_counted_from_cloudwatch_and_not_shown_as_zeros_locally(
+    endpoint: str, local: bool
+) -> None:
+    from datetime import UTC, datetime
+    from typing import cast
+
+    from piriod_adapter.runtime import Runtime
+    from piriod_operator.operator import recent_outcomes
+
+    # given the functions' metrics at an endpoint
+    runtime = cast(Runtime, type("R", (), {"cloudwatch": _CloudWatch(endpoint)})())
+    # when the last hour is asked for
+    recent = recent_outcomes(runtime, datetime.now(UTC))
+    # then AWS's CloudWatch gives counts; a local stand-in, which keeps no metrics, a sentence
+    if local:
+        assert isinstance(recent, str) and recent.startswith("not available locally")
+    else:
+        assert isinstance(recent, dict)
+        assert (recent["received"], recent["posted"], recent["queued"]) == (5, 4, 1)
+
+
+def test_every_exit_code_is_documented_in_the_help_and_operations_md() -> None:
+    from piriod_operator import errors
+
+    # given the exit codes the command has
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    # when its help and docs/operations.md list theirs
+    text = (ROOT / "docs" / "operations.md").read_text()
+    paragraph = text[text.index("Exit codes: ") :].split("\n\n", 1)[0]
+    documented = {int(n) for n in re.findall(r"(?:Exit codes: |; )`(\d+)`", paragraph)}
+    helped = cli.__doc__ or ""
+    in_help = {int(n) for n in re.findall(r"(?:;|codes:) (\d+) ", " ".join(helped.split()))}
+    # then both list every one, and no other
+    assert documented == codes, sorted(documented ^ codes)
+    assert in_help == codes, sorted(in_help ^ codes)

@@ -107,10 +107,11 @@ sys.exit(main({argv!r}))
     done = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
     )
-    # then it says, on one line, what to install, and exits 2
+    # then it says, on one line, that it runs from a checkout and what to install, and exits 2
     assert (done.returncode, done.stderr, done.stdout) == (
         2,
-        'piriod-local needs the dev kit: pip install ".[local]"\n',
+        "piriod-local runs from a checkout of piriod-usage-adapter, with the dev kit installed "
+        'there: `pip install -e ".[local]"` (`pipx install .` installs piriod-adapter only)\n',
         "",
     )
 
@@ -184,20 +185,112 @@ def test_make_says_what_the_first_install_is_doing_first() -> None:
     )
 
 
-def test_openapi_check_after_a_non_editable_install_reads_the_checkout_it_is_run_from(
+def a_checkout(path: Path) -> Path:
+    """A directory that looks like a checkout of the project: its pyproject.toml and
+    template.yaml."""
+    path.mkdir(parents=True)
+    (path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    (path / "template.yaml").write_text((ROOT / "template.yaml").read_text())
+    return path
+
+
+def test_the_dev_kit_reads_the_checkout_it_is_run_from_else_its_own(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from piriod_devkit import openapi
+    from piriod_devkit import checkout
 
-    # given the dev kit installed into a venv's site-packages (no checkout around it), run
-    # from a checkout
-    installed = tmp_path / "venv/lib/python3.13/site-packages/piriod_devkit/openapi.py"
-    checkout = tmp_path / "checkout"
-    checkout.mkdir()
-    monkeypatch.setattr(openapi, "__file__", str(installed))
-    monkeypatch.chdir(checkout)
-    # when it looks for the checkout, then it is the one it is run from
-    assert openapi._root() == checkout
-    # and run from this checkout's module, it is this checkout, wherever it is run from
-    monkeypatch.setattr(openapi, "__file__", str(ROOT / "devkit/piriod_devkit/openapi.py"))
-    assert openapi._root() == ROOT
+    # given the dev kit installed into a venv's site-packages (no checkout around it)
+    installed = tmp_path / "venv/lib/python3.13/site-packages/piriod_devkit/checkout.py"
+    monkeypatch.setattr(checkout, "__file__", str(installed))
+    # when it is run from a directory inside a checkout, then it reads that checkout
+    other = a_checkout(tmp_path / "other")
+    (other / "docs").mkdir()
+    monkeypatch.chdir(other / "docs")
+    assert checkout.root() == other
+    # and run from outside any checkout, it says in one line that it runs from one
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    with pytest.raises(checkout.NotACheckout) as refused:
+        checkout.root()
+    assert "runs from a checkout" in str(refused.value) and "\n" not in str(refused.value)
+    # and from this checkout's own module (an editable install), it is this checkout, from
+    # anywhere outside another
+    monkeypatch.setattr(checkout, "__file__", str(ROOT / "devkit/piriod_devkit/checkout.py"))
+    assert checkout.root() == ROOT
+
+
+def test_a_directory_named_like_a_checkout_of_another_project_is_not_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from piriod_devkit import checkout
+
+    # given a directory with a template.yaml and another project's pyproject.toml
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    (other / "template.yaml").write_text("Resources: {}\n")
+    # then it is not taken for this project's checkout
+    assert not checkout.is_checkout(other)
+    assert checkout.is_checkout(ROOT)
+
+
+def make(*argv: str) -> subprocess.CompletedProcess[str]:
+    """make in this checkout, as typed in a shell (also when the tests run under make)."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *argv],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_make_demo_installs_the_dev_kit_and_not_the_test_tools() -> None:
+    # when make is asked what `make demo` would run on a first run
+    done = make("-n", "-W", "pyproject.toml", "demo")
+    # then it says so first, installs the `local` extra only, then runs the demo
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('echo "First run:') and "not the test tools" in lines[0]
+    installs = [line for line in lines if "pip install" in line]
+    assert installs == ['.venv/bin/python -m pip install --quiet -e ".[local]"'], installs
+    assert lines[-1] == ".venv/bin/piriod-local demo"
+    # and the `local` extra holds none of the test tools
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    tools = ("pytest", "hypothesis", "ruff", "mypy", "bandit", "cfn-lint", "schemathesis")
+    assert not [r for r in extras["local"] if r.split("[")[0].split("=")[0].strip() in tools]
+
+
+def test_make_help_lists_every_target_and_is_what_make_alone_prints() -> None:
+    # given the Makefile's phony targets
+    makefile = (ROOT / "Makefile").read_text()
+    [phony] = [line for line in makefile.splitlines() if line.startswith(".PHONY:")]
+    targets = phony.split(":", 1)[1].split()
+    # when `make help`, and `make` alone, are run
+    helped, alone = make("help"), make()
+    # then each target has a line saying what it does, and `make` alone prints the same
+    assert helped.returncode == 0 and alone.stdout == helped.stdout, helped.stderr
+    listed = {line.split()[1] for line in helped.stdout.splitlines() if line.startswith("  make ")}
+    assert listed == set(targets), sorted(set(targets) ^ listed)
+    assert helped.stdout.index("make demo") < helped.stdout.index("make test")
+
+
+def test_piriod_local_prints_its_version() -> None:
+    # when the installed piriod-local is asked for its version
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "piriod-local"), "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # then it prints the project's, as piriod-adapter does
+    from piriod_operator.cli import version
+
+    assert (done.returncode, done.stdout) == (0, f"piriod-local {version()}\n"), done.stderr

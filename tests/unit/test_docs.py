@@ -1,0 +1,22 @@
+"""Statements in docs/ that follow from files of the repository stay true when those change."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7}
+
+
+def test_sources_md_counts_and_lists_every_example_profile() -> None:
+    # given the example profiles
+    examples = json.loads((ROOT / "examples" / "sources.json").read_text())["sources"]
+    # when docs/sources.md says how many there are, and lists them in its table
+    text = (ROOT / "docs" / "sources.md").read_text()
+    [said] = re.findall(r"holds\s+(\w+)\s+profiles to copy", text)
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", text, re.MULTILINE)
+    # then the count is theirs, and each has its row
+    assert NUMBERS[said] == len(examples)
+    assert sorted(rows) == sorted(examples)
