@@ -1,6 +1,7 @@
-"""Submit records: the one lifecycle every record goes through, whoever hands it over (the
-webhook, ReplayFunction, the operator's dead-letter replay). README "The record lifecycle"
-draws it; in short, per record and concurrently:
+"""Submitting a record: the lifecycle of a native or source record and of a window's total,
+whoever hands it over (the webhook, ReplayFunction, FlushFunction, the operator's dead-letter
+replay). docs/lifecycle.md draws it with counting, the other way into it; in short, per
+record and concurrently:
 
     claim its key ─┬─ held / done elsewhere ──────────────▶ duplicate, or queued (ambiguous)
                    └─ taken ─┬─ an unseen post before? ──▶ settle by lookup
@@ -13,13 +14,13 @@ draws it; in short, per record and concurrently:
                                                              surely not stored ▶ queued
                                                              anything else ────▶ queued (ambiguous)
 
-A failed record is stored in its queue and its key written as soon as that record is done, so
-a concurrent delivery of the same key never waits longer than that record's own post. A
-record that can be neither posted nor stored ends "not stored" with its key released (the
+A failed record is placed (its queue message written by `failed`, the one failure writer,
+which keeps a replayed record's history) and its key written as soon as that record is done,
+so a concurrent delivery of the same key never waits longer than that record's own post. A
+record that can be neither posted nor placed ends NOT_STORED with its key released (the
 sender retries: a 503 for the webhook, a retried message for replay). At the deadline the
 delivery is answered whatever is still in flight: a post not yet answered is queued,
-flagged ambiguous.
-"""
+flagged ambiguous."""
 
 from __future__ import annotations
 
