@@ -224,15 +224,18 @@ def test_a_key_item_can_be_listed_while_its_record_waits(adapter: Adapter, pirio
 
 def test_a_key_held_by_a_stopped_attempt_is_queued_not_503(adapter: Adapter, piriod: Any) -> None:
     from piriod_adapter.clock import Deadline
+    from piriod_adapter.idempotency import LOCK_MARGIN_SECONDS
     from piriod_adapter.runtime import get_runtime
     from piriod_adapter.validation import parse_native_body
     from tests.integration.test_replay import drain_replay
 
     # given an attempt that claimed a record's key and then stopped (its Lambda was killed),
-    # leaving the key locked for a few more seconds
+    # leaving the key locked for longer than a delivery waits for one (one post's time)
     raw = json.dumps(RECORD).encode()
     [usage] = parse_native_body(raw, "msg_orphan")
-    get_runtime().store.claim(usage, Deadline.after(1))
+    orphan = get_runtime().store.claim(usage, Deadline.after(8))
+    assert orphan.acquired
+    lock_ends = time.time() + 8 + LOCK_MARGIN_SECONDS
     # when the sender retries the delivery while every store is up
     status, body = adapter.deliver(RECORD, message_id="msg_orphan")
     # then the record is not refused with a 503: it waits in ReplayQueue, flagged unseen
@@ -240,7 +243,7 @@ def test_a_key_held_by_a_stopped_attempt_is_queued_not_503(adapter: Adapter, pir
     [waiting] = adapter.messages("replay")
     assert waiting["failure"]["kind"] == "ambiguous" and waiting["ambiguous_since"]
     # and once the lock has expired, ReplayFunction settles it: posted exactly once
-    time.sleep(6.5)
+    time.sleep(max(0.0, lock_ends - time.time()) + 0.5)
     drain_replay(adapter)
     assert len(piriod.usages()) == 1 and adapter.messages("replay") == []
     status, again = adapter.deliver(RECORD, message_id="msg_orphan")
