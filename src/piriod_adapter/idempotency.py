@@ -36,6 +36,7 @@ from piriod_adapter.lifecycle import KeyStatus, Taker
 from piriod_adapter.models import Usage, sortable_utc
 from piriod_adapter.table import (
     WAITING_SHARDS,
+    Holding,
     KeyRecord,
     KeyState,
     StoreUnavailable,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 __all__ = [
+    "Accepted",
     "Claim",
     "Identical",
     "IdempotencyStore",
@@ -93,14 +95,28 @@ class Identical:
 
 
 @dataclass(frozen=True)
+class Accepted:
+    """A correction's acceptance: the key as it left it, or why not (a duplicate's revision,
+    or `refused`; neither: not found)."""
+
+    state: KeyState | None
+    duplicate: int | None = None
+    refused: dict[str, list[str]] | None = None
+
+
+@dataclass(frozen=True)
 class Result:
     """An attempt's final state, to write over its claim."""
 
     claim: Claim
-    status: KeyStatus  # POSTED, QUEUED or REJECTED
+    status: KeyStatus  # POSTED, QUEUED, REJECTED or CANCELLED
     usage_id: int | None = None  # POSTED, when Piriod's answer had a usable id
     ambiguous_since: float | None = None  # an unseen post still to settle
     waiting: Waiting | None = None  # QUEUED / REJECTED: where, and the message
+    quantity: str | None = None  # what this attempt posted, if not the claim's record's
+    holding: Holding | None = None  # not POSTED: the usage Piriod still holds for the key
+    applied: int | None = None  # the corrections this attempt applied, up to this revision
+    deleting: int | None = None  # a usage whose DELETE went unanswered
 
 
 class IdempotencyStore:
@@ -187,10 +203,10 @@ class IdempotencyStore:
         item = self._call("get_item", "read key", request).get("Item")
         return KeyState.from_item(item) if item else None
 
-    def states(self, pks: Sequence[str]) -> dict[str, KeyState]:
-        """Keys' states by their item key (BatchGetItem, strongly consistent; a key that does
-        not exist is left out)."""
-        found: dict[str, KeyState] = {}
+    def items(self, pks: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Items by their key (BatchGetItem, strongly consistent; a missing one left out).
+        Raises StoreUnavailable."""
+        found: dict[str, dict[str, Any]] = {}
         todo = list(dict.fromkeys(pks))
         for start in range(0, len(todo), 100):
             keys: list[dict[str, Any]] = [{"pk": {"S": pk}} for pk in todo[start : start + 100]]
@@ -201,7 +217,7 @@ class IdempotencyStore:
                 except Exception as exc:
                     raise StoreUnavailable(f"cannot read keys: {type(exc).__name__}") from None
                 for item in response.get("Responses", {}).get(self._table, []):
-                    found[item["pk"]["S"]] = KeyState.from_item(item)
+                    found[item["pk"]["S"]] = item
                 keys = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
                 if not keys:
                     break
@@ -209,6 +225,31 @@ class IdempotencyStore:
             if keys:
                 raise StoreUnavailable("cannot read keys: unprocessed keys")
         return found
+
+    def states(self, pks: Sequence[str]) -> dict[str, KeyState]:
+        """Keys' states by their item key (a key that does not exist is left out)."""
+        return {pk: KeyState.from_item(item) for pk, item in self.items(pks).items()}
+
+    def accept(self, pk: str, action: str, quantity: str | None, correction_id: str) -> Accepted:
+        """Accept a correction on a record's key (SPEC 10): its next revision, in the order
+        corrections arrive. Refused: the key is unknown or cancelled (not found), the
+        correction was accepted before (a duplicate, with its revision), or the key has had
+        table.MAX_CORRECTIONS. Raises StoreUnavailable."""
+        request = table.accept_correction(pk, action, quantity, correction_id, self._clock())
+        try:
+            response = self._call("update_item", "accept a correction", request)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            old: dict[str, Any] = getattr(exc, "response", {}).get("Item") or {}
+            seen = old.get(table.correction_attribute(correction_id))
+            if seen is not None:
+                return Accepted(None, duplicate=int(seen["N"]))
+            if old and not old.get("cancelled", {}).get("BOOL") and "rev" in old:
+                limit = f"has had {table.MAX_CORRECTIONS} corrections, the most a key takes"
+                return Accepted(None, refused={"key": [limit]})
+            return Accepted(None)
+        return Accepted(KeyState.from_item(response["Attributes"]))
 
     def wait_while_locked(self, pk: str, deadline: Deadline, at_most: float) -> KeyState | None:
         """Poll a key held by a concurrent delivery until it settles, `at_most` seconds pass,
@@ -242,23 +283,37 @@ class IdempotencyStore:
         assert claim.token is not None, "only a claim that was taken is written over"
         claimed = self._claims.pop(claim.token, None)
         assert claimed is not None, "a claim is finished once"
+        quantity = result.quantity or claimed["quantity"]["S"]
+        holding = result.holding
+        if result.status is KeyStatus.POSTED:
+            holding = Holding(quantity, result.usage_id)
         request = table.finish(
             claim.pk,
             claim.token,
             claimed,
             result.status,
             self._clock(),
-            usage_id=result.usage_id,
+            quantity=quantity,
+            holding=holding,
+            applied=result.applied,
             ambiguous_since=result.ambiguous_since,
             waiting=result.waiting,
+            deleting=result.deleting,
         )
         self._held(claim, "record result", request)
 
-    def mark_posting(self, claim: Claim) -> None:
-        """A settling attempt is about to post: from now on identical records see it as a
-        post in progress. Raises StoreUnavailable."""
+    def mark_posting(self, claim: Claim, quantity: str | None = None) -> None:
+        """An attempt is about to post: from now on identical records see it as a post in
+        progress (a settling attempt's), and an unseen post of it carries `quantity` (an
+        amended record's). Raises StoreUnavailable."""
         assert claim.token is not None
-        self._held(claim, "update key", table.mark_posting(claim.pk, claim.token))
+        self._held(claim, "update key", table.mark_posting(claim.pk, claim.token, quantity))
+
+    def hold(self, claim: Claim, holding: Holding | None) -> None:
+        """What Piriod holds for the key now, while the attempt goes on (a usage found by
+        settling, or none once a DELETE was answered). Raises StoreUnavailable."""
+        assert claim.token is not None
+        self._held(claim, "update key", table.hold(claim.pk, claim.token, holding))
 
     def settle(self, claim: Claim, usage_id: int) -> None:
         """Record that an earlier, unseen attempt did land in Piriod as `usage_id`."""
@@ -301,10 +356,11 @@ class IdempotencyStore:
             if item["pk"]["S"] == claim.pk:
                 continue
             state = KeyState.from_item(item)
-            if state.usage_id is not None:
-                held.add(state.usage_id)
-            elif state.status is KeyStatus.POSTED:
-                unknown += 1
+            if state.holding is not None:  # a usage Piriod holds for that key
+                if state.holding.usage_id is not None:
+                    held.add(state.holding.usage_id)
+                else:
+                    unknown += 1
             elif state.unsettled_since() is not None:
                 unseen += 1
             posting = posting or state.posting(now)

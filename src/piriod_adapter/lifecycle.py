@@ -32,6 +32,7 @@ class Fate(StrEnum):
     EXHAUSTED = "exhausted"  # replay's last attempt failed: moved to DeadLetterQueue
     BUSY = "busy"  # replay: another attempt holds the key; looked at again shortly
     NOT_STORED = "not_stored"  # neither posted nor stored: the sender (or SQS) retries
+    CANCELLED = "cancelled"  # cancelled by a correction: not in Piriod, never posted again
 
 
 class Taker(StrEnum):
@@ -43,6 +44,7 @@ class Taker(StrEnum):
     WEBHOOK = "webhook"
     REPLAY = "replay"
     OPERATOR = "operator"
+    CORRECTION = "correction"  # a correction of a posted record (SPEC 10)
 
 
 class KeyStatus(StrEnum):
@@ -54,6 +56,7 @@ class KeyStatus(StrEnum):
     AGGREGATED = "aggregated"  # an event counted into its window
     QUEUED = "queued"  # waits for a retry: ReplayQueue, or DeadLetterQueue once exhausted
     REJECTED = "rejected"  # refused for the record itself: waits in DeadLetterQueue
+    CANCELLED = "cancelled"  # cancelled by a correction: nothing of it is in Piriod
 
 
 # --- the projections -------------------------------------------------------------------------
@@ -71,6 +74,7 @@ ANSWER: MappingProxyType[Fate, AnswerStatus] = MappingProxyType(
         Fate.EXHAUSTED: "queued",
         Fate.BUSY: "not_stored",
         Fate.NOT_STORED: "not_stored",
+        Fate.CANCELLED: "duplicate",  # the sender's record was handled: it is cancelled
     }
 )
 
@@ -85,6 +89,7 @@ KEY_STATUS: MappingProxyType[Fate, KeyStatus] = MappingProxyType(
         Fate.EXHAUSTED: KeyStatus.QUEUED,
         Fate.REJECTED: KeyStatus.REJECTED,
         Fate.NOT_STORED: KeyStatus.RELEASED,
+        Fate.CANCELLED: KeyStatus.CANCELLED,
     }
 )
 
@@ -96,7 +101,32 @@ RETRIED: frozenset[Fate] = frozenset({Fate.RETRYING, Fate.BUSY, Fate.NOT_STORED}
 # The fates a key that was handled before answers `duplicate` for: done, or waiting
 # elsewhere (a redelivered replay message of a record rejected or dead-lettered meanwhile).
 HANDLED: frozenset[KeyStatus] = frozenset(
-    {KeyStatus.POSTED, KeyStatus.QUEUED, KeyStatus.REJECTED, KeyStatus.AGGREGATED}
+    {
+        KeyStatus.POSTED,
+        KeyStatus.QUEUED,
+        KeyStatus.REJECTED,
+        KeyStatus.AGGREGATED,
+        KeyStatus.CANCELLED,
+    }
+)
+
+# A correction's status (SPEC 10) once the adapter accepted it and tried to apply it now:
+# Piriod holds what it says (applied), it waits in a queue or for the holder of its key
+# (pending), or Piriod refused the amended record (rejected). NOT_STORED: neither applied nor
+# placed (the request is answered 503; its retry is a duplicate that drives it again).
+CORRECTION: MappingProxyType[Fate, str] = MappingProxyType(
+    {
+        Fate.POSTED: "applied",
+        Fate.CANCELLED: "applied",
+        Fate.AGGREGATED: "applied",
+        Fate.QUEUED: "pending",
+        Fate.RETRYING: "pending",
+        Fate.EXHAUSTED: "pending",
+        Fate.BUSY: "pending",
+        Fate.DUPLICATE: "pending",
+        Fate.REJECTED: "rejected",
+        Fate.NOT_STORED: "not_stored",
+    }
 )
 
 

@@ -40,6 +40,14 @@ def count_records(counts: Mapping[str, int], source: str | None) -> None:
                 metric.add_dimension(name="source", value=source)
 
 
+def count_corrections(counts: Mapping[str, int]) -> None:
+    """Corrections by status (`corrections_<status>`: applied, pending, duplicate,
+    not_found, rejected, not_stored)."""
+    for name, value in counts.items():
+        if value:
+            metrics.add_metric(name=f"corrections_{name}", unit=MetricUnit.Count, value=value)
+
+
 @contextmanager
 def single_metric(
     name: str, value: float, unit: MetricUnit = MetricUnit.Count

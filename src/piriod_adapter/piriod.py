@@ -19,7 +19,7 @@ import email.utils
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -36,6 +36,7 @@ from piriod_adapter.models import (
     Usage,
     clean_text,
     parse_rfc3339,
+    utc_text,
 )
 from piriod_adapter.tracing import Tracer
 
@@ -71,6 +72,23 @@ class PostResult:
 
     @property
     def created(self) -> bool:
+        return self.failure is None
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """How one DELETE ended: the usage is gone (`failure` None: 204, or 404, already gone),
+    surely still there (TRANSIENT: a definite refusal, or never sent), or unknown (AMBIGUOUS:
+    no answer, a 5xx, a 3xx; Piriod is asked before anything is sent again)."""
+
+    failure: FailureKind | None
+    status: int | None = None
+    error: str | None = None
+    attempted: bool = True
+    token_refused: bool = False
+
+    @property
+    def gone(self) -> bool:
         return self.failure is None
 
 
@@ -276,6 +294,101 @@ class PiriodClient:
                 status=status,
                 error=f"{_detail(answer)}: not a definite refusal, it may have been stored",
             )
+
+    def delete_usage(self, usage_id: int, tenant: Tenant, deadline: Deadline) -> DeleteResult:
+        """DELETE /usages/{id}/ once (a correction, SPEC 10), with retries only where the
+        request surely never reached Piriod or Piriod said to (429 with Retry-After)."""
+        try:
+            token = self._token(None)
+        except Exception as exc:
+            return DeleteResult(
+                FailureKind.TRANSIENT, error=f"Piriod token unavailable: {exc}", attempted=False
+            )
+        unusable = _unsendable(token, tenant)
+        if unusable is not None:
+            return DeleteResult(
+                FailureKind.TRANSIENT,
+                error=unusable.error,
+                attempted=False,
+                token_refused=unusable.token_refused,
+            )
+        refreshed, connect_retries, throttle_retries = False, CONNECT_RETRIES, THROTTLE_RETRIES
+        while True:
+            timeout = self._timeout(deadline)
+            if timeout is None:
+                return DeleteResult(
+                    FailureKind.TRANSIENT, error="no time left to delete", attempted=False
+                )
+            url = f"{self._base}/usages/{usage_id}/"
+            try:
+                answer = self._request(
+                    "DELETE", url, self._headers(token, tenant, body=False), None, timeout
+                )
+            except ConnectTimeoutError as exc:  # refused / unreachable: never reached Piriod
+                if connect_retries > 0 and deadline.remaining() > self._connect_timeout:
+                    connect_retries -= 1
+                    self._sleep(CONNECT_RETRY_PAUSE)
+                    continue
+                return DeleteResult(FailureKind.TRANSIENT, error=f"cannot connect: {_reason(exc)}")
+            except (HTTPError, OSError, ValueError) as exc:  # it may have been deleted
+                return DeleteResult(
+                    FailureKind.AMBIGUOUS, error=f"no answer from Piriod: {_reason(exc)}"
+                )
+            status = answer.status
+            if 200 <= status < 300 or status == 404:  # deleted now, or gone already
+                return DeleteResult(None, status)
+            if status == 401 and not refreshed:
+                refreshed = True
+                try:
+                    token = self._token(token)
+                except Exception as exc:
+                    return DeleteResult(
+                        FailureKind.TRANSIENT,
+                        status=401,
+                        error=f"token re-read failed: {exc}",
+                        token_refused=True,
+                    )
+                if _unsendable(token, tenant) is not None:
+                    return DeleteResult(
+                        FailureKind.TRANSIENT, error="token cannot be sent", token_refused=True
+                    )
+                continue
+            wait = _retry_after(answer.headers.get("Retry-After"))
+            if status == 429:
+                budget = deadline.remaining() - self._connect_timeout - self._read_timeout
+                if throttle_retries > 0 and wait is not None and wait <= budget:
+                    throttle_retries -= 1
+                    self._sleep(wait)
+                    continue
+            if status == 400 or status in DEFINITE_REFUSALS:
+                return DeleteResult(
+                    FailureKind.TRANSIENT,
+                    status=status,
+                    error=_detail(answer),
+                    token_refused=status == 401,
+                )
+            return DeleteResult(
+                FailureKind.AMBIGUOUS,
+                status=status,
+                error=f"{_detail(answer)}: not a definite refusal, it may have been deleted",
+            )
+
+    def usage_listed(
+        self, usage_id: int, line: int, instant: datetime, tenant: Tenant, deadline: Deadline
+    ) -> bool:
+        """Whether Piriod still lists usage `usage_id` (of `line`, at `instant`): the usages
+        of the line within a second of the instant (range filters, checked again here), every
+        page read. Raises PiriodUnavailable, also past LOOKUP_PAGES pages: nothing is
+        proven then."""
+        filters = {
+            "subscription_line": line,
+            "date_time__gte": utc_text(instant - timedelta(seconds=1)),
+            "date_time__lte": utc_text(instant + timedelta(seconds=1)),
+        }
+        return any(
+            usage_id_of(document) == usage_id
+            for document in self.list_usages(filters, tenant, deadline, LOOKUP_PAGES)
+        )
 
     def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Listed]:
         """Usages Piriod lists for this line, instant and quantity (to settle an unseen post).

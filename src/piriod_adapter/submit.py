@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from decimal import Decimal
+from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -46,11 +47,19 @@ from piriod_adapter.lifecycle import (
     Submission,
     Taker,
 )
-from piriod_adapter.models import Failure, FailureKind, QueuedRecord, Tenant, Usage
+from piriod_adapter.models import (
+    Failure,
+    FailureKind,
+    KeyKind,
+    QueuedRecord,
+    Tenant,
+    Usage,
+    plain_decimal,
+)
 from piriod_adapter.models import sortable_utc as _sortable
 from piriod_adapter.observability import logger, metrics
-from piriod_adapter.piriod import Listed, PiriodUnavailable, PostResult
-from piriod_adapter.table import KeyState, Waiting
+from piriod_adapter.piriod import DeleteResult, Listed, PiriodUnavailable, PostResult
+from piriod_adapter.table import Holding, KeyState, Waiting
 
 # Piriod's `created` versus our clock, when settling: a matching usage created up to this
 # long before our first attempt is still taken as ours. Wider means more clock skew is
@@ -78,6 +87,12 @@ class Piriod(Protocol):
         self, line: int, since: float, tenant: Tenant, deadline: Deadline
     ) -> list[Listed]: ...
 
+    def delete_usage(self, usage_id: int, tenant: Tenant, deadline: Deadline) -> DeleteResult: ...
+
+    def usage_listed(
+        self, usage_id: int, line: int, instant: datetime, tenant: Tenant, deadline: Deadline
+    ) -> bool: ...
+
 
 class KeyStore(Protocol):
     def claim(
@@ -88,7 +103,9 @@ class KeyStore(Protocol):
 
     def finish(self, result: Result) -> None: ...
 
-    def mark_posting(self, claim: Claim) -> None: ...
+    def mark_posting(self, claim: Claim, quantity: str | None = ...) -> None: ...
+
+    def hold(self, claim: Claim, holding: Holding | None) -> None: ...
 
     def settle(self, claim: Claim, usage_id: int) -> None: ...
 
@@ -166,13 +183,16 @@ class _Abandoned(Exception):
 
 @dataclass(frozen=True)
 class Failed:
-    """A record that failed its attempt, to be placed: its queue message, and its key when
-    the attempt holds it."""
+    """A record that failed its attempt, to be placed: its queue message, its key when the
+    attempt holds it, and what Piriod still holds for it (a correction not applied yet)."""
 
     sub: Submission
     claim: Claim | None  # None: the key is not ours (a conflict, held by another, an event)
     message: QueuedRecord
     unseen_since: float | None
+    holding: Holding | None = None  # the usage Piriod still holds for the key
+    deleting: int | None = None  # a usage whose DELETE went unanswered
+    quantity: str | None = None  # what this attempt posted, if not the record's own
 
 
 def failed(
@@ -180,6 +200,7 @@ def failed(
     result: PostResult,
     unseen_since: float | None = None,
     claim: Claim | None = None,
+    **correcting: Any,
 ) -> Failed:
     """The queue message of a record that failed, for any route (the one writer of a failure:
     a replayed record keeps its attempts and first failure)."""
@@ -201,7 +222,7 @@ def failed(
         first_failure_at=previous.first_failure_at if previous else now,
         ambiguous_since=datetime.fromtimestamp(unseen_since, UTC) if unseen_since else None,
     )
-    return Failed(sub, claim, message, unseen_since)
+    return Failed(sub, claim, message, unseen_since, **correcting)
 
 
 @dataclass
@@ -350,18 +371,28 @@ class Submitter:
                 FailureKind.REJECTED, errors={"meter_id": [no_line(usage)]}, attempted=False
             )
             return self._place_from(attempt, failed(sub, refused, since, claim), sink)
+        plan = _Plan.of(claim.previous, usage)
         if since is not None:
-            settled = self._settle(claim, sub, since, deadline)
+            unseen = plan.unseen(usage)
+            settled = self._settle(claim, sub, unseen, since, deadline, final=not plan.correcting)
             if settled is not None:
-                if settled.created:
+                if not settled.created:
+                    return self._place_from(attempt, plan.failed(sub, settled, since, claim), sink)
+                if not plan.correcting:
                     return Outcome(Fate.POSTED, usage_id=settled.usage_id, settled=True)
-                return self._place_from(attempt, failed(sub, settled, since, claim), sink)
-            if settling:
+                plan.holding = Holding(unseen.quantity_text, settled.usage_id)
+            elif settling and not plan.correcting:
                 try:
                     self.store.mark_posting(claim)
                 except StoreUnavailable as exc:
                     unknown = PostResult(FailureKind.AMBIGUOUS, error=str(exc))
                     return self._place_from(attempt, failed(sub, unknown, since, claim), sink)
+        if plan.correcting:  # SPEC 10: what Piriod holds for the key becomes what it should
+            corrected = self._correct(claim, sub, plan, deadline, attempt, sink)
+            if corrected is not None:
+                return corrected
+            assert plan.desired is not None
+            usage = usage.model_copy(update={"quantity": plan.desired})
 
         if deadline.remaining() < self.post_budget_seconds:
             result = PostResult(
@@ -386,11 +417,109 @@ class Submitter:
         if result.created:
             if not attempt.start_placing():
                 raise _Abandoned
-            self._finish(Result(claim, KeyStatus.POSTED, usage_id=result.usage_id))
+            self._finish(
+                Result(
+                    claim,
+                    KeyStatus.POSTED,
+                    usage_id=result.usage_id,
+                    quantity=usage.quantity_text,
+                    applied=plan.rev if plan.correcting else None,
+                )
+            )
             return Outcome(Fate.POSTED, usage_id=result.usage_id)
         # An earlier unseen post was settled above (proven absent), so only ours counts.
-        unseen = attempt.sent_at if result.failure is FailureKind.AMBIGUOUS else None
-        return self._place_from(attempt, failed(sub, result, unseen, claim), sink)
+        unseen_at = attempt.sent_at if result.failure is FailureKind.AMBIGUOUS else None
+        step = failed(sub, result, unseen_at, claim, quantity=usage.quantity_text)
+        return self._place_from(attempt, step, sink)
+
+    # --- corrections (SPEC 10) -----------------------------------------------------------------
+
+    def _correct(
+        self,
+        claim: Claim,
+        sub: Submission,
+        plan: _Plan,
+        deadline: Deadline,
+        attempt: _Attempt,
+        sink: FailureSink,
+    ) -> Outcome | None:
+        """Make what Piriod holds for the key what the record should be now (its last
+        amend, or nothing once cancelled): settle a DELETE whose answer was lost, delete a
+        usage that is not what it should be, and finish when nothing is left to post. None:
+        Piriod holds nothing and the record's quantity (`plan.desired`) is to be posted."""
+        usage, line = sub.usage, sub.usage.subscription_line
+        assert line is not None
+        try:
+            if plan.deleting is not None:  # asked before anything is sent again
+                if not self.piriod.usage_listed(
+                    plan.deleting, line, usage.date_time, sub.tenant, deadline
+                ):
+                    plan.holding = None  # the DELETE went through
+                plan.deleting = None
+            if plan.holding is not None and not plan.holds_desired():
+                held_id = plan.holding.usage_id
+                if held_id is None:  # posted by a 201 without an id: found as settling finds
+                    held_id = self._find_held(claim, sub, plan, deadline)
+                if held_id is not None:
+                    deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)
+                    if not deleted.gone:
+                        refused = PostResult(deleted.failure, deleted.status, error=deleted.error)
+                        lost = held_id if deleted.failure is FailureKind.AMBIGUOUS else None
+                        step = plan.failed(sub, refused, None, claim, deleting=lost)
+                        return self._place_from(attempt, step, sink)
+                plan.holding = None
+                if plan.desired is not None:
+                    self.store.hold(claim, None)  # deleted: an amend's post may follow
+        except (PiriodUnavailable, _NotFound) as exc:
+            unknown = PostResult(FailureKind.AMBIGUOUS, error=f"cannot correct yet: {exc}")
+            return self._place_from(attempt, plan.failed(sub, unknown, None, claim), sink)
+        except StoreUnavailable as exc:
+            unknown = PostResult(FailureKind.AMBIGUOUS, error=f"cannot correct yet: {exc}")
+            return self._place_from(attempt, plan.failed(sub, unknown, None, claim), sink)
+        if (plan.desired is None or plan.holds_desired()) and not attempt.start_placing():
+            raise _Abandoned
+        if plan.desired is None:  # cancelled (or a window total of zero): nothing is held
+            status = KeyStatus.CANCELLED if plan.cancelled else KeyStatus.POSTED
+            self._finish(
+                Result(claim, status, quantity=usage.quantity_text, applied=plan.rev, holding=None)
+            )
+            return Outcome(Fate.CANCELLED if plan.cancelled else Fate.POSTED)
+        if plan.holding is not None:  # already what it should be
+            self._finish(
+                Result(
+                    claim,
+                    KeyStatus.POSTED,
+                    usage_id=plan.holding.usage_id,
+                    quantity=plan.holding.quantity,
+                    applied=plan.rev,
+                )
+            )
+            return Outcome(Fate.POSTED, usage_id=plan.holding.usage_id)
+        desired = plain_decimal(plan.desired)
+        if plan.last_quantity != desired:  # an unseen post of it carries this quantity
+            try:
+                self.store.mark_posting(claim, desired)
+            except StoreUnavailable as exc:
+                unknown = PostResult(FailureKind.TRANSIENT, error=str(exc), attempted=False)
+                return self._place_from(attempt, plan.failed(sub, unknown, None, claim), sink)
+        return None
+
+    def _find_held(
+        self, claim: Claim, sub: Submission, plan: _Plan, deadline: Deadline
+    ) -> int | None:
+        """The id of the usage a record posted without one (a 201 without an id), taken for
+        this record as settling takes it (one listed usage for one record). None: Piriod
+        lists none that may be it (nothing to delete). Raises _NotFound when it cannot tell,
+        PiriodUnavailable, StoreUnavailable."""
+        assert plan.holding is not None
+        held = sub.usage.model_copy(update={"quantity": Decimal(plan.holding.quantity)})
+        since = plan.posted_at or self.clock()
+        found = self._settle(claim, sub, held, since - 1, deadline, final=False, wait=False)
+        if found is None:
+            return None
+        if not found.created or found.usage_id is None:
+            raise _NotFound(found.error or "the usage to delete cannot be told yet")
+        return found.usage_id
 
     def _claim(self, sub: Submission, deadline: Deadline, taker: Taker, settling: bool) -> Claim:
         claim = self.store.claim(sub.usage, deadline, taker, settling=settling)
@@ -412,7 +541,8 @@ class Submitter:
         another attempt (handed over), or None when the key is free again (claim it again).
         Raises StoreUnavailable."""
         holder = claim.previous
-        if holder is not None and holder.fingerprint not in (None, sub.usage.fingerprint):
+        mismatch = holder is not None and holder.fingerprint not in (None, sub.usage.fingerprint)
+        if mismatch and taker is not Taker.CORRECTION:
             return self._conflict(sub)
         if holder is not None and holder.locked(self.clock()):
             if taker is not Taker.WEBHOOK:  # replay looks again shortly, without an attempt
@@ -452,18 +582,29 @@ class Submitter:
     # --- settling an unseen post -------------------------------------------------------------
 
     def _settle(
-        self, claim: Claim, sub: Submission, since: float, deadline: Deadline
+        self,
+        claim: Claim,
+        sub: Submission,
+        usage: Usage,
+        since: float,
+        deadline: Deadline,
+        *,
+        final: bool = True,
+        wait: bool = True,
     ) -> PostResult | None:
-        """An earlier attempt may have landed unseen. Ask Piriod before posting again.
-        Returns CREATED (found, and taken for this record alone), a failure to store (cannot
-        tell yet), or None: the lookup proves that no listed usage can be this record."""
-        if self.clock() - since < self.settle_after_seconds:
+        """An earlier attempt may have landed unseen as `usage` (the record as that attempt
+        posted it). Ask Piriod before posting again. Returns CREATED (found, and taken for
+        this record alone: recorded as posted when `final`, as held otherwise), a failure to
+        place (cannot tell yet), or None: the lookup proves that no listed usage can be it.
+        `wait`: only once the attempt is SETTLE_AFTER old (a request still inside Piriod
+        cannot land after the lookup)."""
+        if wait and self.clock() - since < self.settle_after_seconds:
             return _ambiguous("earlier attempt too recent to look up; will retry", asked=False)
-        usage, tenant = sub.usage, sub.tenant
+        tenant = sub.tenant
         assert usage.subscription_line is not None
         try:
             found = self._choose(
-                claim, sub, since, self.piriod.find_usages(usage, tenant, deadline)
+                claim, sub, usage, since, self.piriod.find_usages(usage, tenant, deadline), final
             )
             if found is None:
                 # The filter may compare at a precision of its own and miss the usage: only
@@ -471,7 +612,7 @@ class Submitter:
                 recent = self.piriod.recent_usages(
                     usage.subscription_line, since - CLOCK_SKEW_SECONDS, tenant, deadline
                 )
-                found = self._choose(claim, sub, since, recent)
+                found = self._choose(claim, sub, usage, since, recent, final)
         except PiriodUnavailable as exc:
             return _ambiguous(f"cannot ask Piriod yet: {exc}")
         except StoreUnavailable as exc:
@@ -484,17 +625,23 @@ class Submitter:
         return found
 
     def _choose(
-        self, claim: Claim, sub: Submission, since: float, listed: list[Listed]
+        self,
+        claim: Claim,
+        sub: Submission,
+        usage: Usage,
+        since: float,
+        listed: list[Listed],
+        final: bool,
     ) -> PostResult | None:
-        """The listed usage that is this record's, taken for it; or why none can be chosen
-        yet; or None when none can be it. Raises StoreUnavailable."""
-        others = self.store.identical(claim, sub.usage)
+        """The listed usage that is this record's (posted as `usage`), taken for it; or why
+        none can be chosen yet; or None when none can be it. Raises StoreUnavailable."""
+        others = self.store.identical(claim, usage)
         if others.posting:  # an identical record is being posted: its usage may be listed
             return _ambiguous("an identical record is being posted; settled on replay")
         candidates: list[int] = []
         unsure = False  # a listed usage that may be this record's but cannot be read
         for entry in listed:
-            same = entry.may_be(sub.usage)
+            same = entry.may_be(usage)
             if same is False or (entry.usage_id is not None and entry.usage_id in others.held):
                 continue
             if same is None or entry.usage_id is None or entry.created is None:
@@ -510,11 +657,14 @@ class Submitter:
         for usage_id in sorted(set(candidates)):
             if not self.store.take_usage(claim, usage_id):
                 continue  # another identical record's usage
-            again = self.store.identical(claim, sub.usage)
+            again = self.store.identical(claim, usage)
             if again.posting or usage_id in again.held:
                 self.store.give_back(claim, usage_id)
                 return _ambiguous("an identical record is being posted; settled on replay")
-            self.store.settle(claim, usage_id)
+            if final:
+                self.store.settle(claim, usage_id)
+            else:
+                self.store.hold(claim, Holding(usage.quantity_text, usage_id))
             return PostResult.posted(usage_id, status=None)
         if unsure:  # it may be ours: never post again on a guess
             return _ambiguous(
@@ -559,7 +709,17 @@ class Submitter:
                 since=_sortable(failure.at),
             )
             status = KEY_STATUS[placement.fate]
-            self._finish(Result(claim, status, ambiguous_since=step.unseen_since, waiting=waiting))
+            self._finish(
+                Result(
+                    claim,
+                    status,
+                    ambiguous_since=step.unseen_since,
+                    waiting=waiting,
+                    quantity=step.quantity,
+                    holding=step.holding,
+                    deleting=step.deleting,
+                )
+            )
         return Outcome(
             placement.fate,
             errors=failure.errors if placement.fate is Fate.REJECTED else None,
@@ -577,6 +737,79 @@ class Submitter:
                 "record handled but its key not updated; a retry settles by lookup",
                 extra={"status": result.status.value, "error": str(exc)},
             )
+
+
+class _NotFound(Exception):
+    """The usage a correction must delete cannot be told yet."""
+
+
+@dataclass
+class _Plan:
+    """What an attempt must make of what Piriod holds for its key (SPEC 10), read from the
+    key when it claimed it: `desired`, the record's quantity now (its last amend; None once
+    cancelled, or a window total of zero); `holding`, the usage Piriod holds for it, if any;
+    `deleting`, a usage whose DELETE went unanswered; `rev`, the corrections this attempt
+    applies. A record no correction touched is not `correcting`: its attempt is as before."""
+
+    correcting: bool
+    rev: int
+    cancelled: bool
+    desired: Decimal | None
+    holding: Holding | None
+    deleting: int | None
+    last_quantity: str  # the quantity of the key's last post: what an unseen post carries
+    posted_at: float | None
+
+    @classmethod
+    def of(cls, state: KeyState | None, usage: Usage) -> _Plan:
+        if state is None:
+            return cls(False, 0, False, usage.quantity, None, None, usage.quantity_text, None)
+        desired: Decimal | None = Decimal(state.target) if state.target else usage.quantity
+        if state.cancelled or (desired == 0 and usage.key.kind is KeyKind.WINDOW):
+            desired = None  # nothing: cancelled, or a restated window total of zero
+        correcting = state.rev > 0 or state.holding is not None or state.deleting is not None
+        return cls(
+            correcting,
+            state.rev,
+            state.cancelled,
+            desired,
+            state.holding,
+            state.deleting,
+            state.quantity or usage.quantity_text,
+            state.posted_at,
+        )
+
+    def unseen(self, usage: Usage) -> Usage:
+        """The record as its last, unseen post carried it."""
+        if Decimal(self.last_quantity) == usage.quantity:
+            return usage
+        return usage.model_copy(update={"quantity": Decimal(self.last_quantity)})
+
+    def holds_desired(self) -> bool:
+        return (
+            self.holding is not None
+            and self.desired is not None
+            and Decimal(self.holding.quantity) == self.desired
+        )
+
+    def failed(
+        self,
+        sub: Submission,
+        result: PostResult,
+        unseen_since: float | None,
+        claim: Claim,
+        deleting: int | None = None,
+    ) -> Failed:
+        """A failed record, keeping what Piriod still holds for its key."""
+        return failed(
+            sub,
+            result,
+            unseen_since,
+            claim,
+            holding=self.holding,
+            deleting=deleting,
+            quantity=self.last_quantity,
+        )
 
 
 def _ambiguous(error: str, *, asked: bool = True) -> PostResult:

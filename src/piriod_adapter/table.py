@@ -97,8 +97,20 @@ def waiting_shard(pk: str) -> int:
 
 
 @dataclass(frozen=True)
+class Holding:
+    """The usage Piriod holds for a key: its quantity as posted, and its id when known."""
+
+    quantity: str
+    usage_id: int | None
+
+
+@dataclass(frozen=True)
 class KeyState:
-    """What a key's item says."""
+    """What a key's item says. Corrections (SPEC 10) add: `rev`, how many were accepted;
+    `applied`, up to which one Piriod (or the record's queue message) reflects them; `target`,
+    the quantity of the last amend; `cancelled`; `holding`, the usage Piriod holds for the
+    key (none once cancelled, or between an amend's delete and its post); `deleting`, a usage
+    whose DELETE went unanswered (asked about before anything is sent again)."""
 
     status: KeyStatus
     fingerprint: str | None = None
@@ -108,23 +120,57 @@ class KeyState:
     ambiguous_since: float | None = None
     phase: str | None = None
     line: int | None = None
+    quantity: str | None = None  # the quantity of the key's last post (or attempt)
+    original: str | None = None  # the record's quantity as delivered
+    holding: Holding | None = None
+    rev: int = 0
+    applied: int = 0
+    target: str | None = None
+    cancelled: bool = False
+    deleting: int | None = None
+    posted_at: float | None = None
+    at: datetime | None = None  # the record's instant
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> KeyState:
         def number(name: str) -> float | None:
             return float(item[name]["N"]) if name in item else None
 
-        usage_id, line = number("usage_id"), number("line")
+        def integer(name: str) -> int | None:
+            return int(item[name]["N"]) if name in item else None
+
+        status = KeyStatus(item["status"]["S"])
+        quantity = item.get("quantity", {}).get("S")
+        usage_id = integer("usage_id")
+        held = item.get("held", {}).get("S")
+        if held is None and status is KeyStatus.POSTED and quantity is not None:
+            held = quantity  # a key written before corrections: posted is held
+        line = integer("line")
         return cls(
-            status=KeyStatus(item["status"]["S"]),
+            status=status,
             fingerprint=item.get("fingerprint", {}).get("S"),
-            usage_id=int(usage_id) if usage_id is not None else None,
+            usage_id=usage_id,
             lock_expires=number("lock_expires"),
             attempt_started=number("attempt_started"),
             ambiguous_since=number("ambiguous_since"),
             phase=item.get("phase", {}).get("S"),
-            line=int(line) if line is not None else None,
+            line=line,
+            quantity=quantity,
+            original=item.get("original", {}).get("S") or quantity,
+            holding=None if held is None else Holding(held, usage_id),
+            rev=integer("rev") or 0,
+            applied=integer("applied") or 0,
+            target=item.get("target", {}).get("S"),
+            cancelled=bool(item.get("cancelled", {}).get("BOOL", False)),
+            deleting=integer("deleting"),
+            posted_at=number("posted_at"),
+            at=_instant(item.get("date_time", {}).get("S")),
         )
+
+    @property
+    def pending(self) -> bool:
+        """A correction was accepted that Piriod does not reflect yet."""
+        return self.rev > self.applied
 
     def locked(self, now: float) -> bool:
         return self.status is KeyStatus.IN_PROGRESS and (self.lock_expires or 0) > now
@@ -182,6 +228,10 @@ class KeyRecord:
         )
 
 
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def claim_item(
     pk: str, usage: Usage, token: str, now: float, lock: float, phase: str, expires_at: int
 ) -> dict[str, Any]:
@@ -197,6 +247,7 @@ def claim_item(
         "usage_at": {"S": sortable_utc(usage.date_time)},
         "date_time": {"S": usage.date_time_text},
         "quantity": {"S": usage.quantity_text},
+        "original": {"S": usage.quantity_text},
         "expires_at": {"N": str(expires_at)},
     }
     if usage.subscription_line is not None:  # an unmapped meter's record has no line yet
@@ -234,12 +285,17 @@ def take_over(item: dict[str, Any], now: float, taker: Taker) -> dict[str, Any]:
         takeable += " OR #s IN (:queued, :rejected)"
         values[":queued"] = {"S": KeyStatus.QUEUED.value}
         values[":rejected"] = {"S": KeyStatus.REJECTED.value}
+    elif taker is Taker.CORRECTION:  # the record the correction names, whatever it is
+        takeable += " OR #s = :posted"
+        values[":posted"] = {"S": KeyStatus.POSTED.value}
+        del values[":fp"]
     return {
         "Key": {"pk": item["pk"]},
         "UpdateExpression": "SET #s = :in_progress, lock_expires = :lock, lock_token = :token, "
         "attempt_started = :started, phase = :phase",
         # A key reused for a different record never takes the lock: it is a conflict.
-        "ConditionExpression": f"({takeable}) AND fingerprint = :fp",
+        "ConditionExpression": f"({takeable})"
+        + ("" if taker is Taker.CORRECTION else " AND fingerprint = :fp"),
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": values,
         "ReturnValues": "ALL_OLD",
@@ -252,6 +308,12 @@ def taken_over(item: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
     return {**item, **{k: v for k, v in old.items() if k in _KEPT_ON_TAKE_OVER}}
 
 
+# What an attempt's end writes of its claim: the record as this attempt saw it (a meter's
+# newly mapped line, the retention); never a correction's attributes (`rev`, `target`,
+# `cancelled`, the revisions): those only its acceptance writes, also during an attempt.
+_RECORD = ("fingerprint", "usage_at", "date_time", "line", "expires_at", "original")
+
+
 def finish(
     pk: str,
     token: str,
@@ -259,39 +321,52 @@ def finish(
     status: KeyStatus,
     now: float,
     *,
-    usage_id: int | None = None,
+    quantity: str,
+    holding: Holding | None,
+    applied: int | None = None,
     ambiguous_since: float | None = None,
     waiting: Waiting | None = None,
+    deleting: int | None = None,
 ) -> dict[str, Any]:
     """An attempt's final state written over its claim, while it still holds the lock:
-    posted (Piriod's id when known), waiting in a queue (with its message) or rejected.
-    Every attribute of the record is written again (retention, a meter's newly mapped line);
-    what others keep on the item is left alone."""
-    sets = {name: value for name, value in claimed.items() if name not in ("pk", *_ATTEMPT)}
-    sets.pop("ambiguous_since", None)
-    for name in _WAIT:
-        sets.pop(name, None)
+    posted, waiting in a queue (with its message), rejected or cancelled; with what Piriod
+    holds for the key now (`holding`), the quantity of this attempt's post (`quantity`: what
+    an unseen post of it carries), the corrections it applied (`applied`: up to that
+    revision) and a DELETE whose answer was lost (`deleting`). What others write on the item
+    meanwhile (a correction accepted) is left alone."""
+    sets = {name: claimed[name] for name in _RECORD if name in claimed}
     removes = list(_ATTEMPT)
     sets["status"] = {"S": status.value}
+    sets["quantity"] = {"S": quantity}
     if status is KeyStatus.POSTED:
         sets["posted_at"] = {"N": num(now)}
-        if usage_id is not None:
-            sets["usage_id"] = {"N": str(usage_id)}
-        removes += ["ambiguous_since", *_WAIT]
+    if holding is None:
+        removes += ["held", "usage_id"]
     else:
-        if ambiguous_since is not None:
-            sets["ambiguous_since"] = {"N": num(ambiguous_since)}
+        sets["held"] = {"S": holding.quantity}
+        if holding.usage_id is not None:
+            sets["usage_id"] = {"N": str(holding.usage_id)}
         else:
-            removes.append("ambiguous_since")
-        if waiting is not None:
-            sets.update(
-                waiting={"S": f"{waiting.queue}#{waiting_shard(pk)}"},
-                waiting_since={"S": waiting.since},
-                message_id={"S": waiting.message_id},
-                message={"S": waiting.message},
-            )
-        else:
-            removes += list(_WAIT)
+            removes.append("usage_id")
+    if applied is not None:
+        sets["applied"] = {"N": str(applied)}
+    if ambiguous_since is not None:
+        sets["ambiguous_since"] = {"N": num(ambiguous_since)}
+    else:
+        removes.append("ambiguous_since")
+    if deleting is not None:
+        sets["deleting"] = {"N": str(deleting)}
+    else:
+        removes.append("deleting")
+    if waiting is not None:
+        sets.update(
+            waiting={"S": f"{waiting.queue}#{waiting_shard(pk)}"},
+            waiting_since={"S": waiting.since},
+            message_id={"S": waiting.message_id},
+            message={"S": waiting.message},
+        )
+    else:
+        removes += list(_WAIT)
     names = {f"#a{n}": name for n, name in enumerate(sets)}
     values = {f":a{n}": value for n, value in enumerate(sets.values())}
     values[":token"] = {"S": token}
@@ -307,22 +382,50 @@ def finish(
     }
 
 
-def mark_posting(pk: str, token: str) -> dict[str, Any]:
-    """A settling attempt is about to post: identical records see it as posting from now."""
+def hold(pk: str, token: str, holding: Holding | None) -> dict[str, Any]:
+    """While an attempt holds the key: what Piriod holds for it now (a usage found by
+    settling, or none once its DELETE was answered), before the attempt goes on."""
+    values: dict[str, Any] = {":token": {"S": token}}
+    if holding is None:
+        update = "REMOVE held, usage_id, deleting, ambiguous_since"
+    else:
+        update = "SET held = :held"
+        values[":held"] = {"S": holding.quantity}
+        if holding.usage_id is not None:
+            update += ", usage_id = :id"
+            values[":id"] = {"N": str(holding.usage_id)}
+        update += " REMOVE deleting, ambiguous_since"
     return {
         "Key": {"pk": {"S": pk}},
-        "UpdateExpression": "SET phase = :posting",
+        "UpdateExpression": update,
         "ConditionExpression": "lock_token = :token",
-        "ExpressionAttributeValues": {":posting": {"S": "posting"}, ":token": {"S": token}},
+        "ExpressionAttributeValues": values,
+    }
+
+
+def mark_posting(pk: str, token: str, quantity: str | None = None) -> dict[str, Any]:
+    """An attempt is about to post: identical records see it as posting from now (a settling
+    one's), and an unseen post of it carries `quantity` (an amended record's)."""
+    values: dict[str, Any] = {":posting": {"S": "posting"}, ":token": {"S": token}}
+    update = "SET phase = :posting"
+    if quantity is not None:
+        update += ", quantity = :q"
+        values[":q"] = {"S": quantity}
+    return {
+        "Key": {"pk": {"S": pk}},
+        "UpdateExpression": update,
+        "ConditionExpression": "lock_token = :token",
+        "ExpressionAttributeValues": values,
     }
 
 
 def settle(pk: str, token: str, usage_id: int, now: float) -> dict[str, Any]:
-    """An earlier, unseen attempt did land in Piriod as `usage_id`."""
+    """An earlier, unseen attempt did land in Piriod as `usage_id` (with the key's quantity),
+    and the record is done: posted."""
     return {
         "Key": {"pk": {"S": pk}},
-        "UpdateExpression": "SET #s = :posted, usage_id = :id, posted_at = :now REMOVE "
-        + ", ".join((*_ATTEMPT, "ambiguous_since", *_WAIT)),
+        "UpdateExpression": "SET #s = :posted, usage_id = :id, posted_at = :now, held = quantity "
+        "REMOVE " + ", ".join((*_ATTEMPT, "ambiguous_since", *_WAIT)),
         "ConditionExpression": "lock_token = :token",
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": {
@@ -701,3 +804,184 @@ def parked(message_id: str, body: str, first_sent: datetime, now: float) -> dict
 
 def parked_key(message_id: str) -> dict[str, Any]:
     return {"Key": {"pk": {"S": f"park#{message_id}"}}}
+
+
+# --- corrections (SPEC 10) -------------------------------------------------------------------
+
+MAX_CORRECTIONS = 1_000  # corrections a key takes (each keeps its id and its revision)
+
+
+def correction_attribute(correction_id: str) -> str:
+    """The attribute that remembers a correction id on its key (its revision), so that a
+    retried correction is applied once."""
+    return "cid_" + hashlib.sha256(correction_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _accepted(
+    action: str, quantity: str | None, correction_id: str, now: float
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The update, names and values that accept a correction on its key: the next revision,
+    remembered under the correction's id and in the key's list of revisions."""
+    entry: dict[str, Any] = {
+        "action": {"S": action},
+        "correction_id": {"S": correction_id},
+        "at": {"S": sortable_utc(datetime.fromtimestamp(now, UTC))},
+    }
+    if quantity is not None:
+        entry["quantity"] = {"S": quantity}
+    update = (
+        "SET rev = if_not_exists(rev, :zero) + :one, #cid = if_not_exists(rev, :zero) + :one, "
+        "revisions = list_append(if_not_exists(revisions, :none), :entry)"
+    )
+    values: dict[str, Any] = {
+        ":zero": {"N": "0"},
+        ":one": {"N": "1"},
+        ":none": {"L": []},
+        ":entry": {"L": [{"M": entry}]},
+        ":yes": {"BOOL": True},
+        ":max": {"N": str(MAX_CORRECTIONS)},
+    }
+    if action == "cancel":
+        update += ", cancelled = :yes"
+    return update, {"#cid": correction_attribute(correction_id)}, values
+
+
+_ACCEPTABLE = (
+    "attribute_exists(pk) AND attribute_not_exists(#cid) AND NOT (cancelled = :yes) AND "
+    "(attribute_not_exists(rev) OR rev < :max)"
+)
+
+
+def accept_correction(
+    pk: str, action: str, quantity: str | None, correction_id: str, now: float
+) -> dict[str, Any]:
+    """A correction accepted on a record's key: its revision, and what the record is now
+    (`target`, or `cancelled`). Refused when the key does not exist, already has this
+    correction, is cancelled, or has had MAX_CORRECTIONS (the item before says which)."""
+    update, names, values = _accepted(action, quantity, correction_id, now)
+    if quantity is not None:
+        update += ", target = :target"
+        values[":target"] = {"S": quantity}
+    return {
+        "Key": {"pk": {"S": pk}},
+        "UpdateExpression": update,
+        "ConditionExpression": _ACCEPTABLE,
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+        "ReturnValues": "ALL_NEW",
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+
+
+def correct_event(
+    pk: str,
+    action: str,
+    quantity: str | None,
+    units: int,
+    correction_id: str,
+    now: float,
+    *,
+    seen_units: int,
+    seen_rev: int,
+    generation: int,
+) -> dict[str, Any]:
+    """A correction of a counted event, in the transaction that changes its window by the
+    difference: accepted as on a record's key, with the event's units now. Refused (as
+    above) also when another correction of it, or a change of generation, came since it was
+    read (its units, revision or generation differ)."""
+    update, names, values = _accepted(action, quantity, correction_id, now)
+    update += ", #u = :units"
+    names["#u"] = "units"
+    values.update(
+        {
+            ":units": {"N": str(units)},
+            ":seen": {"N": str(seen_units)},
+            ":g": {"N": str(generation)},
+        }
+    )
+    same_rev = "attribute_not_exists(rev)"
+    if seen_rev:
+        same_rev = "rev = :rev"
+        values[":rev"] = {"N": str(seen_rev)}
+    if quantity is not None:
+        update += ", quantity = :q"
+        values[":q"] = {"S": quantity}
+    return {
+        "Update": {
+            "Key": {"pk": {"S": pk}},
+            "UpdateExpression": update,
+            "ConditionExpression": f"{_ACCEPTABLE} AND #u = :seen AND generation = :g AND "
+            f"{same_rev}",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
+def adjust_shard(
+    window: WindowId, generation: int, shard: int, units: int, events: int, room: int
+) -> dict[str, Any]:
+    """Corrections of events counted in an open generation: its total changes by their
+    difference (a shard may go below zero; the shards' sum is the total). Refused once the
+    shard is closed, or past its share of the total's bound."""
+    return {
+        "Update": {
+            "Key": {"pk": {"S": window.shard_pk(generation, shard)}},
+            "UpdateExpression": "ADD #t :u, #n :n",
+            "ConditionExpression": "attribute_not_exists(closed) AND "
+            "(attribute_not_exists(#t) OR #t <= :room)",
+            "ExpressionAttributeNames": {"#t": "total", "#n": "events"},
+            "ExpressionAttributeValues": {
+                ":u": {"N": str(units)},
+                ":n": {"N": str(events)},
+                ":room": {"N": str(room - max(0, units))},
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
+def adjust_generation(
+    window: WindowId, generation: int, units: int, events: int, now: float
+) -> dict[str, Any]:
+    """Corrections of events of a closed generation: they wait in it (`adjust`), and it is
+    due again, so that the next flush restates its usage. Refused while it is open (the
+    events' shards take the difference then)."""
+    return {
+        "Update": {
+            "Key": {"pk": {"S": window.gen_pk(generation)}},
+            "UpdateExpression": "ADD adjust :u, adjust_events :n, adjust_seq :one "
+            "SET wpart = :due, wsort = :sort, due_at = :now",
+            "ConditionExpression": "#st = :closed",
+            "ExpressionAttributeNames": {"#st": "state"},
+            "ExpressionAttributeValues": {
+                ":u": {"N": str(units)},
+                ":n": {"N": str(events)},
+                ":one": {"N": "1"},
+                ":due": {"S": DUE},
+                ":sort": {"S": due_sort(now, window.gen_pk(generation))},
+                ":now": {"N": num(now)},
+                ":closed": {"S": CLOSED},
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
+def revisions_of(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """A key's accepted corrections, in order (`show KEY`): revision, action, quantity,
+    correction id and when."""
+    found = []
+    for number, entry in enumerate(item.get("revisions", {}).get("L", []), start=1):
+        fields = entry.get("M", {})
+        found.append(
+            {
+                "revision": number,
+                "action": fields.get("action", {}).get("S"),
+                "quantity": fields.get("quantity", {}).get("S"),
+                "correction_id": fields.get("correction_id", {}).get("S"),
+                "at": fields.get("at", {}).get("S"),
+            }
+        )
+    return found

@@ -186,10 +186,13 @@ class NativeBatch(BaseModel):
 ALLOWED = "subscription_line, date_time, quantity, idempotency_key"
 
 
-def problems_of(exc: ValidationError, batch: str | None = None) -> list[FieldProblem]:
+def problems_of(
+    exc: ValidationError, batch: str | None = None, allowed: str = ALLOWED
+) -> list[FieldProblem]:
     """pydantic's errors as (record index, field, message). With `batch` (the name of the list
     of records), a location inside that list gives the record index; any other location is a
-    problem of the delivery as a whole (index None)."""
+    problem of the delivery as a whole (index None). `allowed`: a record's fields, named when
+    one is unknown."""
     problems = []
     for error in exc.errors(include_url=False, include_input=False, include_context=False):
         loc: list[int | str] = list(error["loc"])
@@ -205,8 +208,8 @@ def problems_of(exc: ValidationError, batch: str | None = None) -> list[FieldPro
         name = ".".join(str(part) for part in loc) or whole
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            allowed = batch if batch is not None and index is None else ALLOWED
-            message = f"unknown field (allowed: {allowed})"
+            known = batch if batch is not None and index is None else allowed
+            message = f"unknown field (allowed: {known})"
         problems.append(FieldProblem(index=index, field=name, message=message))
     return problems
 

@@ -40,6 +40,7 @@ from piriod_adapter.validation import BodyError, check_size, decode_json, parse_
 
 if TYPE_CHECKING:
     from piriod_adapter.aggregate import Aggregate
+    from piriod_adapter.corrections import CorrectionsAnswered
     from piriod_adapter.counting import Counter as Counter_
     from piriod_adapter.counting import Place
     from piriod_adapter.lifecycle import FailureSink
@@ -52,7 +53,7 @@ class Reply:
     is sent is what the sender's contract describes."""
 
     status: int
-    body: Refusal | Answered
+    body: Refusal | Answered | CorrectionsAnswered
     cause: str | None = None  # why a 5xx was answered: logged and counted, not sent
 
     def to_api_gateway(self) -> dict[str, Any]:
@@ -69,7 +70,8 @@ def refusal(status: int, message: str, cause: str | None = None) -> Reply:
 
 
 NATIVE_PATH = "/v1/usages"
-NOT_FOUND = "not found: POST /v1/usages or POST /v1/sources/{source}/usages"
+CORRECTIONS_PATH = "/v1/corrections"
+NOT_FOUND = "not found: POST /v1/usages, POST /v1/sources/{source}/usages or POST /v1/corrections"
 
 
 def answer(event: dict[str, Any], runtime: Callable[[], Runtime], deadline: Deadline) -> Reply:
@@ -97,6 +99,8 @@ def route(event: dict[str, Any], runtime: Callable[[], Runtime], deadline: Deadl
     parts = path.split("/")
     if method == "POST" and path == NATIVE_PATH:
         return receive_native(event, runtime(), deadline)
+    if method == "POST" and path == CORRECTIONS_PATH:
+        return receive_corrections(event, runtime(), deadline)
     if (
         method == "POST"
         and len(parts) == 5
@@ -143,14 +147,14 @@ def lower_headers(event: dict[str, Any]) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in headers.items()}
 
 
-def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) -> Reply:
-    """POST /v1/usages: Standard Webhooks signature, native body, submit, 202/503."""
+def authenticate_native(event: dict[str, Any], runtime: Runtime) -> tuple[bytes, str] | Reply:
+    """The native routes' raw body and webhook-id, once its size and its Standard Webhooks
+    signature (the native signing secrets) pass; otherwise the refusal."""
     try:
         raw = raw_body(event)
         check_size(raw)
     except BodyError as exc:
         return Reply(exc.status, exc.public())
-
     settings = runtime.settings
     try:
         keys = runtime.secrets.standard_keys(settings.webhook_secret_id)
@@ -164,6 +168,16 @@ def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) 
         )
     except SignatureError as exc:
         return refused(str(exc))
+    return raw, message_id
+
+
+def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) -> Reply:
+    """POST /v1/usages: Standard Webhooks signature, native body, submit, 202/503."""
+    passed = authenticate_native(event, runtime)
+    if isinstance(passed, Reply):
+        return passed
+    raw, message_id = passed
+    settings = runtime.settings
 
     try:
         usages = parse_native_body(raw, message_id)
@@ -172,6 +186,70 @@ def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) 
         return Reply(exc.status, exc.public())
     tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
     return submit_and_answer(runtime, usages, tenant, deadline, delivery=message_id)
+
+
+def receive_corrections(event: dict[str, Any], runtime: Runtime, deadline: Deadline) -> Reply:
+    """POST /v1/corrections (SPEC 10): the native route's signature, then each correction
+    accepted on its key and applied (corrections.py); 202, or 503 when a store is down."""
+    from piriod_adapter.corrections import CorrectionsAnswered, Corrector, parse_corrections
+    from piriod_adapter.observability import count_corrections
+
+    passed = authenticate_native(event, runtime)
+    if isinstance(passed, Reply):
+        return passed
+    raw, message_id = passed
+    try:
+        entries = parse_corrections(raw, lambda name: counts_events(runtime, name))
+    except BodyError as exc:
+        logger.info("corrections invalid", extra={"status": exc.status})
+        return Reply(exc.status, exc.public())
+    settings = runtime.settings
+    tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
+    corrector = Corrector(
+        runtime.store,
+        runtime.windows,
+        runtime.submitter,
+        runtime.queue.place_failed,
+        tenant,
+        runtime.submitter.post_budget_seconds,
+        settings.post_concurrency,
+    )
+    done = corrector.run(entries, deadline)
+    results = [
+        one.result(n, entry.correction_id)
+        for n, (entry, one) in enumerate(zip(entries, done, strict=True))
+    ]
+    counts: Counter[str] = Counter(one.status for one in done)
+
+    count_corrections(counts)
+    logger.info(
+        "corrections handled", extra={"delivery": message_id[:200], "outcomes": dict(counts)}
+    )
+    if counts["not_stored"]:
+        reasons = sorted({one.reason or "?" for one in done if one.status == "not_stored"})
+        return Reply(
+            503,
+            CorrectionsAnswered(
+                message="some corrections could be neither applied nor kept; retry the whole "
+                "delivery (corrections already accepted will be reported as duplicates)",
+                results=results,
+            ),
+            cause="corrections not stored: " + "; ".join(reasons)[:500],
+        )
+    return Reply(202, CorrectionsAnswered(results=results))
+
+
+def counts_events(runtime: Runtime, source: str) -> bool | None:
+    """Whether a source counts its events into windows (None: not configured now)."""
+    from piriod_adapter.sources import SourcesUnavailable
+
+    try:
+        profile = runtime.sources.profile(source)
+    except SourcesUnavailable:
+        return None
+    if profile is None:
+        return None
+    return profile.aggregate is not None and profile.aggregate.function == "count"
 
 
 def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline: Deadline) -> Reply:

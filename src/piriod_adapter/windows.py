@@ -336,6 +336,12 @@ class WindowStore:
                 return
             raise StoreUnavailable(f"cannot record window: {type(exc).__name__}") from None
 
+    def correct_events(
+        self, corrections: Sequence[tuple[str, str, str | None, str]], now: float, deadline: Any
+    ) -> list[EventCorrected]:
+        """Corrections of counted events (SPEC 10): see `_correct_events`."""
+        return _correct_events(self, corrections, now, deadline)
+
     def _update(self, request: dict[str, Any]) -> dict[str, Any]:
         response: Any = self._client.update_item(TableName=self._table, **request)
         return dict(response)
@@ -406,3 +412,172 @@ def cancelled(exc: Exception, events: int, windows: int, creates: list[int]) -> 
     if not (result.conflict or result.duplicates or result.closed or result.full):
         result.conflict = True  # cancelled without a reason we know: try again
     return result
+
+
+# --- corrections of counted events (SPEC 10) ---------------------------------------------------
+
+CORRECTION_ROUNDS = 6  # a correction that met another of its event's is tried this many times
+
+
+@dataclass(frozen=True)
+class EventCorrected:
+    """How a correction of a counted event ended: applied (its window's open generation
+    changed with it), pending (its generation is closed: restated by the next flush),
+    duplicate, not_found or rejected (`errors`)."""
+
+    status: str
+    revision: int | None = None
+    errors: dict[str, list[str]] | None = None
+
+
+def _count_series(window_pk: str) -> bool:
+    """Whether a window counts events (`win#<source>#<line>#<series>#<start>`)."""
+    parts = window_pk.split("#")
+    return len(parts) > 3 and parts[3].startswith("count")
+
+
+def _correct_events(
+    store: WindowStore,
+    corrections: Sequence[tuple[str, str, str | None, str]],
+    now: float,
+    deadline: Any,
+) -> list[EventCorrected]:
+    """Corrections (event key, action, new quantity, correction id) of counted events, one
+    per event: each accepted on its key and its difference added to its generation in one
+    transaction per generation (an open one's shard; a closed one's `adjust`, which makes it
+    due again). Raises StoreUnavailable."""
+    results: dict[int, EventCorrected] = {}
+    todo = list(range(len(corrections)))
+    for _ in range(CORRECTION_ROUNDS):
+        if not todo or deadline.remaining() <= 0:
+            break
+        keys = store._get_many([corrections[n][0] for n in todo])
+        plans: dict[str, list[tuple[int, dict[str, Any], int, int]]] = {}
+        for n in todo:
+            pk, action, quantity, correction_id = corrections[n]
+            item = keys.get(pk)
+            seen = item.get(table.correction_attribute(correction_id)) if item else None
+            if item is None or "units" not in item:
+                results[n] = EventCorrected("not_found")
+            elif seen is not None:
+                results[n] = EventCorrected("duplicate", int(seen["N"]))
+            elif item.get("cancelled", {}).get("BOOL"):
+                results[n] = EventCorrected("not_found")
+            elif action == "amend" and _count_series(item["window"]["S"]):
+                reason = "cannot amend an event of a count window: cancel it"
+                results[n] = EventCorrected("rejected", errors={"quantity": [reason]})
+            else:
+                if action == "cancel":
+                    new, events = 0, -1
+                else:
+                    assert quantity is not None
+                    try:
+                        new, events = to_units(Decimal(quantity)), 0
+                    except ValueError as exc:
+                        results[n] = EventCorrected("rejected", errors={"quantity": [str(exc)]})
+                        continue
+                gen_pk = f"{item['window']['S']}#g{item['generation']['N']}"
+                plans.setdefault(gen_pk, []).append((n, item, new, events))
+        gens = store._get_many(list(plans))
+        todo = []
+        for gen_pk, planned in plans.items():
+            gen = gens.get(gen_pk)
+            for chunk_start in range(0, len(planned), MAX_ACTIONS - 1):
+                chunk = planned[chunk_start : chunk_start + MAX_ACTIONS - 1]
+                todo += _commit(store, gen_pk, gen, chunk, corrections, results, now)
+    for n in todo:
+        results.setdefault(n, EventCorrected("not_stored"))
+    return [results[n] for n in range(len(corrections))]
+
+
+def _commit(
+    store: WindowStore,
+    gen_pk: str,
+    gen: dict[str, Any] | None,
+    chunk: list[tuple[int, dict[str, Any], int, int]],
+    corrections: Sequence[tuple[str, str, str | None, str]],
+    results: dict[int, EventCorrected],
+    now: float,
+) -> list[int]:
+    """One generation's corrections in one transaction; returns the ones to try again."""
+    if gen is None:  # an event counted without its generation: cannot be
+        for n, *_ in chunk:
+            results[n] = EventCorrected("rejected", errors={"key": ["its window is gone"]})
+        return []
+    generation = int(gen_pk.rpartition("#g")[2])
+    closed = gen.get("state", {}).get("S") == CLOSED
+    actions = []
+    for n, item, new, _ in chunk:
+        pk, action, quantity, correction_id = corrections[n]
+        actions.append(
+            table.correct_event(
+                pk,
+                action,
+                quantity,
+                new,
+                correction_id,
+                now,
+                seen_units=int(item["units"]["N"]),
+                seen_rev=int(item.get("rev", {}).get("N", "0")),
+                generation=generation,
+            )
+        )
+    delta = sum(new - int(item["units"]["N"]) for _, item, new, _ in chunk)
+    events = sum(change for *_, change in chunk)
+    window = Generation.from_item(gen).window
+    if closed:
+        actions.append(table.adjust_generation(window, generation, delta, events, now))
+    else:
+        shards = int(gen.get("shards", {}).get("N", "1"))
+        shard = store.shard_for(Open(generation, True, shards))
+        room = MAX_TOTAL_UNITS // shards
+        actions.append(table.adjust_shard(window, generation, shard, delta, events, room))
+    for step in actions:
+        for operation in step.values():
+            operation["TableName"] = store._table
+    try:
+        store._client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+    except Exception as exc:
+        return _refused(exc, chunk, results)
+    for n, item, _, _ in chunk:
+        revision = int(item.get("rev", {}).get("N", "0")) + 1
+        results[n] = EventCorrected("pending" if closed else "applied", revision)
+    return []
+
+
+def _refused(
+    exc: Exception,
+    chunk: list[tuple[int, dict[str, Any], int, int]],
+    results: dict[int, EventCorrected],
+) -> list[int]:
+    """A cancelled correction transaction: the corrections to read again and try again
+    (another correction of their event came, their generation closed under them, or a
+    conflict), or rejected when an open shard has no room for the difference. Raises
+    StoreUnavailable for anything but those."""
+    code = error_code(exc)
+    if code == "TransactionConflictException":
+        return [n for n, *_ in chunk]
+    if code != "TransactionCanceledException":
+        raise StoreUnavailable(f"cannot correct events: {code or type(exc).__name__}") from None
+    reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+    for reason in reasons:
+        if reason.get("Code") not in (
+            None,
+            "None",
+            "ConditionalCheckFailed",
+            "TransactionConflict",
+        ):
+            raise StoreUnavailable(f"cannot correct events: {reason.get('Code')}")
+    adjusted = reasons[len(chunk)] if len(reasons) > len(chunk) else {}
+    item = adjusted.get("Item") or {}
+    if (
+        adjusted.get("Code") == "ConditionalCheckFailed"
+        and "total" in item
+        and "closed" not in item
+    ):
+        for n, *_ in chunk:  # an open shard without room for the difference
+            results[n] = EventCorrected(
+                "rejected", errors={"quantity": ["would take its window's total past 10^20"]}
+            )
+        return []
+    return [n for n, *_ in chunk]  # read again: a duplicate, cancelled, changed or closed

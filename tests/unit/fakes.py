@@ -17,6 +17,7 @@ from typing import Any
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import (
     LOCK_MARGIN_SECONDS,
+    Accepted,
     Claim,
     Identical,
     LockLost,
@@ -25,9 +26,9 @@ from piriod_adapter.idempotency import (
 )
 from piriod_adapter.lifecycle import Fate, KeyStatus, Placement, Taker
 from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, utc_text
-from piriod_adapter.piriod import Listed, PiriodUnavailable, PostResult
+from piriod_adapter.piriod import DeleteResult, Listed, PiriodUnavailable, PostResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
-from piriod_adapter.table import KeyState, key_pk
+from piriod_adapter.table import MAX_CORRECTIONS, Holding, KeyState, key_pk
 
 
 class Clock:
@@ -51,23 +52,50 @@ class _Key:
     lock_expires: float | None
     attempt_started: float
     phase: str
-    usage_id: int | None = None
+    quantity: str
+    original: str
     ambiguous_since: float | None = None
     waiting: str | None = None  # REPLAY or DEAD_LETTER
+    holding: Holding | None = None
+    posted_at: float | None = None
+    rev: int = 0
+    applied: int = 0
+    target: str | None = None
+    cancelled: bool = False
+    deleting: int | None = None
+    corrections: dict[str, int] = field(default_factory=dict)  # correction id -> revision
+
+    @property
+    def usage_id(self) -> int | None:
+        """The id of the usage Piriod holds for the key, when known."""
+        return self.holding.usage_id if self.holding else None
 
     def state(self) -> KeyState:
         return KeyState(
             status=self.status,
             fingerprint=self.fingerprint,
-            usage_id=self.usage_id,
+            usage_id=self.holding.usage_id if self.holding else None,
             lock_expires=self.lock_expires,
             attempt_started=self.attempt_started,
             ambiguous_since=self.ambiguous_since,
+            phase=self.phase or None,
+            line=self.line,
+            quantity=self.quantity,
+            original=self.original,
+            holding=self.holding,
+            rev=self.rev,
+            applied=self.applied,
+            target=self.target,
+            cancelled=self.cancelled,
+            deleting=self.deleting,
+            posted_at=self.posted_at,
+            at=self.at,
         )
 
 
 class FakeKeyStore:
-    """IdempotencyStore's rules over a dict. `down` makes every call fail."""
+    """IdempotencyStore's rules over a dict (tests/integration/test_store_contracts.py holds
+    the two equal). `down` makes every call fail."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
@@ -106,6 +134,8 @@ class FakeKeyStore:
                     lock,
                     now,
                     phase,
+                    usage.quantity_text,
+                    usage.quantity_text,
                 )
                 return Claim(pk, token, None)
             takeable = key.status is KeyStatus.RELEASED or (
@@ -115,12 +145,14 @@ class FakeKeyStore:
                 takeable |= key.status is KeyStatus.QUEUED and key.waiting == REPLAY
             elif taker is Taker.OPERATOR:
                 takeable |= key.status in (KeyStatus.QUEUED, KeyStatus.REJECTED)
+            elif taker is Taker.CORRECTION:
+                takeable |= key.status is KeyStatus.POSTED
             previous = key.state()
-            if not takeable or key.fingerprint != usage.fingerprint:
+            same = taker is Taker.CORRECTION or key.fingerprint == usage.fingerprint
+            if not takeable or not same:
                 return Claim(pk, None, previous)
             key.status = KeyStatus.IN_PROGRESS
             key.token, key.lock_expires, key.attempt_started, key.phase = token, lock, now, phase
-            key.line = usage.subscription_line
             return Claim(pk, token, previous)
 
     def wait_while_locked(self, pk: str, deadline: Deadline, at_most: float) -> KeyState | None:
@@ -138,31 +170,44 @@ class FakeKeyStore:
     def finish(self, result: Result) -> None:
         with self._lock:
             self._check()
-            key = self.keys[result.claim.pk]
-            if key.token != result.claim.token:
-                raise LockLost("the key is no longer held by this attempt")
+            key = self._held(result.claim)
             key.status = result.status
             key.token = key.lock_expires = None
             key.phase = ""
-            key.ambiguous_since = None
+            key.quantity = result.quantity or key.quantity
             if result.status is KeyStatus.POSTED:
-                key.usage_id = result.usage_id
-                key.waiting = None
+                key.holding = Holding(key.quantity, result.usage_id)
+                key.posted_at = self.clock()
             else:
-                key.ambiguous_since = result.ambiguous_since
-                key.waiting = result.waiting.queue if result.waiting else None
+                key.holding = result.holding
+            if result.applied is not None:
+                key.applied = result.applied
+            key.ambiguous_since = result.ambiguous_since
+            key.deleting = result.deleting
+            key.waiting = result.waiting.queue if result.waiting else None
 
-    def mark_posting(self, claim: Claim) -> None:
+    def mark_posting(self, claim: Claim, quantity: str | None = None) -> None:
         with self._lock:
             self._check()
-            self._held(claim).phase = "posting"
+            key = self._held(claim)
+            key.phase = "posting"
+            if quantity is not None:
+                key.quantity = quantity
+
+    def hold(self, claim: Claim, holding: Holding | None) -> None:
+        with self._lock:
+            self._check()
+            key = self._held(claim)
+            key.holding, key.deleting, key.ambiguous_since = holding, None, None
 
     def settle(self, claim: Claim, usage_id: int) -> None:
         with self._lock:
             self._check()
             key = self._held(claim)
-            key.status, key.usage_id = KeyStatus.POSTED, usage_id
+            key.status, key.holding = KeyStatus.POSTED, Holding(key.quantity, usage_id)
+            key.posted_at = self.clock()
             key.token = key.lock_expires = key.ambiguous_since = key.waiting = None
+            key.phase = ""
 
     def take_usage(self, claim: Claim, usage_id: int) -> bool:
         with self._lock:
@@ -188,10 +233,11 @@ class FakeKeyStore:
                     continue
                 if abs((key.at - usage.date_time).total_seconds()) >= 1:
                     continue
-                if key.usage_id is not None:
-                    held.add(key.usage_id)
-                elif key.status is KeyStatus.POSTED:
-                    unknown += 1
+                if key.holding is not None:
+                    if key.holding.usage_id is not None:
+                        held.add(key.holding.usage_id)
+                    else:
+                        unknown += 1
                 elif key.ambiguous_since is not None or key.status is KeyStatus.IN_PROGRESS:
                     unseen += 1
                 locked = key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) > now
@@ -208,6 +254,33 @@ class FakeKeyStore:
             if ambiguous_since is not None:
                 key.ambiguous_since = ambiguous_since
 
+    def accept(self, pk: str, action: str, quantity: str | None, correction_id: str) -> Accepted:
+        with self._lock:
+            self._check()
+            key = self.keys.get(pk)
+            if key is None:
+                return Accepted(None)
+            if correction_id in key.corrections:
+                return Accepted(None, duplicate=key.corrections[correction_id])
+            if key.cancelled:
+                return Accepted(None)
+            if key.rev >= MAX_CORRECTIONS:
+                limit = f"has had {MAX_CORRECTIONS} corrections, the most a key takes"
+                return Accepted(None, refused={"key": [limit]})
+            key.rev += 1
+            key.corrections[correction_id] = key.rev
+            if action == "cancel":
+                key.cancelled = True
+            else:
+                key.target = quantity
+            return Accepted(key.state())
+
+    def items(self, pks: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The keys that exist, as items (what the corrections route reads of them)."""
+        with self._lock:
+            self._check()
+            return {pk: {"pk": {"S": pk}} for pk in pks if pk in self.keys}
+
 
 # --- Piriod ------------------------------------------------------------------------------------
 
@@ -220,6 +293,10 @@ class Stored:
     quantity: Decimal
     created: float
     key: str | None  # the adapter's key that posted it; None: created elsewhere
+    deleted: bool = False
+
+
+DELETE_ANSWERS = ["deleted", "deleted_then_lost", "lost", "throttled", "refused", "server_error"]
 
 
 @dataclass
@@ -227,13 +304,18 @@ class FakePiriod:
     """A ledger. `answers` is consumed one per post: "created", "zero_id" (201, id 0),
     "stored_then_lost" (stored, the answer lost), "lost" (nothing stored, no answer),
     "throttled" (429), "refused" (connection refused). Lines in `unmetered` are a 400.
-    Listing renders quantities and times at `quantity_precision` / `time_precision`; with
+    `delete_answers` likewise per DELETE: "deleted" (204; 404 once gone), "deleted_then_lost"
+    (deleted, the answer lost), "lost" (not deleted, no answer), "throttled" (429), "refused"
+    (connection refused), "server_error" (a 500, not deleted). Listing renders quantities and
+    times at `quantity_precision` / `time_precision`, and never a deleted usage; with
     `filters_miss` the narrow filter compares exact text and misses such usages.
     `listing_down` fails lookups; `endless` makes every listing run past its page bound."""
 
     clock: Clock
     ledger: list[Stored] = field(default_factory=list)
     answers: deque[str] = field(default_factory=deque)
+    delete_answers: deque[str] = field(default_factory=deque)
+    deletes: int = 0
     unmetered: set[int] = field(default_factory=set)
     quantity_precision: str = "exact"  # exact | float | places:N
     time_precision: str = "exact"  # exact | millis | seconds
@@ -312,12 +394,38 @@ class FakePiriod:
         if self.endless:
             raise PiriodUnavailable("listing usages did not end within 10 pages")
 
+    def delete_usage(self, usage_id: int, tenant: Tenant, deadline: Deadline) -> DeleteResult:
+        with self._lock:
+            self.deletes += 1
+            answer = self.delete_answers.popleft() if self.delete_answers else "deleted"
+            entry = next((e for e in self.ledger if e.usage_id == usage_id), None)
+            live = entry is not None and not entry.deleted
+            if answer in ("deleted", "deleted_then_lost") and live:
+                assert entry is not None
+                entry.deleted = True
+            if answer == "deleted":
+                return DeleteResult(None, 204 if live else 404)
+            if answer in ("deleted_then_lost", "lost"):
+                return DeleteResult(FailureKind.AMBIGUOUS, error="read timeout")
+            if answer == "server_error":
+                return DeleteResult(FailureKind.AMBIGUOUS, 500, error="HTTP 500")
+            if answer == "throttled":
+                return DeleteResult(FailureKind.TRANSIENT, 429, error="HTTP 429")
+            return DeleteResult(FailureKind.TRANSIENT, error="cannot connect")
+
+    def usage_listed(
+        self, usage_id: int, line: int, instant: datetime, tenant: Tenant, deadline: Deadline
+    ) -> bool:
+        with self._lock:
+            self._listing()
+            return any(e.usage_id == usage_id and not e.deleted for e in self.ledger)
+
     def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Listed]:
         with self._lock:
             self._listing()
             found = []
             for entry in self.ledger:
-                if entry.line != usage.subscription_line:
+                if entry.line != usage.subscription_line or entry.deleted:
                     continue
                 rendered = self._render(entry)
                 listed = Listed.read(rendered)
@@ -341,11 +449,12 @@ class FakePiriod:
             return [
                 Listed.read(self._render(e))
                 for e in reversed(self.ledger)
-                if e.line == line and e.created >= since
+                if e.line == line and e.created >= since and not e.deleted
             ]
 
     def usages_of(self, pk: str) -> list[Stored]:
-        return [e for e in self.ledger if e.key == pk]
+        """The usages Piriod holds (not deleted) that the key's record posted."""
+        return [e for e in self.ledger if e.key == pk and not e.deleted]
 
 
 # --- queues ------------------------------------------------------------------------------------

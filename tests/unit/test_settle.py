@@ -48,6 +48,12 @@ class Listing:
     def post_usage(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> PostResult:
         raise AssertionError("settling never posts")
 
+    def delete_usage(self, usage_id: int, tenant: Tenant, deadline: Deadline) -> Any:
+        raise AssertionError("settling never deletes")
+
+    def usage_listed(self, *args: Any) -> bool:
+        raise AssertionError("settling asks by listing")
+
 
 def listed(usage_id: Any = 11, created: Any = "2026-11-26T10:00:01Z", **fields: Any) -> Any:
     entry = {
@@ -70,7 +76,8 @@ def settle(
     record = record or usage()
     claim = store.claim(record, Deadline.after(30), settling=True)
     sub = Submission(0, record, TENANT)
-    return submitter._settle(claim, sub, FIRST_ATTEMPT.timestamp(), Deadline.after(30)), store
+    settled = submitter._settle(claim, sub, record, FIRST_ATTEMPT.timestamp(), Deadline.after(30))
+    return settled, store
 
 
 def settled_ids(store: FakeKeyStore) -> list[int]:
@@ -203,8 +210,7 @@ def test_a_listing_that_does_not_end_keeps_the_record_ambiguous() -> None:
     submitter = Submitter(piriod, store, 1.0, 0.0, clock=clock)
     claim = store.claim(usage(), Deadline.after(30), settling=True)
     # when a record is settled
-    result = submitter._settle(
-        claim, Submission(0, usage(), TENANT), FIRST_ATTEMPT.timestamp(), Deadline.after(30)
-    )
+    sub = Submission(0, usage(), TENANT)
+    result = submitter._settle(claim, sub, sub.usage, FIRST_ATTEMPT.timestamp(), Deadline.after(30))
     # then it stays ambiguous
     assert result is not None and result.failure is FailureKind.AMBIGUOUS

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.lifecycle import Fate, KeyStatus, Outcome, Submission
@@ -51,6 +52,12 @@ class Gated:
 
     def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Listed]:
         return []
+
+    def delete_usage(self, usage_id: int, tenant: Tenant, deadline: Deadline) -> Any:
+        raise AssertionError("nothing is corrected here")
+
+    def usage_listed(self, *args: Any) -> bool:
+        raise AssertionError("nothing is corrected here")
 
     def recent_usages(
         self, line: int, since: float, tenant: Tenant, deadline: Deadline

@@ -1,0 +1,444 @@
+"""Corrections (SPEC section 10): a sender cancels or amends a record or an event it delivered,
+for as long as the adapter remembers its key, also after it was posted or its window flushed.
+
+Each correction is first *accepted* on its key (one conditional write: the key's next
+revision, remembered under the correction's id so that a retry is a duplicate; refused when
+the key is unknown or cancelled), then *applied*, as one more transition of the record's
+lifecycle:
+
+- a record in Piriod: an attempt takes its key (submit.Submitter with Taker.CORRECTION) and
+  makes Piriod hold what the record is now: the usage deleted (cancel), or deleted and posted
+  again with the new quantity (amend), every lost answer settled by asking Piriod first;
+- a record waiting in ReplayQueue or DeadLetterQueue: its next attempt applies it (replay
+  posts the amended quantity, or answers `cancelled`): `pending`;
+- a record whose key another attempt holds: that attempt ends, then this correction is
+  applied (or, past one post's time, a replay message does it): `pending`;
+- an event in an open generation: its key and its window's total change in one transaction;
+- an event in a closed generation: the difference waits in the generation, which is due
+  again: the next FlushFunction run restates its usage (`pending`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from piriod_adapter.clock import Deadline
+from piriod_adapter.lifecycle import CORRECTION, KeyStatus, Outcome, Submission, Taker
+from piriod_adapter.models import (
+    MAX_BATCH,
+    MAX_INTEGER_DIGITS,
+    MAX_KEY_LENGTH,
+    KeyKind,
+    Tenant,
+    Usage,
+    UsageKey,
+    check_quantity,
+    plain_decimal,
+)
+from piriod_adapter.observability import logger
+from piriod_adapter.table import KeyState, StoreUnavailable, key_pk
+from piriod_adapter.validation import (
+    NATIVE_SCOPE,
+    FieldProblem,
+    _json_number,
+    _printable,
+    decode_json,
+    invalid,
+    problems_of,
+)
+
+ALLOWED = "action, key, source, quantity, correction_id"
+CorrectionStatus = Literal["applied", "pending", "duplicate", "not_found", "rejected", "not_stored"]
+
+
+class CorrectionEntry(BaseModel):
+    """One correction: cancel or amend the record (or event) under `key`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    action: Literal["cancel", "amend"] = Field(description="cancel or amend")
+    key: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="the record's key as in section 3: its idempotency_key, or "
+            "{webhook-id}:{index}; for a source's event, its event_id",
+        ),
+        AfterValidator(_printable),
+    ]
+    source: (
+        Annotated[
+            str,
+            Field(
+                pattern=r"^[a-z0-9-]{1,64}$",
+                description="the source the key belongs to; absent: the native route",
+            ),
+        ]
+        | None
+    ) = None
+    quantity: (
+        Annotated[
+            Decimal,
+            BeforeValidator(_json_number),
+            AfterValidator(check_quantity),
+            WithJsonSchema(
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "exclusiveMaximum": 10**MAX_INTEGER_DIGITS,
+                    "description": "amend only, and required there: the record's new "
+                    "quantity (the native bounds; not on a count window)",
+                }
+            ),
+        ]
+        | None
+    ) = None
+    correction_id: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_KEY_LENGTH,
+            description="1 to 255 printable characters: names this correction, so that a "
+            "retried delivery applies it once",
+        ),
+        AfterValidator(_printable),
+    ]
+
+
+class CorrectionBatch(BaseModel):
+    """`{"corrections": [c, ...]}`, 1 to 100 entries."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    corrections: list[CorrectionEntry] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class CorrectionResult(BaseModel):
+    """One correction's outcome, in delivery order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0, le=MAX_BATCH - 1)
+    correction_id: str
+    status: CorrectionStatus = Field(
+        description="applied, pending, duplicate, not_found or rejected; not_stored only in a 503"
+    )
+    revision: int | None = Field(
+        default=None, ge=1, description="the key's revision this correction is (1, 2, ...)"
+    )
+    usage_id: int | None = Field(
+        default=None, description="applied amend: the new usage's id, when Piriod gave one"
+    )
+    errors: dict[str, list[str]] | None = Field(
+        default=None, description="rejected: why, by field (Piriod's error map, or ours)"
+    )
+    message: str | None = Field(default=None, description="not_stored: why")
+
+
+class CorrectionsAnswered(BaseModel):
+    """The body of a corrections delivery's 202, or of its 503."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message: str | None = Field(default=None, description="a 503: what the sender must do")
+    results: list[CorrectionResult] = Field(max_length=MAX_BATCH)
+
+
+def parse_corrections(raw: bytes, counting: Callable[[str], bool | None]) -> list[CorrectionEntry]:
+    """The body as corrections, all-or-nothing: 400 (not JSON) or 422 naming index and
+    field. `counting(source)`: whether that source counts events (amending one is refused),
+    None when it is not configured."""
+    data = decode_json(raw)
+    if not isinstance(data, dict):
+        raise invalid([FieldProblem(None, "body", 'must be {"corrections": [...]}')])
+    try:
+        entries = CorrectionBatch.model_validate(data).corrections
+    except ValidationError as exc:
+        raise invalid(problems_of(exc, "corrections", ALLOWED)) from None
+    problems: list[FieldProblem] = []
+    first: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        if entry.action == "amend" and entry.quantity is None:
+            problems.append(FieldProblem(index, "quantity", "is required to amend"))
+        if entry.action == "cancel" and entry.quantity is not None:
+            problems.append(FieldProblem(index, "quantity", "is not allowed on a cancel"))
+        if entry.action == "amend" and entry.source and counting(entry.source):
+            problems.append(
+                FieldProblem(
+                    index, "quantity", "cannot amend an event of a count window: cancel it"
+                )
+            )
+        seen = first.setdefault(entry.correction_id, index)
+        if seen != index:
+            problems.append(
+                FieldProblem(index, "correction_id", f"repeats the correction_id of {seen}")
+            )
+    if problems:
+        raise invalid(problems)
+    return entries
+
+
+def keys_of(entry: CorrectionEntry) -> list[tuple[UsageKey, str]]:
+    """The keys a correction may name, with their items' keys, in the order they are tried:
+    a native record's own idempotency_key, then a key derived from its delivery; a source's
+    event id."""
+    if entry.source is not None:
+        keys = [UsageKey(kind=KeyKind.EVENT, scope=f"v1/sources/{entry.source}", text=entry.key)]
+    else:
+        keys = [
+            UsageKey(kind=kind, scope=NATIVE_SCOPE, text=entry.key)
+            for kind in (KeyKind.EXPLICIT, KeyKind.DELIVERY)
+        ]
+    return [(key, key_pk(key)) for key in keys]
+
+
+@dataclass
+class Corrected:
+    """How one correction ended."""
+
+    status: CorrectionStatus
+    revision: int | None = None
+    usage_id: int | None = None
+    errors: dict[str, list[str]] | None = None
+    reason: str | None = None
+
+    def result(self, index: int, correction_id: str) -> CorrectionResult:
+        return CorrectionResult(
+            index=index,
+            correction_id=correction_id,
+            status=self.status,
+            revision=self.revision,
+            usage_id=self.usage_id,
+            errors=self.errors,
+            message=self.reason if self.status == "not_stored" else None,
+        )
+
+
+@dataclass
+class _Pending:
+    """A correction accepted on a record's key, to be applied."""
+
+    index: int
+    pk: str
+    key: UsageKey  # the record's key, as the correction names it
+    state: KeyState  # the key as its acceptance left it
+    revision: int
+
+
+@dataclass
+class Corrector:
+    """One corrections delivery being accepted and applied (the ports: the key store, the
+    window store, the submit path and the failure sink)."""
+
+    store: Any  # idempotency.IdempotencyStore (items, accept, wait_while_locked)
+    windows: Any  # windows.WindowStore (correct_events)
+    submitter: Any  # submit.Submitter
+    sink: Any  # lifecycle.FailureSink
+    tenant: Tenant
+    post_budget_seconds: float
+    concurrency: int
+    clock: Callable[[], float] = time.time
+    done: dict[int, Corrected] = field(default_factory=dict)
+
+    def run(self, entries: Sequence[CorrectionEntry], deadline: Deadline) -> list[Corrected]:
+        try:
+            items = self.store.items([pk for entry in entries for _, pk in keys_of(entry)])
+        except StoreUnavailable as exc:
+            return [Corrected("not_stored", reason=str(exc)) for _ in entries]
+        records: list[tuple[int, UsageKey, str]] = []
+        events: list[tuple[int, str]] = []
+        for index, entry in enumerate(entries):
+            found = next(((key, pk) for key, pk in keys_of(entry) if pk in items), None)
+            if found is None:
+                self.done[index] = Corrected("not_found")
+            elif "window" in items[found[1]]:
+                events.append((index, found[1]))
+            else:
+                records.append((index, *found))
+        if records:
+            self._records(entries, records, deadline)
+        if events:
+            self._events(entries, events, deadline)
+        return [self.done[index] for index in range(len(entries))]
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _records(
+        self,
+        entries: Sequence[CorrectionEntry],
+        named: list[tuple[int, UsageKey, str]],
+        deadline: Deadline,
+    ) -> None:
+        """Accept each record correction (in delivery order, so that two of one key are two
+        revisions), then apply each key's last one where this delivery applies it (the
+        earlier ones of that key with it), the keys concurrently."""
+        accepted: dict[str, list[_Pending]] = defaultdict(list)
+        for index, key, pk in named:
+            entry = entries[index]
+            try:
+                outcome = self.store.accept(pk, entry.action, _text(entry), entry.correction_id)
+            except StoreUnavailable as exc:
+                self.done[index] = Corrected("not_stored", reason=str(exc))
+                continue
+            if outcome.duplicate is not None:
+                self.done[index] = Corrected("duplicate", revision=outcome.duplicate)
+            elif outcome.state is None:
+                self.done[index] = Corrected("not_found", errors=outcome.refused)
+            else:
+                accepted[pk].append(_Pending(index, pk, key, outcome.state, outcome.state.rev))
+        lasts = [corrections[-1] for corrections in accepted.values()]
+        todo = [last for last in lasts if self._apply_now(last, deadline)]
+        subs = [Submission(n, _record(last), self.tenant) for n, last in enumerate(todo)]
+        outcomes: list[Outcome] = (
+            self.submitter.submit_all(subs, deadline, self.sink, self.concurrency, Taker.CORRECTION)
+            if subs
+            else []
+        )
+        applied = {last.pk: self._applied(last, o) for last, o in zip(todo, outcomes, strict=True)}
+        for pk, corrections in accepted.items():
+            last = applied.get(pk)
+            for pending in corrections:
+                if pending.index in self.done:  # could not be queued for the holder
+                    continue
+                if last is None or last.status == "not_stored":
+                    self.done[pending.index] = last or Corrected("pending")
+                else:
+                    self.done[pending.index] = Corrected(
+                        last.status,
+                        revision=pending.revision,
+                        usage_id=last.usage_id if pending is corrections[-1] else None,
+                        errors=last.errors,
+                    )
+                self.done[pending.index].revision = pending.revision
+
+    def _apply_now(self, pending: _Pending, deadline: Deadline) -> bool:
+        """Whether this delivery applies the correction itself: its record is in Piriod (or
+        its key free), or its key's holder ends within one post's time; a record waiting in
+        a queue is corrected by its next attempt."""
+        state = pending.state
+        if state.status is KeyStatus.IN_PROGRESS and state.locked(self.clock()):
+            wait = min(deadline.remaining(), self.post_budget_seconds)
+            try:
+                state = self.store.wait_while_locked(pending.pk, deadline, wait) or state
+            except StoreUnavailable:
+                return self._hand_to_replay(pending)
+            pending.state = state
+            if state.locked(self.clock()):
+                return self._hand_to_replay(pending)
+        return state.status in (KeyStatus.POSTED, KeyStatus.RELEASED, KeyStatus.IN_PROGRESS)
+
+    def _hand_to_replay(self, pending: _Pending) -> bool:
+        """Another attempt holds the key past one post's time: a ReplayQueue message applies
+        the correction once the key is free (its attempt reads the key, and settles the
+        holder's post first). Never applies it now."""
+        from datetime import UTC, datetime
+
+        from piriod_adapter.models import Failure, FailureKind, QueuedRecord
+
+        now = datetime.now(UTC)
+        started = pending.state.attempt_started or now.timestamp()
+        message = QueuedRecord(
+            usage=_record(pending),
+            tenant=self.tenant,
+            failure=Failure(
+                kind=FailureKind.AMBIGUOUS,
+                error="a correction waits for the attempt that holds its key",
+                attempted=False,
+                at=now,
+            ),
+            attempts=0,
+            first_failure_at=now,
+            ambiguous_since=datetime.fromtimestamp(started, UTC),
+        )
+        placed = self.sink(Submission(0, message.usage, self.tenant), message)
+        if placed is None:
+            self.done[pending.index] = Corrected(
+                "not_stored", reason="could not be queued (SQS unavailable); retry"
+            )
+        return False
+
+    def _applied(self, pending: _Pending, outcome: Outcome) -> Corrected:
+        status = CORRECTION[outcome.fate]
+        if status == "not_stored":
+            return Corrected("not_stored", reason=outcome.reason)
+        logger.info(
+            "correction handled",
+            extra={"key": pending.pk[:200], "status": status, "revision": pending.revision},
+        )
+        return Corrected(
+            status,  # type: ignore[arg-type]
+            revision=pending.revision,
+            usage_id=outcome.usage_id if status == "applied" else None,
+            errors=outcome.errors,
+        )
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _events(
+        self, entries: Sequence[CorrectionEntry], named: list[tuple[int, str]], deadline: Deadline
+    ) -> None:
+        """Counted events: per window and generation, their keys and the difference in one
+        transaction (a later correction of the same event in the same delivery goes in a
+        transaction after)."""
+        rounds: dict[str, list[int]] = defaultdict(list)
+        for index, pk in named:
+            rounds[pk].append(index)
+        while rounds:
+            batch = {pk: indexes.pop(0) for pk, indexes in rounds.items()}
+            rounds = {pk: indexes for pk, indexes in rounds.items() if indexes}
+            try:
+                results = self.windows.correct_events(
+                    [
+                        (
+                            pk,
+                            entries[index].action,
+                            _text(entries[index]),
+                            entries[index].correction_id,
+                        )
+                        for pk, index in batch.items()
+                    ],
+                    self.clock(),
+                    deadline,
+                )
+            except StoreUnavailable as exc:
+                for index in batch.values():
+                    self.done[index] = Corrected("not_stored", reason=str(exc))
+                continue
+            for index, result in zip(batch.values(), results, strict=True):
+                self.done[index] = Corrected(
+                    result.status, revision=result.revision, errors=result.errors
+                )
+
+
+def _text(entry: CorrectionEntry) -> str | None:
+    return None if entry.quantity is None else plain_decimal(entry.quantity)
+
+
+def _record(pending: _Pending) -> Usage:
+    """The record a correction names, as its key remembers it (its quantity as delivered, so
+    that it is the record whose key this is)."""
+    state, key = pending.state, pending.key
+    assert state.line is not None and state.at is not None
+    return Usage(
+        subscription_line=state.line,
+        date_time=state.at,
+        quantity=Decimal(state.original or "0"),
+        key=key,
+        source=key.scope.removeprefix("v1/sources/") if key.kind is KeyKind.EVENT else None,
+    )
