@@ -855,7 +855,9 @@ class PiriodStandin:
     ) -> None:
         """Inject a fault for the next `count` matching requests (None: until cleared).
 
-        `methods` defaults to ("POST",), for `endless_listing` to ("GET",).
+        `methods` defaults to ("POST",), for `endless_listing` to ("GET",). With
+        methods=("DELETE",), `timeout_after_store` deletes the usage and never answers, and
+        `answer_after_store` deletes it and answers `status` (a deleted-then-lost answer).
         `answer_after_store` stores a valid usage, then answers `status` (default 200) with
         `body`: the usage ("usage"), the usage without its id ("no_id"), with an id that is
         not an integer ("bad_id"), with id 0 ("zero_id", as a mock server answers), or
@@ -1062,6 +1064,10 @@ class PiriodStandin:
                 return _fault_response(fault.status, method, fault.retry_after)
             if fault.kind == "reset":
                 return _Abort("reset")
+            if fault.kind == "answer_after_store" and method == "DELETE" and usage_id:
+                self._answer(request, post, usage_id, workspace, test_mode, violations)
+                assert fault.status is not None
+                return _fault_response(fault.status, method, fault.retry_after)
             if fault.kind == "answer_after_store":
                 return self._odd_answer(request, post, fault, workspace, test_mode)
             if fault.kind == "reject_body":
@@ -1083,9 +1089,12 @@ class PiriodStandin:
                 answer.drip = fault.delay or 0.0
                 answer.framing = fault.framing or "chunked"
                 return answer
-            # timeout_after_store: the usage lands, the answer never comes
+            # timeout_after_store: the usage lands (or, for a DELETE, goes), the answer never
+            # comes
             if post is not None and post.error is None and post.data is not None:
                 self._create(request, post.data, workspace, test_mode)
+            elif method == "DELETE" and usage_id:
+                self._answer(request, post, usage_id, workspace, test_mode, violations)
             return _Abort("timeout", fault.delay or 0.0)
         return self._answer(request, post, usage_id, workspace, test_mode, violations)
 

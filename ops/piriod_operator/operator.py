@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.lifecycle import KeyStatus
+from piriod_adapter.lifecycle import Fate, KeyStatus
 from piriod_adapter.models import (
     FailureKind,
     KeyKind,
@@ -179,6 +179,7 @@ class ReplayCounts:
     queued: int = 0
     rejected: int = 0
     aggregated: int = 0  # an aggregating source's event, counted into its window
+    cancelled: int = 0  # cancelled by its sender meanwhile (SPEC 10): never posted
     not_stored: int = 0
     unreadable: int = 0
 
@@ -230,7 +231,11 @@ def replay_dead_letters(
             resolve,
             runtime.count_event,
         )
-        status = result.outcome.answer if result.outcome else "not_stored"
+        outcome = result.outcome
+        if outcome is None:
+            status = "not_stored"
+        else:
+            status = "cancelled" if outcome.fate is Fate.CANCELLED else outcome.answer
         setattr(counts, status, getattr(counts, status) + 1)
         if entry.parked:
             if not result.retry:  # else: it stays parked

@@ -17,10 +17,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.lifecycle import FailureSink, Fate, Outcome, Submission, Taker
-from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey, utc_text
+from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey, plain_decimal, utc_text
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import Runtime
-from piriod_adapter.table import Generation, StoreUnavailable, WindowId
+from piriod_adapter.table import Generation, StoreUnavailable, WindowId, key_pk
 from piriod_adapter.windows import from_units
 
 FLUSH_LIMIT = 2_000  # generations one run closes at most (the rest: the next run)
@@ -38,6 +38,7 @@ def run_flush(runtime: Runtime, deadline: Deadline) -> dict[str, Any]:
             settings.piriod_workspace_id,
             deadline,
             settings.post_concurrency,
+            keys=runtime.store,
         )
     except StoreUnavailable as exc:  # the due index cannot be read: the next run tries again
         logger.error("cannot read due windows", extra={"error": str(exc)})
@@ -46,6 +47,7 @@ def run_flush(runtime: Runtime, deadline: Deadline) -> dict[str, Any]:
     metrics.add_metric(name="windows_flushed", unit=MetricUnit.Count, value=report.posted)
     metrics.add_metric(name="windows_queued", unit=MetricUnit.Count, value=report.queued)
     metrics.add_metric(name="windows_left", unit=MetricUnit.Count, value=report.left)
+    metrics.add_metric(name="records_restated", unit=MetricUnit.Count, value=report.restated)
     metrics.add_metric(
         name="window_flush_lag", unit=MetricUnit.Seconds, value=round(report.lag_seconds, 3)
     )
@@ -83,6 +85,7 @@ class FlushReport:
     posted: int = 0
     queued: int = 0
     empty: int = 0
+    restated: int = 0  # generations restated after corrections of their events (SPEC 10)
     left: int = 0  # due generations not handed over this run (busy, a store down, no time)
     lag_seconds: float = 0.0  # how long the oldest due generation left behind is overdue
 
@@ -97,22 +100,28 @@ def window_key(window: WindowId, generation: int) -> UsageKey:
 
 
 def window_usage(gen: Generation) -> Usage:
-    """A closed generation's total as the record the lifecycle posts."""
-    assert gen.total_units is not None
+    """A closed generation's total, with the corrections of its events, as the record the
+    lifecycle posts."""
     window = gen.window
     return Usage(
         subscription_line=window.line,
         date_time=gen.instant,
-        quantity=from_units(gen.total_units),
+        quantity=from_units(gen.corrected_units),
         key=window_key(window, gen.generation),
         source=window.source,
         original={
             "window_start": utc_text(window.start),
             "generation": gen.generation,
-            "events": gen.events,
+            "events": (gen.events or 0) + gen.adjust_events,
             "function": gen.function,
         },
     )
+
+
+class Restates(Protocol):
+    """What a restatement needs of the key store: the window key's amend accepted."""
+
+    def accept(self, pk: str, action: str, quantity: str | None, correction_id: str) -> Any: ...
 
 
 def flush(
@@ -123,31 +132,40 @@ def flush(
     deadline: Deadline,
     concurrency: int,
     now: float | None = None,
+    keys: Restates | None = None,
 ) -> FlushReport:
-    """Close every generation due by now and post its total once (see the module's text)."""
+    """Close every generation due by now and post its total once; restate a generation
+    whose events were corrected after its total was handed over (see the module's text)."""
     now = time.time() if now is None else now
     report = FlushReport()
     due = store.due(now, FLUSH_LIMIT)
     report.due = len(due)
-    closed: list[Generation] = []  # the due generations, closed, with a total to post
+    closed: list[tuple[Generation, Taker]] = []  # closed, with a total to post or restate
     skipped: list[Generation] = []  # not closed or not handed over this run (the next run)
     for found, gen in _close_all(store, due, deadline, concurrency):
         if gen is None:
             skipped.append(found)
             continue
+        if gen.restating:
+            taker = _restate(gen, keys)
+            if taker is None:
+                skipped.append(gen)
+            else:
+                closed.append((gen, taker))
+            continue
         if gen.handed:
             continue  # handed over by another flusher meanwhile
-        if not gen.total_units:
+        if not gen.corrected_units:
             try:
                 store.hand_over(gen)  # a total of zero is not posted
                 report.empty += 1
             except StoreUnavailable:
                 skipped.append(found)
             continue
-        closed.append(gen)
+        closed.append((gen, Taker.REPLAY))
     subs: list[Submission] = []
     postable = []
-    for gen in closed:
+    for gen, taker in closed:
         try:
             usage = window_usage(gen)
         except ValueError as exc:  # a defect: it stays due (the lag alarm), the others go on
@@ -156,11 +174,10 @@ def flush(
             continue
         tenant = Tenant(workspace=workspace, test_mode=gen.test_mode)
         subs.append(Submission(len(subs), usage, tenant))
-        postable.append(gen)
-    closed = postable
-    outcomes = submitter.submit_all(subs, deadline, sink, concurrency, Taker.REPLAY)
+        postable.append((gen, taker))
+    outcomes = _submit(submitter, subs, postable, deadline, sink, concurrency)
     left = {_pk(gen) for gen in skipped}
-    for gen, outcome in zip(closed, outcomes, strict=True):
+    for (gen, taker), outcome in zip(postable, outcomes, strict=True):
         if outcome.fate not in HANDED:  # busy, or neither posted nor placed: the next run
             left.add(_pk(gen))
             continue
@@ -169,11 +186,51 @@ def flush(
         except StoreUnavailable:
             left.add(_pk(gen))
             continue
+        report.restated += taker is Taker.CORRECTION
         report.posted += outcome.fate in (Fate.POSTED, Fate.DUPLICATE)
         report.queued += outcome.fate in (Fate.QUEUED, Fate.REJECTED)
     report.left = len(left)
     report.lag_seconds = max((now - (g.due_at or now) for g in due if _pk(g) in left), default=0.0)
     return report
+
+
+def _restate(gen: Generation, keys: Restates | None) -> Taker | None:
+    """A handed-over generation whose events were corrected: its window key's usage is
+    amended to the corrected total (one restatement, however many corrections came: the
+    amend names the corrections' count), through the correction path; posted anew when it
+    had none (its total was zero). None: cannot be told now (the next run)."""
+    if keys is None:
+        return None
+    pk = key_pk(window_key(gen.window, gen.generation))
+    quantity = plain_decimal(from_units(gen.corrected_units))
+    try:
+        accepted = keys.accept(pk, "amend", quantity, f"restate:{gen.adjust_seq}")
+    except StoreUnavailable:
+        return None
+    if accepted.state is None and accepted.duplicate is None:
+        return Taker.REPLAY  # no usage was posted for it (zero): posted now, if any
+    return Taker.CORRECTION
+
+
+def _submit(
+    submitter: Submits,
+    subs: list[Submission],
+    postable: list[tuple[Generation, Taker]],
+    deadline: Deadline,
+    sink: FailureSink,
+    concurrency: int,
+) -> list[Outcome]:
+    """Each generation's usage through the lifecycle: a total as a record (the replay
+    taker's claim), a restatement as a correction of its key."""
+    outcomes: list[Outcome | None] = [None] * len(subs)
+    for taker in (Taker.REPLAY, Taker.CORRECTION):
+        chosen = [n for n, (_, t) in enumerate(postable) if t is taker]
+        if not chosen:
+            continue
+        done = submitter.submit_all([subs[n] for n in chosen], deadline, sink, concurrency, taker)
+        for n, outcome in zip(chosen, done, strict=True):
+            outcomes[n] = outcome
+    return [o for o in outcomes if o is not None]
 
 
 def _close_all(

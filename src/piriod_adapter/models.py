@@ -235,9 +235,12 @@ class Usage(BaseModel):
     @property
     def fingerprint(self) -> str:
         """What "the same record" means: the same line (or, for a line looked up from a
-        meter id, the same meter), the same instant and the same decimal value."""
+        meter id, the same meter), the same instant and the same decimal value (a window's
+        total: any value, since a restated generation keeps its key)."""
         who = f"meter:{self.meter_id}" if self.meter_id is not None else self.subscription_line
         value = plain_decimal(self.quantity.normalize()) if not self.quantity.is_zero() else "0"
+        if self.key.kind is KeyKind.WINDOW:
+            value = "window"
         text = f"{who}|{sortable_utc(self.date_time)}|{value}"
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -550,6 +550,20 @@ class Generation:
     events: int | None = None
     handed: bool = False
     expires_at: int | None = None
+    adjust_units: int = 0  # corrections of its events accepted after it closed (SPEC 10)
+    adjust_events: int = 0
+    adjust_seq: int = 0  # how many times corrections were added to it
+    handed_seq: int = 0  # the adjust_seq its usage was last handed over with
+
+    @property
+    def corrected_units(self) -> int:
+        """Its total with the corrections of its events: what its usage should be."""
+        return (self.total_units or 0) + self.adjust_units
+
+    @property
+    def restating(self) -> bool:
+        """Handed over, then corrected: its usage is to be restated."""
+        return self.handed and self.adjust_seq > self.handed_seq
 
     @property
     def instant(self) -> datetime:
@@ -580,6 +594,10 @@ class Generation:
             events=number("events"),
             handed="handed_at" in item,
             expires_at=number("expires_at"),
+            adjust_units=number("adjust") or 0,
+            adjust_events=number("adjust_events") or 0,
+            adjust_seq=number("adjust_seq") or 0,
+            handed_seq=number("handed_seq") or 0,
         )
 
 
@@ -732,18 +750,26 @@ def close_generation(window: WindowId, generation: int, total: int, events: int)
 
 def hand_over(gen: Generation, now: float) -> dict[str, Any]:
     """A closed generation whose total the lifecycle has (posted, queued, or nothing to
-    post): it leaves the due part of the index."""
+    post), with the corrections of its events it was read with (`adjust_seq`): it leaves the
+    due part of the index. Refused when more corrections came since (it stays due: the next
+    flush restates it)."""
+    seen = "attribute_not_exists(adjust_seq)" if not gen.adjust_seq else "adjust_seq = :seq"
+    values: dict[str, Any] = {
+        ":part": {"S": f"done#{gen.window.source}"},
+        ":sort": {"S": window_sort(gen.window, gen.generation)},
+        ":now": {"N": num(now)},
+        ":closed": {"S": CLOSED},
+        ":handed": {"N": str(gen.adjust_seq)},
+    }
+    if gen.adjust_seq:
+        values[":seq"] = {"N": str(gen.adjust_seq)}
     return {
         "Key": {"pk": {"S": gen.window.gen_pk(gen.generation)}},
-        "UpdateExpression": "SET wpart = :part, wsort = :sort, handed_at = :now",
-        "ConditionExpression": "#st = :closed",
+        "UpdateExpression": "SET wpart = :part, wsort = :sort, handed_at = :now, "
+        "handed_seq = :handed",
+        "ConditionExpression": f"#st = :closed AND {seen}",
         "ExpressionAttributeNames": {"#st": "state"},
-        "ExpressionAttributeValues": {
-            ":part": {"S": f"done#{gen.window.source}"},
-            ":sort": {"S": window_sort(gen.window, gen.generation)},
-            ":now": {"N": num(now)},
-            ":closed": {"S": CLOSED},
-        },
+        "ExpressionAttributeValues": values,
     }
 
 

@@ -8,11 +8,12 @@ import base64
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from piriod_devkit.events import LOCAL_SIGNING_SECRET
-from piriod_devkit.sources import LOCAL_SOURCE_SECRETS
+from piriod_devkit.sources import LOCAL_SOURCE_SECRETS, provision_sources
 from tests.conftest import TOKEN, Adapter
 from tests.integration.test_webhook import OTHER_SECRET
 
@@ -49,3 +50,33 @@ def no_secret_leaks(
             seen += [json.dumps(m) for m in adapter.messages(queue)]
     leaked = sorted(s for s in SECRETS if any(s in text for text in seen))
     assert not leaked, f"secret value(s) found in logs, metrics or queue messages: {leaked}"
+
+
+# --- aggregating sources (SPEC 9) ------------------------------------------------------------
+
+SECRET = "local aggregate hmac secret"
+SIGNATURE = {"scheme": "hmac-sha256-hex", "secret_id": "agg/meter", "header": "X-Signature"}
+
+
+def profile(function: str = "sum", **aggregate: str) -> dict[str, Any]:
+    fields = {"date_time": "at", "event_id": "id", "subscription_line": "line"}
+    if function == "sum":
+        fields["quantity"] = "q"
+    return {
+        "signature": SIGNATURE,
+        "records": "events",
+        "fields": fields,
+        "aggregate": {"function": function, "window": "PT1M", "lateness": "PT0S", **aggregate},
+    }
+
+
+@pytest.fixture
+def meters(adapter: Adapter) -> Adapter:
+    """The adapter with three aggregating sources: `meter` sums, `counter` counts, `tick`
+    sums into one-second windows."""
+    parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
+    sources = {"meter": profile(), "counter": profile("count"), "tick": profile(window="PT1S")}
+    document = {"version": 1, "sources": sources}
+    config = provision_sources(adapter.endpoint, parameter, document, {"agg/meter": SECRET})
+    adapter.fresh_runtime(SOURCES_CONFIG=config, SOURCES_CACHE_SECONDS="0")
+    return adapter

@@ -10,40 +10,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import pytest
-
 from piriod_devkit.aws import client
 from piriod_devkit.events import LambdaContext, http_event
 from piriod_devkit.poller import drain
 from piriod_devkit.sources import provision_sources, sign_source
 from tests.conftest import Adapter
-
-SECRET = "local aggregate hmac secret"
-SIGNATURE = {"scheme": "hmac-sha256-hex", "secret_id": "agg/meter", "header": "X-Signature"}
-
-
-def profile(function: str = "sum", **aggregate: str) -> dict[str, Any]:
-    fields = {"date_time": "at", "event_id": "id", "subscription_line": "line"}
-    if function == "sum":
-        fields["quantity"] = "q"
-    return {
-        "signature": SIGNATURE,
-        "records": "events",
-        "fields": fields,
-        "aggregate": {"function": function, "window": "PT1M", "lateness": "PT0S", **aggregate},
-    }
-
-
-@pytest.fixture
-def meters(adapter: Adapter) -> Adapter:
-    """The adapter with three aggregating sources: `meter` sums, `counter` counts, `tick`
-    sums into one-second windows."""
-    parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
-    sources = {"meter": profile(), "counter": profile("count"), "tick": profile(window="PT1S")}
-    document = {"version": 1, "sources": sources}
-    config = provision_sources(adapter.endpoint, parameter, document, {"agg/meter": SECRET})
-    adapter.fresh_runtime(SOURCES_CONFIG=config, SOURCES_CACHE_SECONDS="0")
-    return adapter
+from tests.integration.conftest import SECRET, SIGNATURE, profile
 
 
 def minute(minutes_ago: int) -> datetime:
