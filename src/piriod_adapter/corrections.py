@@ -272,7 +272,7 @@ class Corrector:
             else:
                 records.append((index, *found))
         if records:
-            self._records(entries, records, deadline)
+            self._records(entries, records, items, deadline)
         if events:
             self._events(entries, events, deadline)
         return [self.done[index] for index in range(len(entries))]
@@ -283,12 +283,15 @@ class Corrector:
         self,
         entries: Sequence[CorrectionEntry],
         named: list[tuple[int, UsageKey, str]],
+        items: dict[str, dict[str, Any]],
         deadline: Deadline,
     ) -> None:
         """Accept each record correction (in delivery order, so that two of one key are two
-        revisions), then apply each key's last one where this delivery applies it (the
-        earlier ones of that key with it), the keys concurrently."""
+        revisions), then apply each key's corrections where this delivery applies them, the
+        keys concurrently. A duplicate whose key still has a correction to apply (its first
+        delivery was answered 503, or stopped) drives it again."""
         accepted: dict[str, list[_Pending]] = defaultdict(list)
+        drive: dict[str, _Pending] = {}  # per key, the correction to apply
         for index, key, pk in named:
             entry = entries[index]
             try:
@@ -298,34 +301,39 @@ class Corrector:
                 continue
             if outcome.duplicate is not None:
                 self.done[index] = Corrected("duplicate", revision=outcome.duplicate)
+                state = KeyState.from_item(items[pk]) if "status" in items[pk] else None
+                if state is not None and state.pending and pk not in drive:
+                    drive[pk] = _Pending(index, pk, key, state, outcome.duplicate)
             elif outcome.state is None:
                 self.done[index] = Corrected("not_found", errors=outcome.refused)
             else:
-                accepted[pk].append(_Pending(index, pk, key, outcome.state, outcome.state.rev))
-        lasts = [corrections[-1] for corrections in accepted.values()]
-        todo = [last for last in lasts if self._apply_now(last, deadline)]
-        subs = [Submission(n, _record(last), self.tenant) for n, last in enumerate(todo)]
+                pending = _Pending(index, pk, key, outcome.state, outcome.state.rev)
+                accepted[pk].append(pending)
+                drive[pk] = pending
+        todo = [pending for pending in drive.values() if self._apply_now(pending, deadline)]
+        subs = [Submission(n, _record(p), self.tenant) for n, p in enumerate(todo)]
         outcomes: list[Outcome] = (
             self.submitter.submit_all(subs, deadline, self.sink, self.concurrency, Taker.CORRECTION)
             if subs
             else []
         )
-        applied = {last.pk: self._applied(last, o) for last, o in zip(todo, outcomes, strict=True)}
-        for pk, corrections in accepted.items():
-            last = applied.get(pk)
-            for pending in corrections:
-                if pending.index in self.done:  # could not be queued for the holder
+        applied = {p.pk: self._applied(p, o) for p, o in zip(todo, outcomes, strict=True)}
+        for pk, driven in drive.items():
+            result = applied.get(pk)
+            if result is not None and result.status == "not_stored":
+                for index, _, named_pk in named:  # retried whole: every correction of it
+                    if named_pk == pk and self.done.get(index, result).status != "not_found":
+                        self.done[index] = Corrected("not_stored", reason=result.reason)
+                continue
+            for pending in accepted.get(pk, []):
+                if pending.index in self.done:  # could not be queued for the key's holder
                     continue
-                if last is None or last.status == "not_stored":
-                    self.done[pending.index] = last or Corrected("pending")
-                else:
-                    self.done[pending.index] = Corrected(
-                        last.status,
-                        revision=pending.revision,
-                        usage_id=last.usage_id if pending is corrections[-1] else None,
-                        errors=last.errors,
-                    )
-                self.done[pending.index].revision = pending.revision
+                self.done[pending.index] = Corrected(
+                    result.status if result is not None else "pending",
+                    revision=pending.revision,
+                    usage_id=result.usage_id if result and pending is driven else None,
+                    errors=result.errors if result is not None else None,
+                )
 
     def _apply_now(self, pending: _Pending, deadline: Deadline) -> bool:
         """Whether this delivery applies the correction itself: its record is in Piriod (or

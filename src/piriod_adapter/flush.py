@@ -20,16 +20,46 @@ from piriod_adapter.lifecycle import FailureSink, Fate, Outcome, Submission, Tak
 from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey, plain_decimal, utc_text
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import Runtime
-from piriod_adapter.table import Generation, StoreUnavailable, WindowId, key_pk
+from piriod_adapter.table import CORRECTING, Generation, StoreUnavailable, WindowId, key_pk
 from piriod_adapter.windows import from_units
 
 FLUSH_LIMIT = 2_000  # generations one run closes at most (the rest: the next run)
 
 
+def sweep_corrections(
+    store: Any, submitter: Submits, sink: FailureSink, deadline: Deadline, concurrency: int
+) -> int:
+    """Corrections that waited on their keys (neither applied nor taken by a queue, SQS
+    being down): each applied now through the correction path. How many were applied."""
+    from piriod_adapter.models import QueuedRecord
+
+    waiting = store.waiting(CORRECTING)
+    subs = [
+        Submission.from_message(QueuedRecord.from_json(w.message), index=n)
+        for n, w in enumerate(waiting)
+    ]
+    if not subs:
+        return 0
+    outcomes = submitter.submit_all(subs, deadline, sink, concurrency, Taker.CORRECTION)
+    return sum(o.fate in (Fate.POSTED, Fate.CANCELLED) for o in outcomes)
+
+
 def run_flush(runtime: Runtime, deadline: Deadline) -> dict[str, Any]:
-    """Flush what is due; the counts are returned (and logged), the lag is a metric the
-    flush-lag alarm watches: how long the oldest due window is neither posted nor queued."""
+    """Flush what is due, and apply the corrections that waited on their keys; the counts
+    are returned (and logged), the lag is a metric the flush-lag alarm watches: how long the
+    oldest due window is neither posted nor queued."""
     settings = runtime.settings
+    try:
+        swept = sweep_corrections(
+            runtime.store,
+            runtime.submitter,
+            runtime.queue.place_failed,
+            deadline,
+            settings.post_concurrency,
+        )
+    except StoreUnavailable as exc:
+        logger.error("cannot read waiting corrections", extra={"error": str(exc)})
+        swept = 0
     try:
         report = flush(
             runtime.windows,
@@ -51,7 +81,7 @@ def run_flush(runtime: Runtime, deadline: Deadline) -> dict[str, Any]:
     metrics.add_metric(
         name="window_flush_lag", unit=MetricUnit.Seconds, value=round(report.lag_seconds, 3)
     )
-    result = report.__dict__.copy()
+    result = {**report.__dict__, "corrections_applied": swept}
     logger.info("windows flushed", extra=result)
     return result
 

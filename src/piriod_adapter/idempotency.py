@@ -366,13 +366,21 @@ class IdempotencyStore:
             posting = posting or state.posting(now)
         return Identical(frozenset(held), unknown, posting, unseen)
 
-    def release(self, claim: Claim, ambiguous_since: float | None) -> None:
+    def release(
+        self,
+        claim: Claim,
+        ambiguous_since: float | None,
+        deleting: int | None = None,
+        correcting: Waiting | None = None,
+    ) -> None:
         """Free a key we hold (an attempt that stopped on an unexpected error, or whose
-        record could not be placed), keeping an unseen post flagged so that the next holder
-        settles it by lookup."""
+        record could not be placed), keeping an unseen post (or an unanswered DELETE)
+        flagged so that the next holder settles it by lookup; `correcting`: a correction
+        left waiting on the key (table.release)."""
         assert claim.token is not None
         self._claims.pop(claim.token, None)
-        self._held(claim, "release key", table.release(claim.pk, claim.token, ambiguous_since))
+        request = table.release(claim.pk, claim.token, ambiguous_since, deleting, correcting)
+        self._held(claim, "release key", request)
 
     def _query(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

@@ -59,7 +59,7 @@ from piriod_adapter.models import (
 from piriod_adapter.models import sortable_utc as _sortable
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.piriod import DeleteResult, Listed, PiriodUnavailable, PostResult
-from piriod_adapter.table import Holding, KeyState, Waiting
+from piriod_adapter.table import CORRECTING, Holding, KeyState, Waiting
 
 # Piriod's `created` versus our clock, when settling: a matching usage created up to this
 # long before our first attempt is still taken as ours. Wider means more clock skew is
@@ -115,7 +115,13 @@ class KeyStore(Protocol):
 
     def identical(self, claim: Claim, usage: Usage) -> Identical: ...
 
-    def release(self, claim: Claim, ambiguous_since: float | None) -> None: ...
+    def release(
+        self,
+        claim: Claim,
+        ambiguous_since: float | None,
+        deleting: int | None = ...,
+        correcting: Waiting | None = ...,
+    ) -> None: ...
 
 
 class _Breaker:
@@ -193,6 +199,7 @@ class Failed:
     holding: Holding | None = None  # the usage Piriod still holds for the key
     deleting: int | None = None  # a usage whose DELETE went unanswered
     quantity: str | None = None  # what this attempt posted, if not the record's own
+    correcting: bool = False  # a correction's attempt: if no queue takes it, it waits on the key
 
 
 def failed(
@@ -429,7 +436,9 @@ class Submitter:
             return Outcome(Fate.POSTED, usage_id=result.usage_id)
         # An earlier unseen post was settled above (proven absent), so only ours counts.
         unseen_at = attempt.sent_at if result.failure is FailureKind.AMBIGUOUS else None
-        step = failed(sub, result, unseen_at, claim, quantity=usage.quantity_text)
+        step = failed(
+            sub, result, unseen_at, claim, quantity=usage.quantity_text, correcting=plan.correcting
+        )
         return self._place_from(attempt, step, sink)
 
     # --- corrections (SPEC 10) -----------------------------------------------------------------
@@ -691,8 +700,13 @@ class Submitter:
         claim = step.claim if step.claim is not None and step.claim.acquired else None
         if placement is None:
             if claim is not None:
+                # a correction that no queue takes waits on its key, for FlushFunction
+                waits = None
+                if step.correcting:
+                    since = _sortable(step.message.failure.at)
+                    waits = Waiting(CORRECTING, CORRECTING, step.message.to_json(), since)
                 try:
-                    self.store.release(claim, step.unseen_since)
+                    self.store.release(claim, step.unseen_since, step.deleting, waits)
                 except StoreUnavailable as exc:
                     logger.warning("key not released", extra={"error": str(exc)})
             return Outcome(
@@ -809,6 +823,7 @@ class _Plan:
             holding=self.holding,
             deleting=deleting,
             quantity=self.last_quantity,
+            correcting=True,
         )
 
 

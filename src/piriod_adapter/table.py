@@ -39,6 +39,7 @@ WAITING_SHARDS = 8  # `waiting` spreads over this many index partitions per queu
 BY_LINE, BY_WAITING, BY_WINDOW = "by_line", "by_waiting", "by_window"
 DUE = "due"
 PARKED = "parked"  # the `waiting` queue name of a parked dead letter
+CORRECTING = "correcting"  # ... of a correction that waits on its key (no queue took it)
 
 _NAMESPACES = {
     KeyKind.EXPLICIT: "k",
@@ -437,8 +438,17 @@ def settle(pk: str, token: str, usage_id: int, now: float) -> dict[str, Any]:
     }
 
 
-def release(pk: str, token: str, ambiguous_since: float | None) -> dict[str, Any]:
-    """A key freed by its holder, an unseen post kept flagged for the next holder."""
+def release(
+    pk: str,
+    token: str,
+    ambiguous_since: float | None,
+    deleting: int | None = None,
+    correcting: Waiting | None = None,
+) -> dict[str, Any]:
+    """A key freed by its holder, an unseen post (or a DELETE whose answer was lost) kept
+    flagged for the next holder. `correcting`: a correction that could not be applied nor
+    placed in a queue waits on the key itself (listed under CORRECTING, with its record's
+    message), for FlushFunction to apply."""
     values: dict[str, Any] = {
         ":status": {"S": KeyStatus.RELEASED.value},
         ":token": {"S": token},
@@ -447,6 +457,19 @@ def release(pk: str, token: str, ambiguous_since: float | None) -> dict[str, Any
     if ambiguous_since is not None:
         update += ", ambiguous_since = :since"
         values[":since"] = {"N": num(ambiguous_since)}
+    if deleting is not None:
+        update += ", deleting = :deleting"
+        values[":deleting"] = {"N": str(deleting)}
+    if correcting is not None:
+        update += ", waiting = :w, waiting_since = :ws, message_id = :mid, message = :m"
+        values.update(
+            {
+                ":w": {"S": f"{CORRECTING}#{waiting_shard(pk)}"},
+                ":ws": {"S": correcting.since},
+                ":mid": {"S": correcting.message_id},
+                ":m": {"S": correcting.message},
+            }
+        )
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update + " REMOVE lock_expires, lock_token",

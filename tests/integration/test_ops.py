@@ -455,8 +455,9 @@ def test_reconcile_tells_beyond_retention_apart_from_missing(adapter: Adapter, p
     for item in adapter.items():
         dynamodb.delete_item(TableName=adapter.resources.table, Key={"pk": item["pk"]})
     day = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 1, 23, 59, 59, tzinfo=UTC))
-    # when reconcile runs 31 days later (keys are kept 30)
-    later = reconcile(get_runtime(), 42, *day, now=datetime.now(UTC) + timedelta(days=31))
+    # when reconcile runs a day past the keys' retention
+    days = get_runtime().settings.idempotency_ttl_days + 1
+    later = reconcile(get_runtime(), 42, *day, now=datetime.now(UTC) + timedelta(days=days))
     # then they are "beyond retention", not "not recorded"; today they would be not recorded
     assert len(later["beyond_retention"]) == 3 and later["not_recorded_by_adapter"] == []
     today = reconcile(get_runtime(), 42, *day)

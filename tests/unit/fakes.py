@@ -28,7 +28,8 @@ from piriod_adapter.lifecycle import Fate, KeyStatus, Placement, Taker
 from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, utc_text
 from piriod_adapter.piriod import DeleteResult, Listed, PiriodUnavailable, PostResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
-from piriod_adapter.table import MAX_CORRECTIONS, Holding, KeyState, key_pk
+from piriod_adapter.table import MAX_CORRECTIONS, Holding, KeyState, Waiting, key_pk
+from piriod_adapter.windows import to_units
 
 
 class Clock:
@@ -55,7 +56,8 @@ class _Key:
     quantity: str
     original: str
     ambiguous_since: float | None = None
-    waiting: str | None = None  # REPLAY or DEAD_LETTER
+    waiting: str | None = None  # REPLAY, DEAD_LETTER or CORRECTING
+    message: str | None = None  # CORRECTING: the record's message
     holding: Holding | None = None
     posted_at: float | None = None
     rev: int = 0
@@ -69,6 +71,35 @@ class _Key:
     def usage_id(self) -> int | None:
         """The id of the usage Piriod holds for the key, when known."""
         return self.holding.usage_id if self.holding else None
+
+    def item(self, pk: str) -> dict[str, Any]:
+        """The key as its DynamoDB item reads (the attributes KeyState reads)."""
+        item: dict[str, Any] = {
+            "pk": {"S": pk},
+            "status": {"S": self.status.value},
+            "fingerprint": {"S": self.fingerprint},
+            "attempt_started": {"N": str(self.attempt_started)},
+            "date_time": {"S": utc_text(self.at)},
+            "quantity": {"S": self.quantity},
+            "original": {"S": self.original},
+            "rev": {"N": str(self.rev)},
+            "applied": {"N": str(self.applied)},
+        }
+        if self.line is not None:
+            item["line"] = {"N": str(self.line)}
+        if self.lock_expires is not None:
+            item["lock_expires"] = {"N": str(self.lock_expires)}
+        if self.holding is not None:
+            item["held"] = {"S": self.holding.quantity}
+            if self.holding.usage_id is not None:
+                item["usage_id"] = {"N": str(self.holding.usage_id)}
+        if self.target is not None:
+            item["target"] = {"S": self.target}
+        if self.cancelled:
+            item["cancelled"] = {"BOOL": True}
+        if self.ambiguous_since is not None:
+            item["ambiguous_since"] = {"N": str(self.ambiguous_since)}
+        return item
 
     def state(self) -> KeyState:
         return KeyState(
@@ -185,6 +216,7 @@ class FakeKeyStore:
             key.ambiguous_since = result.ambiguous_since
             key.deleting = result.deleting
             key.waiting = result.waiting.queue if result.waiting else None
+            key.message = None
 
     def mark_posting(self, claim: Claim, quantity: str | None = None) -> None:
         with self._lock:
@@ -207,6 +239,7 @@ class FakeKeyStore:
             key.status, key.holding = KeyStatus.POSTED, Holding(key.quantity, usage_id)
             key.posted_at = self.clock()
             key.token = key.lock_expires = key.ambiguous_since = key.waiting = None
+            key.message = None
             key.phase = ""
 
     def take_usage(self, claim: Claim, usage_id: int) -> bool:
@@ -245,7 +278,13 @@ class FakeKeyStore:
                     posting = True
             return Identical(frozenset(held), unknown, posting, unseen)
 
-    def release(self, claim: Claim, ambiguous_since: float | None) -> None:
+    def release(
+        self,
+        claim: Claim,
+        ambiguous_since: float | None,
+        deleting: int | None = None,
+        correcting: Waiting | None = None,
+    ) -> None:
         with self._lock:
             self._check()
             key = self._held(claim)
@@ -253,6 +292,10 @@ class FakeKeyStore:
             key.token = key.lock_expires = None
             if ambiguous_since is not None:
                 key.ambiguous_since = ambiguous_since
+            if deleting is not None:
+                key.deleting = deleting
+            if correcting is not None:
+                key.waiting, key.message = correcting.queue, correcting.message
 
     def accept(self, pk: str, action: str, quantity: str | None, correction_id: str) -> Accepted:
         with self._lock:
@@ -276,10 +319,20 @@ class FakeKeyStore:
             return Accepted(key.state())
 
     def items(self, pks: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The keys that exist, as items (what the corrections route reads of them)."""
+        """The keys that exist, as DynamoDB items (what the corrections route reads)."""
         with self._lock:
             self._check()
-            return {pk: {"pk": {"S": pk}} for pk in pks if pk in self.keys}
+            return {pk: self.keys[pk].item(pk) for pk in pks if pk in self.keys}
+
+    def waiting(self, queue: str) -> list[Waiting]:
+        """What waits on its key (a correction no queue took): table.CORRECTING."""
+        with self._lock:
+            self._check()
+            return [
+                Waiting(queue, queue, key.message, "")
+                for key in self.keys.values()
+                if key.waiting == queue and key.message is not None
+            ]
 
 
 # --- Piriod ------------------------------------------------------------------------------------
@@ -562,6 +615,10 @@ class _Gen:
     total: int | None = None
     events: int | None = None
     handed: bool = False
+    adjust: int = 0  # corrections of its events after it closed
+    adjust_events: int = 0
+    adjust_seq: int = 0
+    handed_seq: int = 0
 
 
 @dataclass
@@ -579,6 +636,9 @@ class FakeWindowStore:
     counters: dict[tuple[Any, int, int], list[int]] = field(default_factory=dict)
     closed: set[tuple[Any, int, int]] = field(default_factory=set)
     keys: dict[str, tuple[str, Any, int]] = field(default_factory=dict)  # fp, window, gen
+    units: dict[str, int] = field(default_factory=dict)  # an event's units now
+    revisions: dict[str, dict[str, int]] = field(default_factory=dict)  # correction id -> rev
+    cancelled: set[str] = field(default_factory=set)
     down: bool = False
     conflicts: int = 0
     before_count: Callable[[], None] | None = None
@@ -652,6 +712,7 @@ class FakeWindowStore:
         for e in events:
             g = next(w.generation for w in windows if w.window == e.window)
             self.keys[e.pk] = (e.usage.fingerprint, e.window, g)
+            self.units[e.pk] = e.units
         return ChunkResult(committed=True)
 
     def due(self, now: float, limit: int) -> list[Any]:
@@ -659,7 +720,7 @@ class FakeWindowStore:
         found = [
             self._generation(window, g)
             for (window, g), gen in sorted(self.gens.items(), key=lambda kv: kv[1].due_at)
-            if not gen.handed and gen.due_at <= now
+            if (not gen.handed or gen.adjust_seq > gen.handed_seq) and gen.due_at <= now
         ]
         return found[:limit]
 
@@ -679,6 +740,10 @@ class FakeWindowStore:
             total_units=gen.total,
             events=gen.events,
             handed=gen.handed,
+            adjust_units=gen.adjust,
+            adjust_events=gen.adjust_events,
+            adjust_seq=gen.adjust_seq,
+            handed_seq=gen.handed_seq,
         )
 
     def close(self, found: Any) -> Any:
@@ -698,8 +763,53 @@ class FakeWindowStore:
     def hand_over(self, found: Any) -> None:
         self._check()
         gen = self.gens[(found.window, found.generation)]
-        if gen.state == "closed":
-            gen.handed = True
+        if gen.state == "closed" and gen.adjust_seq == found.adjust_seq:
+            gen.handed, gen.handed_seq = True, found.adjust_seq
+
+    def correct_events(
+        self, corrections: Sequence[tuple[str, str, str | None, str]], now: float, deadline: Any
+    ) -> list[Any]:
+        """windows.WindowStore.correct_events' rules over the dicts above."""
+        from piriod_adapter.windows import EventCorrected
+
+        self._check()
+        results = []
+        for pk, action, quantity, correction_id in corrections:
+            if pk not in self.keys:
+                results.append(EventCorrected("not_found"))
+                continue
+            seen = self.revisions.setdefault(pk, {})
+            if correction_id in seen:
+                results.append(EventCorrected("duplicate", seen[correction_id]))
+                continue
+            if pk in self.cancelled:
+                results.append(EventCorrected("not_found"))
+                continue
+            _, window, g = self.keys[pk]
+            if action == "amend" and window.series.startswith("count"):
+                reason = "cannot amend an event of a count window: cancel it"
+                results.append(EventCorrected("rejected", errors={"quantity": [reason]}))
+                continue
+            new = 0 if action == "cancel" else to_units(Decimal(str(quantity)))
+            delta, events = new - self.units[pk], -1 if action == "cancel" else 0
+            gen = self.gens[(window, g)]
+            if gen.state == "open":
+                counter = self.counters.setdefault((window, g, 0), [0, 0])
+                counter[0] += delta
+                counter[1] += events
+            else:
+                gen.adjust += delta
+                gen.adjust_events += events
+                gen.adjust_seq += 1
+                gen.due_at = now
+            self.units[pk] = new
+            seen[correction_id] = len(seen) + 1
+            if action == "cancel":
+                self.cancelled.add(pk)
+            results.append(
+                EventCorrected("applied" if gen.state == "open" else "pending", len(seen))
+            )
+        return results
 
     def counted(self, window: Any, g: int) -> int:
         return sum(c[0] for (w, gg, _), c in self.counters.items() if w == window and gg == g)

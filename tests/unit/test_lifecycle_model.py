@@ -9,6 +9,7 @@ while a store is down, and a 202 tells each record's true place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import UTC, datetime
@@ -20,14 +21,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from piriod_adapter.clock import Deadline
+from piriod_adapter.corrections import CorrectionEntry, Corrector
+from piriod_adapter.flush import sweep_corrections
+from piriod_adapter.idempotency import StoreUnavailable
 from piriod_adapter.lifecycle import Fate, Submission
 from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.replay import Received, redeliver_dead_letter, replay_batch
 from piriod_adapter.submit import Submitter
-from piriod_adapter.table import key_pk
+from piriod_adapter.table import CORRECTING, key_pk
 from piriod_adapter.webhook import summarize
-from tests.unit.fakes import Clock, FakeKeyStore, FakePiriod, FakeQueues
+from tests.unit.fakes import DELETE_ANSWERS, Clock, FakeKeyStore, FakePiriod, FakeQueues
 
 RUNS = int(os.environ.get("LIFECYCLE_MODEL_RUNS", "500"))
 TENANT = Tenant(workspace="w", test_mode=False)
@@ -64,6 +68,8 @@ class Lifecycle(RuleBasedStateMachine):
         self.submitter = Submitter(self.piriod, self.store, 1.0, SETTLE_AFTER, clock=self.clock)
         self.records: dict[str, Usage] = {}  # every record ever sent, by key
         self.acknowledged: set[str] = set()
+        self.corrected: set[str] = set()  # keys with a correction the sender saw accepted
+        self.unanswered: list[CorrectionEntry] = []  # answered 503: the sender retries them
 
     # --- the world -------------------------------------------------------------------------
 
@@ -80,6 +86,10 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(answers=st.lists(st.sampled_from(ANSWERS), max_size=6))
     def piriod_will_answer(self, answers: list[str]) -> None:
         self.piriod.answers.extend(answers)
+
+    @rule(answers=st.lists(st.sampled_from(DELETE_ANSWERS), max_size=4))
+    def piriod_will_answer_deletes(self, answers: list[str]) -> None:
+        self.piriod.delete_answers.extend(answers)
 
     @rule(down=st.booleans(), endless=st.booleans())
     def piriod_listing(self, down: bool, endless: bool) -> None:
@@ -173,8 +183,14 @@ class Lifecycle(RuleBasedStateMachine):
         )
 
     def _placed(self, pk: str) -> bool:
-        return bool(self.piriod.usages_of(pk)) or pk in (
-            self.queues.keys_in(REPLAY) + self.queues.keys_in(DEAD_LETTER)
+        """In Piriod, in a queue, cancelled (nothing is owed), or its correction waiting on
+        its key for FlushFunction (no queue took it)."""
+        stored = self.store.keys.get(pk)
+        return (
+            bool(self.piriod.usages_of(pk))
+            or pk in (self.queues.keys_in(REPLAY) + self.queues.keys_in(DEAD_LETTER))
+            or (stored is not None and stored.cancelled and stored.applied == stored.rev)
+            or (stored is not None and stored.waiting == CORRECTING)
         )
 
     @precondition(lambda self: self.records)
@@ -187,12 +203,104 @@ class Lifecycle(RuleBasedStateMachine):
             return
         claim = self.store.claim(usage, Deadline.after(5))
         # A real attempt posts only with no unseen post before it (else it settles first, by
-        # lookup): one that crashed while settling has posted nothing.
-        unseen = claim.previous is not None and claim.previous.unsettled_since() is not None
-        if claim.acquired and not unseen and data.draw(st.booleans()):
+        # lookup) and nothing Piriod holds for the key (else it corrects that first): one
+        # that crashed before that has posted nothing.
+        before = claim.previous
+        unseen = before is not None and before.unsettled_since() is not None
+        corrected = before is not None and (
+            before.holding is not None or before.rev > 0 or before.deleting is not None
+        )
+        if claim.acquired and not unseen and not corrected and data.draw(st.booleans()):
             self.piriod.post_usage(usage, TENANT, Deadline.after(5))
 
+    # --- corrections (SPEC 10) ------------------------------------------------------------------
+
+    def corrector(self, windows: Any = None) -> Corrector:
+        return Corrector(
+            self.store,
+            windows,
+            self.submitter,
+            self.queues.place_failed,
+            TENANT,
+            1.0,
+            1,
+            clock=self.clock,
+        )
+
+    @precondition(lambda self: self.records)
+    @rule(
+        data=st.data(),
+        action=st.sampled_from(["cancel", "amend"]),
+        quantity=st.sampled_from(QUANTITIES),
+        attempt=st.integers(0, 2),
+    )
+    def sender_corrects(
+        self, data: st.DataObject, action: str, quantity: Decimal, attempt: int
+    ) -> None:
+        # a sender cancels or amends a record it sent, at whatever point of its lifecycle it
+        # is (before its first post, ambiguous, queued, posted, in DeadLetterQueue, held by
+        # another attempt); the same correction id again is the sender's retry
+        pk = data.draw(st.sampled_from(sorted(self.records)))
+        key = self.records[pk].key.text
+        entry = CorrectionEntry.model_validate(
+            {
+                "action": action,
+                "key": key,
+                "quantity": quantity if action == "amend" else None,
+                "correction_id": f"{key}/{action}/{quantity}/{attempt}",
+            }
+        )
+        self._correct(entry)
+
+    def _correct(self, entry: CorrectionEntry) -> None:
+        pk = next(pk for pk, usage in self.records.items() if usage.key.text == entry.key)
+        down = self.store.down or self.queues.down
+        [done] = self.corrector().run([entry], Deadline.after(25))
+        # a correction is answered by its fate; not stored only while a store is down
+        assert done.status in (
+            "applied",
+            "pending",
+            "duplicate",
+            "not_found",
+            "rejected",
+            "not_stored",
+        )
+        assert done.status != "not_stored" or down, done
+        if done.status == "not_stored":
+            self.unanswered.append(entry)
+        if done.status == "not_found":
+            stored = self.store.keys.get(pk)
+            assert stored is None or stored.cancelled, (pk, stored)
+        if done.status in ("applied", "pending", "duplicate"):
+            self.corrected.add(pk)
+        if done.status == "applied":  # Piriod holds what the record is now
+            self._holds_what_it_should(pk)
+
+    def _should(self, pk: str) -> Decimal | None:
+        """What Piriod should hold for a key: none once cancelled, else its last amend (the
+        corrections in the order the store accepted them), else the record's quantity."""
+        stored = self.store.keys[pk]
+        if stored.cancelled:
+            return None
+        return Decimal(stored.target) if stored.target else self.records[pk].quantity
+
+    def _holds_what_it_should(self, pk: str) -> None:
+        held = [e.quantity for e in self.piriod.usages_of(pk)]
+        should = self._should(pk)
+        assert held == ([] if should is None else [should]), (pk, held, should)
+
+    def _waits(self, pk: str) -> bool:
+        return pk in self.queues.keys_in(REPLAY) + self.queues.keys_in(DEAD_LETTER)
+
     # --- replay --------------------------------------------------------------------------------
+
+    @rule()
+    def flush_function_sweeps(self) -> None:
+        # FlushFunction applies the corrections that waited on their keys (no queue took them)
+        with contextlib.suppress(StoreUnavailable):
+            sweep_corrections(
+                self.store, self.submitter, self.queues.place_failed, Deadline.after(25), 1
+            )
 
     @precondition(lambda self: self.queues.replay)
     @rule(data=st.data(), crash_before_delete=st.booleans())
@@ -233,6 +341,12 @@ class Lifecycle(RuleBasedStateMachine):
         assert len(owners) == len(set(self.store.owners))
 
     @invariant()
+    def a_cancelled_record_is_never_in_piriod_again(self) -> None:
+        for pk, stored in self.store.keys.items():
+            if stored.cancelled and stored.applied == stored.rev and pk in self.records:
+                assert self.piriod.usages_of(pk) == [], (pk, self.piriod.usages_of(pk))
+
+    @invariant()
     def nothing_acknowledged_is_lost(self) -> None:
         for pk in self.acknowledged:
             assert self._placed(pk), (pk, self.store.keys.get(pk))
@@ -241,6 +355,55 @@ class Lifecycle(RuleBasedStateMachine):
                 # a settled record's usage is its own, never another's
                 owner = next(e for e in self.piriod.ledger if e.usage_id == key.usage_id)
                 assert owner.key == pk, (pk, owner)
+
+    def drain(self) -> None:
+        """Stores up, Piriod healthy, every line metered, time moving on: every dead letter
+        replayed by the operator and ReplayQueue drained, until nothing waits (or what waits
+        waits for a person: twins no lookup can tell apart)."""
+        self.store.down = self.queues.down = False
+        self.piriod.answers.clear()
+        self.piriod.delete_answers.clear()
+        self.piriod.listing_down = self.piriod.endless = self.piriod.filters_miss = False
+        self.piriod.quantity_precision = self.piriod.time_precision = "exact"
+        self.piriod.unmetered.clear()
+        for _ in range(12):
+            self.clock.advance(400)
+            unanswered, self.unanswered = self.unanswered, []
+            for entry in unanswered:  # the sender retries what was answered 503
+                self._correct(entry)
+            sweep_corrections(
+                self.store, self.submitter, self.queues.place_failed, Deadline.after(60), 1
+            )
+            for message in list(self.queues.dead):
+                record_ = QueuedRecord.from_json(message.body)
+                result = redeliver_dead_letter(
+                    record_, self.submitter, cast(Any, self.queues), Deadline.after(60)
+                )
+                if not result.retry:
+                    self.queues.delete(DEAD_LETTER, message.message_id)
+            batch = list(self.queues.replay)
+            received = [Received(m.message_id, m.body, 1) for m in batch]
+            results = replay_batch(
+                received, self.submitter, cast(Any, self.queues), Deadline.after(60), 8, 1
+            )
+            for message, result in zip(batch, results, strict=True):
+                if not result.retry:
+                    self.queues.delete(REPLAY, message.message_id)
+            waiting = [k for k in self.store.keys.values() if k.waiting == CORRECTING]
+            if not (self.queues.replay or self.queues.dead or self.unanswered or waiting):
+                break
+
+    def teardown(self) -> None:
+        """SPEC 10's invariant once everything drained: for every record the sender saw
+        acknowledged or corrected, Piriod holds one usage at its last quantity, or none once
+        cancelled; or the record still waits in a queue, and Piriod holds at most one."""
+        self.drain()
+        for pk in sorted((self.acknowledged | self.corrected) & set(self.records)):
+            if self._waits(pk):
+                assert len(self.piriod.usages_of(pk)) <= 1, pk
+            elif pk in self.store.keys:
+                self._holds_what_it_should(pk)
+        super().teardown()
 
 
 TestLifecycle = Lifecycle.TestCase
