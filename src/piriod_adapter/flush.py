@@ -185,13 +185,9 @@ def flush(
             continue
         if gen.handed:
             continue  # handed over by another flusher meanwhile
-        if not gen.corrected_units:
-            try:
-                store.hand_over(gen)  # a total of zero is not posted
-                report.empty += 1
-            except StoreUnavailable:
-                skipped.append(found)
-            continue
+        # A total of zero is not posted; it still goes through its key, which settles what
+        # an earlier attempt may have posted (a total that corrections brought to zero).
+        report.empty += not gen.corrected_units
         closed.append((gen, Taker.REPLAY))
     subs: list[Submission] = []
     postable = []
@@ -217,7 +213,7 @@ def flush(
             left.add(_pk(gen))
             continue
         report.restated += taker is Taker.CORRECTION
-        report.posted += outcome.fate in (Fate.POSTED, Fate.DUPLICATE)
+        report.posted += outcome.fate in (Fate.POSTED, Fate.DUPLICATE) and bool(gen.corrected_units)
         report.queued += outcome.fate in (Fate.QUEUED, Fate.REJECTED)
     report.left = len(left)
     report.lag_seconds = max((now - (g.due_at or now) for g in due if _pk(g) in left), default=0.0)

@@ -765,7 +765,7 @@ class _Plan:
     `deleting`, a usage whose DELETE went unanswered; `rev`, the corrections this attempt
     applies. A record no correction touched is not `correcting`: its attempt is as before."""
 
-    correcting: bool
+    correcting: bool  # False: nothing but the record as delivered, to post
     rev: int
     cancelled: bool
     desired: Decimal | None
@@ -776,12 +776,19 @@ class _Plan:
 
     @classmethod
     def of(cls, state: KeyState | None, usage: Usage) -> _Plan:
-        if state is None:
-            return cls(False, 0, False, usage.quantity, None, None, usage.quantity_text, None)
-        desired: Decimal | None = Decimal(state.target) if state.target else usage.quantity
+        nothing = usage.quantity == 0 and usage.key.kind is KeyKind.WINDOW
+        if state is None:  # a new key: its record as delivered (a window's zero: nothing)
+            desired = None if nothing else usage.quantity
+            return cls(nothing, 0, False, desired, None, None, usage.quantity_text, None)
+        desired = Decimal(state.target) if state.target else usage.quantity
         if state.cancelled or (desired == 0 and usage.key.kind is KeyKind.WINDOW):
-            desired = None  # nothing: cancelled, or a restated window total of zero
-        correcting = state.rev > 0 or state.holding is not None or state.deleting is not None
+            desired = None  # nothing: cancelled, or a window total of zero
+        correcting = (
+            state.rev > 0
+            or state.holding is not None
+            or state.deleting is not None
+            or desired is None
+        )
         return cls(
             correcting,
             state.rev,

@@ -128,8 +128,8 @@ def test_a_finished_key_is_a_duplicate_for_every_taker(keys: Keys) -> None:
     record = usage(fresh("done"))
     held = claim(keys, record)
     keys.store.finish(Result(held, KeyStatus.POSTED, usage_id=77))
-    # when anyone claims it again
-    for taker in Taker:
+    # when anyone but a correction claims it again
+    for taker in set(Taker) - {Taker.CORRECTION}:
         again = claim(keys, record, taker)
         # then nobody takes it, and it says posted as 77, unlocked
         assert not again.acquired
@@ -142,6 +142,10 @@ def test_a_finished_key_is_a_duplicate_for_every_taker(keys: Keys) -> None:
             False,
             None,
         )
+    # and a correction of it takes it (a correction names the record, whatever it is)
+    corrected = claim(keys, record, Taker.CORRECTION)
+    assert corrected.acquired and corrected.previous is not None
+    assert corrected.previous.status is KeyStatus.POSTED and corrected.previous.usage_id == 77
 
 
 def test_a_holder_that_vanished_is_taken_over_once_its_lock_expires(keys: Keys) -> None:
@@ -192,9 +196,10 @@ def test_a_key_reused_for_another_record_is_never_taken(keys: Keys) -> None:
     text = fresh("reused")
     held = claim(keys, usage(text, "1.5"))
     keys.store.release(held, None)
-    # when a different record (another quantity) claims the same key, by any taker
+    # when a different record (another quantity) claims the same key, by any taker but a
+    # correction (which carries the record as it is now, not as it was delivered)
     other = usage(text, "9")
-    for taker in Taker:
+    for taker in set(Taker) - {Taker.CORRECTION}:
         attempt = claim(keys, other, taker)
         # then it is refused, and it sees the first record's fingerprint
         assert not attempt.acquired
@@ -286,6 +291,53 @@ def test_identical_records_account_for_each_other(keys: Keys) -> None:
     # and once the settling one is about to post, it is posting
     keys.store.mark_posting(held)
     assert keys.store.identical(mine, me).posting
+
+
+def test_a_correction_is_accepted_once_by_its_id_in_the_order_they_come(keys: Keys) -> None:
+    # given a record posted as usage 5
+    record = usage(fresh("corrected"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=5))
+    pk = key_pk(record.key)
+    # when it is amended, the same amend comes again, and it is cancelled
+    amend = keys.store.accept(pk, "amend", "2.25", "c-1")
+    again = keys.store.accept(pk, "amend", "7", "c-1")
+    cancel = keys.store.accept(pk, "cancel", None, "c-2")
+    # then the amend is revision 1, its repeat a duplicate of it that changes nothing, and
+    # the cancel revision 2 (the key remembers the amend's quantity and that it is cancelled)
+    assert amend.state is not None and (amend.state.rev, amend.state.target) == (1, "2.25")
+    assert (again.state, again.duplicate, again.refused) == (None, 1, None)
+    assert cancel.state is not None and (cancel.state.rev, cancel.state.cancelled) == (2, True)
+    assert cancel.state.usage_id == 5 and cancel.state.status is KeyStatus.POSTED
+    # and once cancelled, a new correction finds nothing, while the cancel's repeat is known
+    later = keys.store.accept(pk, "amend", "1", "c-3")
+    assert (later.state, later.duplicate, later.refused) == (None, None, None)
+    assert keys.store.accept(pk, "cancel", None, "c-2").duplicate == 2
+
+
+def test_a_correction_of_an_unknown_key_finds_nothing_and_writes_nothing(keys: Keys) -> None:
+    # given a key nobody delivered
+    pk = key_pk(usage(fresh("unknown")).key)
+    # when it is corrected, then nothing is found, and no item is made for it
+    found = keys.store.accept(pk, "cancel", None, "c-1")
+    assert (found.state, found.duplicate, found.refused) == (None, None, None)
+    assert keys.store.items([pk]) == {}
+
+
+def test_a_correction_takes_a_held_key_only_once_its_lock_ends(keys: Keys) -> None:
+    # given a record posted, then amended, and an attempt applying the amend that holds it
+    record = usage(fresh("applying"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=9))
+    keys.store.accept(key_pk(record.key), "amend", "4", "c-1")
+    first = claim(keys, record, Taker.CORRECTION)
+    # when a second correction's attempt claims it meanwhile, and again after the lock ends
+    second = claim(keys, record, Taker.CORRECTION)
+    keys.clock.advance(LIFETIME + 10)
+    third = claim(keys, record, Taker.CORRECTION)
+    # then only the first and the third take it, and each sees the amend to apply
+    assert first.acquired and not second.acquired and third.acquired
+    for taken in (first, third):
+        assert taken.previous is not None and taken.previous.target == "4"
+        assert taken.previous.usage_id == 9
 
 
 # --- the window store -----------------------------------------------------------------------
@@ -441,3 +493,60 @@ def test_a_handed_over_generation_leaves_the_due_generations(windows: Windows) -
     assert not any(g.window == w for g in windows.store.due(2e9, 10_000))
     again = windows.store.close(gen)
     assert (again.total_units, again.handed) == (14, True)
+
+
+def event_pk(w: WindowId, text: str) -> str:
+    return key_pk(UsageKey(kind=KeyKind.EVENT, scope=f"v1/sources/{w.source}", text=text))
+
+
+def generation_of(store: Any, w: WindowId) -> Any:
+    return next(g for g in store.due(2e9, 10_000) if g.window == w)
+
+
+def test_corrections_of_events_in_an_open_generation_change_it_with_their_keys(
+    windows: Windows,
+) -> None:
+    # given an open generation of two events of 10 units each
+    w = window()
+    assert add(windows.store, w, ["a", "b"], 10).committed
+    a, b = event_pk(w, "a"), event_pk(w, "b")
+    # when one is amended to 4 units, the other cancelled, and the amend comes again
+    quantity = str(from_units(4))
+    done = windows.store.correct_events(
+        [(a, "amend", quantity, "c-1"), (b, "cancel", None, "c-2")], 2e9, Deadline.after(10)
+    )
+    again = windows.store.correct_events([(a, "amend", "9", "c-1")], 2e9, Deadline.after(10))
+    late = windows.store.correct_events([(b, "cancel", None, "c-3")], 2e9, Deadline.after(10))
+    # then both applied as revision 1, the repeat is a duplicate, the cancelled one is gone
+    assert [(r.status, r.revision) for r in done] == [("applied", 1), ("applied", 1)]
+    assert [(r.status, r.revision) for r in again] == [("duplicate", 1)]
+    assert [r.status for r in late] == ["not_found"]
+    # and the generation closes with the corrected total over the one event left
+    closed = windows.store.close(generation_of(windows.store, w))
+    assert (closed.total_units, closed.events) == (4, 1)
+
+
+def test_a_correction_after_hand_over_makes_the_generation_due_until_the_newest_is_handed(
+    windows: Windows,
+) -> None:
+    # given a generation of one event of 10 units, closed and handed over
+    w = window()
+    assert add(windows.store, w, ["a", "b"], 10).committed
+    windows.store.hand_over(windows.store.close(generation_of(windows.store, w)))
+    # when an event is cancelled, then the generation is due again, to be restated
+    done = windows.store.correct_events(
+        [(event_pk(w, "a"), "cancel", None, "c-1")], 2e9, Deadline.after(10)
+    )
+    assert [r.status for r in done] == ["pending"]
+    read = windows.store.close(generation_of(windows.store, w))
+    assert read.restating and (read.corrected_units, read.adjust_seq) == (10, 1)
+    # when another correction comes before the restatement read is handed over
+    windows.store.correct_events(
+        [(event_pk(w, "b"), "amend", str(from_units(3)), "c-2")], 2e9, Deadline.after(10)
+    )
+    windows.store.hand_over(read)
+    # then it stays due with both corrections, until the newest read is handed over
+    newest = windows.store.close(generation_of(windows.store, w))
+    assert newest.restating and (newest.corrected_units, newest.adjust_seq) == (3, 2)
+    windows.store.hand_over(newest)
+    assert not any(g.window == w for g in windows.store.due(2e9, 10_000))

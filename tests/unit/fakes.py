@@ -133,6 +133,7 @@ class FakeKeyStore:
         self.keys: dict[str, _Key] = {}
         self.owners: dict[int, str] = {}  # usage id -> the key it settled
         self.down = False
+        self.events: Any = None  # a FakeWindowStore: its event keys share this table
         self._lock = threading.RLock()
 
     def _check(self) -> None:
@@ -322,7 +323,12 @@ class FakeKeyStore:
         """The keys that exist, as DynamoDB items (what the corrections route reads)."""
         with self._lock:
             self._check()
-            return {pk: self.keys[pk].item(pk) for pk in pks if pk in self.keys}
+            found = {pk: self.keys[pk].item(pk) for pk in pks if pk in self.keys}
+            events = self.events.keys if self.events is not None else {}
+            for pk in pks:
+                if pk in events:  # an event's key, counted into its window
+                    found[pk] = {"pk": {"S": pk}, "window": {"S": events[pk][1].pk}}
+            return found
 
     def waiting(self, queue: str) -> list[Waiting]:
         """What waits on its key (a correction no queue took): table.CORRECTING."""

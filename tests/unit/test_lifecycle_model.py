@@ -33,7 +33,7 @@ from piriod_adapter.table import CORRECTING, key_pk
 from piriod_adapter.webhook import summarize
 from tests.unit.fakes import DELETE_ANSWERS, Clock, FakeKeyStore, FakePiriod, FakeQueues
 
-RUNS = int(os.environ.get("LIFECYCLE_MODEL_RUNS", "500"))
+RUNS = int(os.environ.get("LIFECYCLE_MODEL_RUNS", "3000"))
 TENANT = Tenant(workspace="w", test_mode=False)
 AT = datetime(2026, 11, 30, 10, 0, 0, 123456, tzinfo=UTC)
 # Quantities whose digits a float or two places cannot keep; twins share values.
@@ -233,13 +233,26 @@ class Lifecycle(RuleBasedStateMachine):
         action=st.sampled_from(["cancel", "amend"]),
         quantity=st.sampled_from(QUANTITIES),
         attempt=st.integers(0, 2),
+        deleted=st.sampled_from([None, *DELETE_ANSWERS]),
+        posted=st.sampled_from([None, *ANSWERS]),
     )
     def sender_corrects(
-        self, data: st.DataObject, action: str, quantity: Decimal, attempt: int
+        self,
+        data: st.DataObject,
+        action: str,
+        quantity: Decimal,
+        attempt: int,
+        deleted: str | None,
+        posted: str | None,
     ) -> None:
         # a sender cancels or amends a record it sent, at whatever point of its lifecycle it
         # is (before its first post, ambiguous, queued, posted, in DeadLetterQueue, held by
-        # another attempt); the same correction id again is the sender's retry
+        # another attempt), Piriod answering its DELETE and its re-post as `deleted` and
+        # `posted` say; the same correction id again is the sender's retry
+        if deleted is not None:
+            self.piriod.delete_answers.appendleft(deleted)
+        if posted is not None:
+            self.piriod.answers.appendleft(posted)
         pk = data.draw(st.sampled_from(sorted(self.records)))
         key = self.records[pk].key.text
         entry = CorrectionEntry.model_validate(

@@ -30,6 +30,7 @@ from hypothesis.stateful import invariant, precondition, rule
 
 from piriod_adapter.aggregate import Aggregate
 from piriod_adapter.clock import Deadline
+from piriod_adapter.corrections import CorrectionEntry
 from piriod_adapter.counting import Counting, count_one
 from piriod_adapter.flush import flush, window_key
 from piriod_adapter.idempotency import StoreUnavailable
@@ -39,11 +40,11 @@ from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.replay import Received, redeliver_dead_letter, replay_batch
 from piriod_adapter.table import WindowId, key_pk
 from piriod_adapter.webhook import count_and_answer
-from piriod_adapter.windows import to_units
+from piriod_adapter.windows import from_units
 from tests.unit.fakes import FakeWindowStore
 from tests.unit.test_lifecycle_model import Lifecycle
 
-RUNS = int(os.environ.get("WINDOW_MODEL_RUNS", "300"))
+RUNS = int(os.environ.get("WINDOW_MODEL_RUNS", "600"))
 SOURCE = "meter"
 SPEC = Aggregate(function="sum", window="PT1M", lateness="PT30S", max_age="PT1H")
 WINDOW_LINES = [31, 32, 0]  # 0: a meter the profile has no line for (until it gets 33)
@@ -69,6 +70,7 @@ class Windows(Lifecycle):
     def __init__(self) -> None:
         super().__init__()
         self.windows = FakeWindowStore()
+        self.store.events = self.windows  # event keys live in the same table
         # about now: a queue message refuses a record more than 5 minutes ahead of the wall
         self.clock.now = float(int(time.time()))
         base = datetime.fromtimestamp(self.clock(), UTC).replace(second=0, microsecond=0)
@@ -171,6 +173,44 @@ class Windows(Lifecycle):
                 else:
                     self.acknowledged_events.add(pk)
 
+    # --- corrections of events (SPEC 10) ----------------------------------------------------
+
+    @precondition(lambda self: self.windows.keys)
+    @rule(
+        data=st.data(),
+        action=st.sampled_from(["cancel", "amend"]),
+        quantity=st.sampled_from(EVENT_QUANTITIES),
+        attempt=st.integers(0, 2),
+    )
+    def sender_corrects_events(
+        self, data: st.DataObject, action: str, quantity: Decimal, attempt: int
+    ) -> None:
+        # a sender cancels or amends events it sent, in an open, closed or posted generation
+        # (the same correction id again is its retry)
+        picks = data.draw(st.lists(st.sampled_from(sorted(self.windows.keys)), max_size=3))
+        entries = [
+            CorrectionEntry.model_validate(
+                {
+                    "action": action,
+                    "key": self.events[pk].key.text,
+                    "source": SOURCE,
+                    "quantity": quantity if action == "amend" else None,
+                    "correction_id": f"{pk}/{action}/{quantity}/{attempt}",
+                }
+            )
+            for pk in dict.fromkeys(picks)
+        ]
+        if not entries:
+            return
+        down = self.windows.down or self.store.down
+        done = self.corrector(self.windows).run(entries, Deadline.after(25))
+        for one in done:
+            assert one.status in ("applied", "pending", "duplicate", "not_found", "not_stored")
+            assert one.status != "not_stored" or down, one
+        for entry, one in zip(entries, done, strict=True):  # a counted event is never forgotten
+            pk = f"e#v1/sources/{SOURCE}#{entry.key}"
+            assert one.status != "not_found" or pk in self.windows.cancelled, one
+
     # --- the operator --------------------------------------------------------------------------
 
     def _count(self, sub: Submission, deadline: Deadline) -> Outcome | None:
@@ -221,6 +261,7 @@ class Windows(Lifecycle):
                 Deadline.after(25),
                 1,
                 now=self.clock(),
+                keys=self.store,
             )
         except StoreUnavailable:  # the due index cannot be read: the next run tries again
             return None
@@ -257,15 +298,16 @@ class Windows(Lifecycle):
 
     @invariant()
     def an_event_and_its_addition_commit_together(self) -> None:
+        # each generation holds its events' units now (a correction's difference is in its
+        # shards while it is open, in its adjust once closed)
         held: dict[tuple[WindowId, int], int] = {}
         for pk, (_, window, g) in self.windows.keys.items():
-            held[(window, g)] = held.get((window, g), 0) + to_units(self.events[pk].quantity)
+            held[(window, g)] = held.get((window, g), 0) + self.windows.units[pk]
         counted = {
-            (w, g): self.windows.counted(w, g)
-            for (w, g, _) in self.windows.counters
-            if self.windows.counted(w, g)
+            (w, g): self.windows.counted(w, g) + self.windows.gens[(w, g)].adjust
+            for (w, g) in {(w, g) for (w, g, _) in self.windows.counters}
         }
-        assert {k: v for k, v in held.items() if v} == counted
+        assert {k: v for k, v in held.items() if v} == {k: v for k, v in counted.items() if v}
         for pk in self.acknowledged_events:
             assert pk in self.windows.keys, pk
         for pk in self.acknowledged_rejected:  # waits in DeadLetterQueue, or counted since
@@ -313,13 +355,17 @@ class Windows(Lifecycle):
         for pk, usage in self.events.items():
             line = usage.subscription_line or NEW_METER_LINE
             key = (line, SPEC.window_start(usage.date_time))
+            # an event at its last amended quantity, nothing once cancelled (SPEC 10)
+            now = from_units(self.windows.units[pk]) if pk in self.windows.units else None
             if pk in self.acknowledged_events | self.acknowledged_rejected:
-                expected[key] = expected.get(key, Decimal(0)) + usage.quantity
-            if pk in self.windows.keys:
-                counted[key] = counted.get(key, Decimal(0)) + usage.quantity
+                expected[key] = expected.get(key, Decimal(0)) + (
+                    usage.quantity if now is None else now
+                )
+            if now is not None:
+                counted[key] = counted.get(key, Decimal(0)) + now
         held: dict[tuple[int, datetime], Decimal] = {}
         for entry in self.piriod.ledger:
-            if entry.key is None or not entry.key.startswith("a#"):
+            if entry.key is None or not entry.key.startswith("a#") or entry.deleted:
                 continue
             start = entry.at.replace(second=0, microsecond=0)
             held[(entry.line, start)] = held.get((entry.line, start), Decimal(0)) + entry.quantity
