@@ -12,7 +12,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from aws_lambda_powertools.utilities.parser import parse
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -224,9 +223,9 @@ def parse_native_body(raw: bytes, message_id: str) -> list[Usage]:
     batch = "usages" in data
     try:
         records = (
-            parse(event=data, model=NativeBatch).usages
+            NativeBatch.model_validate(data).usages
             if batch
-            else [parse(event=data, model=NativeRecord)]
+            else [NativeRecord.model_validate(data)]
         )
     except ValidationError as exc:
         raise invalid(problems_of(exc, "usages" if batch else None)) from None
