@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from piriod_adapter.settings import Settings, load_settings
 from piriod_operator.errors import EXIT_USAGE, CommandError
+
+TRACING_VARIABLES = (
+    "PIRIOD_TRACING",
+    "PIRIOD_TRACING_ENDPOINT",
+    "PIRIOD_TRACING_HEADERS",
+    "PIRIOD_TRACING_TIMEOUT",
+)
 
 
 def client(service: str, region: str | None = None) -> Any:
@@ -70,6 +78,9 @@ class Stack:
                 "REPLAY_QUEUE_URL": self.output("ReplayQueueUrl"),
                 "DEAD_LETTER_QUEUE_URL": self.output("DeadLetterQueueUrl"),
                 "IDEMPOTENCY_TABLE": self.output("IdempotencyTableName"),
+                # Tracing is the operator's own (the functions' collector is usually on
+                # their side): on when this shell turns it on (docs/operations.md, Tracing).
+                **{name: os.environ[name] for name in TRACING_VARIABLES if name in os.environ},
             }
         )
 

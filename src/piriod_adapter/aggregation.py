@@ -43,6 +43,7 @@ from piriod_adapter.models import (
 )
 from piriod_adapter.observability import logger
 from piriod_adapter.submit import KEY_CONFLICT, FailureSink, Outcome, Submission
+from piriod_adapter.tracing import tracer  # tracing
 from piriod_adapter.validation import FieldProblem
 from piriod_adapter.windows import (
     MAX_ACTIONS,
@@ -661,16 +662,17 @@ def _close_all(
     def close(found: Generation) -> tuple[Generation, Generation | None]:
         if deadline.remaining() <= 0:
             return found, None
-        try:
-            return found, store.close(found)
-        except StoreUnavailable as exc:
-            logger.warning("window not closed", extra={"error": str(exc)})
-            return found, None
+        with tracer.span("generation", key=_pk(found)):  # tracing: a span per generation
+            try:
+                return found, store.close(found)
+            except StoreUnavailable as exc:
+                logger.warning("window not closed", extra={"error": str(exc)})
+                return found, None
 
     if not due:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(due)))) as pool:
-        return list(pool.map(close, due))
+        return list(pool.map(tracer.carry(close), due))  # tracing: carry
 
 
 def _pk(gen: Generation) -> str:

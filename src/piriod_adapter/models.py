@@ -441,6 +441,15 @@ class Tenant(BaseModel):
     test_mode: bool
 
 
+# tracing: a W3C traceparent (version 00), the trace a queued record continues on replay.
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _traceparent(value: object) -> str | None:
+    """A well-formed traceparent, or None: a trace never makes a message unreadable."""
+    return value if isinstance(value, str) and _TRACEPARENT.fullmatch(value) else None
+
+
 class QueuedRecord(BaseModel):
     """A queue message: everything needed to replay the record alone (SPEC section 5)."""
 
@@ -453,6 +462,8 @@ class QueuedRecord(BaseModel):
     attempts: int = Field(ge=0)  # posts (or lookups) tried so far
     first_failure_at: datetime
     ambiguous_since: datetime | None = None
+    # tracing: the trace of the attempt that queued it (tracing on); written only when set
+    trace: Annotated[str | None, BeforeValidator(_traceparent)] = None
 
     @field_validator("usage")
     @classmethod
@@ -466,10 +477,11 @@ class QueuedRecord(BaseModel):
 
     def to_json(self) -> str:
         # Quantity is written as a string so its digits survive any JSON tool on the way.
+        omit = None if self.trace else {"trace"}  # tracing: as before when it is off
         try:
-            return self.model_dump_json()
+            return self.model_dump_json(exclude=omit)
         except ValueError:  # text that UTF-8 cannot carry (a lone surrogate): escape it
-            return json.dumps(self.model_dump(mode="json"), ensure_ascii=True)
+            return json.dumps(self.model_dump(mode="json", exclude=omit), ensure_ascii=True)
 
     @classmethod
     def from_json(cls, body: str) -> QueuedRecord:

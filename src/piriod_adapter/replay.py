@@ -24,6 +24,7 @@ from piriod_adapter.models import FailureKind, QueuedRecord, Status, Usage
 from piriod_adapter.observability import logger
 from piriod_adapter.queue import DEAD_LETTER, REPLAY, FailureQueue, Placement
 from piriod_adapter.submit import FailureSink, Outcome, Submission, Submitter
+from piriod_adapter.tracing import tracer  # tracing
 
 # SQS refuses a visibility timeout that reaches 12 hours after the message was received.
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
@@ -189,9 +190,10 @@ def redeliver_dead_letter(
     passing reason (timeout, reset, 5xx, 429): handed to ReplayQueue, where ReplayFunction
     backs off, settles an unseen post by lookup and retries, as for a webhook delivery."""
     sub = Submission.from_message(message, resolve(message.usage))
-    outcome = count(sub, deadline) or submitter.submit(
-        sub, deadline, queue.store_failed, Taker.OPERATOR
-    )
+    with tracer.span("operator replay", parent=message.trace):  # tracing: the record's trace
+        outcome = count(sub, deadline) or submitter.submit(
+            sub, deadline, queue.store_failed, Taker.OPERATOR
+        )
     verdict = Verdict.DONE if outcome.status is not None else Verdict.RETRY
     return ReplayResult(verdict, outcome, message)
 

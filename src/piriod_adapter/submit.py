@@ -49,6 +49,7 @@ from piriod_adapter.models import sortable_utc as _sortable
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.piriod import Listed, PiriodUnavailable, PostKind, PostResult
 from piriod_adapter.queue import Placement
+from piriod_adapter.tracing import tracer  # tracing
 
 # Piriod's `created` versus our clock, when settling: a matching usage created up to this
 # long before our first attempt is still taken as ours. Wider means more clock skew is
@@ -244,13 +245,19 @@ class Submitter:
         attempts = [_Attempt() for _ in subs]
 
         def run(n: int) -> Outcome:
-            return self._guarded(subs[n], deadline, taker, breaker, attempts[n], sink)
+            sub = subs[n]
+            # tracing: one span per record; a replayed one continues its message's trace
+            trace = sub.previous.trace if sub.previous else None
+            with tracer.span("record", parent=trace, index=sub.index) as span:
+                outcome = self._guarded(sub, deadline, taker, breaker, attempts[n], sink)
+                span.set(status=outcome.status.value if outcome.status else "not_stored")
+                return outcome
 
         if not subs:
             return []
         pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(subs))))
         try:
-            futures = [pool.submit(run, n) for n in range(len(subs))]
+            futures = [pool.submit(tracer.carry(run), n) for n in range(len(subs))]  # tracing
             pending: set[Future[Outcome]] = set(futures)
             while pending and deadline.remaining() > 0:
                 _, pending = wait(
@@ -385,7 +392,8 @@ class Submitter:
             raise _Abandoned
         else:
             started = self.clock()
-            result = self.piriod.post_usage(usage, sub.tenant, deadline)
+            with tracer.span("post"):  # tracing
+                result = self.piriod.post_usage(usage, sub.tenant, deadline)
             _measure(result, self.clock() - started)
             if breaker is not None:
                 breaker.saw(result)
@@ -398,6 +406,7 @@ class Submitter:
         unseen = attempt.sent_at if result.kind is PostKind.AMBIGUOUS else None
         return self._store_from(attempt, self._failed(claim, sub, result, unseen), sink)
 
+    @tracer.traced("claim")  # tracing
     def _claim(self, sub: Submission, deadline: Deadline, taker: Taker, settling: bool) -> Claim:
         claim = self.store.claim(sub.usage, deadline, taker, settling=settling)
         tries = 1
@@ -465,6 +474,7 @@ class Submitter:
 
     # --- settling an unseen post -------------------------------------------------------------
 
+    @tracer.traced("settle")  # tracing
     def _settle(
         self, claim: Claim, sub: Submission, since: float, deadline: Deadline
     ) -> PostResult | None:
@@ -567,6 +577,7 @@ class Submitter:
             attempts=(previous.attempts if previous else 0) + (1 if result.attempted else 0),
             first_failure_at=previous.first_failure_at if previous else now,
             ambiguous_since=datetime.fromtimestamp(unseen_since, UTC) if unseen_since else None,
+            trace=tracer.traceparent() or (previous.trace if previous else None),  # tracing
         )
         return _Failed(sub, claim, message, unseen_since)
 
@@ -575,6 +586,7 @@ class Submitter:
             raise _Abandoned
         return self._store(step, sink)
 
+    @tracer.traced("queue")  # tracing
     def _store(self, step: _Failed, sink: FailureSink) -> Outcome:
         """Put a failed record in its queue and write its key: queued or rejected, or (a
         queue down) not stored, its key released for the retry."""

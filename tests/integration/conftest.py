@@ -14,6 +14,7 @@ import pytest
 from piriod_devkit.events import LOCAL_SIGNING_SECRET
 from piriod_devkit.sources import LOCAL_SOURCE_SECRETS
 from tests.conftest import TOKEN, Adapter
+from tests.integration.test_tracing import COLLECTOR_TOKEN
 from tests.integration.test_webhook import OTHER_SECRET
 
 SECRETS = {
@@ -28,6 +29,7 @@ SECRETS = {
     OTHER_SECRET.removeprefix("whsec_"),
     *LOCAL_SOURCE_SECRETS.values(),
     "whsec_new_one",
+    COLLECTOR_TOKEN,  # a tracing header (PIRIOD_TRACING_HEADERS)
 }
 
 

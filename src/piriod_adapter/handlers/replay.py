@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.data_classes import SQSEvent
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.replay import Received, Verdict, replay_batch, retry_later
-from piriod_adapter.runtime import get_runtime
+from piriod_adapter.runtime import Runtime, get_runtime, tracer_of
 from piriod_adapter.snapstart import register
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 DEADLINE_RESERVE_SECONDS = 5.0
 
@@ -26,6 +29,18 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     received_at = time.monotonic()  # the batch was received just before this
     runtime = get_runtime()
     records = list(SQSEvent(event).records)
+    # One span per batch; each record's own span continues the trace its message carries.
+    with tracer_of(get_runtime).invocation(
+        "replay",
+        {"messaging.system": "aws_sqs", "messaging.batch.message_count": len(records)},
+        kind="consumer",
+    ):
+        return _replay(runtime, records, context, received_at)
+
+
+def _replay(
+    runtime: Runtime, records: list[SQSRecord], context: LambdaContext, received_at: float
+) -> dict[str, Any]:
     batch = [
         Received(r.message_id, r.body, int(r.attributes.approximate_receive_count or 1))
         for r in records
