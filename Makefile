@@ -13,7 +13,7 @@ TOOLS := .tools
 CHECKOV := $(TOOLS)/checkov/bin/checkov
 PIP_AUDIT := $(TOOLS)/audit/bin/pip-audit
 
-.PHONY: demo test lint typecheck security unit integration e2e bench bench-load bench-aggregate clean
+.PHONY: demo test lint typecheck security unit integration e2e bench bench-load bench-load-outside bench-aggregate clean
 
 $(STAMP): pyproject.toml src/requirements.txt
 	@echo "First run: creating .venv and installing the adapter, the dev kit and the test tools (about a minute; later runs skip this)"
@@ -64,6 +64,8 @@ test: lint typecheck security $(STAMP)
 	$(BIN)/pytest -q -n 2 tests/unit tests/integration
 	$(BIN)/pytest -q tests/e2e
 
+# Each bench writes its results in bench/ and regenerates the figures of docs/benchmarks.md and
+# README.md from them (bench/pages.py).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
@@ -71,6 +73,11 @@ bench: $(STAMP)
 # Piriod fails in phases; exits 1 if a record is lost or posted twice, or a 5xx was answered.
 bench-load: $(STAMP)
 	$(BIN)/python bench/load.py
+
+# The outside load check's shape: 5 webhook instances, a store that serves one request at a
+# time, 40 records per delivery, 2,000 records, Piriod healthy; the same exit rule.
+bench-load-outside: $(STAMP)
+	$(BIN)/python bench/load.py --shape outside
 
 # 100,000 events into aggregation windows against per-event posting: Piriod calls, throughput,
 # DynamoDB capacity per event, a hot line; exits 1 if an event is lost or counted twice.
