@@ -316,7 +316,8 @@ class Problem(BaseModel):
     """One problem of a refused delivery: the record's index (null: the delivery as a whole),
     the field, and what is wrong."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # cold start: its schema is built on first use (a delivery that passes needs none)
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     index: int | None = Field(description="the record's index; null: the delivery as a whole")
     field: str = Field(max_length=200)
@@ -327,7 +328,8 @@ class Refusal(BaseModel):
     """The body of every answer without per-record results: a 4xx refuses the whole delivery
     (nothing claimed, posted or stored); a 5xx asks for the whole delivery again."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # cold start: its schema is built on first use (a delivery that passes needs none)
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     message: str
     errors: list[Problem] | None = Field(
@@ -412,7 +414,8 @@ def bounded_errors(errors: dict[str, list[str]] | None) -> dict[str, list[str]] 
 class Failure(BaseModel):
     """Why a record is in a queue."""
 
-    model_config = ConfigDict(frozen=True)
+    # cold start: its schema is built on first use (a delivery that passes needs none)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     kind: FailureKind
     status: int | None = None  # Piriod's HTTP status, when it answered
@@ -453,7 +456,8 @@ def _traceparent(value: object) -> str | None:
 class QueuedRecord(BaseModel):
     """A queue message: everything needed to replay the record alone (SPEC section 5)."""
 
-    model_config = ConfigDict(frozen=True)
+    # cold start: its schema is built on first use (a delivery that passes needs none)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     version: Literal[2] = 2
     usage: Usage

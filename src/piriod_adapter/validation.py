@@ -177,7 +177,8 @@ class NativeRecord(BaseModel):
 class NativeBatch(BaseModel):
     """The batch form: {"usages": [record, ...]} with 1 to 100 records."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # cold start: its schema is built on first use (a one-record body needs none)
+    model_config = ConfigDict(defer_build=True, extra="forbid", strict=True, frozen=True)
 
     usages: list[NativeRecord] = Field(min_length=1, max_length=MAX_BATCH)
 
