@@ -5,13 +5,14 @@ whose import alone costs about 100 ms of every cold start (`make bench`)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import get_runtime, tracer_of
 from piriod_adapter.snapstart import register
-from piriod_adapter.webhook import answer
+from piriod_adapter.webhook import NATIVE_PATH, answer
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -29,11 +30,26 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     with tracer_of(get_runtime).invocation(
         "delivery", _request_attributes(event), parent=_header(event, "traceparent")
     ) as span:
+        if _native(event):
+            _read_secrets_together()
         reply = answer(event, get_runtime, deadline)
         span.set(**{"http.response.status_code": reply.status})
         if reply.status >= 500:
             span.fail(reply.cause or f"HTTP {reply.status}")
     return reply.to_api_gateway()
+
+
+def _native(event: dict[str, Any]) -> bool:
+    http = (event.get("requestContext") or {}).get("http") or {}
+    path = str(event.get("rawPath") or http.get("path") or "").rstrip("/")
+    return path == NATIVE_PATH
+
+
+def _read_secrets_together() -> None:
+    """The signing secrets and the Piriod token, side by side (Runtime.read_secrets_together);
+    anything that fails here is met again, and answered for, by the delivery itself."""
+    with contextlib.suppress(Exception):  # the delivery's own reads report it
+        get_runtime().read_secrets_together()
 
 
 def _header(event: dict[str, Any], name: str) -> str | None:
