@@ -303,13 +303,14 @@ def cold_start(env_lab: Lab, runs: int) -> list[Figure]:
         "≤ 1.2× (+20 %)",
         goal=1.2,
     )
+    traced_cpu = Figure("cold process CPU, tracing on ÷ tracing off", "×", "—")
     to_exit = Figure("cold process to its exit ÷ `import boto3` (tracing off)", "×", "—")
     cpu = Figure("cold process CPU ÷ `import boto3` CPU (tracing off)", "×", "—")
     importing = Figure("process start to handler imported (tracing off)", "ms", "—")
     rss = Figure("peak RSS of the function process", "MiB", "≤ 100 MB", goal=100)
     receiver = OtlpReceiver()
     env = env_lab.environment()
-    samples: dict[str, list[float]] = {k: [] for k in ("boto", "boto_cpu", "on")}
+    samples: dict[str, list[float]] = {k: [] for k in ("boto", "boto_cpu", "on", "on_cpu")}
     answered: dict[str, list[float]] = {"ours": [], "naive": []}
     exits: dict[str, list[float]] = {"ours": [], "naive": []}
     cpus: dict[str, list[float]] = {"ours": [], "naive": []}
@@ -339,6 +340,7 @@ def cold_start(env_lab: Lab, runs: int) -> list[Figure]:
                 assert result["status"] == 202, result
                 if which == "on":
                     samples["on"].append(result["answered_at"] - started)
+                    samples["on_cpu"].append(spent)
                     continue
                 answered[which].append(result["answered_at"] - started)
                 exits[which].append(wall)
@@ -376,7 +378,9 @@ def cold_start(env_lab: Lab, runs: int) -> list[Figure]:
         setattr(cpu, f"headline_{which}", median(cpus[which]) / median(samples["boto_cpu"]))
     traced.ours = [v / median(answered["ours"]) for v in samples["on"]]
     traced.headline_ours = median(samples["on"]) / median(answered["ours"])
-    return [boto, cold, traced, to_exit, cpu, importing, rss]
+    traced_cpu.ours = [v / median(cpus["ours"]) for v in samples["on_cpu"]]
+    traced_cpu.headline_ours = median(samples["on_cpu"]) / median(cpus["ours"])
+    return [boto, cold, traced, traced_cpu, to_exit, cpu, importing, rss]
 
 
 def warm_cpu(env_lab: Lab, runs: int) -> Figure:
@@ -711,6 +715,11 @@ def main() -> int:
     parser.add_argument(
         "--deliveries", type=int, default=30, help=f"{PER_DELIVERY}-record deliveries (30)"
     )
+    parser.add_argument(
+        "--only",
+        choices=("cold",),
+        help="cold: the cold starts only, printed (no results file is written)",
+    )
     args = parser.parse_args()
     runs = 3 if args.quick else args.runs
     cold_runs = 3 if args.quick else args.cold_runs
@@ -718,6 +727,19 @@ def main() -> int:
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # no metric documents in the output
     os.environ["POWERTOOLS_LOG_LEVEL"] = "ERROR"  # nor a log line per record
     figures: list[Figure] = []
+    if args.only == "cold":
+        with lab() as env_lab:
+            rows = [f.row() for f in cold_start(env_lab, cold_runs)]
+        meta = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{os.cpu_count()} cores",
+            "python": sys.version.split()[0],
+            "runs": cold_runs,
+            "cold_runs": cold_runs,
+            "commit": code_version(),
+        }
+        print(markdown(rows, meta))
+        return 0
     with lab() as env_lab:
         figures += cold_start(env_lab, cold_runs)
         measured = per_delivery(env_lab, count)
