@@ -67,7 +67,17 @@ def readme_performance() -> str:
     outside = _results("load-outside-results")
     healthy: dict[str, Any] = next(iter(outside.get("per_phase", [])), {})
     aggregation = _results("aggregation-results").get("figures", {})
+    runs = "; ".join(
+        f"`{command}` {meta.get('date', '?')} (commit {meta.get('commit', '?')})"
+        for command, meta in (
+            ("make bench", bench.get("meta", {})),
+            ("make bench-load-outside", outside.get("meta", {})),
+            ("make bench-aggregate", _results("aggregation-results").get("meta", {})),
+        )
+    )
     rows = [
+        f"Last runs: {runs}.",
+        "",
         "| figure (last run; [docs/benchmarks.md](docs/benchmarks.md)) | goal | measured |",
         "|---|---|---|",
         f"| cold process to first 202 ÷ `import boto3`, tracing off (`make bench`) "
