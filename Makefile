@@ -17,7 +17,7 @@ CHECKOV := $(TOOLS)/checkov/bin/checkov
 PIP_AUDIT := $(TOOLS)/audit/bin/pip-audit
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck security unit integration e2e bench bench-load bench-aggregate clean
+.PHONY: help demo test lint typecheck security unit integration e2e bench bench-load bench-load-outside bench-aggregate clean
 
 help: ## what each target does
 	@echo "make TARGET, in a checkout (the first run of each makes .venv):"
@@ -79,13 +79,20 @@ test: lint typecheck security $(STAMP) ## everything CI runs: lint, types, secur
 	$(BIN)/pytest -q -n 2 tests/unit tests/integration
 	$(BIN)/pytest -q tests/e2e
 
-bench: $(STAMP) ## measure the webhook and replay (docs/benchmarks.md)
+# Each bench writes its results in bench/ and regenerates the figures of docs/benchmarks.md and
+# README.md from them (bench/pages.py).
+bench: $(STAMP) ## measure cold starts, the webhook and replay (docs/benchmarks.md)
 	$(BIN)/python bench/run.py
 
 # 5,000 records from concurrent senders through 4 webhook processes and 1 replay process while
 # Piriod fails in phases; exits 1 if a record is lost or posted twice, or a 5xx was answered.
 bench-load: $(STAMP) ## 5,000 records through a Piriod failing in phases
 	$(BIN)/python bench/load.py
+
+# The outside load check's shape: 5 webhook instances, a store that serves one request at a
+# time, 40 records per delivery, 2,000 records, Piriod healthy; the same exit rule.
+bench-load-outside: $(STAMP) ## 2,000 records in the outside check's shape
+	$(BIN)/python bench/load.py --shape outside
 
 # 100,000 events into aggregation windows against per-event posting: Piriod calls, throughput,
 # DynamoDB capacity per event, a hot line; exits 1 if an event is lost or counted twice.

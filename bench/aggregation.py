@@ -61,6 +61,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capacity import Pricer, read_back_with, table_indexes
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 TOKEN = "aggregation-bench-token"
@@ -73,8 +76,9 @@ PER_DELIVERY = 100
 FIRST_LINE = 7_001
 HOT_LINE = 9_001
 HOT_DELIVERIES = 8
-KB = 1024
 OUT = sys.stdout
+# issue 25: at 100 events per delivery
+GOALS = {"calls_per_event": 0.03, "cpu_ms_per_event": 0.3}
 
 
 def say(text: str) -> None:
@@ -92,47 +96,7 @@ def moto_server() -> Any:
     return MotoServer()
 
 
-# --- DynamoDB capacity, from the requests made -------------------------------------------------
-
-
-def value_size(value: dict[str, Any]) -> int:
-    (kind, inner), *_ = value.items()
-    if kind == "S":
-        return len(str(inner).encode())
-    if kind == "N":
-        digits = str(inner).lstrip("-+").lower().split("e")[0].replace(".", "")
-        significant = digits.strip("0") or "0"
-        return math.ceil(len(significant) / 2) + 1
-    if kind == "B":
-        return len(inner) if isinstance(inner, bytes) else len(str(inner)) * 3 // 4
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(s.encode()) for s in inner)
-    if kind == "NS":
-        return sum(value_size({"N": n}) for n in inner)
-    if kind == "L":
-        return 3 + sum(1 + value_size(v) for v in inner)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + value_size(v) for k, v in inner.items())
-    return len(json.dumps(inner))
-
-
-def item_size(item: dict[str, Any] | None) -> int:
-    if not item:
-        return 0
-    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
-
-
-def units(size: int, per: int) -> int:
-    return max(1, math.ceil(size / per))
-
-
-def key_of(request: dict[str, Any]) -> str:
-    """The item key of a write: its Item's pk, or its Key's."""
-    item: dict[str, Any] = request.get("Item") or request.get("Key") or {}
-    return str(item["pk"]["S"])
-
+# --- DynamoDB capacity, from the requests made (priced by bench/capacity.py) ----------------
 
 _SHARD = re.compile(r"^win#.*#g\d+#s\d+$")
 _GEN = re.compile(r"^win#.*#g\d+$")
@@ -150,41 +114,6 @@ def category(pk: str, flushing: bool) -> str:
     return "event keys"
 
 
-@dataclass
-class Capacity:
-    """WCU and RCU by category, from the runtime client's requests."""
-
-    wcu: Counter[str] = field(default_factory=Counter)
-    gsi_wcu: Counter[str] = field(default_factory=Counter)
-    cancelled_wcu: Counter[str] = field(default_factory=Counter)  # would-be, upper bound
-    rcu: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-    calls: Counter[str] = field(default_factory=Counter)
-    seconds: defaultdict[str, float] = field(
-        default_factory=lambda: defaultdict(float)
-    )  # waiting on DynamoDB (moto), by call
-    conflicts: int = 0  # TransactionConflict seen in a TransactWriteItems answer
-    cancelled: int = 0  # TransactWriteItems cancelled (duplicates, closed generations)
-    items_over_1kb: int = 0
-    largest_item: int = 0
-
-    def total_wcu(self) -> int:
-        return sum(self.wcu.values()) + sum(self.gsi_wcu.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "wcu": dict(self.wcu),
-            "gsi_wcu": dict(self.gsi_wcu),
-            "cancelled_wcu_upper_bound": dict(self.cancelled_wcu),
-            "rcu": dict(self.rcu),
-            "calls": dict(self.calls),
-            "seconds_waiting_by_call": {k: round(v, 3) for k, v in self.seconds.items()},
-            "transaction_conflicts": self.conflicts,
-            "transactions_cancelled": self.cancelled,
-            "items_over_1kb": self.items_over_1kb,
-            "largest_item_bytes": self.largest_item,
-        }
-
-
 class Meter:
     """botocore hooks on the runtime's DynamoDB client: each request priced as it is made."""
 
@@ -193,17 +122,36 @@ class Meter:
 
         self.reader = client("dynamodb", moto_url)  # not the runtime's: not measured
         self.table = table
-        description = self.reader.describe_table(TableName=table)["Table"]
-        self.indexes = [
-            tuple(k["AttributeName"] for k in index["KeySchema"])
-            for index in description.get("GlobalSecondaryIndexes", [])
-        ]
-        self.shadow: dict[str, dict[str, Any]] = {}
-        self.capacity = Capacity()
         self.flushing = False
+        self.pricer = Pricer(
+            table_indexes(self.reader, table),
+            read_back_with(self.reader, table),
+            category=lambda pk: category(pk, self.flushing),
+            reads=lambda: "flush (reads)" if self.flushing else "counting (reads)",
+        )
+        self.capacity = self.pricer.capacity
         self.lock = threading.RLock()
         self.local = threading.local()
         self.attached: set[int] = set()
+        self.calls: Counter[str] = Counter()  # every AWS call of the runtime's clients
+        self.hook_cpu = 0.0  # CPU seconds the hooks spent, in every thread
+
+    def attach_all(self, runtime: Any) -> None:
+        """Count every AWS call of the runtime's clients (DynamoDB priced too)."""
+        self.attach(runtime.dynamodb)
+        for name in ("sqs", "secretsmanager", "ssm"):
+            client = getattr(runtime, name)
+            if id(client) not in self.attached:
+                self.attached.add(id(client))
+                client.meta.events.register("before-call", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        with self.lock:
+            self.calls[f"{model.service_model.service_id}:{model.name}"] += 1
+
+    def total_calls(self) -> int:
+        with self.lock:
+            return sum(self.calls.values())
 
     # time the hooks spend (reading items back) is taken out of the function's time
     def hook_seconds(self) -> float:
@@ -219,6 +167,7 @@ class Meter:
         self.attached.add(id(dynamodb))
         dynamodb.meta.events.register("before-call.dynamodb", self._before)
         dynamodb.meta.events.register("after-call.dynamodb", self._after)
+        dynamodb.meta.events.register("before-call", self._count)
 
     def _before(
         self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any
@@ -234,7 +183,7 @@ class Meter:
         context: dict[str, Any],
         **_: Any,
     ) -> None:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         waited = began - context.get("bench_started", began)
         self.local.waited = self.waited() + waited
         with self.lock:
@@ -243,127 +192,11 @@ class Meter:
             body = context.get("bench_params")
             request = json.loads(body) if isinstance(body, bytes | str) and body else {}
             with self.lock:
-                self._price(model.name, request, parsed, http_response.status_code)
+                self.pricer.price(model.name, request, parsed, http_response.status_code)
         finally:
             self.local.seconds = self.hook_seconds() + time.perf_counter() - began
-
-    def _read_back(self, pks: list[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        todo = list(dict.fromkeys(pks))
-        for start in range(0, len(todo), 100):
-            keys = [{"pk": {"S": pk}} for pk in todo[start : start + 100]]
-            while keys:
-                answer = self.reader.batch_get_item(
-                    RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}}
-                )
-                for item in answer.get("Responses", {}).get(self.table, []):
-                    found[item["pk"]["S"]] = item
-                keys = answer.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
-        return found
-
-    def _write(self, pk: str, after: dict[str, Any] | None, transactional: bool) -> None:
-        before = self.shadow.get(pk)
-        size = max(item_size(before), item_size(after))
-        self.capacity.largest_item = max(self.capacity.largest_item, size)
-        self.capacity.items_over_1kb += size > KB
-        what = category(pk, self.flushing)
-        self.capacity.wcu[what] += units(size, KB) * (2 if transactional else 1)
-        for keys in self.indexes:
-            was = before is not None and all(k in before for k in keys)
-            now = after is not None and all(k in after for k in keys)
-            assert before is not None or not was
-            if was and now:
-                assert before is not None and after is not None
-                if any(before[k] != after[k] for k in keys):
-                    self.capacity.gsi_wcu[what] += units(item_size(before), KB)
-                    self.capacity.gsi_wcu[what] += units(item_size(after), KB)
-                elif before != after:
-                    self.capacity.gsi_wcu[what] += units(item_size(after), KB)
-            elif now:
-                self.capacity.gsi_wcu[what] += units(item_size(after), KB)
-            elif was:
-                self.capacity.gsi_wcu[what] += units(item_size(before), KB)
-        if after is None:
-            self.shadow.pop(pk, None)
-        else:
-            self.shadow[pk] = after
-
-    def _price(self, op: str, request: dict[str, Any], parsed: dict[str, Any], status: int) -> None:
-        self.capacity.calls[op] += 1
-        error = parsed.get("Error", {}).get("Code") if status >= 300 else None
-        reads = "flush (reads)" if self.flushing else "counting (reads)"
-        if op == "TransactWriteItems":
-            actions = request.get("TransactItems", [])
-            if error is not None:
-                reasons = parsed.get("CancellationReasons") or []
-                if error == "TransactionConflictException" or any(
-                    r.get("Code") == "TransactionConflict" for r in reasons
-                ):
-                    self.capacity.conflicts += 1
-                self.capacity.cancelled += 1
-                for action in actions:
-                    (_, op_body), *_ = action.items()
-                    pk = key_of(op_body)
-                    size = max(item_size(op_body.get("Item")), item_size(self.shadow.get(pk)))
-                    self.capacity.cancelled_wcu[category(pk, self.flushing)] += 2 * units(size, KB)
-                return
-            updated = [a["Update"]["Key"]["pk"]["S"] for a in actions if "Update" in a] + [
-                a["Delete"]["Key"]["pk"]["S"] for a in actions if "Delete" in a
-            ]
-            after = self._read_back(updated) if updated else {}
-            for action in actions:
-                if "Put" in action:
-                    item = action["Put"]["Item"]
-                    self._write(item["pk"]["S"], item, transactional=True)
-                elif "Update" in action or "Delete" in action:
-                    pk = (action.get("Update") or action["Delete"])["Key"]["pk"]["S"]
-                    self._write(pk, after.get(pk), transactional=True)
-                # a ConditionCheck reads: 2 RCU per 4 KB, transactional
-                elif "ConditionCheck" in action:
-                    pk = action["ConditionCheck"]["Key"]["pk"]["S"]
-                    self.capacity.rcu[reads] += 2 * units(item_size(self.shadow.get(pk)), 4 * KB)
-            return
-        if op in ("PutItem", "UpdateItem", "DeleteItem"):
-            pk = key_of(request)
-            if error is not None:  # a refused condition still consumes write capacity
-                if error == "ConditionalCheckFailedException":
-                    self.capacity.wcu[category(pk, self.flushing)] += units(
-                        item_size(self.shadow.get(pk)), KB
-                    )
-                return
-            if op == "PutItem":
-                self._write(pk, request["Item"], transactional=False)
-            elif op == "DeleteItem":
-                self._write(pk, None, transactional=False)
-            else:
-                self._write(pk, self._read_back([pk]).get(pk), transactional=False)
-            return
-        if op == "BatchWriteItem":
-            for requests in request.get("RequestItems", {}).values():
-                for one in requests:
-                    if "PutRequest" in one:
-                        item = one["PutRequest"]["Item"]
-                        self._write(item["pk"]["S"], item, transactional=False)
-                    else:
-                        self._write(one["DeleteRequest"]["Key"]["pk"]["S"], None, False)
-            return
-        if error is not None:
-            return
-        if op == "BatchGetItem":
-            for table, items in parsed.get("Responses", {}).items():
-                asked = request.get("RequestItems", {}).get(table, {})
-                found = {i["pk"]["S"]: i for i in items}
-                factor = 1.0 if asked.get("ConsistentRead") else 0.5
-                for key in asked.get("Keys", []):
-                    size = item_size(found.get(key["pk"]["S"]))
-                    self.capacity.rcu[reads] += factor * units(size, 4 * KB)
-        elif op == "GetItem":
-            factor = 1.0 if request.get("ConsistentRead") else 0.5
-            self.capacity.rcu[reads] += factor * units(item_size(parsed.get("Item")), 4 * KB)
-        elif op in ("Query", "Scan"):
-            size = sum(item_size(i) for i in parsed.get("Items", []))
-            factor = 1.0 if request.get("ConsistentRead") else 0.5
-            self.capacity.rcu[reads] += factor * units(size, 4 * KB)
+            with self.lock:
+                self.hook_cpu += time.thread_time() - cpu
 
 
 # --- the lab: stand-ins, environments, signed deliveries --------------------------------------
@@ -448,6 +281,8 @@ class Answer:
     body: dict[str, Any]
     seconds: float  # in the handler, the meter's own time taken out
     dynamodb_seconds: float = 0.0  # of which waiting on DynamoDB requests, in this thread
+    cpu_seconds: float = 0.0  # the process's CPU in the handler, the meter's own taken out
+    aws_calls: int = 0  # AWS requests the runtime's clients made
 
 
 class Sender:
@@ -464,7 +299,7 @@ class Sender:
         from piriod_devkit.sources import sign_source
 
         if self.meter is not None:
-            self.meter.attach(get_runtime().dynamodb)
+            self.meter.attach_all(get_runtime())
         raw = ('{"events": [' + ", ".join(e.json() for e in events) + "]}").encode()
         request = http_event(
             "POST", f"/v1/sources/{self.source}/usages", raw, {"content-type": "application/json"}
@@ -472,13 +307,17 @@ class Sender:
         signed = sign_source(request, {"signature": SIGNATURE}, SECRET)
         hooks = self.meter.hook_seconds() if self.meter else 0.0
         waited = self.meter.waited() if self.meter else 0.0
-        began = time.perf_counter()
+        hook_cpu = self.meter.hook_cpu if self.meter else 0.0
+        calls = self.meter.total_calls() if self.meter else 0
+        began, cpu = time.perf_counter(), time.process_time()
         answer = lambda_handler(signed, LambdaContext(timeout_seconds=25.0))
-        spent = time.perf_counter() - began
+        spent, cpu = time.perf_counter() - began, time.process_time() - cpu
         if self.meter is not None:
             spent -= self.meter.hook_seconds() - hooks
             waited = self.meter.waited() - waited
-        return Answer(answer["statusCode"], json.loads(answer["body"]), spent, waited)
+            cpu -= self.meter.hook_cpu - hook_cpu
+            calls = self.meter.total_calls() - calls
+        return Answer(answer["statusCode"], json.loads(answer["body"]), spent, waited, cpu, calls)
 
 
 def flush(meter: Meter | None) -> tuple[dict[str, Any], float]:
@@ -487,7 +326,7 @@ def flush(meter: Meter | None) -> tuple[dict[str, Any], float]:
     from piriod_devkit.events import LambdaContext
 
     if meter is not None:
-        meter.attach(get_runtime().dynamodb)
+        meter.attach_all(get_runtime())
         meter.flushing = True
         hooks = meter.hook_seconds()
     began = time.perf_counter()
@@ -591,7 +430,8 @@ def aggregating_run(lab: Lab, args: argparse.Namespace, rng: random.Random) -> d
     lab.piriod.set_tokens(TOKEN)
     lab.piriod.add_fault("latency", delay=LATENCY)
     ledger = Ledger()
-    first_seconds = redelivery_seconds = late_seconds = first_dynamodb = 0.0
+    first_seconds = redelivery_seconds = late_seconds = first_dynamodb = first_cpu = 0.0
+    first_calls = 0
     flush_seconds: list[float] = []
     flushes: list[dict[str, Any]] = []
     redelivered = 0
@@ -604,6 +444,8 @@ def aggregating_run(lab: Lab, args: argparse.Namespace, rng: random.Random) -> d
             answer = sender.deliver(batch)
             first_seconds += answer.seconds
             first_dynamodb += answer.dynamodb_seconds
+            first_cpu += answer.cpu_seconds
+            first_calls += answer.aws_calls
             ledger.take(batch, answer)
             if rng.random() < args.redeliver:  # sent again at once, or later
                 if rng.random() < 0.5:
@@ -626,6 +468,7 @@ def aggregating_run(lab: Lab, args: argparse.Namespace, rng: random.Random) -> d
         counting_wall = time.perf_counter() - began
         transactions_first = meter.capacity.calls["TransactWriteItems"]
         counted = meter.capacity.total_wcu()
+        calls_before_flushes = meter.total_calls()
         report, seconds = flush(meter)
         flushes.append(report)
         flush_seconds.append(seconds)
@@ -655,6 +498,8 @@ def aggregating_run(lab: Lab, args: argparse.Namespace, rng: random.Random) -> d
         flushes.append(report)
         flush_seconds.append(seconds)
         capacity = meter.capacity
+        all_calls = meter.total_calls()
+        calls_by_action = dict(meter.calls)
     lab.piriod.clear_faults()
     posts = lab.posts()
     generations = Counter(
@@ -678,6 +523,11 @@ def aggregating_run(lab: Lab, args: argparse.Namespace, rng: random.Random) -> d
         "flushes": flushes,
         "flush_seconds": flush_seconds,
         "function_seconds_first_deliveries": first_seconds,
+        "function_cpu_seconds_first_deliveries": first_cpu,
+        "aws_calls_first_deliveries": first_calls,
+        "aws_calls_all": all_calls,
+        "aws_calls_flushes_and_late": all_calls - calls_before_flushes,
+        "aws_calls_by_action": calls_by_action,
         "dynamodb_seconds_first_deliveries": first_dynamodb,
         "transactions_first_deliveries": transactions_first,
         "function_seconds_redeliveries": redelivery_seconds,
@@ -699,7 +549,8 @@ def per_event_run(lab: Lab, args: argparse.Namespace, rng: random.Random) -> dic
     lab.piriod.reset()
     lab.piriod.set_tokens(TOKEN)
     lab.piriod.add_fault("latency", delay=LATENCY)
-    seconds = 0.0
+    seconds = cpu = 0.0
+    calls = 0
     answered: Counter[str] = Counter()
     problems: list[str] = []
     with environment(env):
@@ -709,6 +560,8 @@ def per_event_run(lab: Lab, args: argparse.Namespace, rng: random.Random) -> dic
         for batch in batches(events):
             answer = sender.deliver(batch)
             seconds += answer.seconds
+            cpu += answer.cpu_seconds
+            calls += answer.aws_calls
             if answer.status != 202:
                 problems.append(f"answered {answer.status}")
                 continue
@@ -730,6 +583,9 @@ def per_event_run(lab: Lab, args: argparse.Namespace, rng: random.Random) -> dic
         "results": dict(answered),
         "posts": len(posts),
         "function_seconds": seconds,
+        "function_cpu_seconds": cpu,
+        "aws_calls": calls,
+        "aws_calls_by_action": dict(meter.calls),
         "wall_seconds": wall,
         "capacity": capacity.to_dict(),
         "wcu": capacity.total_wcu(),
@@ -856,6 +712,11 @@ def report(
     each_ceiling = PER_DELIVERY / (math.ceil(PER_DELIVERY / 16) * LATENCY)
     posts_per_event = agg["posts"] / counted
     each_posts_per_event = each["posts"] / each["events"]
+    calls_per_event = agg["aws_calls_first_deliveries"] / events
+    calls_per_event_all = agg["aws_calls_all"] / counted
+    each_calls_per_event = each["aws_calls"] / each["events"]
+    cpu_ms = agg["function_cpu_seconds_first_deliveries"] / events * 1000
+    each_cpu_ms = each["function_cpu_seconds"] / each["events"] * 1000
     hot_cap = hot["capacity"]
     hot_events = hot["deliveries"] * hot["events_each"]
     hot_wcu = sum(hot_cap["wcu"].values()) + sum(hot_cap["gsi_wcu"].values())
@@ -872,13 +733,37 @@ def report(
             + ("met" if agg["posts"] <= 100 + agg["late_generations"] else "**not met**"),
         ),
         (
-            "Throughput (events per second of webhook function time)",
+            "AWS calls per counted event",
+            f"{PER_DELIVERY} events per delivery; every request of the runtime's AWS clients "
+            "(DynamoDB, SQS, Secrets Manager, SSM)",
+            f"**{calls_per_event:.4f} per event** ({agg['aws_calls_first_deliveries']:,} calls for "
+            f"{events:,} events); {calls_per_event_all:.4f} with redeliveries, late events and "
+            f"the flushes ({agg['aws_calls_all']:,} for {counted:,})",
+            f"{each_calls_per_event:.3f} per event ({each['aws_calls']:,} for {each['events']:,})",
+            f"{each_calls_per_event / calls_per_event:,.0f}× fewer; {calls_per_event / GOALS['calls_per_event']:.2f}× "
+            f"the goal ≤ {GOALS['calls_per_event']}: "
+            + ("met" if calls_per_event <= GOALS["calls_per_event"] else "**not met**"),
+        ),
+        (
+            "Function CPU per counted event",
+            "process CPU time in the webhook handler (waits excluded; the benchmark's own "
+            "pricing hooks taken out); sequential invocations",
+            f"**{cpu_ms:.3f} ms per event** ({agg['function_cpu_seconds_first_deliveries']:.1f} s "
+            f"for {events:,} events)",
+            f"{each_cpu_ms:.3f} ms per event ({each['function_cpu_seconds']:.1f} s for "
+            f"{each['events']:,})",
+            f"{each_cpu_ms / cpu_ms:.1f}× less; {cpu_ms / GOALS['cpu_ms_per_event']:.2f}× the goal "
+            f"≤ {GOALS['cpu_ms_per_event']} ms: "
+            + ("met" if cpu_ms <= GOALS["cpu_ms_per_event"] else "**not met**"),
+        ),
+        (
+            "Throughput, wall clock (secondary): events per second of webhook function time",
             "sequential, one invocation at a time; Piriod answers every POST in 50 ms",
             f"**{agg_rate:,.0f} events/s** ({events:,} in {agg['function_seconds_first_deliveries']:.1f} s); "
             f"{agg_rate_all:,.0f}/s counting redeliveries, late deliveries and the flushes' time",
             f"{each_rate:,.0f} events/s ({each['events']:,} in {each['function_seconds']:.1f} s)",
-            f"{agg_rate / each_rate:.1f}×; goal ≥ 20×: "
-            + ("met" if agg_rate / each_rate >= 20 else "**not met**"),
+            f"{agg_rate / each_rate:.1f}× (the former goal ≥ 20× is restated in AWS calls and "
+            "CPU per event: the wall clock here is moto's)",
         ),
         (
             "Throughput, DynamoDB's time taken out (derived)",
@@ -1014,6 +899,12 @@ def report(
             "wcu_by_category": wcu,
             "cancelled_wcu_per_event_upper_bound": cancelled / counted,
             "per_event_wcu_per_event": each["wcu"] / each["events"],
+            "aws_calls_per_event": calls_per_event,
+            "aws_calls_per_event_all": calls_per_event_all,
+            "per_event_aws_calls_per_event": each_calls_per_event,
+            "cpu_ms_per_event": cpu_ms,
+            "per_event_cpu_ms_per_event": each_cpu_ms,
+            "goals": GOALS,
             "hot_line_total": hot["piriod_total"],
             "hot_line_conflicts": hot["transaction_conflicts"],
         },
@@ -1022,6 +913,10 @@ def report(
     (BENCH / "aggregation-results.json").write_text(
         json.dumps(document, indent=2, default=str) + "\n"
     )
+    import pages  # bench/ is on sys.path
+
+    for page in pages.update():
+        print(f"updated {page}")
     print()
     print("Parameters: " + json.dumps(meta["parameters"]))
     print(table)

@@ -1,9 +1,17 @@
 """A counting reverse proxy in front of moto: every AWS request the code under test makes
-passes through it and is counted by service and action, so that round trips are counted at
-the stand-in, not by the code being measured.
+passes through it and is counted by caller, service and action, so that round trips are
+counted at the stand-in, not by the code being measured. Each DynamoDB request is also
+priced in write and read capacity (bench/capacity.py: DynamoDB's rules, GSIs included).
 
     python bench/aws_counter.py --port 4570 --target http://127.0.0.1:4566
-    GET /__counts   -> {"total": n, "by_action": {...}};  POST /__reset -> zeroes them
+    python bench/aws_counter.py --listen webhook:4570 --listen replay:4571 --serial ...
+
+    GET /__counts  -> {"total": n, "by_action": {...}, "wcu": w, "by_caller": {caller: {...}}}
+    POST /__reset  -> zeroes the counts (what the table holds is remembered, to price updates)
+
+Each --listen port is one caller (a label in the counts). With --serial the proxy serves
+one request at a time, across all its ports, like a store that queues its requests (a busy
+DynamoDB partition, a throttled table): a request waits for the one before it to be answered.
 """
 
 from __future__ import annotations
@@ -13,32 +21,118 @@ import json
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import urllib3
 
-COUNTS: Counter[str] = Counter()
-LOCK = threading.Lock()
+COUNTS: dict[str, Counter[str]] = {}  # caller -> "service:Action" -> requests
+WCU: Counter[str] = Counter()  # caller -> write units (table and GSIs)
+LOCK = threading.Lock()  # the counts
+PRICING = threading.Lock()  # the pricers and what they remember of the table
+SERIAL = threading.Lock()  # held around each request with --serial
+
+
+class Prices:
+    """A Pricer per table, made on the table's first request."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.pricers: dict[str, Any] = {}
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            import botocore.session
+
+            self._client = botocore.session.Session().create_client(
+                "dynamodb",
+                endpoint_url=self.target,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+        return self._client
+
+    def pricer(self, table: str) -> Any:
+        from capacity import Pricer, read_back_with, table_indexes
+
+        if table not in self.pricers:
+            client = self.client()
+            self.pricers[table] = Pricer(
+                table_indexes(client, table), read_back_with(client, table)
+            )
+        return self.pricers[table]
+
+    def price(
+        self, action: str, request: dict[str, Any], answer: dict[str, Any], status: int
+    ) -> int:
+        """The write units this request cost (its reads are kept by the pricer)."""
+        tables = _tables(request)
+        if len(tables) != 1:
+            return 0  # no table named (ListTables), or several (not used by the adapter)
+        pricer = self.pricer(tables[0])
+        before = pricer.capacity.total_wcu()
+        pricer.price(action, request, answer, status)
+        return int(pricer.capacity.total_wcu() - before)
+
+
+def _tables(request: dict[str, Any]) -> list[str]:
+    if "TableName" in request:
+        return [str(request["TableName"])]
+    if "RequestItems" in request:
+        return sorted(request["RequestItems"])
+    names = set()
+    for action in request.get("TransactItems", []):
+        for body in action.values():
+            names.add(str(body.get("TableName")))
+    return sorted(names)
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     target = ""
+    serial = False
+    prices: Prices | None = None
+    callers: dict[int, str] = {}  # noqa: RUF012 (set once, before serving)
     http = urllib3.PoolManager(maxsize=64)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    @property
+    def caller(self) -> str:
+        port = int(self.server.server_address[1])  # type: ignore[index]
+        return self.callers.get(port, "all")
+
     def _control(self) -> bool:
         if self.path == "/__counts":
             with LOCK:
-                body = json.dumps({"total": sum(COUNTS.values()), "by_action": dict(COUNTS)})
+                everything: Counter[str] = Counter()
+                for counts in COUNTS.values():
+                    everything.update(counts)
+                body = json.dumps(
+                    {
+                        "total": sum(everything.values()),
+                        "by_action": dict(everything),
+                        "wcu": sum(WCU.values()),
+                        "by_caller": {
+                            caller: {
+                                "total": sum(counts.values()),
+                                "by_action": dict(counts),
+                                "wcu": WCU[caller],
+                            }
+                            for caller, counts in COUNTS.items()
+                        },
+                    }
+                )
             self._answer(200, body.encode(), {"content-type": "application/json"})
             return True
         if self.path == "/__reset":
             with LOCK:
                 COUNTS.clear()
+                WCU.clear()
             self._answer(200, b"{}", {"content-type": "application/json"})
             return True
         return False
@@ -56,21 +150,45 @@ class Handler(BaseHTTPRequestHandler):
         if self._control():
             return
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        action = self.headers.get("x-amz-target") or ""
+        target = self.headers.get("x-amz-target") or ""
+        action = target.split(".")[-1]
         if not action and body:
             action = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
-        service = (self.headers.get("authorization") or "").split("/")[3:4]
+        service = "".join((self.headers.get("authorization") or "").split("/")[3:4])
         with LOCK:
-            COUNTS[f"{''.join(service)}:{action.split('.')[-1]}"] += 1
+            COUNTS.setdefault(self.caller, Counter())[f"{service}:{action}"] += 1
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        if self.serial:
+            with SERIAL:
+                status, data, answer_headers, wcu = self._send(body, headers, target, action)
+        else:
+            status, data, answer_headers, wcu = self._send(body, headers, target, action)
+        if wcu:
+            with LOCK:
+                WCU[self.caller] += wcu
+        self._answer(status, data, answer_headers)
+
+    def _send(
+        self, body: bytes, headers: dict[str, str], target: str, action: str
+    ) -> tuple[int, bytes, dict[str, str], int]:
         response = self.http.request(
             self.command,
             self.target + self.path,
             body=body,
-            headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+            headers=headers,
             retries=False,
             redirect=False,
         )
-        self._answer(response.status, response.data, dict(response.headers))
+        wcu = 0
+        if self.prices is not None and target.startswith("DynamoDB_"):
+            try:
+                request = json.loads(body) if body else {}
+                answer = json.loads(response.data) if response.data else {}
+                with PRICING:  # an update is read back before anything else changes it
+                    wcu = self.prices.price(action, request, answer, response.status)
+            except (ValueError, KeyError, TypeError):
+                pass  # not priced (a request the pricer does not know)
+        return response.status, response.data, dict(response.headers), wcu
 
     do_GET = _forward
     do_POST = _forward
@@ -78,15 +196,37 @@ class Handler(BaseHTTPRequestHandler):
     do_DELETE = _forward
 
 
+class Server(ThreadingHTTPServer):
+    # A store queues what it cannot serve yet; it does not refuse connections. The default
+    # backlog (5) would drop the connections of a burst (16 claims at once per instance).
+    request_queue_size = 1024
+
+
 def main() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, help="one port, caller 'all'")
+    parser.add_argument("--listen", action="append", default=[], help="CALLER:PORT, repeatable")
     parser.add_argument("--target", required=True)
+    parser.add_argument("--serial", action="store_true", help="one request at a time")
+    parser.add_argument("--no-price", action="store_true", help="count only")
     args = parser.parse_args()
+    listen = [("all", args.port)] if args.port else []
+    listen += [(c, int(p)) for c, p in (item.rsplit(":", 1) for item in args.listen)]
     Handler.target = args.target.rstrip("/")
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
-    server.serve_forever()
+    Handler.serial = args.serial
+    Handler.prices = None if args.no_price else Prices(Handler.target)
+    Handler.callers = {port: caller for caller, port in listen}
+    servers = []
+    for _, port in listen:
+        server = Server(("127.0.0.1", port), Handler)
+        server.daemon_threads = True
+        servers.append(server)
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers[0].serve_forever()
 
 
 if __name__ == "__main__":

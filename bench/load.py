@@ -203,15 +203,28 @@ def batch_sizes(total: int, rng: random.Random) -> list[int]:
     return sizes
 
 
-def plan(records: int, rng: random.Random, run: str) -> tuple[list[Record], list[list[Job]]]:
+def fixed_sizes(total: int, size: int) -> list[int]:
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def plan(
+    records: int,
+    rng: random.Random,
+    run: str,
+    phases_run: tuple[Phase, ...] = PHASES,
+    batch_size: int | None = None,
+    twins: float = 0.1,
+) -> tuple[list[Record], list[list[Job]]]:
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
     all_records: list[Record] = []
     phases: list[list[Job]] = []
-    counts = [int(records * p.share) for p in PHASES]
+    shares = sum(p.share for p in phases_run)
+    counts = [int(records * p.share / shares) for p in phases_run]
     counts[0] += records - sum(counts)
-    for number, (phase, count) in enumerate(zip(PHASES, counts, strict=True)):
+    for number, (phase, count) in enumerate(zip(phases_run, counts, strict=True)):
         jobs: list[Job] = []
-        for size in batch_sizes(count, rng):
+        sizes = batch_sizes(count, rng) if batch_size is None else fixed_sizes(count, batch_size)
+        for size in sizes:
             batch = []
             for _ in range(size):
                 n = len(all_records)
@@ -230,7 +243,7 @@ def plan(records: int, rng: random.Random, run: str) -> tuple[list[Record], list
             first = Delivery(f"msg_load_{run}_p{number}_{len(jobs):04d}", batch, phase, "first")
             first.bare = size == 1 and rng.random() < 0.5
             job = Job([first])
-            if rng.random() < 0.1:  # the same records at the same time, in opposite order
+            if rng.random() < twins:  # the same records at the same time, in opposite order
                 first.paired = True
                 job.deliveries.append(
                     Delivery(first.webhook_id + "_twin", batch[::-1], phase, "twin", paired=True)
@@ -766,6 +779,66 @@ def reconcile(
 # --- the run ---------------------------------------------------------------------------------
 
 
+class StoreProxy:
+    """bench/aws_counter.py in front of moto, one port per caller (the webhook instances, the
+    replay instance): every AWS request counted, DynamoDB writes priced; with `serial`, one
+    request served at a time, as by a store that queues its requests."""
+
+    def __init__(self, target: str, serial: bool) -> None:
+        from piriod_devkit.aws import free_port
+
+        self.ports = {"webhook": free_port(), "replay": free_port()}
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(BENCH / "aws_counter.py"),
+                "--target",
+                target,
+                *(
+                    a
+                    for caller, port in self.ports.items()
+                    for a in ("--listen", f"{caller}:{port}")
+                ),
+                *(["--serial"] if serial else []),
+            ]
+        )
+        self.http = urllib3.PoolManager()
+        for _ in range(200):
+            try:
+                self.counts()
+                return
+            except urllib3.exceptions.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("the AWS request counter did not start")
+
+    def url(self, caller: str) -> str:
+        return f"http://127.0.0.1:{self.ports[caller]}"
+
+    def counts(self) -> dict[str, Any]:
+        answer = self.http.request("GET", self.url("webhook") + "/__counts", retries=False)
+        counts: dict[str, Any] = json.loads(answer.data)
+        return counts
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def counted_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What each caller asked of AWS between two snapshots of the proxy's counts."""
+    delta: dict[str, Any] = {}
+    for caller, now in after.get("by_caller", {}).items():
+        was = before.get("by_caller", {}).get(caller, {"total": 0, "wcu": 0, "by_action": {}})
+        actions = Counter(now["by_action"])
+        actions.subtract(was["by_action"])
+        delta[caller] = {
+            "requests": now["total"] - was["total"],
+            "wcu": now["wcu"] - was["wcu"],
+            "by_action": {k: v for k, v in actions.items() if v},
+        }
+    return delta
+
+
 def run(args: argparse.Namespace) -> int:
     from piriod_devkit.aws import MotoServer, client, free_port, function_environment, provision
     from piriod_devkit.events import LOCAL_SIGNING_SECRET
@@ -773,7 +846,8 @@ def run(args: argparse.Namespace) -> int:
 
     rng = random.Random(args.seed)
     run_id = f"{int(time.time()):x}"
-    records, phases = plan(args.records, rng, run_id)
+    phases_run = tuple(p for p in PHASES if p.name in args.phases)
+    records, phases = plan(args.records, rng, run_id, phases_run, args.batch, args.twins)
     logs = Path(tempfile.mkdtemp(prefix="piriod-load-"))
     began = time.monotonic()
     children: list[Child] = []
@@ -793,11 +867,17 @@ def run(args: argparse.Namespace) -> int:
             POWERTOOLS_LOG_LEVEL="WARNING",
             POWERTOOLS_METRICS_DISABLED="true",
         )
+        proxy = StoreProxy(moto.url, args.serial_store)
         try:
             ports = [free_port() for _ in range(args.instances)]
             for n, port in enumerate(ports):
                 children.append(
-                    Child("webhook", ["--port", str(port)], env, logs / f"webhook-{n}.log")
+                    Child(
+                        "webhook",
+                        ["--port", str(port)],
+                        {**env, "AWS_ENDPOINT_URL": proxy.url("webhook")},
+                        logs / f"webhook-{n}.log",
+                    )
                 )
             stop_file, stats_file = logs / "replay.stop", logs / "replay-stats.json"
             replay = Child(
@@ -812,7 +892,7 @@ def run(args: argparse.Namespace) -> int:
                     "--seed",
                     str(args.seed),
                 ],
-                env,
+                {**env, "AWS_ENDPOINT_URL": proxy.url("replay")},
                 logs / "replay.log",
             )
             children.append(replay)
@@ -828,16 +908,19 @@ def run(args: argparse.Namespace) -> int:
                 [f"http://127.0.0.1:{p}" for p in ports], piriod, args.senders, rng, args.redeliver
             )
             phase_seconds: dict[str, float] = {}
-            for phase, jobs in zip(PHASES, phases, strict=True):
+            phase_aws: dict[str, dict[str, Any]] = {}
+            for phase, jobs in zip(phases_run, phases, strict=True):
                 piriod.clear_faults()
                 piriod.add_fault("latency", delay=BASE_LATENCY)
                 for fault in phase.global_faults:
                     piriod.add_fault(**fault)
                 phase_began = time.monotonic()
+                counts_before = proxy.counts()
                 for job in jobs:
                     senders.submit(job)
                 senders.tracker.wait_idle()
                 phase_seconds[phase.name] = time.monotonic() - phase_began
+                phase_aws[phase.name] = counted_between(counts_before, proxy.counts())
                 print(
                     f"  phase {phase.name!r}: {sum(len(j.deliveries[0].records) for j in jobs)} "
                     f"records in {phase_seconds[phase.name]:.1f} s",
@@ -882,6 +965,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             for child in children:
                 child.stop()
+            proxy.stop()
     tally = reconcile(records, ledger, waiting, dead, states)
     log_lines = Counter[str]()
     for log in logs.glob("*.log"):
@@ -895,6 +979,8 @@ def run(args: argparse.Namespace) -> int:
     return report(
         args=args,
         records=records,
+        phases_run=phases_run,
+        phase_aws=phase_aws,
         senders=senders,
         tally=tally,
         replay_stats=replay_stats,
@@ -936,6 +1022,8 @@ def report(
     *,
     args: argparse.Namespace,
     records: list[Record],
+    phases_run: tuple[Phase, ...],
+    phase_aws: dict[str, dict[str, Any]],
     senders: Senders,
     tally: dict[str, Any],
     replay_stats: dict[str, Any],
@@ -993,6 +1081,7 @@ def report(
         }
         for name, group in groups
     }
+    side = side_by_side(phases_run, phase_aws, sends)
     lost, twice = tally["lost"], tally["posted_twice"]
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -1009,6 +1098,12 @@ def report(
             "senders": args.senders,
             "redelivered share": args.redeliver,
             "replay crash rate": args.crash_rate,
+            "twins share": args.twins,
+            "records per delivery": args.batch or "1 to 100, log-uniform",
+            "store": "one request at a time (a proxy serialises moto)"
+            if args.serial_store
+            else "moto, concurrent requests",
+            "phases": [p.name for p in phases_run],
         },
     }
     rows: list[tuple[str, str]] = [
@@ -1133,10 +1228,13 @@ def report(
             "|---|---|",
             *(f"| {k} | {v} |" for k, v in rows),
             "",
+            *side_by_side_table(side),
+            "",
             *timing,
         ]
     )
-    (BENCH / "load-results.md").write_text(table + "\n")
+    name = "load-outside-results" if args.shape == "outside" else "load-results"
+    (BENCH / f"{name}.md").write_text(table + "\n")
     document = {
         "meta": meta,
         "table": dict(rows),
@@ -1151,6 +1249,7 @@ def report(
             "examples": dict(tally["examples"]),
         },
         "five_xx": five_xx,
+        "per_phase": side,
         "latency_s": latency,
         "slowest": [vars(x) for x in sorted(sends, key=lambda x: -x.seconds)[:15]],
         "phase_seconds": phase_seconds,
@@ -1166,7 +1265,8 @@ def report(
         "queues_at_end": {"replay_messages": waiting_total, "dead_letter_messages": dead_total},
         "unacknowledged_deliveries": [d.webhook_id for d in senders.unacked][:50],
     }
-    (BENCH / "load-results.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    (BENCH / f"{name}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    publish()
     print()
     print(table)
     for kind in ("lost", "posted_twice", "wrong_value", "waiting", "dead_lettered"):
@@ -1176,6 +1276,89 @@ def report(
     if bad:
         print(f"\nFAILED: {lost} lost, {twice} posted twice, {five_xx} 5xx answers (logs: {logs})")
     return 1 if bad else 0
+
+
+GOALS = {"round_trips": 1.2, "p99_s": 3.0}  # issue 25, with Piriod healthy
+
+
+def publish() -> None:
+    """docs/benchmarks.md and README.md from the results just written (bench/pages.py)."""
+    sys.path.insert(0, str(BENCH))
+    import pages
+
+    for page in pages.update():
+        print(f"updated {page}")
+
+
+def naive_wcu_per_record() -> float | None:
+    """The naive baseline's write units per record, as `make bench` last measured them."""
+    try:
+        measured = json.loads((BENCH / "results.json").read_text())["per_delivery"]
+        return float(measured["naive"]["wcu_per_record"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def side_by_side(
+    phases_run: tuple[Phase, ...], phase_aws: dict[str, dict[str, Any]], sends: list[Send]
+) -> list[dict[str, Any]]:
+    """Per phase: the webhook instances' AWS round trips and DynamoDB write units per record
+    sent (every record of every HTTP request, re-sends, twins and redeliveries included),
+    and the p99 per delivery answered 202; each with its ratio to its goal or baseline."""
+    baseline = naive_wcu_per_record()
+    rows = []
+    for phase in phases_run:
+        sent = [s for s in sends if s.phase == phase.name]
+        records = sum(s.size for s in sent)
+        aws = phase_aws.get(phase.name, {})
+        webhook = aws.get("webhook", {"requests": 0, "wcu": 0, "by_action": {}})
+        replay = aws.get("replay", {"requests": 0, "wcu": 0, "by_action": {}})
+        p99 = percentile([s.seconds for s in sent if s.status == 202], 99)
+        round_trips = webhook["requests"] / records if records else float("nan")
+        wcu = webhook["wcu"] / records if records else float("nan")
+        rows.append(
+            {
+                "phase": phase.name,
+                "records_sent": records,
+                "deliveries_answered_202": sum(1 for s in sent if s.status == 202),
+                "round_trips_per_record": round_trips,
+                "round_trips_to_goal": round_trips / GOALS["round_trips"],
+                "wcu_per_record": wcu,
+                "wcu_to_naive": wcu / baseline if baseline else None,
+                "naive_wcu_per_record": baseline,
+                "p99_s": p99,
+                "p99_to_goal": p99 / GOALS["p99_s"],
+                "webhook_requests": webhook["by_action"],
+                "replay_instance_requests": replay["requests"],
+                "replay_instance_wcu": replay["wcu"],
+            }
+        )
+    return rows
+
+
+def side_by_side_table(side: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| per phase (webhook instances; per record sent) | AWS round trips per record "
+        "| DynamoDB write units per record | p99 per delivery (202) |",
+        "|---|---|---|---|",
+        f"| goal (Piriod healthy) | ≤ {GOALS['round_trips']} | — (the naive baseline of "
+        f"`make bench`: {_number(side[0]['naive_wcu_per_record']) if side else '—'}) "
+        f"| ≤ {GOALS['p99_s']:.0f} s |",
+    ]
+    for row in side:
+        wcu_ratio = row["wcu_to_naive"]
+        lines.append(
+            f"| {row['phase']} ({row['records_sent']:,} records) "
+            f"| {row['round_trips_per_record']:.2f} ({row['round_trips_to_goal']:.2f}× the goal) "
+            f"| {row['wcu_per_record']:.2f}"
+            + (f" ({wcu_ratio:.2f}× naive)" if wcu_ratio is not None else "")
+            + f" | {row['p99_s']:.2f} s ({row['p99_to_goal']:.2f}× the goal) |"
+        )
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def main() -> int:
@@ -1190,6 +1373,26 @@ def main() -> int:
     parser.add_argument("--crash-rate", type=float, default=0.1, help="replay batches (0.1)")
     parser.add_argument("--drain-timeout", type=float, default=None, help="seconds (240)")
     parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument(
+        "--batch", type=int, default=None, help="records per delivery (default: 1 to 100)"
+    )
+    parser.add_argument("--twins", type=float, default=0.1, help="share sent twice at once (0.1)")
+    parser.add_argument(
+        "--serial-store",
+        action="store_true",
+        help="the store serves one request at a time (a proxy serialises moto)",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(p.name for p in PHASES),
+        help="the phases to run, by name, comma-separated (all)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=("outside",),
+        help="outside: the outside load check's shape: 5 webhook instances, a store that "
+        "serves one request at a time, 40 records per delivery, 2,000 records, Piriod healthy",
+    )
     parser.add_argument("--role", choices=("webhook", "replay"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stop-file", help=argparse.SUPPRESS)
@@ -1199,6 +1402,14 @@ def main() -> int:
         return serve_webhook(args.port)
     if args.role == "replay":
         return run_replay(args.stop_file, args.stats_file, args.crash_rate, args.seed)
+    if args.shape == "outside":
+        args.instances, args.senders, args.batch, args.serial_store = 5, 5, 40, True
+        args.records = args.records or 2000
+        args.phases = "healthy"
+    args.phases = tuple(name.strip() for name in args.phases.split(","))
+    unknown = set(args.phases) - {p.name for p in PHASES}
+    if unknown or not args.phases:
+        parser.error(f"--phases: unknown {sorted(unknown)}; known: {[p.name for p in PHASES]}")
     if args.records is None:
         args.records = 600 if args.quick else 5000
     if args.drain_timeout is None:

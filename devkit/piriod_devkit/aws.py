@@ -164,6 +164,7 @@ def function_environment(
         "IDEMPOTENCY_TABLE": resources.table,
         "POWERTOOLS_METRICS_NAMESPACE": "PiriodUsageAdapter",
         "POWERTOOLS_SERVICE_NAME": "piriod-usage-adapter",
+        "PYDANTIC_DISABLE_PLUGINS": "__all__",
         **extra,
     }
 

@@ -211,6 +211,7 @@ def replay_dead_letters(
     Each one that reached a state (posted, duplicate, a fresh dead letter, handed to
     ReplayQueue) is deleted; one that could not be stored is released for a later replay."""
     counts = ReplayCounts(chosen=len(chosen))
+    tracer = runtime.tracer  # on when the operator's settings say so: a span per replay
     interval = 1.0 / rate if rate else 0.0
     started = time.monotonic()
     for number, entry in enumerate(chosen):
@@ -247,6 +248,7 @@ def replay_dead_letters(
             assert entry.receipt_handle is not None
             runtime.queue.show_again(DEAD_LETTER, entry.receipt_handle)
         report(entry, status, result.outcome)
+    tracer.flush()
     return counts
 
 

@@ -26,6 +26,14 @@ def local_endpoint() -> str | None:
     return url if host in ("localhost", "::1") or host.startswith("127.") else None
 
 
+TRACING_VARIABLES = (
+    "PIRIOD_TRACING",
+    "PIRIOD_TRACING_ENDPOINT",
+    "PIRIOD_TRACING_HEADERS",
+    "PIRIOD_TRACING_TIMEOUT",
+)
+
+
 def client(service: str, region: str | None = None) -> Any:
     """A boto3 client; no region anywhere is a usage error that says how to give one."""
     import boto3
@@ -86,6 +94,9 @@ class Stack:
                 "REPLAY_QUEUE_URL": self.output("ReplayQueueUrl"),
                 "DEAD_LETTER_QUEUE_URL": self.output("DeadLetterQueueUrl"),
                 "IDEMPOTENCY_TABLE": self.output("IdempotencyTableName"),
+                # Tracing is the operator's own (the functions' collector is usually on
+                # their side): on when this shell turns it on (docs/operations.md, Tracing).
+                **{name: os.environ[name] for name in TRACING_VARIABLES if name in os.environ},
             }
         )
 

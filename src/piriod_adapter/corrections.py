@@ -358,6 +358,7 @@ class Corrector:
         from datetime import UTC, datetime
 
         from piriod_adapter.models import Failure, FailureKind, QueuedRecord
+        from piriod_adapter.tracing import tracer
 
         now = datetime.now(UTC)
         started = pending.state.attempt_started or now.timestamp()
@@ -373,6 +374,7 @@ class Corrector:
             attempts=0,
             first_failure_at=now,
             ambiguous_since=datetime.fromtimestamp(started, UTC),
+            trace=tracer.traceparent(),
         )
         placed = self.sink(Submission(0, message.usage, self.tenant), message)
         if placed is None:

@@ -21,6 +21,7 @@ from piriod_adapter.models import KeyKind, Tenant, Usage, UsageKey, plain_decima
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.table import CORRECTING, Generation, StoreUnavailable, WindowId, key_pk
+from piriod_adapter.tracing import tracer
 from piriod_adapter.windows import from_units
 
 FLUSH_LIMIT = 2_000  # generations one run closes at most (the rest: the next run)
@@ -269,16 +270,17 @@ def _close_all(
     def close(found: Generation) -> tuple[Generation, Generation | None]:
         if deadline.remaining() <= 0:
             return found, None
-        try:
-            return found, store.close(found)
-        except StoreUnavailable as exc:
-            logger.warning("window not closed", extra={"error": str(exc)})
-            return found, None
+        with tracer.span("generation", key=_pk(found)):  # a span per generation
+            try:
+                return found, store.close(found)
+            except StoreUnavailable as exc:
+                logger.warning("window not closed", extra={"error": str(exc)})
+                return found, None
 
     if not due:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(due)))) as pool:
-        return list(pool.map(close, due))
+        return list(pool.map(tracer.carry(close), due))
 
 
 def _pk(gen: Generation) -> str:

@@ -316,7 +316,8 @@ class Problem(BaseModel):
     """One problem of a refused delivery: the record's index (null: the delivery as a whole),
     the field, and what is wrong."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # cold start: its schema is built on first use (a delivery that passes needs none)
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     index: int | None = Field(description="the record's index; null: the delivery as a whole")
     field: str = Field(max_length=200)
@@ -327,7 +328,8 @@ class Refusal(BaseModel):
     """The body of every answer without per-record results: a 4xx refuses the whole delivery
     (nothing claimed, posted or stored); a 5xx asks for the whole delivery again."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # cold start: its schema is built on first use (a delivery that passes needs none)
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     message: str
     errors: list[Problem] | None = Field(
@@ -412,7 +414,8 @@ def bounded_errors(errors: dict[str, list[str]] | None) -> dict[str, list[str]] 
 class Failure(BaseModel):
     """Why a record is in a queue."""
 
-    model_config = ConfigDict(frozen=True)
+    # cold start: its schema is built on first use (a delivery that passes needs none)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     kind: FailureKind
     status: int | None = None  # Piriod's HTTP status, when it answered
@@ -441,10 +444,20 @@ class Tenant(BaseModel):
     test_mode: bool
 
 
+# tracing: a W3C traceparent (version 00), the trace a queued record continues on replay.
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _traceparent(value: object) -> str | None:
+    """A well-formed traceparent, or None: a trace never makes a message unreadable."""
+    return value if isinstance(value, str) and _TRACEPARENT.fullmatch(value) else None
+
+
 class QueuedRecord(BaseModel):
     """A queue message: everything needed to replay the record alone (SPEC section 5)."""
 
-    model_config = ConfigDict(frozen=True)
+    # cold start: its schema is built on first use (a delivery that passes needs none)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     version: Literal[2] = 2
     usage: Usage
@@ -453,6 +466,8 @@ class QueuedRecord(BaseModel):
     attempts: int = Field(ge=0)  # posts (or lookups) tried so far
     first_failure_at: datetime
     ambiguous_since: datetime | None = None
+    # tracing: the trace of the attempt that queued it (tracing on); written only when set
+    trace: Annotated[str | None, BeforeValidator(_traceparent)] = None
 
     @field_validator("usage")
     @classmethod
@@ -466,10 +481,11 @@ class QueuedRecord(BaseModel):
 
     def to_json(self) -> str:
         # Quantity is written as a string so its digits survive any JSON tool on the way.
+        omit = None if self.trace else {"trace"}  # tracing: as before when it is off
         try:
-            return self.model_dump_json()
+            return self.model_dump_json(exclude=omit)
         except ValueError:  # text that UTF-8 cannot carry (a lone surrogate): escape it
-            return json.dumps(self.model_dump(mode="json"), ensure_ascii=True)
+            return json.dumps(self.model_dump(mode="json", exclude=omit), ensure_ascii=True)
 
     @classmethod
     def from_json(cls, body: str) -> QueuedRecord:

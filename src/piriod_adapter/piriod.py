@@ -38,7 +38,7 @@ from piriod_adapter.models import (
     parse_rfc3339,
     utc_text,
 )
-from piriod_adapter.tracing import Tracer
+from piriod_adapter.tracing import tracer
 
 CONNECT_RETRIES = 1  # only for failures where the request surely never reached Piriod
 CONNECT_RETRY_PAUSE = 0.05
@@ -125,9 +125,7 @@ class PiriodClient:
         connect_timeout: float,
         read_timeout: float,
         sleep: Callable[[float], None] = time.sleep,
-        tracer: Tracer | None = None,
     ) -> None:
-        self._tracer = tracer or Tracer(enabled=False)
         self._http = http
         self._base = base_url.rstrip("/")
         self._token = token
@@ -162,14 +160,25 @@ class PiriodClient:
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: Any
     ) -> Answer:
         """One request, its body read up to MAX_RESPONSE_BYTES (raises urllib3 HTTPError)."""
-        with self._tracer.subsegment("Piriod") as trace:
-            trace["http"] = {"request": {"method": method, "url": url.split("?", 1)[0]}}
+        if not tracer.enabled:
+            return self._send(method, url, headers, body, timeout)
+        parts = urlsplit(url)  # the query (a lookup's filters) and the headers stay out
+        with tracer.span(
+            f"Piriod {method} {parts.path}",
+            {
+                "http.request.method": method,
+                "server.address": parts.hostname or "",
+                "server.port": parts.port,
+                "url.path": parts.path,
+                "peer.service": "Piriod",
+            },
+            kind="client",
+        ) as span:
             answer = self._send(method, url, headers, body, timeout)
-            trace["http"]["response"] = {"status": answer.status}
-            if answer.status >= 500:
-                trace["fault"] = True
-            elif answer.status >= 400:
-                trace["error"] = True
+            span.set(**{"http.response.status_code": answer.status})
+            if answer.status >= 400:
+                span.set(**{"error.type": str(answer.status)})
+                span.fail(f"HTTP {answer.status}")
             return answer
 
     def _send(

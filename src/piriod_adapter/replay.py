@@ -35,6 +35,7 @@ from piriod_adapter.observability import logger, metrics
 from piriod_adapter.queue import DEAD_LETTER, REPLAY, FailureQueue
 from piriod_adapter.runtime import Runtime
 from piriod_adapter.submit import Submitter
+from piriod_adapter.tracing import tracer
 
 # SQS refuses a visibility timeout that reaches 12 hours after the message was received.
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
@@ -233,9 +234,10 @@ def redeliver_dead_letter(
     passing reason (timeout, reset, 5xx, 429): handed to ReplayQueue, where ReplayFunction
     backs off, settles an unseen post by lookup and retries, as for a webhook delivery."""
     sub = Submission.from_message(message, resolve(message.usage))
-    outcome = count(sub, deadline) or submitter.submit(
-        sub, deadline, queue.place_failed, Taker.OPERATOR
-    )
+    with tracer.span("operator replay", parent=message.trace):  # the record's trace
+        outcome = count(sub, deadline) or submitter.submit(
+            sub, deadline, queue.place_failed, Taker.OPERATOR
+        )
     return ReplayResult(outcome.retry, outcome, message)
 
 

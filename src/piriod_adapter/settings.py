@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
 
 
 class SettingsError(RuntimeError):
@@ -29,8 +31,24 @@ class Settings(BaseModel):
     )
     piriod_workspace_id: NonEmpty = Field(alias="PIRIOD_WORKSPACE_ID")
     piriod_test_mode: bool = Field(default=False, alias="PIRIOD_TEST_MODE")
-    # X-Ray subsegments for Piriod and AWS calls (template parameter Tracing).
+    # OpenTelemetry spans, exported over OTLP/HTTP (template parameters Tracing,
+    # TracingEndpoint, TracingHeaders; docs/operations.md, Tracing). Off by default.
     tracing: bool = Field(default=False, alias="PIRIOD_TRACING")
+    # Where spans are POSTed: an OTLP/HTTP traces URL. The default is the ADOT collector
+    # Lambda layer's (and any local collector's) OTLP/HTTP receiver.
+    tracing_endpoint: str = Field(
+        default="http://localhost:4318/v1/traces",
+        alias="PIRIOD_TRACING_ENDPOINT",
+        pattern=r"^https?://[^\s]+$",
+    )
+    # Headers sent with every export, `key=value,key2=value2` (values percent-encoded), as
+    # OTEL_EXPORTER_OTLP_HEADERS: they may carry a token, so they are never logged or shown.
+    tracing_headers: SecretStr = Field(default=SecretStr(""), alias="PIRIOD_TRACING_HEADERS")
+    # How long one export may take, retries included, before its spans are dropped.
+    tracing_timeout: float = Field(default=2.0, gt=0, le=10, alias="PIRIOD_TRACING_TIMEOUT")
+    # Set by Lambda; resource attributes of the spans (faas.name, cloud.region).
+    function_name: str = Field(default="", alias="AWS_LAMBDA_FUNCTION_NAME")
+    aws_region: str = Field(default="", alias="AWS_REGION")
     piriod_token_secret_id: NonEmpty = Field(alias="PIRIOD_TOKEN_SECRET_ID")
     webhook_secret_id: NonEmpty = Field(alias="WEBHOOK_SECRET_ID")
     replay_queue_url: NonEmpty = Field(alias="REPLAY_QUEUE_URL")
@@ -74,6 +92,16 @@ class Settings(BaseModel):
             raise ValueError("must be 'ssm:<parameter name>', 'file:<path>' or empty")
         return value
 
+    @field_validator("tracing_headers")
+    @classmethod
+    def _headers(cls, value: SecretStr) -> SecretStr:
+        # The message names the rule, never the value (it may hold a token).
+        for item in value.get_secret_value().split(","):
+            key = item.partition("=")[0].strip()
+            if item.strip() and ("=" not in item or not _HEADER_NAME.fullmatch(key)):
+                raise ValueError("must be key=value pairs separated by commas")
+        return value
+
     @field_validator("sample_signature_timestamp", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
@@ -114,3 +142,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             name = str(error["loc"][0]) if error["loc"] else "?"
             problems.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def tracing_headers(settings: Settings) -> dict[str, str]:
+    """PIRIOD_TRACING_HEADERS as a dict: `key=value,key2=value2`, values percent-encoded
+    (the form of OTEL_EXPORTER_OTLP_HEADERS); names lower-cased."""
+    from urllib.parse import unquote
+
+    headers: dict[str, str] = {}
+    for item in settings.tracing_headers.get_secret_value().split(","):
+        if item.strip():
+            key, _, value = item.partition("=")
+            headers[key.strip().lower()] = unquote(value.strip())
+    return headers

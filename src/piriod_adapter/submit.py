@@ -60,6 +60,7 @@ from piriod_adapter.models import sortable_utc as _sortable
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.piriod import DeleteResult, Listed, PiriodUnavailable, PostResult
 from piriod_adapter.table import CORRECTING, Holding, KeyState, Waiting
+from piriod_adapter.tracing import tracer
 
 # Piriod's `created` versus our clock, when settling: a matching usage created up to this
 # long before our first attempt is still taken as ours. Wider means more clock skew is
@@ -228,6 +229,8 @@ def failed(
         attempts=(previous.attempts if previous else 0) + (1 if result.attempted else 0),
         first_failure_at=previous.first_failure_at if previous else now,
         ambiguous_since=datetime.fromtimestamp(unseen_since, UTC) if unseen_since else None,
+        # the trace of this attempt, or the one the record came with (tracing on)
+        trace=tracer.traceparent() or (previous.trace if previous else None),
     )
     return Failed(sub, claim, message, unseen_since, **correcting)
 
@@ -264,13 +267,19 @@ class Submitter:
         attempts = [_Attempt() for _ in subs]
 
         def run(n: int) -> Outcome:
-            return self._guarded(subs[n], deadline, taker, breaker, attempts[n], sink)
+            sub = subs[n]
+            # tracing: one span per record; a replayed one continues its message's trace
+            trace = sub.previous.trace if sub.previous else None
+            with tracer.span("record", parent=trace, index=sub.index) as span:
+                outcome = self._guarded(sub, deadline, taker, breaker, attempts[n], sink)
+                span.set(status=outcome.answer, fate=outcome.fate.value)
+                return outcome
 
         if not subs:
             return []
         pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(subs))))
         try:
-            futures = [pool.submit(run, n) for n in range(len(subs))]
+            futures = [pool.submit(tracer.carry(run), n) for n in range(len(subs))]
             pending: set[Future[Outcome]] = set(futures)
             while pending and deadline.remaining() > 0:
                 _, pending = wait(
@@ -417,7 +426,8 @@ class Submitter:
             raise _Abandoned
         else:
             started = self.clock()
-            result = self.piriod.post_usage(usage, sub.tenant, deadline)
+            with tracer.span("post"):
+                result = self.piriod.post_usage(usage, sub.tenant, deadline)
             _measure(result, self.clock() - started)
             if breaker is not None:
                 breaker.saw(result)
@@ -530,6 +540,7 @@ class Submitter:
             raise _NotFound(found.error or "the usage to delete cannot be told yet")
         return found.usage_id
 
+    @tracer.traced("claim")
     def _claim(self, sub: Submission, deadline: Deadline, taker: Taker, settling: bool) -> Claim:
         claim = self.store.claim(sub.usage, deadline, taker, settling=settling)
         tries = 1
@@ -590,6 +601,7 @@ class Submitter:
 
     # --- settling an unseen post -------------------------------------------------------------
 
+    @tracer.traced("settle")
     def _settle(
         self,
         claim: Claim,
@@ -688,6 +700,7 @@ class Submitter:
             raise _Abandoned
         return self.place(step, sink)
 
+    @tracer.traced("queue")
     def place(self, step: Failed, sink: FailureSink) -> Outcome:
         """Put a failed record in its queue and write its key (when the attempt holds it):
         its fate is where it went; or (a queue down) not stored, its key released for the

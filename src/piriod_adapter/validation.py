@@ -12,7 +12,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from aws_lambda_powertools.utilities.parser import parse
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -178,7 +177,8 @@ class NativeRecord(BaseModel):
 class NativeBatch(BaseModel):
     """The batch form: {"usages": [record, ...]} with 1 to 100 records."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # cold start: its schema is built on first use (a one-record body needs none)
+    model_config = ConfigDict(defer_build=True, extra="forbid", strict=True, frozen=True)
 
     usages: list[NativeRecord] = Field(min_length=1, max_length=MAX_BATCH)
 
@@ -227,9 +227,9 @@ def parse_native_body(raw: bytes, message_id: str) -> list[Usage]:
     batch = "usages" in data
     try:
         records = (
-            parse(event=data, model=NativeBatch).usages
+            NativeBatch.model_validate(data).usages
             if batch
-            else [parse(event=data, model=NativeRecord)]
+            else [NativeRecord.model_validate(data)]
         )
     except ValidationError as exc:
         raise invalid(problems_of(exc, "usages" if batch else None)) from None

@@ -17,6 +17,8 @@ from piriod_devkit.sources import LOCAL_SOURCE_SECRETS, provision_sources
 from tests.conftest import TOKEN, Adapter
 from tests.integration.test_webhook import OTHER_SECRET
 
+COLLECTOR_TOKEN = "collector-token-1"  # a tracing header (test_tracing.py)
+
 SECRETS = {
     TOKEN,
     "piriod-test-token-2",
@@ -29,6 +31,7 @@ SECRETS = {
     OTHER_SECRET.removeprefix("whsec_"),
     *LOCAL_SOURCE_SECRETS.values(),
     "whsec_new_one",
+    COLLECTOR_TOKEN,  # a tracing header (PIRIOD_TRACING_HEADERS)
 }
 
 

@@ -1,16 +1,12 @@
-"""The queue module's SQS batching, with botocore's Stubber (the real client, no network):
+"""The queue module's SQS batching, against a fake SQS client (no network):
 SendMessageBatch takes at most 10 messages and 256 KiB a call."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-
-import boto3
-import pytest
-from botocore.stub import ANY, Stubber
 
 from piriod_adapter.lifecycle import Fate
 from piriod_adapter.models import (
@@ -27,15 +23,32 @@ from piriod_adapter.queue import DEAD_LETTER, MAX_BATCH_BYTES, REPLAY, FailureQu
 REPLAY_URL, DEAD_URL = "https://sqs/replay", "https://sqs/dead"
 
 
-@pytest.fixture
-def sqs() -> Iterator[Any]:
-    client: Any = boto3.client(
-        "sqs", region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b"
-    )
-    with Stubber(client) as stubber:
-        client.stubber = stubber
-        yield client
-        stubber.assert_no_pending_responses()
+class FakeSQS:
+    """SendMessageBatch as SQS answers it, from any thread (the queue sends its calls side by
+    side, so the order they arrive in is not fixed): every entry is taken but those whose Id
+    is in `failed`; each call is recorded with its queue and entries."""
+
+    def __init__(self, failed: frozenset[int] = frozenset()) -> None:
+        self.failed = failed
+        self.calls: list[tuple[str, list[dict[str, Any]]]] = []
+        self._lock = threading.Lock()
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        assert 1 <= len(Entries) <= 10, "SQS takes 1 to 10 entries a call"
+        with self._lock:
+            self.calls.append((QueueUrl, Entries))
+        return {
+            "Successful": [
+                {"Id": e["Id"], "MessageId": f"m{e['Id']}", "MD5OfMessageBody": "x"}
+                for e in Entries
+                if int(e["Id"]) not in self.failed
+            ],
+            "Failed": [
+                {"Id": e["Id"], "SenderFault": False, "Code": "InternalError"}
+                for e in Entries
+                if int(e["Id"]) in self.failed
+            ],
+        }
 
 
 def message(n: int, error: str = "") -> QueuedRecord:
@@ -54,42 +67,27 @@ def message(n: int, error: str = "") -> QueuedRecord:
     )
 
 
-def batch_answer(sqs: Any, url: str, ids: list[int], failed: frozenset[int] = frozenset()) -> None:
-    sqs.stubber.add_response(
-        "send_message_batch",
-        {
-            "Successful": [
-                {"Id": str(i), "MessageId": f"m{i}", "MD5OfMessageBody": "x"}
-                for i in ids
-                if i not in failed
-            ],
-            "Failed": [
-                {"Id": str(i), "SenderFault": False, "Code": "InternalError"} for i in failed
-            ],
-        },
-        {"QueueUrl": url, "Entries": ANY},
-    )
-
-
-def test_twenty_five_messages_go_ten_at_a_time_per_queue(sqs: Any) -> None:
-    # given 23 records for ReplayQueue and 2 for DeadLetterQueue
+def test_twenty_five_messages_go_ten_at_a_time_per_queue() -> None:
+    # given 23 records for ReplayQueue and 2 for DeadLetterQueue, and an SQS that refuses one
     sends = [(REPLAY, message(n), 0) for n in range(23)] + [
         (DEAD_LETTER, message(n), 0) for n in range(23, 25)
     ]
-    # then SQS is asked in calls of at most ten, one queue each: 10, 10, 3 and 2
-    for chunk in ([*range(10)], [*range(10, 20)], [*range(20, 23)]):
-        batch_answer(sqs, REPLAY_URL, chunk)
-    batch_answer(sqs, DEAD_URL, [23, 24], failed=frozenset({24}))
+    sqs = FakeSQS(failed=frozenset({24}))
     queue = FailureQueue(lambda: sqs, REPLAY_URL, DEAD_URL)
     # when they are sent
     placed = queue.send_all(sends)
+    # then SQS is asked in calls of at most ten, one queue each: 10, 10, 3 and 2
+    sizes = sorted((url, len(entries)) for url, entries in sqs.calls)
+    assert sizes == [(DEAD_URL, 2), (REPLAY_URL, 3), (REPLAY_URL, 10), (REPLAY_URL, 10)]
+    sent = sorted(int(e["Id"]) for url, entries in sqs.calls for e in entries if url == REPLAY_URL)
+    assert sent == list(range(23))
     # and each message SQS took has its place (the one it refused has none)
     assert [p.message_id if p else None for p in placed] == [f"m{n}" for n in range(24)] + [None]
     assert {p.fate for p in placed[:23] if p} == {Fate.QUEUED}
     assert placed[23] is not None and placed[23].fate is Fate.REJECTED
 
 
-def test_a_call_never_carries_more_than_the_batch_byte_limit(sqs: Any) -> None:
+def test_a_call_never_carries_more_than_the_batch_byte_limit() -> None:
     # given 5 records of about 60 KiB each (long error texts, as a 5xx detail can be)
     big = [message(n, error="x" * 400) for n in range(5)]
     padded = [
@@ -101,16 +99,9 @@ def test_a_call_never_carries_more_than_the_batch_byte_limit(sqs: Any) -> None:
     sizes = [len(m.to_json().encode()) for m in padded]
     assert all(50_000 < size < 70_000 for size in sizes)
     # then they are split so that no call passes 200 KiB of bodies: 3 and 2
-    calls: list[int] = []
-    batch_answer(sqs, REPLAY_URL, [0, 1, 2])
-    batch_answer(sqs, REPLAY_URL, [3, 4])
+    sqs = FakeSQS()
     queue = FailureQueue(lambda: sqs, REPLAY_URL, DEAD_URL)
-    sqs.meta.events.register(
-        "before-parameter-build.sqs.SendMessageBatch",
-        lambda params, **_: calls.append(
-            sum(len(e["MessageBody"].encode()) for e in params["Entries"])
-        ),
-    )
     placed = queue.send_all([(REPLAY, m, 0) for m in padded])
     assert all(p is not None for p in placed)
+    calls = [sum(len(e["MessageBody"].encode()) for e in entries) for _, entries in sqs.calls]
     assert len(calls) == 2 and max(calls) <= MAX_BATCH_BYTES

@@ -72,3 +72,64 @@ def test_unusable_token_secret_raises_without_the_value(raw: str) -> None:
     with pytest.raises(SecretUnavailable) as err:
         SecretStore(FakeSecretsManager(raw), 300).piriod_token("the-id")  # type: ignore[arg-type]
     assert "the-id" in str(err.value) and "not json" not in str(err.value)
+
+
+class SlowSecretsManager:
+    """Each read takes `seconds`; records how many were in flight at once."""
+
+    def __init__(self, values: dict[str, str], seconds: float = 0.2) -> None:
+        import threading
+
+        self.values = values
+        self.seconds = seconds
+        self.in_flight = 0
+        self.most = 0
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+
+    def get_secret_value(self, SecretId: str) -> dict[str, Any]:
+        import time
+
+        with self.lock:
+            self.calls.append(SecretId)
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.in_flight -= 1
+        if SecretId not in self.values:
+            raise ConnectionError("no such secret")
+        return {"SecretString": self.values[SecretId]}
+
+
+def test_prefetch_reads_uncached_secrets_side_by_side_and_caches_them() -> None:
+    # given two secrets, neither cached
+    client = SlowSecretsManager({"hook": "whsec_YQ==", "token": '{"api_token": "tok"}'})
+    store = SecretStore(client, 300)  # type: ignore[arg-type]
+    # when both are prefetched
+    store.prefetch(["hook", "token"])
+    # then they were read at the same time, and later reads come from the cache
+    assert client.most == 2 and sorted(client.calls) == ["hook", "token"]
+    assert store.piriod_token("token") == "tok" and len(store.standard_keys("hook")) == 1
+    assert len(client.calls) == 2
+
+
+def test_prefetch_leaves_a_failure_to_the_read_that_needs_it() -> None:
+    # given a token secret that cannot be read
+    client = SlowSecretsManager({"hook": "whsec_YQ=="}, seconds=0)
+    store = SecretStore(client, 300)  # type: ignore[arg-type]
+    # when both are prefetched, then nothing is raised and the readable one is cached
+    store.prefetch(["hook", "token"])
+    assert len(store.standard_keys("hook")) == 1 and client.calls.count("hook") == 1
+    # and the token's own read tries again and fails as it always did
+    with pytest.raises(SecretUnavailable, match="token"):
+        store.piriod_token("token")
+    assert client.calls.count("token") == 2
+
+
+def test_prefetch_does_nothing_when_at_most_one_is_missing() -> None:
+    client = SlowSecretsManager({"hook": "whsec_YQ==", "token": "tok"}, seconds=0)
+    store = SecretStore(client, 300)  # type: ignore[arg-type]
+    store.piriod_token("token")
+    store.prefetch(["hook", "token"])  # one missing: the caller's own read is as quick
+    assert client.calls == ["token"]
