@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from piriod_adapter.lifecycle import Fate
 from piriod_adapter.models import (
@@ -73,7 +73,7 @@ def test_twenty_five_messages_go_ten_at_a_time_per_queue() -> None:
         (DEAD_LETTER, message(n), 0) for n in range(23, 25)
     ]
     sqs = FakeSQS(failed=frozenset({24}))
-    queue = FailureQueue(lambda: sqs, REPLAY_URL, DEAD_URL)
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
     # when they are sent
     placed = queue.send_all(sends)
     # then SQS is asked in calls of at most ten, one queue each: 10, 10, 3 and 2
@@ -100,7 +100,7 @@ def test_a_call_never_carries_more_than_the_batch_byte_limit() -> None:
     assert all(50_000 < size < 70_000 for size in sizes)
     # then they are split so that no call passes 200 KiB of bodies: 3 and 2
     sqs = FakeSQS()
-    queue = FailureQueue(lambda: sqs, REPLAY_URL, DEAD_URL)
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
     placed = queue.send_all([(REPLAY, m, 0) for m in padded])
     assert all(p is not None for p in placed)
     calls = [sum(len(e["MessageBody"].encode()) for e in entries) for _, entries in sqs.calls]
