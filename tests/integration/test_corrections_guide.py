@@ -404,3 +404,37 @@ def test_the_guide_has_an_example_per_state_and_answer() -> None:
     assert "101" in text[text.index("<!-- example: too-many") :].split("<!-- example:")[1]
     # and the time the examples are written at is the one the guide names
     assert DOC_NOW.strftime("%Y-%m-%d %H:%M UTC") in text
+
+
+def test_the_examples_are_what_openapi_yaml_describes() -> None:
+    # given the sender's contract, and the guide's corrections requests and their answers
+    import yaml
+    from jsonschema import Draft202012Validator
+
+    from piriod_devkit import openapi
+
+    contract = yaml.safe_load(openapi.OPENAPI_PATH.read_text())
+    operation = contract["paths"]["/v1/corrections"]["post"]
+    responses = contract["components"]["responses"]
+
+    def validator(ref: str) -> Draft202012Validator:
+        return Draft202012Validator({"$ref": ref, "components": contract["components"]})
+
+    request = validator(operation["requestBody"]["content"]["application/json"]["schema"]["$ref"])
+    checked = set()
+    for example in ALL.values():
+        for before, step in zip(example.steps, example.steps[1:], strict=False):
+            if not (before.kind == "request" and before.text.startswith("POST /v1/corrections")):
+                continue
+            status, _, body = step.text.partition("\n\n")
+            code = status.split()[1]
+            # then each answer is one of the route's documented responses, in its schema
+            assert code in operation["responses"], (example.name, code)
+            name = operation["responses"][code]["$ref"].rsplit("/", 1)[1]
+            schema = responses[name]["content"]["application/json"]["schema"]["$ref"]
+            validator(schema).validate(json.loads(body))
+            # and each request answered 202 is a CorrectionBatch
+            if code == "202" and example.name not in BUILT:
+                request.validate(json.loads(before.text.partition("\n\n")[2]))
+            checked.add(code)
+    assert checked == {"202", "400", "401", "422", "503"}, checked
