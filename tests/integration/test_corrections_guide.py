@@ -438,3 +438,32 @@ def test_the_examples_are_what_openapi_yaml_describes() -> None:
                 request.validate(json.loads(before.text.partition("\n\n")[2]))
             checked.add(code)
     assert checked == {"202", "400", "401", "422", "503"}, checked
+
+
+def test_the_sample_correction_amends_the_single_sample_under_sam_local(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given the committed samples (signed at env/local.json's sample time), run as `sam local
+    # invoke WebhookFunction -e events/<file>` runs them
+    from piriod_devkit.events import load_event, sample_signature_timestamp
+
+    adapter.fresh_runtime(
+        SAMPLE_SIGNATURE_TIMESTAMP=str(sample_signature_timestamp()), AWS_SAM_LOCAL="true"
+    )
+    correction = load_event("webhook-correction.json")
+    # when the correction comes before the record it names, then that key is not found
+    status, body = adapter.invoke(correction)
+    assert (status, [r["status"] for r in body["results"]]) == (202, ["not_found"]), body
+    # when webhook-single.json's record is posted, then the correction amends it: its usage
+    # deleted, and one usage of line 101 posted at the new quantity
+    assert adapter.invoke(load_event("webhook-single.json"))[0] == 202
+    status, body = adapter.invoke(correction)
+    [result] = body["results"]
+    assert (status, result["status"], result["revision"]) == (202, "applied", 1), body
+    assert [(u["id"], u["subscription_line"], u["quantity"]) for u in piriod.usages()] == [
+        (result["usage_id"], 101, "1.25")
+    ]
+    # and the same file again is a duplicate, and changes nothing
+    status, body = adapter.invoke(correction)
+    assert [(r["status"], r["revision"]) for r in body["results"]] == [("duplicate", 1)]
+    assert [u["quantity"] for u in piriod.usages()] == ["1.25"]

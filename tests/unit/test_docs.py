@@ -39,3 +39,13 @@ def test_every_correction_status_is_explained_in_answers_and_corrections() -> No
         table = text[text.index(heading) :].split("\n\n")[0].split("\n", 2)[2]  # no header
         rows = re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE)
         assert sorted(rows) == sorted(statuses), (doc, rows)
+
+
+def test_events_readme_has_a_row_for_every_sample() -> None:
+    # given the sample events, and the table of events/README.md
+    samples = sorted(p.name for p in (ROOT / "events").glob("*.json"))
+    rows = re.findall(
+        r"^\| `([a-z0-9-]+\.json)` \|", (ROOT / "events" / "README.md").read_text(), re.MULTILINE
+    )
+    # then each sample has its row, and each row its sample
+    assert sorted(rows) == samples
