@@ -160,7 +160,7 @@ def correction_snippet() -> str:
         for language, code in FENCE.findall(GUIDE.read_text())
         if "PIRIOD_CORRECTIONS_URL" in code and language == "python"
     ]
-    return code
+    return str(code)
 
 
 def test_the_corrections_example_amends_a_record_once(
