@@ -5,7 +5,8 @@ template.yaml; the Piriod stand-in (or the real Piriod in test mode) takes the u
 webhook is served on a local port. Signed sample deliveries from events/ are sent to it over
 HTTP, every outcome is printed, a Piriod outage is shown being queued, then replayed. A
 high-volume meter's 5,000 events are counted into windows, and FlushFunction turns them into
-a handful of usages.
+a handful of usages. Corrections then cancel and amend a posted record and events of a window
+already flushed, each answer shown as the sender sees it, with what Piriod holds after.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,6 +53,11 @@ UNMETERED_LINE = 999  # the stand-in answers 400 for it, like Piriod for an unkn
 AGGREGATING_SOURCE = "api-requests"
 AGGREGATED_EVENTS = 5_000
 PER_DELIVERY = 100
+# The meter whose events are corrected after their window was flushed (examples/sources.json:
+# sum of bytes x 10^-9, PT5M windows, lateness PT2M), and its line in the stand-in.
+SUMMING_SOURCE = "egress-bytes"
+SUMMING_LINE = 4300
+SUMMING_SAMPLES = 3  # its events the demo sends (each answered aggregated)
 
 
 @dataclass
@@ -290,6 +297,156 @@ def _show_aggregation(
     print(f"  their quantities add up to {held:,}: every acknowledged event counted once")
 
 
+def _correct(
+    http: urllib3.PoolManager,
+    url: str,
+    title: str,
+    body: dict[str, Any] | None,
+    shown: Shown,
+    event: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One corrections delivery, signed now, as the sender sees it: what was sent, and the
+    answer, each correction's status and revision."""
+    if event is None:
+        raw = json.dumps(body).encode()
+        event = http_event("POST", "/v1/corrections", raw, {"content-type": "application/json"})
+    event = sign_event(event)
+    status, answer = _send(http, url, event)
+    shown.answers[status] += 1
+    print(f"\n▶ {title}")
+    print(f"  sent:     POST {event['rawPath']} {event_body(event).decode()}")
+    print(f"  answered: HTTP {status} {json.dumps(answer)}")
+    for result in answer.get("results", []):
+        shown.outcomes[result["status"]] += 1
+    return answer
+
+
+def _held(standin: PiriodStandin | None, line: int, instant: str | None = None) -> None:
+    """What Piriod holds for a line (at one instant), from the stand-in's ledger."""
+    if standin is None:
+        return
+    usages = [
+        u
+        for u in standin.usages()
+        if u["subscription_line"] == line and (instant is None or u["date_time"] == instant)
+    ]
+    where = f"line {line}" + (f" at {instant}" if instant else "")
+    print(
+        f"  Piriod now holds for {where}: "
+        + (", ".join(f"id={u['id']} quantity={u['quantity']}" for u in usages) or "nothing")
+    )
+
+
+def _show_corrections(
+    http: urllib3.PoolManager,
+    url: str,
+    sources: dict[str, Any],
+    standin: PiriodStandin | None,
+    line: int | None,
+    shown: Shown,
+) -> None:
+    """Corrections (docs/corrections.md): an amend and a cancel of records already posted
+    (one DELETE, or a DELETE and a POST), then a cancel and an amend of events whose window was
+    already flushed (pending, and restated once by the next FlushFunction run)."""
+    from piriod_adapter.handlers.flush import lambda_handler as flush_handler
+
+    print(
+        "\n■ Corrections: the sender cancels or amends what it already sent (docs/corrections.md)"
+    )
+    posted_line = line or 101
+    single = load_event("webhook-correction.json")
+    _correct(
+        http,
+        url,
+        "events/webhook-correction.json: amend webhook-single.json's record "
+        "(key msg_sample_single_0001:0) from 1.10 to 1.25: applied, its usage deleted and "
+        "posted again",
+        None,
+        shown,
+        event=single,
+    )
+    _held(standin, posted_line, "2026-11-01T10:00:00Z")
+    cancel = {
+        "corrections": [
+            {"action": "cancel", "key": "meter-7/2026-11-01T11", "correction_id": "demo-cancel-1"}
+        ]
+    }
+    _correct(
+        http,
+        url,
+        "cancel webhook-batch.json's first record (its idempotency_key meter-7/2026-11-01T11): "
+        "applied, its usage deleted",
+        cancel,
+        shown,
+    )
+    _held(standin, posted_line, "2026-11-01T11:00:00Z")
+    _correct(
+        http, url, "the same cancel again (a retry): duplicate, nothing changes", cancel, shown
+    )
+
+    summing_line = line or SUMMING_LINE
+    profile = sources["sources"][SUMMING_SOURCE]
+    window = int(time.time()) // 300 * 300 - 600  # a PT5M window already due (lateness PT2M)
+    start = datetime.fromtimestamp(window, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    samples = [
+        {
+            "id": f"smp_demo_{n}",
+            "line": summing_line,
+            "bytes": size,
+            "time": datetime.fromtimestamp(window + 40 * n + 7, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        for n, size in enumerate([2_000_000_000, 1_500_000_000, 500_000_000], start=1)
+    ]
+    path = f"/v1/sources/{SUMMING_SOURCE}/usages"
+    raw = json.dumps({"samples": samples}).encode()
+    event = sign_event(
+        http_event("POST", path, raw, {"content-type": "application/json"}), sources=sources
+    )
+    status, answer = _send(http, url, event)
+    shown.answers[status] += 1
+    shown.outcomes.update(r["status"] for r in answer.get("results", []))
+    print(
+        f"\n▶ {SUMMING_SOURCE} ({profile['aggregate']['function']} of bytes in GB, "
+        f"{profile['aggregate']['window']} windows): three samples (2, 1.5 and 0.5 GB) in the "
+        f"window {start}: HTTP {status} "
+        + ", ".join(r["status"] for r in answer.get("results", []))
+    )
+    report = flush_handler({}, LambdaContext(function_name="FlushFunction", timeout_seconds=60))
+    print(f"  FlushFunction: {report.get('posted')} posted")
+    _held(standin, summing_line, start)
+    corrections = {
+        "corrections": [
+            {
+                "action": "cancel",
+                "key": "smp_demo_1",
+                "source": SUMMING_SOURCE,
+                "correction_id": "demo-cancel-2",
+            },
+            {
+                "action": "amend",
+                "key": "smp_demo_2",
+                "source": SUMMING_SOURCE,
+                "quantity": 1,
+                "correction_id": "demo-amend-2",
+            },
+        ]
+    }
+    _correct(
+        http,
+        url,
+        "cancel the 2 GB sample and amend the 1.5 GB one to 1 GB, after their window was "
+        "flushed: pending, nothing sent to Piriod yet",
+        corrections,
+        shown,
+    )
+    report = flush_handler({}, LambdaContext(function_name="FlushFunction", timeout_seconds=60))
+    print(
+        f"  the next FlushFunction run restates the window: {report.get('restated')} restated "
+        "(one DELETE of its usage, one POST of the corrected total 1 + 0.5 at the same instant)"
+    )
+    _held(standin, summing_line, start)
+
+
 def _show_dead_letters(sqs: Any, url: str) -> None:
     """Each dead letter by name: its message id, line, why it is there."""
     from piriod_adapter.queue import receive_all
@@ -412,6 +569,7 @@ def _run(args: argparse.Namespace, real: RealPiriod | None) -> int:
             _show_mapping(json.loads(event_body(meter)), body, posted)
 
             _show_aggregation(http, api.url, sources, shown)
+            _show_corrections(http, api.url, sources, standin, args.subscription_line, shown)
 
             bad = load_event("webhook-bad-signature.json")
             bad["headers"]["webhook-timestamp"] = str(int(time.time()))
@@ -467,7 +625,7 @@ def _run(args: argparse.Namespace, real: RealPiriod | None) -> int:
                 standin.stop()
     print("\nOutcomes seen: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.outcomes.items())))
     print("Answers: " + ", ".join(f"HTTP {k}={v}" for k, v in sorted(shown.answers.items())))
-    wanted = {"posted", "duplicate", "queued", "rejected", "replayed"}
+    wanted = {"posted", "duplicate", "queued", "rejected", "replayed", "applied", "pending"}
     missing = wanted - set(shown.outcomes)
     if missing:
         print(f"expected outcomes not seen: {sorted(missing)}", file=sys.stderr)

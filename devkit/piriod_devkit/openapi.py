@@ -48,7 +48,13 @@ handled come back as `duplicate`, so a retry never bills twice. Do not retry `40
 posted or stored.
 
 **Idempotency.** A record's key is its `idempotency_key`, or `{webhook-id}:{index}`; it is
-remembered for at least 7 days.
+remembered for 35 days by default (at least 7).
+
+**Corrections.** `POST /v1/corrections`, signed like the native route, cancels or amends
+records and events already delivered, for as long as their keys are remembered, also after
+they were posted or their window was flushed: each correction is applied exactly once, and is
+named by its `correction_id`, so a retried delivery reports it `duplicate`
+(`docs/corrections.md`).
 """
 
 RESPONSES: dict[str, tuple[str, str]] = {
@@ -99,6 +105,40 @@ RESPONSES: dict[str, tuple[str, str]] = {
 }
 NATIVE_STATUSES = ["202", "400", "401", "413", "422", "429", "500", "503"]
 SOURCE_STATUSES = ["202", "400", "401", "404", "413", "422", "429", "500", "503"]
+CORRECTIONS_STATUSES = ["202", "400", "401", "413", "422", "429", "500", "503"]
+# The corrections route's own answers where they differ from the usage routes': status:
+# (component name, description, schema).
+CORRECTIONS_RESPONSES: dict[str, tuple[str, str, str]] = {
+    "202": (
+        "CorrectionsAccepted",
+        "Every correction reached a definite state, in `results` (delivery order), with the "
+        "key's `revision`: `applied` (Piriod holds what it says: the usage deleted, or deleted "
+        "and posted again with the new quantity, `usage_id` the new one's; for an event in an "
+        "open window, the window's total changed with it), `pending` (accepted and kept: the "
+        "record waits in a queue, its window is restated by the next FlushFunction run, or "
+        "Piriod could not be reached), `duplicate` (this correction_id was accepted for this "
+        "key before; nothing changed), `not_found` (no record under this key, or it was "
+        "cancelled) or `rejected` (Piriod refused the amended quantity, in `errors`; the "
+        "amended record is kept for a person). Do not send them again.",
+        "CorrectionsAnswered",
+    ),
+    "422": (
+        "CorrectionsInvalid",
+        "Some correction is invalid: `errors` lists every problem with the entry's `index` "
+        "(null: the delivery as a whole) and `field`: an unknown action, a quantity on a "
+        "cancel or missing on an amend, an amend of a count window's event, a correction_id "
+        "twice, more than 100 entries. Nothing of the delivery was accepted.",
+        "Refusal",
+    ),
+    "503": (
+        "CorrectionsUnavailable",
+        "A store is down: the signing secret cannot be read (the check fails closed), or some "
+        "correction could be neither applied nor kept (`not_stored` in `results`). Retry the "
+        "whole delivery with the same correction_ids: those already accepted are reported as "
+        "duplicates.",
+        "CorrectionsUnavailable",
+    ),
+}
 
 
 def _header(name: str, required: bool, description: str, **schema: Any) -> dict[str, Any]:
@@ -143,6 +183,7 @@ def _standard_headers(required: bool, keyed: str) -> list[dict[str, Any]]:
 def _schemas() -> dict[str, Any]:
     """Every model's JSON Schema, request models as validated, response models as sent
     (fields that are None are left out of a response, so they are optional, never null)."""
+    from piriod_adapter.corrections import CorrectionBatch, CorrectionsAnswered
     from piriod_adapter.models import Answered, Refusal
     from piriod_adapter.validation import NativeBatch, NativeRecord
 
@@ -167,6 +208,19 @@ def _schemas() -> dict[str, Any]:
         "description": "The body of a 503: a message alone when nothing was claimed, or with "
         "every record's result when some record could be neither posted nor stored.",
         "anyOf": [{"$ref": REF.format(model="Refusal")}, unavailable],
+    }
+    add(CorrectionBatch, "validation")
+    add(CorrectionsAnswered, "serialization")
+    not_stored = copy.deepcopy(schemas["CorrectionsAnswered"])
+    not_stored["required"] = ["message", *not_stored["required"]]
+    not_stored["title"] = "CorrectionsNotStored"
+    not_stored["description"] = "Every correction's result; some are not_stored."
+    schemas["CorrectionsUnavailable"] = {
+        "title": "CorrectionsUnavailable",
+        "description": "The body of a corrections delivery's 503: a message alone when nothing "
+        "was accepted, or with every correction's result when some correction could be neither "
+        "applied nor kept.",
+        "anyOf": [{"$ref": REF.format(model="Refusal")}, not_stored],
     }
     return dict(sorted(schemas.items()))
 
@@ -195,7 +249,11 @@ def _operation(
     statuses: list[str],
     body: dict[str, Any],
     media_types: tuple[str, ...] = ("application/json",),
+    own: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """One POST; `own` names the response components that replace the shared ones, by
+    status."""
+    names = {**RESPONSE_NAMES, **(own or {})}
     return {
         "operationId": operation_id,
         "summary": summary,
@@ -203,8 +261,7 @@ def _operation(
         "parameters": parameters,
         "requestBody": {"required": True, "content": dict.fromkeys(media_types, body)},
         "responses": {
-            status: {"$ref": f"#/components/responses/{RESPONSE_NAMES[status]}"}
-            for status in statuses
+            status: {"$ref": f"#/components/responses/{names[status]}"} for status in statuses
         },
     }
 
@@ -304,12 +361,62 @@ def document() -> dict[str, Any]:
             "application/cloudevents-batch+json",
         ),
     )
+    corrections = _operation(
+        "postCorrections",
+        "Cancel or amend records and events already delivered",
+        '`{"corrections": [...]}` with 1 to 100 entries, each naming a record (or a source\'s '
+        "event) by its key: cancel it, or amend its quantity. Validation is all-or-nothing; "
+        "each correction is accepted on its key (its next revision) and applied: Piriod's "
+        "usage deleted, or deleted and posted again at the same instant. Line and time are "
+        "never amended: cancel the record and send a new one (docs/corrections.md).",
+        _standard_headers(
+            required=True,
+            keyed="It keys nothing here: each correction is named by its correction_id.",
+        ),
+        CORRECTIONS_STATUSES,
+        {
+            "schema": {"$ref": REF.format(model="CorrectionBatch")},
+            "examples": {
+                "amend": {
+                    "value": {
+                        "corrections": [
+                            {
+                                "action": "amend",
+                                "key": "meter-7/2026-11-26T10",
+                                "quantity": 3.25,
+                                "correction_id": "fix-2026-11-27-001",
+                            }
+                        ]
+                    }
+                },
+                "cancel": {
+                    "value": {
+                        "corrections": [
+                            {
+                                "action": "cancel",
+                                "key": "msg_7f3a:0",
+                                "correction_id": "fix-2026-11-27-002",
+                            },
+                            {
+                                "action": "cancel",
+                                "key": "smp_0002",
+                                "source": "egress-bytes",
+                                "correction_id": "fix-2026-11-27-003",
+                            },
+                        ]
+                    }
+                },
+            },
+        },
+        own={status: name for status, (name, _, _) in CORRECTIONS_RESPONSES.items()},
+    )
     responses = {
-        RESPONSE_NAMES[status]: {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": REF.format(model=schema)}}},
-        }
+        RESPONSE_NAMES[status]: _response(description, schema)
         for status, (description, schema) in RESPONSES.items()
+    }
+    responses |= {
+        name: _response(description, schema)
+        for name, description, schema in CORRECTIONS_RESPONSES.values()
     }
     return {
         "openapi": "3.1.0",
@@ -329,8 +436,16 @@ def document() -> dict[str, Any]:
         "paths": {
             "/v1/usages": {"post": native},
             "/v1/sources/{source}/usages": {"post": source},
+            "/v1/corrections": {"post": corrections},
         },
         "components": {"schemas": _schemas(), "responses": responses},
+    }
+
+
+def _response(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=schema)}}},
     }
 
 

@@ -77,8 +77,9 @@ class CorrectionEntry(BaseModel):
         Field(
             min_length=1,
             max_length=2048,
-            description="the record's key as in section 3: its idempotency_key, or "
-            "{webhook-id}:{index}; for a source's event, its event_id",
+            description="the record's key: its idempotency_key, or {webhook-id}:{index} (the "
+            "delivery's webhook-id and the record's index); for a source's event, its event_id; "
+            "printable characters",
         ),
         AfterValidator(_printable),
     ]
@@ -87,7 +88,8 @@ class CorrectionEntry(BaseModel):
             str,
             Field(
                 pattern=r"^[a-z0-9-]{1,64}$",
-                description="the source the key belongs to; absent: the native route",
+                description="the source whose event the key names (its route's {source}); "
+                "absent: a record of the native route",
             ),
         ]
         | None
@@ -102,8 +104,10 @@ class CorrectionEntry(BaseModel):
                     "type": "number",
                     "minimum": 0,
                     "exclusiveMaximum": 10**MAX_INTEGER_DIGITS,
-                    "description": "amend only, and required there: the record's new "
-                    "quantity (the native bounds; not on a count window)",
+                    "description": "amend only, and required there: the new quantity, as "
+                    "a record's (finite, >= 0, below 10^20, at most 40 decimal places, its "
+                    "digits kept); for a source's event, as counted (after the profile's "
+                    "quantity_factor); not allowed for an event of a count window",
                 }
             ),
         ]
@@ -134,8 +138,8 @@ class CorrectionResult(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    index: int = Field(ge=0, le=MAX_BATCH - 1)
-    correction_id: str
+    index: int = Field(ge=0, le=MAX_BATCH - 1, description="the entry's place in the delivery")
+    correction_id: str = Field(description="the entry's correction_id")
     status: CorrectionStatus = Field(
         description="applied, pending, duplicate, not_found or rejected; not_stored only in a 503"
     )
@@ -146,7 +150,9 @@ class CorrectionResult(BaseModel):
         default=None, description="applied amend: the new usage's id, when Piriod gave one"
     )
     errors: dict[str, list[str]] | None = Field(
-        default=None, description="rejected: why, by field (Piriod's error map, or ours)"
+        default=None,
+        description="rejected: why, by field (Piriod's error map, or ours); not_found: "
+        "errors.key when the key has had the most corrections it takes",
     )
     message: str | None = Field(default=None, description="not_stored: why")
 

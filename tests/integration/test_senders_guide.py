@@ -4,6 +4,7 @@
   and its record must reach the Piriod stand-in;
 - every third-party example (one per signature scheme, each for a profile of
   examples/sources.json) likewise, on its source's route;
+- the corrections example amends a record once: `applied`, then `duplicate` when run again;
 - every example answer is the adapter's own: its request is sent and the answer must be the
   one shown, exactly."""
 
@@ -70,7 +71,11 @@ def examples() -> dict[str, list[str]]:
     marks = list(EXAMPLE.finditer(text))
     found: dict[str, list[str]] = {}
     for mark, following in zip(marks, [*marks[1:], None], strict=True):
-        end = following.start() if following else text.index("\n## ", mark.end())
+        section_end = text.find("\n## ", mark.end())
+        end = min(
+            following.start() if following else len(text),
+            section_end if section_end >= 0 else len(text),
+        )
         blocks = [code for lang, code in FENCE.findall(text[mark.end() : end]) if lang == "json"]
         found[mark.group(1)] = blocks
     return found
@@ -146,6 +151,47 @@ def test_each_third_party_example_gets_202_on_its_route(
     assert re.search(r"(^|\n)202\b|\b202\n?$", output.strip()), output
     assert '"status":"posted"' in output and '"event_id":' in output, output
     assert len(piriod.usages()) == 1 and piriod.violations() == []
+
+
+def correction_snippet() -> str:
+    """The guide's corrections example: the block that reads the corrections URL."""
+    [code] = [
+        code
+        for language, code in FENCE.findall(GUIDE.read_text())
+        if "PIRIOD_CORRECTIONS_URL" in code and language == "python"
+    ]
+    return str(code)
+
+
+def test_the_corrections_example_amends_a_record_once(
+    served: LocalApiServer, adapter: Adapter, piriod: Any
+) -> None:
+    # given a record posted with an idempotency_key
+    record = {
+        "subscription_line": 4242,
+        "date_time": "2026-11-26T10:00:00Z",
+        "quantity": 3,
+        "idempotency_key": "meter-7/2026-11-26T10",
+    }
+    status, _ = adapter.deliver(record)
+    assert status == 202 and [u["quantity"] for u in piriod.usages()] == ["3"]
+    env = {
+        "PIRIOD_CORRECTIONS_URL": f"{served.url}/v1/corrections",
+        "PIRIOD_SIGNING_SECRET": adapter.secret,
+        "PIRIOD_RECORD_KEY": "meter-7/2026-11-26T10",
+        "PIRIOD_CORRECTION_ID": "refund-4711",
+    }
+    # when the guide's corrections example is run as written
+    output = run("python", correction_snippet(), env)
+    # then it printed a 202 with the amend applied, and Piriod holds the new quantity alone
+    assert output.startswith("202 ") and '"status":"applied"' in output, output
+    assert [(u["quantity"]) for u in piriod.usages()] == ["1.25"]
+    # and run again (a retry: the same correction_id, signed anew), it is a duplicate of
+    # revision 1, and nothing changes
+    again = run("python", correction_snippet(), env)
+    assert again.startswith("202 ") and '"status":"duplicate","revision":1' in again, again
+    assert [(u["quantity"]) for u in piriod.usages()] == ["1.25"]
+    assert piriod.violations() == []
 
 
 class _ThrottleOnce(BaseHTTPRequestHandler):
@@ -258,6 +304,12 @@ def test_the_example_answers_are_the_adapters_own(
         )
         return sign_event(event, **sign)
 
+    def corrections(body: str) -> dict[str, Any]:
+        event = http_event(
+            "POST", "/v1/corrections", body.encode(), {"content-type": "application/json"}
+        )
+        return sign_event(event)
+
     def source(name: str, body: str) -> dict[str, Any]:
         path = f"/v1/sources/{name}/usages"
         return sign_event(
@@ -280,6 +332,9 @@ def test_the_example_answers_are_the_adapters_own(
     for request in counted["requests"]:
         request["at"] += shift
     answers["source-aggregated"] = _post(served, source("api-requests", json.dumps(counted)))
+    correction = shown["correction"][0]
+    answers["correction"] = _post(served, corrections(correction))
+    answers["correction-again"] = _post(served, corrections(correction))
     with_sources.fresh_runtime(
         PIRIOD_API_URL=dead_endpoint,
         REPLAY_QUEUE_URL=with_sources.resources.replay_queue_url + "-gone",
@@ -295,6 +350,8 @@ def test_the_example_answers_are_the_adapters_own(
         "source": 202,
         "source-filtered": 202,
         "source-aggregated": 202,
+        "correction": 202,
+        "correction-again": 202,
         "stores-down": 503,
     }
     assert sorted(shown) == sorted(status_of)
