@@ -203,6 +203,18 @@ class Failed:
     correcting: bool = False  # a correction's attempt: if no queue takes it, it waits on the key
 
 
+def _correction_waits(state: KeyState | None, taker: Taker, now: float) -> bool:
+    """A posted key with a correction Piriod does not reflect yet, free to take: a replay
+    (or the operator's) applies it rather than calling the record a duplicate."""
+    return (
+        taker in (Taker.REPLAY, Taker.OPERATOR)
+        and state is not None
+        and state.status is KeyStatus.POSTED
+        and state.pending
+        and not state.locked(now)
+    )
+
+
 def failed(
     sub: Submission,
     result: PostResult,
@@ -368,6 +380,12 @@ class Submitter:
         settling = sub.previous is not None and sub.previous.ambiguous_since is not None
         try:
             claim = attempt.claim = self._claim(sub, deadline, taker, settling)
+            if not claim.acquired and _correction_waits(claim.previous, taker, self.clock()):
+                # A correction accepted while another attempt held the key (handed to
+                # ReplayQueue by the corrections route), or one its holder did not apply:
+                # this attempt applies it, as a correction of the record.
+                taker = Taker.CORRECTION
+                claim = attempt.claim = self._claim(sub, deadline, taker, settling)
             if not claim.acquired:
                 handled = self._already_handled(claim, sub, deadline, taker)
                 if isinstance(handled, Failed):

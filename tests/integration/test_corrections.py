@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,12 +40,14 @@ def record(quantity: str, key: str, hour: int = 1, line: int = LINE) -> str:
     )
 
 
-def correct(adapter: Adapter, *corrections: dict[str, Any], message_id: str | None = None) -> Any:
+def correct(
+    adapter: Adapter, *corrections: dict[str, Any], message_id: str | None = None, **kw: Any
+) -> Any:
     """A signed corrections delivery; a Decimal quantity is written as the JSON number it
     is, its digits kept."""
     body = json.dumps({"corrections": list(corrections)}, default=lambda d: f"@@{d}@@")
     body = re.sub(r'"@@([^@]*)@@"', r"\1", body)
-    return adapter.deliver(body, path="/v1/corrections", message_id=message_id)
+    return adapter.deliver(body, path="/v1/corrections", message_id=message_id, **kw)
 
 
 def amend(key: str, quantity: str, cid: str, **extra: Any) -> dict[str, Any]:
@@ -321,3 +325,32 @@ def test_an_amend_of_a_count_window_is_a_422(meters: Adapter, piriod: Any) -> No
     deliver_events(meters, [event("c1", 92, minute(3))], "counter")
     status, body = correct(meters, amend("c1", "2", "c-1", source="counter"))
     assert status == 422 and body["errors"][0]["field"] == "quantity"
+
+
+def test_an_amend_handed_to_replay_while_the_first_post_is_in_flight_is_applied(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given a record whose first post Piriod answers slowly (4 s, then 201)
+    adapter.fresh_runtime(PIRIOD_READ_TIMEOUT="8")
+    piriod.add_fault("latency", delay=4, count=1)
+    poster = ThreadPoolExecutor(max_workers=1)
+    posted = poster.submit(adapter.deliver, record("1", "slow-first"))
+    wait_until(lambda: any(i["pk"]["S"] == "k#v1/usages#slow-first" for i in adapter.items()))
+    # when the sender amends it meanwhile, from a function with too little time left to wait
+    # for the key: the correction is handed to ReplayQueue (pending)
+    status, body = correct(adapter, amend("slow-first", "5", "sf-1"), timeout_seconds=7)
+    assert posted.result()[0] == 202
+    poster.shutdown()
+    assert status == 202 and statuses(body) == [("pending", 1)], body
+    # and ReplayFunction drains it after the first post ended posted
+    drain_replay(adapter)
+    # then Piriod holds one usage for the key, at its amended quantity, and nothing waits
+    assert held(piriod) == ["5"]
+    assert adapter.messages("replay") == [] and adapter.messages("dead_letter") == []
+
+
+def wait_until(ready: Any, seconds: float = 10) -> None:
+    until = time.monotonic() + seconds
+    while not ready():
+        assert time.monotonic() < until, "never ready"
+        time.sleep(0.05)

@@ -368,7 +368,9 @@ class FakePiriod:
     (connection refused), "server_error" (a 500, not deleted). Listing renders quantities and
     times at `quantity_precision` / `time_precision`, and never a deleted usage; with
     `filters_miss` the narrow filter compares exact text and misses such usages.
-    `listing_down` fails lookups; `endless` makes every listing run past its page bound."""
+    `listing_down` fails lookups; `endless` makes every listing run past its page bound.
+    `during_post` is called with the next posted record, before Piriod answers it (an
+    attempt holds the record's key meanwhile); it stays armed until it returns True."""
 
     clock: Clock
     ledger: list[Stored] = field(default_factory=list)
@@ -383,6 +385,7 @@ class FakePiriod:
     endless: bool = False
     posts: int = 0
     lookups: int = 0
+    during_post: Callable[[Usage], bool] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _store(self, usage: Usage) -> Stored:
@@ -404,6 +407,9 @@ class FakePiriod:
         return entry
 
     def post_usage(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> PostResult:
+        hook = self.during_post
+        if hook is not None and hook(usage):
+            self.during_post = None
         with self._lock:
             self.posts += 1
             answer = self.answers.popleft() if self.answers else "created"

@@ -70,6 +70,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.acknowledged: set[str] = set()
         self.corrected: set[str] = set()  # keys with a correction the sender saw accepted
         self.unanswered: list[CorrectionEntry] = []  # answered 503: the sender retries them
+        self.during = 0  # corrections made during a post
 
     # --- the world -------------------------------------------------------------------------
 
@@ -265,6 +266,38 @@ class Lifecycle(RuleBasedStateMachine):
         )
         self._correct(entry)
 
+    @precondition(lambda self: self.records)
+    @rule(
+        data=st.data(),
+        action=st.sampled_from(["cancel", "amend"]),
+        quantity=st.sampled_from(QUANTITIES),
+    )
+    def sender_corrects_during_a_post(
+        self, data: st.DataObject, action: str, quantity: Decimal
+    ) -> None:
+        # the sender corrects a record while an attempt is posting it: its key is held, so
+        # the correction cannot wait for it and is handed to ReplayQueue (pending), and the
+        # attempt then ends as its post says
+        pk = data.draw(st.sampled_from(sorted(self.records)))
+        key = self.records[pk].key.text
+        self.during += 1
+        entry = CorrectionEntry.model_validate(
+            {
+                "action": action,
+                "key": key,
+                "quantity": quantity if action == "amend" else None,
+                "correction_id": f"{key}/{action}/{quantity}/during-{self.during}",
+            }
+        )
+
+        def during(usage: Usage) -> bool:
+            if key_pk(usage.key) != pk:
+                return False
+            self._correct(entry)
+            return True
+
+        self.piriod.during_post = during
+
     def _correct(self, entry: CorrectionEntry) -> None:
         pk = next(pk for pk, usage in self.records.items() if usage.key.text == entry.key)
         down = self.store.down or self.queues.down
@@ -286,7 +319,9 @@ class Lifecycle(RuleBasedStateMachine):
             assert stored is None or stored.cancelled, (pk, stored)
         if done.status in ("applied", "pending", "duplicate"):
             self.corrected.add(pk)
-        if done.status == "applied":  # Piriod holds what the record is now
+        if done.status == "applied" and self.store.keys[pk].rev == done.revision:
+            # Piriod holds what the record is now (unless a later correction came meanwhile:
+            # one made during this one's post, pending, checked once it is applied)
             self._holds_what_it_should(pk)
 
     def _should(self, pk: str) -> Decimal | None:
