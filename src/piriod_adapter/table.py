@@ -585,8 +585,10 @@ class Generation:
 
     @property
     def restating(self) -> bool:
-        """Handed over, then corrected: its usage is to be restated."""
-        return self.handed and self.adjust_seq > self.handed_seq
+        """Corrected after it closed, since its usage was last handed over (or before it ever
+        was: a correction that came while its total was being posted). Its usage is restated
+        through its key's amend, which settles whatever an earlier attempt posted."""
+        return self.closed and self.adjust_seq > self.handed_seq
 
     @property
     def instant(self) -> datetime:

@@ -354,3 +354,34 @@ def wait_until(ready: Any, seconds: float = 10) -> None:
     while not ready():
         assert time.monotonic() < until, "never ready"
         time.sleep(0.05)
+
+
+def test_corrections_that_arrive_while_a_flush_posts_the_window_are_restated(
+    meters: Adapter, piriod: Any
+) -> None:
+    # given a due window of ten events of 1, and a flush whose POST of its total Piriod
+    # answers slowly (2 s)
+    window = minute(3)
+    deliver_events(meters, [event(f"cl{n}", 98, window) for n in range(10)])
+    piriod.add_fault("latency", delay=2, count=1)
+    flusher = ThreadPoolExecutor(max_workers=1)
+    flushed = flusher.submit(run_flush)
+    wait_until(
+        lambda: any(
+            item.get("line_id", {}).get("N") == "98" and item.get("state", {}).get("S") == "closed"
+            for item in meters.items()
+        )
+    )
+    # when, the generation closed and its total being posted, the sender amends five events
+    # to 3
+    status, body = correct(
+        meters, *[amend(f"cl{n}", "3", f"cl-{n}", source="meter") for n in range(5)]
+    )
+    flushed.result()
+    flusher.shutdown()
+    assert status == 202 and {r["status"] for r in body["results"]} == {"pending"}, body
+    # and FlushFunction runs again
+    report = run_flush()
+    # then the generation was restated once: Piriod holds the corrected sum, 5 x 3 + 5 x 1
+    assert report["restated"] == 1
+    assert totals(piriod) == {(98, utc(window)): Decimal(20)}

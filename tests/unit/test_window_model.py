@@ -80,6 +80,7 @@ class Windows(Lifecycle):
         self.acknowledged_rejected: set[str] = set()  # answered rejected: in DeadLetterQueue
         self.mapped = False  # whether the new meter has its line yet
         self.window_keys: set[str] = set()
+        self.during = 0  # corrections made during a post
 
     def _event(self, n: int, line: int, window: int, second: int, quantity: Decimal) -> Usage:
         text = f"ev-{n}"
@@ -188,6 +189,31 @@ class Windows(Lifecycle):
         # a sender cancels or amends events it sent, in an open, closed or posted generation
         # (the same correction id again is its retry)
         picks = data.draw(st.lists(st.sampled_from(sorted(self.windows.keys)), max_size=3))
+        self._correct_events(picks, action, quantity, attempt)
+
+    @precondition(lambda self: self.windows.keys)
+    @rule(
+        data=st.data(),
+        action=st.sampled_from(["cancel", "amend"]),
+        quantity=st.sampled_from(EVENT_QUANTITIES),
+    )
+    def sender_corrects_events_during_a_post(
+        self, data: st.DataObject, action: str, quantity: Decimal
+    ) -> None:
+        # a sender corrects events while a flush (or a replay) posts a window's total: its
+        # generation is closed, its total not handed over yet
+        picks = data.draw(st.lists(st.sampled_from(sorted(self.windows.keys)), max_size=3))
+        self.during += 1
+
+        def during(_: Usage) -> bool:
+            self._correct_events(picks, action, quantity, 10 + self.during)
+            return True
+
+        self.piriod.during_post = during
+
+    def _correct_events(
+        self, picks: list[str], action: str, quantity: Decimal, attempt: int
+    ) -> None:
         entries = [
             CorrectionEntry.model_validate(
                 {
