@@ -174,6 +174,8 @@ def test_stack_is_accepted_before_and_after_every_command(profiles: str) -> None
     for command in cli.COMMANDS:
         needed = {
             ("show",): ["abc"],
+            ("cancel",): ["key-1"],
+            ("amend",): ["key-1", "--quantity", "2"],
             ("purge",): ["--queue", "replay"],
             ("reconcile",): ["--line", "1", "--since", "2026-11-01", "--until", "2026-11-02"],
             ("signing-secret",): ["count"],
