@@ -69,6 +69,7 @@ from piriod_operator.operator import (
     error_map_text,
     errors_text,
     reconcile,
+    reconciled,
     render_reconcile,
     render_status,
     render_table,
@@ -923,8 +924,7 @@ def cmd_reconcile(ctx: Context) -> int:
         out.write(json.dumps(report, indent=2, default=str) + "\n")
     else:
         render_reconcile(report, out)
-    clean = not report["missing_in_piriod"] and not report["not_recorded_by_adapter"]
-    return EXIT_OK if clean else EXIT_DIFFERENCES
+    return EXIT_OK if reconciled(report) else EXIT_DIFFERENCES
 
 
 def _windows_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """The operator's side of corrections (SPEC 10): `piriod-adapter cancel KEY` and `amend KEY
 --quantity Q` apply a correction as POST /v1/corrections does (accepted on the key, applied
-as a transition of the record's lifecycle), and `show KEY` lists a key's revisions. Against
-moto server and the Piriod stand-in over loopback; Piriod's ledger is checked after each."""
+as a transition of the record's lifecycle), `show KEY` lists a key's revisions, and
+`reconcile` knows what corrections deleted. Against moto server and the Piriod stand-in over
+loopback; Piriod's ledger is checked after each."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.integration.test_corrections import held, record
 from tests.integration.test_replay import drain_replay
 
 LINE = 812
+DAY = ("--since", "2026-11-01", "--until", "2026-11-01")
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -350,3 +352,88 @@ def test_show_of_a_key_with_no_correction_and_of_nothing(posted: Adapter) -> Non
     assert code == 1 and "no key and no message 'nothing-by-this-name' found" in err
     code, _, err = run("show", "pay-1", "--source", "meter")
     assert code == 1 and "no key 'pay-1' (source meter)" in err
+
+
+# --- reconcile -----------------------------------------------------------------------------
+
+
+def reconcile(*extra: str) -> tuple[int, dict[str, Any]]:
+    code, out, err = run("reconcile", "--line", str(LINE), *DAY, "--json", *extra)
+    return code, json.loads(out) if out else {"err": err}
+
+
+def test_reconcile_after_a_cancel_and_an_amend_finds_no_difference(
+    posted: Adapter, piriod: Any
+) -> None:
+    # given pay-1 cancelled and pay-2 amended (its first usage deleted, a new one posted)
+    assert run("cancel", "pay-1", "--correction-id", "rc1")[0] == 0
+    assert run("amend", "pay-2", "--quantity", "9.90", "--correction-id", "rc2")[0] == 0
+    assert held(piriod) == ["9.90"]
+    # when the operator reconciles the line
+    code, report = reconcile()
+    # then the deleted usages are not missing, the cancelled record is not waiting, and the
+    # amended one matches at its last quantity
+    assert code == 0, json.dumps(report)
+    assert report["missing_in_piriod"] == [] and report["not_recorded_by_adapter"] == []
+    assert report["quantity_differs"] == []
+    assert (report["adapter_posted"], report["piriod_listed"], report["matched"]) == (1, 1, 1)
+    assert (report["cancelled"], report["waiting_in_queues"], report["corrections_pending"]) == (
+        1,
+        0,
+        0,
+    )
+    # and the table says so for a person
+    code, text, _ = run("reconcile", "--line", str(LINE), *DAY)
+    assert code == 0 and "cancelled 1, corrections pending 0" in text and "no differences" in text
+
+
+def test_reconcile_while_a_cancel_is_pending_expects_the_usage_still_held(
+    posted: Adapter, piriod: Any
+) -> None:
+    # given a cancel of pay-1 pending: Piriod refused its DELETE
+    piriod.add_fault("status", status=500, methods=("DELETE",))
+    assert "pending" in run("cancel", "pay-1", "--correction-id", "rp1")[1]
+    # when the operator reconciles
+    code, report = reconcile()
+    # then the usage Piriod still holds is matched, not "not recorded", and the pending
+    # correction is counted
+    assert code == 0, json.dumps(report)
+    assert report["matched"] == 2 and report["corrections_pending"] == 1
+    assert report["waiting_in_queues"] == 1
+    # and once replay has applied it, the usage is gone and nothing is missing
+    piriod.clear_faults()
+    drain_replay(posted)
+    code, report = reconcile()
+    assert code == 0, json.dumps(report)
+    assert (report["matched"], report["cancelled"], report["missing_in_piriod"]) == (1, 1, [])
+
+
+def test_reconcile_after_a_delete_whose_answer_was_lost(posted: Adapter, piriod: Any) -> None:
+    # given Piriod deleting pay-1's usage on a cancel, but its answer lost
+    posted.fresh_runtime(PIRIOD_READ_TIMEOUT="1")
+    piriod.add_fault("timeout_after_store", methods=("DELETE",), delay=2, count=1)
+    code, out, _ = run("cancel", "pay-1", "--correction-id", "lost-1")
+    assert code == 0 and "pending" in out and held(piriod) == ["2.5"]
+    # when the operator reconciles before replay settles it
+    code, report = reconcile()
+    # then the usage the adapter deleted is not reported missing
+    assert code == 0, json.dumps(report)
+    assert report["missing_in_piriod"] == [] and report["matched"] == 1
+
+
+def test_reconcile_of_a_window_restated_to_zero(meters: Adapter, piriod: Any) -> None:
+    # given a flushed window of line 95 whose every event is then cancelled and restated
+    window = minute(3)
+    deliver_events(meters, [event(f"z{n}", 95, window, "2") for n in range(2)])
+    run_flush()
+    for n in range(2):
+        assert run("cancel", f"z{n}", "--source", "meter", "--correction-id", f"z{n}")[0] == 0
+    run_flush()
+    assert totals(piriod) == {}
+    # when the operator reconciles that line
+    day = window.strftime("%Y-%m-%d")
+    code, out, _ = run("reconcile", "--line", "95", "--since", day, "--until", day, "--json")
+    # then the deleted total is not missing
+    report = json.loads(out)
+    assert code == 0, json.dumps(report)
+    assert report["missing_in_piriod"] == [] and report["piriod_listed"] == 0
