@@ -248,6 +248,10 @@ def test_bash_completion_offers_commands_options_and_choices() -> None:
     assert code == 0
     # then it completes commands, subcommands, options and the choices of an option
     assert {"list", "sources", "send", "init"} <= set(complete(script, ["piriod-adapter", ""]))
+    assert {"cancel", "amend"} <= set(complete(script, ["piriod-adapter", ""]))
+    assert {"--quantity", "--source", "--correction-id"} <= set(
+        complete(script, ["piriod-adapter", "amend", "--"])
+    )
     assert complete(script, ["piriod-adapter", "sources", ""]) == [
         "validate",
         "try",
