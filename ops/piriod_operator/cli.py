@@ -19,7 +19,7 @@ arguments or settings, or a stack or secret that does not exist; 3 reconcile fou
 differences; 4 AWS (SQS, DynamoDB, CloudFormation, Secrets Manager, SSM) could not be reached
 or refused; 5 Piriod could not be reached or refused (an amended record rejected); 6 a
 replayed record could be neither posted nor stored (run the replay again), or a correction
-neither applied nor kept (run it again with its --correction-id); 7 an
+not applied with a store down (run it again with its --correction-id); 7 an
 unexpected error (a defect); 8 send: nothing answers at the webhook's URL; 9 a question to
 ask (init's token, purge's confirmation) and no terminal to ask it on; 141 standard output
 was closed (`| head`): stopped quietly, as a Unix tool does.
@@ -751,7 +751,7 @@ def _correct(ctx: Context, action: str, quantity: str | None) -> int:
     if result.status == "not_stored":
         raise CommandError(
             EXIT_NOT_STORED,
-            f"the correction could be neither applied nor kept ({result.message}); run the "
+            f"the correction was not applied, and may not be kept ({result.message}): run the "
             f"command again with --correction-id {correction_id}",
         )
     return EXIT_OK
@@ -1686,8 +1686,8 @@ CORRECTION_HELP = (
     "--correction-id was accepted before; nothing changed), not_found or rejected, with the "
     "key's revision and the new usage's id. Exit 0 applied, pending or duplicate; 1 not_found "
     "(never seen, forgotten, or cancelled); 2 bad input (nothing changed); 5 Piriod refused "
-    "the amended record (it waits in DeadLetterQueue); 6 neither applied nor kept (a store is "
-    "down): run again with the same --correction-id."
+    "the amended record (it waits in DeadLetterQueue); 6 not applied, a store being down: run "
+    "again with the same --correction-id (applied once)."
 )
 
 GROUPS: dict[tuple[str, ...], str] = {

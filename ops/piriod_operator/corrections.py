@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from piriod_adapter.lifecycle import KeyStatus
 from piriod_adapter.models import KeyKind
-from piriod_adapter.table import Generation, KeyState, revisions_of
+from piriod_adapter.table import CORRECTING, Generation, KeyState, revisions_of
 
 if TYPE_CHECKING:
     from piriod_adapter.runtime import Runtime
@@ -244,7 +244,12 @@ def render_key(view: dict[str, Any], out: TextIO) -> None:
             "known; Piriod is asked before anything is sent again)\n"
         )
     waiting = view.get("waiting")
-    if waiting:
+    if waiting and waiting["queue"] == CORRECTING:
+        out.write(
+            "waits on its key: no queue could take its correction; the next FlushFunction run "
+            "applies it\n"
+        )
+    elif waiting:
         out.write(
             f"waits in: {waiting['queue']}, message {waiting['message_id']} "
             f"(`piriod-adapter show {waiting['message_id']}`)\n"

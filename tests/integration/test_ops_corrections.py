@@ -437,3 +437,29 @@ def test_reconcile_of_a_window_restated_to_zero(meters: Adapter, piriod: Any) ->
     report = json.loads(out)
     assert code == 0, json.dumps(report)
     assert report["missing_in_piriod"] == [] and report["piriod_listed"] == 0
+
+
+def test_an_amend_neither_posted_nor_queued_exits_6_and_waits_on_its_key(
+    posted: Adapter, piriod: Any
+) -> None:
+    # given Piriod failing every POST with a 500 (its DELETE goes through), and ReplayQueue gone
+    piriod.add_fault("status", status=500)
+    posted.fresh_runtime(REPLAY_QUEUE_URL=posted.resources.replay_queue_url + "-gone")
+    # when the operator amends pay-2
+    code, out, err = run("amend", "pay-2", "--quantity", "6", "--correction-id", "w1")
+    # then it is not_stored, exit 6, with what to do: run it again with its id
+    assert code == 6 and "not_stored" in out, out + err
+    assert err.strip().splitlines()[-1].endswith("run the command again with --correction-id w1")
+    # and show says it waits on its key, Piriod holding nothing for it meanwhile
+    code, shown, _ = run("show", "pay-2")
+    assert "waits on its key" in shown and "Piriod holds: nothing for this key" in shown
+    assert re.search(r"^1 +amend +6 +w1 .* pending$", shown, re.MULTILINE), shown
+    # when Piriod and the queue are back and FlushFunction runs
+    piriod.clear_faults()
+    posted.fresh_runtime(REPLAY_QUEUE_URL=posted.resources.replay_queue_url)
+    run_flush()
+    # then the amend is applied, once; the operator's rerun with its id is a duplicate
+    assert held(piriod) == ["1.10", "6"]
+    code, out, _ = run("amend", "pay-2", "--quantity", "6", "--correction-id", "w1")
+    assert code == 0 and "duplicate revision=1" in out
+    assert held(piriod) == ["1.10", "6"]
