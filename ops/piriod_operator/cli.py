@@ -732,11 +732,14 @@ def _correct(ctx: Context, action: str, quantity: str | None) -> int:
         out.write(f"{named}: {result.status}{detail} correction_id={json.dumps(correction_id)}\n")
         meaning = _meaning(result.status, action, quantity, result.revision, bool(args.source))
         out.write(meaning + "\n")
+    if result.status == "not_found" and result.errors:  # the key takes no more corrections
+        raise CommandError(
+            EXIT_NOT_FOUND, f"{named}: {error_map_text(result.errors)}; nothing was changed"
+        )
     if result.status == "not_found":
-        why = f" ({error_map_text(result.errors)})" if result.errors else ""
         raise CommandError(
             EXIT_NOT_FOUND,
-            f"no record under {named}{why}: never seen, forgotten (keys are kept "
+            f"no record under {named}: never seen, forgotten (keys are kept "
             "IdempotencyTtlDays), or cancelled; nothing was changed (`show KEY` tells which)",
         )
     if result.status == "rejected":
