@@ -250,8 +250,10 @@ class Lab:
         for delivery in deliveries:
             for usage in delivery["body"]["usages"]:
                 report = reconcile(runtime, usage["subscription_line"], *day)
-                tally.unreconciled += len(report["missing_in_piriod"]) + len(
-                    report["not_recorded_by_adapter"]
+                tally.unreconciled += (
+                    len(report["missing_in_piriod"])
+                    + len(report["not_recorded_by_adapter"])
+                    + len(report["quantity_differs"])
                 )
 
 

@@ -1,8 +1,9 @@
 """piriod-adapter: the operator's command for the Piriod usage adapter.
 
 Set up the secrets (init, signing-secret), check and publish meter profiles (sources), send a
-signed test delivery (send), find, inspect and replay failed records, and reconcile what the
-adapter posted with what Piriod lists. See the README for a walk through.
+signed test delivery (send), find, inspect and replay failed records, cancel or amend a
+record or event a meter sent (cancel, amend; show KEY lists a key's corrections), and
+reconcile what the adapter posted with what Piriod lists. See the README for a walk through.
 
 Which adapter: --stack NAME (before or after the command) reads everything from that
 CloudFormation stack's parameters and outputs (--stack piriod-local: the local serve).
@@ -11,12 +12,14 @@ environment variables (docs/operations.md lists them). A flag beats the environm
 posts to --url, else the stack's WebhookUrl, else $PIRIOD_WEBHOOK_URL. AWS endpoints follow
 boto3's AWS_ENDPOINT_URL, so it works against local stand-ins too (said on a terminal).
 
-Exit codes: 0 done; 1 show found nothing, not confirmed, send not answered 202 or a record
-of it rejected or queued (see send --allow), sources try would not be answered 202, or
-sources validate found a broken source; 2 invalid arguments or settings, or a stack or secret
-that does not exist; 3 reconcile found differences; 4 AWS (SQS, DynamoDB, CloudFormation,
-Secrets Manager, SSM) could not be reached or refused; 5 Piriod could not be reached or
-refused; 6 a replayed record could be neither posted nor stored (run the replay again); 7 an
+Exit codes: 0 done; 1 show found nothing, cancel or amend found no record under the key,
+not confirmed, send not answered 202 or a record of it rejected or queued (see send --allow),
+sources try would not be answered 202, or sources validate found a broken source; 2 invalid
+arguments or settings, or a stack or secret that does not exist; 3 reconcile found
+differences; 4 AWS (SQS, DynamoDB, CloudFormation, Secrets Manager, SSM) could not be reached
+or refused; 5 Piriod could not be reached or refused (an amended record rejected); 6 a
+replayed record could be neither posted nor stored (run the replay again), or a correction
+not applied with a store down (run it again with its --correction-id); 7 an
 unexpected error (a defect); 8 send: nothing answers at the webhook's URL; 9 a question to
 ask (init's token, purge's confirmation) and no terminal to ask it on; 141 standard output
 was closed (`| head`): stopped quietly, as a Unix tool does.
@@ -66,6 +69,7 @@ from piriod_operator.operator import (
     error_map_text,
     errors_text,
     reconcile,
+    reconciled,
     render_reconcile,
     render_status,
     render_table,
@@ -582,31 +586,210 @@ def cmd_list(ctx: Context) -> int:
 
 
 def _show_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("message_id", help="the message id, or its first characters")
     p.add_argument(
-        "--queue", choices=[*QUEUES, "both"], default="both", help="which queue to look in"
+        "message_id",
+        metavar="KEY_OR_ID",
+        help="a record's key (its idempotency_key, or {webhook-id}:{index}; with --source, an "
+        "event's event_id): its record, what Piriod holds and its corrections; else a queue "
+        "message's id, or its first characters: the message in full",
     )
+    p.add_argument(
+        "--source",
+        type=_source_name,
+        metavar="NAME",
+        help="KEY_OR_ID is an event id of this third-party source (default: a native record's "
+        "key, else a message id)",
+    )
+    p.add_argument(
+        "--queue",
+        choices=[*QUEUES, "both"],
+        help="look for a message in this queue only, not for a key (default: a key, then a "
+        "message in both queues)",
+    )
+    p.add_argument("--json", action="store_true", help="a key as one JSON document")
 
 
 def cmd_show(ctx: Context) -> int:
+    from piriod_operator.corrections import key_view, render_key, where
+
     args, out, runtime = ctx.args, ctx.out, ctx.runtime
-    if not args.message_id.strip():
-        raise CommandError(EXIT_USAGE, "give a message id (or its first characters)")
+    text = args.message_id
+    if not text.strip():
+        raise CommandError(EXIT_USAGE, "give a key, or a message id (or its first characters)")
+    if args.source and args.queue:
+        raise CommandError(EXIT_USAGE, "--source names an event's key and --queue a message: one")
+    if args.queue is None:
+        view = key_view(runtime, text, args.source)
+        if view is not None:
+            if args.json:
+                out.write(json.dumps(view, indent=2) + "\n")
+            else:
+                render_key(view, out)
+            return EXIT_OK
+        if args.source:
+            raise CommandError(
+                EXIT_NOT_FOUND,
+                f"no key {text!r} ({where(args.source)}): never seen, or forgotten (keys are "
+                "kept IdempotencyTtlDays)",
+            )
     found = [
         e
-        for queue in _queues(args.queue)
+        for queue in _queues(args.queue or "both")
         for e in entries(runtime, queue, MAX_LIMIT)
-        if e.message_id.startswith(args.message_id)
+        if e.message_id.startswith(text)
     ]
-    exact = [e for e in found if e.message_id == args.message_id]
+    exact = [e for e in found if e.message_id == text]
     if len(exact) == 1 or len(found) == 1:
         out.write(json.dumps((exact or found)[0].to_dict(), indent=2) + "\n")
         return EXIT_OK
     if found:
-        raise CommandError(
-            EXIT_USAGE, f"{args.message_id!r} begins {len(found)} message ids; give more of it"
+        raise CommandError(EXIT_USAGE, f"{text!r} begins {len(found)} message ids; give more of it")
+    if args.queue is None:
+        raise CommandError(EXIT_NOT_FOUND, f"no key and no message {text!r} found")
+    raise CommandError(EXIT_NOT_FOUND, f"no message {text!r} found")
+
+
+# --- corrections: cancel, amend (SPEC 10) -----------------------------------------------------
+
+
+def _correction_arguments(amend: bool) -> Callable[[argparse.ArgumentParser], None]:
+    def arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "key",
+            metavar="KEY",
+            help="the record's key: its idempotency_key, or {webhook-id}:{index}; with "
+            "--source, the event's event_id",
         )
-    raise CommandError(EXIT_NOT_FOUND, f"no message {args.message_id!r} found")
+        if amend:
+            p.add_argument(
+                "--quantity",
+                type=_json_number,
+                required=True,
+                metavar="Q",
+                help="the record's new quantity: a JSON number, >= 0 and below 10^20, as a "
+                "record's (its digits reach Piriod as typed); not for a count window's event",
+            )
+        p.add_argument(
+            "--source",
+            type=_source_name,
+            metavar="NAME",
+            help="KEY is an event of this third-party source (default: a record of the "
+            "native route)",
+        )
+        p.add_argument(
+            "--correction-id",
+            metavar="ID",
+            help="names this correction: run again with the same id, it is applied once "
+            "(default: a new id, printed on stderr)",
+        )
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="the result as POST /v1/corrections answers it, one JSON object",
+        )
+
+    return arguments
+
+
+def cmd_cancel(ctx: Context) -> int:
+    return _correct(ctx, "cancel", None)
+
+
+def cmd_amend(ctx: Context) -> int:
+    return _correct(ctx, "amend", ctx.args.quantity)
+
+
+def _correct(ctx: Context, action: str, quantity: str | None) -> int:
+    """One correction, as a sender's: read by the route's own rules (bad input is exit 2 and
+    changes nothing), accepted on the key and applied as the route applies it; the result
+    is what a sender would be answered, and its status the exit code."""
+    from piriod_adapter.clock import Deadline
+    from piriod_adapter.corrections import apply_corrections, counts_events, parse_corrections
+    from piriod_adapter.validation import BodyError
+    from piriod_operator.corrections import correction_body, new_correction_id, where
+
+    args, out, err = ctx.args, ctx.out, ctx.err
+    correction_id = args.correction_id if args.correction_id is not None else new_correction_id()
+    body = correction_body(action, args.key, args.source, quantity, correction_id)
+    try:
+        [entry] = parse_corrections(body, lambda name: counts_events(ctx.runtime, name))
+    except BodyError as exc:
+        problems = "; ".join(f"{p.field}: {p.message}" for p in exc.problems) or exc.message
+        raise CommandError(EXIT_USAGE, f"{problems}; nothing was changed") from None
+    if args.correction_id is None:
+        err.write(
+            f"correction id {correction_id} (to run this correction again, once: "
+            f"--correction-id {correction_id})\n"
+        )
+    [done] = apply_corrections(ctx.runtime, [entry], Deadline.after(60))
+    result = done.result(0, correction_id)
+    named = f"key {args.key!r} ({where(args.source)})"
+    if args.json:
+        out.write(result.model_dump_json(exclude_none=True) + "\n")
+    else:
+        shown = {"revision": result.revision, "usage_id": result.usage_id}
+        detail = "".join(f" {k}={v}" for k, v in shown.items() if v is not None)
+        out.write(f"{named}: {result.status}{detail} correction_id={json.dumps(correction_id)}\n")
+        meaning = _meaning(result.status, action, quantity, result.revision, bool(args.source))
+        out.write(meaning + "\n")
+    if result.status == "not_found" and result.errors:  # the key takes no more corrections
+        raise CommandError(
+            EXIT_NOT_FOUND, f"{named}: {error_map_text(result.errors)}; nothing was changed"
+        )
+    if result.status == "not_found":
+        raise CommandError(
+            EXIT_NOT_FOUND,
+            f"no record under {named}: never seen, forgotten (keys are kept "
+            "IdempotencyTtlDays), or cancelled; nothing was changed (`show KEY` tells which)",
+        )
+    if result.status == "rejected":
+        errors = error_map_text(result.errors or {})
+        if args.source:  # an event's correction the adapter refused: nothing was changed
+            raise CommandError(EXIT_USAGE, f"{named}: {errors}; nothing was changed")
+        raise CommandError(
+            EXIT_PIRIOD,
+            f"Piriod refused the amended record (400): {errors}; it waits in DeadLetterQueue "
+            "(`piriod-adapter list --queue dead-letter`)",
+        )
+    if result.status == "not_stored":
+        raise CommandError(
+            EXIT_NOT_STORED,
+            f"the correction was not applied, and may not be kept ({result.message}): run the "
+            f"command again with --correction-id {correction_id}",
+        )
+    return EXIT_OK
+
+
+def _meaning(
+    status: str, action: str, quantity: str | None, revision: int | None, event: bool
+) -> str:
+    """What a correction's status means, in a sentence."""
+    if status == "applied" and event:
+        change = "taken out of" if action == "cancel" else f"counted at {quantity} in"
+        return f"applied: {change} its window's open total, posted when the window closes"
+    if status == "applied":
+        return (
+            "applied: Piriod holds nothing of it now"
+            if action == "cancel"
+            else f"applied: Piriod holds it at {quantity} now, in one usage"
+        )
+    if status == "pending" and event:
+        return (
+            "pending: accepted and kept; its window was flushed, and the next FlushFunction "
+            "run restates its usage (`piriod-adapter show KEY --source NAME` shows it)"
+        )
+    if status == "pending":
+        return (
+            "pending: accepted and kept, not in Piriod yet: the record's next attempt "
+            "applies it (ReplayFunction, or `piriod-adapter replay` for a dead letter); "
+            "`piriod-adapter show KEY` shows where it waits"
+        )
+    if status == "duplicate":
+        return (
+            f"duplicate: this correction id was accepted before, as revision {revision}; "
+            "nothing changed"
+        )
+    return f"{status}: nothing was applied"
 
 
 def _replay_arguments(p: argparse.ArgumentParser) -> None:
@@ -744,8 +927,7 @@ def cmd_reconcile(ctx: Context) -> int:
         out.write(json.dumps(report, indent=2, default=str) + "\n")
     else:
         render_reconcile(report, out)
-    clean = not report["missing_in_piriod"] and not report["not_recorded_by_adapter"]
-    return EXIT_OK if clean else EXIT_DIFFERENCES
+    return EXIT_OK if reconciled(report) else EXIT_DIFFERENCES
 
 
 def _windows_arguments(p: argparse.ArgumentParser) -> None:
@@ -1498,13 +1680,45 @@ def cmd_completion(ctx: Context) -> int:
 # --region, help and completion come with the entry. A group of commands (`sources ...`)
 # gets its help line in GROUPS.
 
+CORRECTION_HELP = (
+    "A correction, applied as POST /v1/corrections applies a sender's: accepted on the key "
+    "(its next revision), then applied to the record wherever it is (posted: its usage deleted, "
+    "or deleted and posted again with the new quantity; waiting in a queue: its next attempt "
+    "applies it; an event: its window's total, or the next FlushFunction run restates its "
+    "flushed window). Prints the result a sender would get: applied, pending, duplicate (this "
+    "--correction-id was accepted before; nothing changed), not_found or rejected, with the "
+    "key's revision and the new usage's id. Exit 0 applied, pending or duplicate; 1 not_found "
+    "(never seen, forgotten, or cancelled); 2 bad input (nothing changed); 5 Piriod refused "
+    "the amended record (it waits in DeadLetterQueue); 6 not applied, a store being down: run "
+    "again with the same --correction-id (applied once)."
+)
+
 GROUPS: dict[tuple[str, ...], str] = {
     ("sources",): "third-party meter profiles: validate, try, push, and their secrets",
 }
 
 COMMANDS: list[Command] = [
     Command(("list",), "list what waits in the queues, as a table", _list_arguments, cmd_list),
-    Command(("show",), "print one queued message in full", _show_arguments, cmd_show),
+    Command(
+        ("show",),
+        "a record's key (its corrections, what Piriod holds), or one queued message in full",
+        _show_arguments,
+        cmd_show,
+    ),
+    Command(
+        ("cancel",),
+        "take back a record or event a meter sent: Piriod no longer holds it",
+        _correction_arguments(amend=False),
+        cmd_cancel,
+        description=CORRECTION_HELP,
+    ),
+    Command(
+        ("amend",),
+        "change the quantity of a record or event a meter sent",
+        _correction_arguments(amend=True),
+        cmd_amend,
+        description=CORRECTION_HELP,
+    ),
     Command(
         ("replay",),
         "replay DeadLetterQueue messages (each one's new message id and line are printed)",

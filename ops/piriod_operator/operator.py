@@ -263,34 +263,51 @@ def reconcile(
     now: datetime | None = None,
     progress: Callable[[int], None] = lambda listed: None,
 ) -> dict[str, Any]:
-    """Compare what the adapter recorded as posted for a line and period with what Piriod
-    lists for it (`date_time__gte` / `date_time__lte`). A usage the adapter has no record of
-    is "not recorded" only while its keys would still be remembered: one Piriod created
-    before the retention period began is reported apart, as beyond retention."""
+    """Compare what the adapter recorded for a line and period with what Piriod lists for it
+    (`date_time__gte` / `date_time__lte`). A usage the adapter has no record of is "not
+    recorded" only while its keys would still be remembered: one Piriod created before the
+    retention period began is reported apart, as beyond retention.
+
+    With corrections (SPEC 10), what is compared is the usage each key holds now: an amended
+    record's last one, at its last quantity (a listed usage at another quantity is reported);
+    a cancelled record, or a usage a correction deleted, is expected nowhere and never
+    reported missing; a usage whose DELETE went unanswered may still be listed or not; a
+    correction not applied yet leaves the usage Piriod still holds expected until it is."""
     settings = runtime.settings
     now = now or datetime.now(UTC)
     retention_start = now - timedelta(days=settings.idempotency_ttl_days)
     tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
     recorded = runtime.store.recorded_between(line, since, until)
-    posted = [r for r in recorded if r.status is KeyStatus.POSTED]
-    ours = {r.usage_id: r for r in posted if r.usage_id}
-    waiting = [r for r in recorded if r.status is not KeyStatus.POSTED]
+    held = [r for r in recorded if r.expected is not None]  # one listed usage expected for each
+    ours = {r.expected.usage_id: r for r in held if r.expected and r.expected.usage_id}
+    deleting = {r.deleting: r for r in recorded if r.deleting is not None}
+    # the usage of a key whose correction is not applied yet may be gone already (a DELETE
+    # whose answer was lost, an attempt that stopped): its next attempt asks Piriod first
+    going = {uid for uid, r in ours.items() if r.pending or uid in deleting}
+    waiting = [r for r in recorded if r.status not in (KeyStatus.POSTED, KeyStatus.CANCELLED)]
     theirs: dict[int, dict[str, Any]] = {}
     for usage in _listed(runtime, line, since, until, tenant):
         usage_id = usage_id_of(usage)
         assert usage_id is not None
         theirs[usage_id] = usage
         progress(len(theirs))
-    unknown = sorted(set(theirs) - set(ours))
+    # a DELETE whose answer was lost: Piriod is asked before anything is sent again
+    being_deleted = sorted(set(theirs) & set(deleting) - set(ours))
+    unknown = sorted(set(theirs) - set(ours) - set(being_deleted))
     # A record posted by a 201 without an id is matched as settling matches: a listed usage
     # that may be it at the precision it is listed with, one usage per record.
-    idless = [r for r in posted if not r.usage_id]
+    idless = [r for r in held if r.expected and not r.expected.usage_id]
     found = match_idless(line, idless, {u: theirs[u] for u in unknown})
     unknown = [u for u in unknown if u not in set(found.values())]
     missing: list[tuple[int | None, KeyRecord]] = [
-        (uid, ours[uid]) for uid in sorted(set(ours) - set(theirs))
+        (uid, ours[uid]) for uid in sorted(set(ours) - set(theirs) - going)
     ]
-    missing += [(None, r) for r in idless if r.key not in found]
+    missing += [(None, r) for r in idless if r.key not in found and not r.pending]
+    differs = [
+        (uid, ours[uid])
+        for uid in sorted(set(ours) & set(theirs))
+        if not _same(line, ours[uid], theirs[uid])
+    ]
     beyond = [u for u in unknown if _created(theirs[u]) < retention_start]
     not_recorded = [u for u in unknown if u not in set(beyond)]
     return {
@@ -298,22 +315,50 @@ def reconcile(
         "since": since.isoformat(),
         "until": until.isoformat(),
         "retention_days": settings.idempotency_ttl_days,
-        "adapter_posted": len(posted),
+        "adapter_posted": len(held),
         "piriod_listed": len(theirs),
-        "matched": len(set(ours) & set(theirs)) + len(found),
+        "matched": len(set(ours) & set(theirs)) - len(differs) + len(found),
         "missing_in_piriod": [
             {
                 "usage_id": uid,
                 "key": record.key,
                 "date_time": record.date_time,
-                "quantity": record.quantity,
+                "quantity": record.expected.quantity if record.expected else record.quantity,
             }
             for uid, record in missing
         ],
+        "quantity_differs": [
+            {
+                "usage_id": uid,
+                "key": record.key,
+                "date_time": record.date_time,
+                "quantity": record.expected.quantity if record.expected else record.quantity,
+                "piriod_quantity": str(theirs[uid].get("quantity")),
+            }
+            for uid, record in differs
+        ],
         "not_recorded_by_adapter": [_their(theirs[uid]) for uid in not_recorded],
         "beyond_retention": [_their(theirs[uid]) for uid in beyond],
+        "being_deleted": [_their(theirs[uid]) for uid in being_deleted],
+        "cancelled": sum(r.status is KeyStatus.CANCELLED for r in recorded),
+        "corrections_pending": sum(r.pending for r in recorded),
         "waiting_in_queues": len(waiting),
     }
+
+
+def _same(line: int, record: KeyRecord, listed: dict[str, Any]) -> bool:
+    """Whether a listed usage is what the key holds: its line, instant and quantity (its
+    last amended one) equal at the precision Piriod lists them with; unreadable: the same."""
+    assert record.expected is not None
+    usage = Usage.model_validate(
+        {
+            "subscription_line": line,
+            "date_time": record.date_time,
+            "quantity": record.expected.quantity,
+            "key": UsageKey(kind=KeyKind.EXPLICIT, scope="reconcile", text=record.key[:255]),
+        }
+    )
+    return Listed.read(listed).may_be(usage) is not False
 
 
 def match_idless(
@@ -329,7 +374,7 @@ def match_idless(
             {
                 "subscription_line": line,
                 "date_time": record.date_time,
-                "quantity": record.quantity,
+                "quantity": record.expected.quantity if record.expected else record.quantity,
                 "key": UsageKey(kind=KeyKind.EXPLICIT, scope="reconcile", text=record.key[:255]),
             }
         )
@@ -610,10 +655,16 @@ def _duration(seconds: int) -> str:
 
 def render_reconcile(report: dict[str, Any], out: TextIO) -> None:
     """The reconcile report for a person: the counts, then each usage missing on a side."""
+    corrected = (
+        f", cancelled {report['cancelled']}, corrections pending {report['corrections_pending']}"
+        if report["cancelled"] or report["corrections_pending"]
+        else ""
+    )
     out.write(
         f"line {report['subscription_line']}, {report['since']} to {report['until']}: "
         f"adapter posted {report['adapter_posted']}, Piriod lists {report['piriod_listed']}, "
-        f"matched {report['matched']}, waiting in the queues {report['waiting_in_queues']}\n"
+        f"matched {report['matched']}, waiting in the queues {report['waiting_in_queues']}"
+        f"{corrected}\n"
     )
     rows = [
         [
@@ -625,9 +676,20 @@ def render_reconcile(report: dict[str, Any], out: TextIO) -> None:
         ]
         for m in report["missing_in_piriod"]
     ]
+    rows += [
+        [
+            "quantity differs",
+            str(m["usage_id"]),
+            str(m["date_time"]),
+            f"{m['piriod_quantity']} (adapter: {m['quantity']})",
+            _short(str(m["key"]), 40),
+        ]
+        for m in report["quantity_differs"]
+    ]
     for side, label in (
         ("not_recorded_by_adapter", "not recorded by adapter"),
         ("beyond_retention", f"beyond {report['retention_days']}-day retention"),
+        ("being_deleted", "being deleted (DELETE unanswered)"),
     ):
         rows += [
             [label, str(u["usage_id"]), u["date_time"], u["quantity"], f"created {u['created']}"]
@@ -645,7 +707,20 @@ def render_reconcile(report: dict[str, Any], out: TextIO) -> None:
                 "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
             )
     missing, unknown = len(report["missing_in_piriod"]), len(report["not_recorded_by_adapter"])
-    if missing or unknown:
-        out.write(f"differences: {missing} missing in Piriod, {unknown} not recorded by adapter\n")
+    differs = len(report["quantity_differs"])
+    if missing or unknown or differs:
+        other = f", {differs} at another quantity" if differs else ""
+        out.write(
+            f"differences: {missing} missing in Piriod, {unknown} not recorded by adapter{other}\n"
+        )
     else:
         out.write("no differences\n")
+
+
+def reconciled(report: dict[str, Any]) -> bool:
+    """Whether a reconcile found no difference (exit 0)."""
+    return not (
+        report["missing_in_piriod"]
+        or report["not_recorded_by_adapter"]
+        or report["quantity_differs"]
+    )

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -61,6 +61,9 @@ from piriod_adapter.validation import (
     invalid,
     problems_of,
 )
+
+if TYPE_CHECKING:
+    from piriod_adapter.runtime import Runtime
 
 ALLOWED = "action, key, source, quantity, correction_id"
 CorrectionStatus = Literal["applied", "pending", "duplicate", "not_found", "rejected", "not_stored"]
@@ -201,17 +204,63 @@ def parse_corrections(raw: bytes, counting: Callable[[str], bool | None]) -> lis
 
 
 def keys_of(entry: CorrectionEntry) -> list[tuple[UsageKey, str]]:
-    """The keys a correction may name, with their items' keys, in the order they are tried:
-    a native record's own idempotency_key, then a key derived from its delivery; a source's
-    event id."""
-    if entry.source is not None:
-        keys = [UsageKey(kind=KeyKind.EVENT, scope=f"v1/sources/{entry.source}", text=entry.key)]
+    """The keys a correction may name, with their items' keys, in the order they are tried."""
+    return keys_named(entry.key, entry.source)
+
+
+def keys_named(text: str, source: str | None) -> list[tuple[UsageKey, str]]:
+    """The keys `text` may be, with their items' keys, in the order they are tried: a native
+    record's own idempotency_key, then a key derived from its delivery; a source's event id
+    (the operator's `show KEY` reads a key as a correction names it)."""
+    if source is not None:
+        keys = [UsageKey(kind=KeyKind.EVENT, scope=f"v1/sources/{source}", text=text)]
     else:
         keys = [
-            UsageKey(kind=kind, scope=NATIVE_SCOPE, text=entry.key)
+            UsageKey(kind=kind, scope=NATIVE_SCOPE, text=text)
             for kind in (KeyKind.EXPLICIT, KeyKind.DELIVERY)
         ]
     return [(key, key_pk(key)) for key in keys]
+
+
+def read_corrections(runtime: Runtime, raw: bytes) -> list[CorrectionEntry]:
+    """A corrections body as the route reads it (parse_corrections, with the runtime's
+    source profiles saying which sources count their events); the operator's `cancel` and
+    `amend` read theirs here too. Raises BodyError (400, 422)."""
+    return parse_corrections(raw, lambda name: counts_events(runtime, name))
+
+
+def counts_events(runtime: Runtime, source: str) -> bool | None:
+    """Whether a source counts its events into windows (None: not configured now)."""
+    from piriod_adapter.sources import SourcesUnavailable
+
+    try:
+        profile = runtime.sources.profile(source)
+    except SourcesUnavailable:
+        return None
+    if profile is None:
+        return None
+    return profile.aggregate is not None and profile.aggregate.function == "count"
+
+
+def apply_corrections(
+    runtime: Runtime, entries: Sequence[CorrectionEntry], deadline: Deadline
+) -> list[Corrected]:
+    """Accept each correction on its key and apply it (Corrector), with the runtime's
+    stores, submit path and queues: what `POST /v1/corrections` does once a delivery is
+    read, and what the operator's `cancel` and `amend` do. One Corrected per entry, in
+    order; `not_stored` when a store is down (never raised)."""
+    settings = runtime.settings
+    tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
+    corrector = Corrector(
+        runtime.store,
+        runtime.windows,
+        runtime.submitter,
+        runtime.queue.place_failed,
+        tenant,
+        runtime.submitter.post_budget_seconds,
+        settings.post_concurrency,
+    )
+    return corrector.run(entries, deadline)
 
 
 @dataclass

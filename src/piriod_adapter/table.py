@@ -210,22 +210,45 @@ class Waiting:
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """What the table says of one record's key (for reconcile)."""
+    """What the table says of one record's key (for reconcile): with corrections (SPEC 10),
+    the usage Piriod holds for it (`holding`: at its last quantity once an amend is applied;
+    none once cancelled), a usage whose DELETE went unanswered (`deleting`), and whether a
+    correction accepted on it is not applied yet (`pending`)."""
 
     key: str
     status: KeyStatus
     usage_id: int | None
     date_time: str
     quantity: str
+    holding: Holding | None = None
+    cancelled: bool = False
+    deleting: int | None = None
+    pending: bool = False
+
+    @property
+    def expected(self) -> Holding | None:
+        """The usage Piriod should list for this key now: the one it holds, except a window
+        total of zero, which is never posted (a restatement to zero deleted its usage)."""
+        held = self.holding
+        if held is None:
+            return None
+        if self.key.split("#", 1)[0] in ("a", "ah") and Decimal(held.quantity).is_zero():
+            return None
+        return held
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> KeyRecord:
+        state = KeyState.from_item(item)
         return cls(
             key=item["pk"]["S"],
-            status=KeyStatus(item["status"]["S"]),
-            usage_id=int(item["usage_id"]["N"]) if "usage_id" in item else None,
+            status=state.status,
+            usage_id=state.usage_id,
             date_time=item["date_time"]["S"],
             quantity=item["quantity"]["S"],
+            holding=state.holding,
+            cancelled=state.cancelled,
+            deleting=state.deleting,
+            pending=state.pending,
         )
 
 

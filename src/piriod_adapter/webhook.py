@@ -191,7 +191,11 @@ def receive_native(event: dict[str, Any], runtime: Runtime, deadline: Deadline) 
 def receive_corrections(event: dict[str, Any], runtime: Runtime, deadline: Deadline) -> Reply:
     """POST /v1/corrections (SPEC 10): the native route's signature, then each correction
     accepted on its key and applied (corrections.py); 202, or 503 when a store is down."""
-    from piriod_adapter.corrections import CorrectionsAnswered, Corrector, parse_corrections
+    from piriod_adapter.corrections import (
+        CorrectionsAnswered,
+        apply_corrections,
+        read_corrections,
+    )
     from piriod_adapter.observability import count_corrections
 
     passed = authenticate_native(event, runtime)
@@ -199,22 +203,11 @@ def receive_corrections(event: dict[str, Any], runtime: Runtime, deadline: Deadl
         return passed
     raw, message_id = passed
     try:
-        entries = parse_corrections(raw, lambda name: counts_events(runtime, name))
+        entries = read_corrections(runtime, raw)
     except BodyError as exc:
         logger.info("corrections invalid", extra={"status": exc.status})
         return Reply(exc.status, exc.public())
-    settings = runtime.settings
-    tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
-    corrector = Corrector(
-        runtime.store,
-        runtime.windows,
-        runtime.submitter,
-        runtime.queue.place_failed,
-        tenant,
-        runtime.submitter.post_budget_seconds,
-        settings.post_concurrency,
-    )
-    done = corrector.run(entries, deadline)
+    done = apply_corrections(runtime, entries, deadline)
     results = [
         one.result(n, entry.correction_id)
         for n, (entry, one) in enumerate(zip(entries, done, strict=True))
@@ -237,19 +230,6 @@ def receive_corrections(event: dict[str, Any], runtime: Runtime, deadline: Deadl
             cause="corrections not stored: " + "; ".join(reasons)[:500],
         )
     return Reply(202, CorrectionsAnswered(results=results))
-
-
-def counts_events(runtime: Runtime, source: str) -> bool | None:
-    """Whether a source counts its events into windows (None: not configured now)."""
-    from piriod_adapter.sources import SourcesUnavailable
-
-    try:
-        profile = runtime.sources.profile(source)
-    except SourcesUnavailable:
-        return None
-    if profile is None:
-        return None
-    return profile.aggregate is not None and profile.aggregate.function == "count"
 
 
 def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline: Deadline) -> Reply:

@@ -174,6 +174,8 @@ def test_stack_is_accepted_before_and_after_every_command(profiles: str) -> None
     for command in cli.COMMANDS:
         needed = {
             ("show",): ["abc"],
+            ("cancel",): ["key-1"],
+            ("amend",): ["key-1", "--quantity", "2"],
             ("purge",): ["--queue", "replay"],
             ("reconcile",): ["--line", "1", "--since", "2026-11-01", "--until", "2026-11-02"],
             ("signing-secret",): ["count"],
@@ -246,6 +248,10 @@ def test_bash_completion_offers_commands_options_and_choices() -> None:
     assert code == 0
     # then it completes commands, subcommands, options and the choices of an option
     assert {"list", "sources", "send", "init"} <= set(complete(script, ["piriod-adapter", ""]))
+    assert {"cancel", "amend"} <= set(complete(script, ["piriod-adapter", ""]))
+    assert {"--quantity", "--source", "--correction-id"} <= set(
+        complete(script, ["piriod-adapter", "amend", "--"])
+    )
     assert complete(script, ["piriod-adapter", "sources", ""]) == [
         "validate",
         "try",
