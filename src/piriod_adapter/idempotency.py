@@ -117,6 +117,7 @@ class Result:
     holding: Holding | None = None  # not POSTED: the usage Piriod still holds for the key
     applied: int | None = None  # the corrections this attempt applied, up to this revision
     deleting: int | None = None  # a usage whose DELETE went unanswered
+    kept: bool = False  # POSTED: nothing was posted, the key holds its earlier usage still
 
 
 class IdempotencyStore:
@@ -299,6 +300,7 @@ class IdempotencyStore:
             ambiguous_since=result.ambiguous_since,
             waiting=result.waiting,
             deleting=result.deleting,
+            kept=result.kept,
         )
         self._held(claim, "record result", request)
 

@@ -529,6 +529,7 @@ class Submitter:
                     usage_id=plan.holding.usage_id,
                     quantity=plan.holding.quantity,
                     applied=plan.rev,
+                    kept=True,
                 )
             )
             return Outcome(Fate.POSTED, usage_id=plan.holding.usage_id)
@@ -687,9 +688,13 @@ class Submitter:
                 unsure = True
             elif entry.created >= since - CLOCK_SKEW_SECONDS:  # else: existed before us
                 candidates.append(entry.usage_id)
-        if candidates and others.unknown:
-            return _ambiguous("identical records were posted without a usage id; not chosen")
-        if candidates and others.unseen:
+        # Identical records without a known usage id (posted id-less, or with an unseen post
+        # of their own) may each own one listed usage: one is taken for this record only when
+        # more are listed than they could account for. Identical usages are interchangeable;
+        # each key takes a different one (take_usage), so every record keeps one.
+        if candidates and len(set(candidates)) <= others.unknown + others.unseen:
+            if others.unknown:
+                return _ambiguous("identical records were posted without a usage id; not chosen")
             # A record identical at the listed precision has an unseen post of its own: the
             # listed usage may be that one's, and taking it would let that one post again.
             return _ambiguous("an identical record's earlier post is unseen too; not chosen")

@@ -351,18 +351,21 @@ def finish(
     ambiguous_since: float | None = None,
     waiting: Waiting | None = None,
     deleting: int | None = None,
+    kept: bool = False,
 ) -> dict[str, Any]:
     """An attempt's final state written over its claim, while it still holds the lock:
     posted, waiting in a queue (with its message), rejected or cancelled; with what Piriod
     holds for the key now (`holding`), the quantity of this attempt's post (`quantity`: what
     an unseen post of it carries), the corrections it applied (`applied`: up to that
-    revision) and a DELETE whose answer was lost (`deleting`). What others write on the item
-    meanwhile (a correction accepted) is left alone."""
+    revision) and a DELETE whose answer was lost (`deleting`). `kept`: posted, but nothing was
+    posted now (the key holds its earlier usage): `posted_at` stays the time that usage was
+    posted, which finding a usage posted without an id looks back from. What others write on
+    the item meanwhile (a correction accepted) is left alone."""
     sets = {name: claimed[name] for name in _RECORD if name in claimed}
     removes = list(_ATTEMPT)
     sets["status"] = {"S": status.value}
     sets["quantity"] = {"S": quantity}
-    if status is KeyStatus.POSTED:
+    if status is KeyStatus.POSTED and not kept:
         sets["posted_at"] = {"N": num(now)}
     if holding is None:
         removes += ["held", "usage_id"]

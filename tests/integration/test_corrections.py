@@ -385,3 +385,30 @@ def test_corrections_that_arrive_while_a_flush_posts_the_window_are_restated(
     # then the generation was restated once: Piriod holds the corrected sum, 5 x 3 + 5 x 1
     assert report["restated"] == 1
     assert totals(piriod) == {(98, utc(window)): Decimal(20)}
+
+
+def test_a_cancel_of_one_of_two_identical_records_posted_without_ids_is_applied(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given two records under two keys, same line, instant and quantity, each posted by a
+    # 201 without a usage id: Piriod lists two identical usages, one for each key
+    adapter.fresh_runtime(REPLAY_BACKOFF_SECONDS="0", REPLAY_MAX_ATTEMPTS="3")
+    piriod.add_fault("answer_after_store", status=201, body="no_id", count=2)
+    adapter.deliver(f'{{"usages": [{record("7", "twin-1")}, {record("7", "twin-2")}]}}')
+    assert held(piriod) == ["7", "7"]
+    # when the sender cancels one of them, and ReplayFunction drains what waits
+    status, body = correct(adapter, cancel("twin-1", "tw-c"))
+    assert status == 202, body
+    for _ in range(4):
+        drain_replay(adapter)
+    # then one listed usage is deleted for that record (SPEC 10: one listed usage is deleted
+    # for at most one record): Piriod holds the other key's usage only, nothing is dead-lettered
+    assert held(piriod) == ["7"]
+    assert adapter.messages("dead_letter") == []
+    # and a cancel of the other deletes the last one, not the same one twice
+    status, body = correct(adapter, cancel("twin-2", "tw-c2"))
+    assert status == 202, body
+    for _ in range(4):
+        drain_replay(adapter)
+    assert held(piriod) == []
+    assert adapter.messages("dead_letter") == []

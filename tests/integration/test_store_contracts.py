@@ -340,6 +340,36 @@ def test_a_correction_takes_a_held_key_only_once_its_lock_ends(keys: Keys) -> No
         assert taken.previous.usage_id == 9
 
 
+def test_a_correction_that_posts_nothing_keeps_the_time_its_usage_was_posted(
+    keys: Keys,
+) -> None:
+    # given a record posted by a 201 without an id, and an amend to the quantity it has
+    record = usage(fresh("kept"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED))
+    posted_at = keys.clock()
+    pk = key_pk(record.key)
+    keys.store.accept(pk, "amend", "1.5", "c-1")
+    # when, later, the amend's attempt finds nothing to post and finishes the key as it was
+    keys.clock.advance(400)
+    applying = claim(keys, record, Taker.CORRECTION)
+    keys.store.finish(Result(applying, KeyStatus.POSTED, quantity="1.5", applied=1, kept=True))
+    # then the key still says when its usage was posted (finding it looks back from there)
+    keys.store.accept(pk, "cancel", None, "c-2")
+    cancelling = claim(keys, record, Taker.CORRECTION)
+    assert cancelling.previous is not None and cancelling.previous.usage_id is None
+    assert cancelling.previous.posted_at == pytest.approx(posted_at, abs=1)
+    # and an attempt that posts anew writes its own time
+    other = usage(fresh("reposted"))
+    keys.store.finish(Result(claim(keys, other), KeyStatus.POSTED))
+    keys.store.accept(key_pk(other.key), "amend", "2", "c-1")
+    keys.clock.advance(400)
+    reposting = claim(keys, other, Taker.CORRECTION)
+    keys.store.finish(Result(reposting, KeyStatus.POSTED, quantity="2", applied=1))
+    keys.store.accept(key_pk(other.key), "cancel", None, "c-2")
+    after = claim(keys, other, Taker.CORRECTION).previous
+    assert after is not None and after.posted_at == pytest.approx(keys.clock(), abs=1)
+
+
 # --- the window store -----------------------------------------------------------------------
 
 

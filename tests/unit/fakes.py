@@ -209,7 +209,8 @@ class FakeKeyStore:
             key.quantity = result.quantity or key.quantity
             if result.status is KeyStatus.POSTED:
                 key.holding = Holding(key.quantity, result.usage_id)
-                key.posted_at = self.clock()
+                if not result.kept:
+                    key.posted_at = self.clock()
             else:
                 key.holding = result.holding
             if result.applied is not None:
