@@ -41,6 +41,7 @@ from piriod_adapter.clock import Deadline
 from piriod_adapter.lifecycle import CORRECTION, KeyStatus, Outcome, Submission, Taker
 from piriod_adapter.models import (
     MAX_BATCH,
+    MAX_EVENT_ID_LENGTH,
     MAX_INTEGER_DIGITS,
     MAX_KEY_LENGTH,
     KeyKind,
@@ -51,6 +52,7 @@ from piriod_adapter.models import (
     plain_decimal,
 )
 from piriod_adapter.observability import logger
+from piriod_adapter.signatures import MAX_ID_LENGTH as MAX_WEBHOOK_ID_LENGTH
 from piriod_adapter.table import KeyState, StoreUnavailable, key_pk
 from piriod_adapter.validation import (
     NATIVE_SCOPE,
@@ -66,6 +68,14 @@ if TYPE_CHECKING:
     from piriod_adapter.runtime import Runtime
 
 ALLOWED = "action, key, source, quantity, correction_id"
+# Every key the adapter holds can be corrected (SPEC 3's bounds): a record's own
+# idempotency_key, `{webhook-id}:{index}` with the longest webhook-id and index, a source's
+# event id.
+MAX_CORRECTION_KEY_LENGTH = max(
+    MAX_KEY_LENGTH,
+    MAX_WEBHOOK_ID_LENGTH + len(f":{MAX_BATCH - 1}"),
+    MAX_EVENT_ID_LENGTH,
+)
 CorrectionStatus = Literal["applied", "pending", "duplicate", "not_found", "rejected", "not_stored"]
 
 
@@ -79,10 +89,10 @@ class CorrectionEntry(BaseModel):
         str,
         Field(
             min_length=1,
-            max_length=2048,
+            max_length=MAX_CORRECTION_KEY_LENGTH,
             description="the record's key: its idempotency_key, or {webhook-id}:{index} (the "
             "delivery's webhook-id and the record's index); for a source's event, its event_id; "
-            "printable characters",
+            "printable characters, as long as any key the adapter holds",
         ),
         AfterValidator(_printable),
     ]

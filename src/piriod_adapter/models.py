@@ -35,6 +35,7 @@ MAX_LINE = 2**63 - 1  # Piriod's ids are 64-bit integers
 MAX_INTEGER_DIGITS = 20  # quantity < 10^20
 MAX_FRACTION_DIGITS = 40  # quantity has at most 40 decimal places
 MAX_KEY_LENGTH = 255
+MAX_EVENT_ID_LENGTH = 4096  # a source's event id (SPEC 8)
 MAX_NUMBER_TEXT = 100  # a quantity read back from a queue message, as text
 MAX_FRACTION_INPUT = 9  # RFC 3339 fractions may be written with up to 9 digits, but must
 # not carry more than Piriod stores (microseconds)

@@ -53,6 +53,7 @@ from piriod_adapter import jsondoc
 from piriod_adapter.aggregate import Aggregate
 from piriod_adapter.models import (
     MAX_BATCH,
+    MAX_EVENT_ID_LENGTH,
     MAX_LINE,
     KeyKind,
     Usage,
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
 
 MAX_CACHE_SECONDS = 60.0
-MAX_ID_LENGTH = 4096
+MAX_ID_LENGTH = MAX_EVENT_ID_LENGTH
 MAX_METER_ID_LENGTH = 256
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SOURCE_NAME = re.compile(r"[a-z0-9-]{1,64}")

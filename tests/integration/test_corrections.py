@@ -418,3 +418,25 @@ def test_a_cancel_of_one_of_two_identical_records_posted_without_ids_is_applied(
         drain_replay(adapter)
     assert held(piriod) == []
     assert adapter.messages("dead_letter") == []
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def test_a_record_keyed_by_a_long_webhook_id_can_be_cancelled(
+    adapter: Adapter, piriod: Any
+) -> None:
+    # given a record without an idempotency_key, delivered with a webhook-id of 3,000
+    # characters (the adapter accepts up to 4,096): its key is "{webhook-id}:0"
+    webhook_id = "w" * 3000
+    status, body = adapter.deliver(
+        '{"subscription_line": 812, "date_time": "2026-11-01T01:00:00Z", "quantity": 1}',
+        message_id=webhook_id,
+    )
+    assert status == 202 and body["results"][0]["status"] == "posted"
+    # when the sender cancels it by that key (SPEC 10: "key: the record's key as in section
+    # 3 (its idempotency_key, or {webhook-id}:{index})")
+    status, body = correct(adapter, cancel(f"{webhook_id}:0", "long-c"))
+    # then the cancel is applied and Piriod holds nothing
+    assert status == 202 and statuses(body) == [("applied", 1)], body
+    assert held(piriod) == []
