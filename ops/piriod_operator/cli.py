@@ -704,7 +704,7 @@ def _correct(ctx: Context, action: str, quantity: str | None) -> int:
     changes nothing), accepted on the key and applied as the route applies it; the result
     is what a sender would be answered, and its status the exit code."""
     from piriod_adapter.clock import Deadline
-    from piriod_adapter.corrections import apply_corrections, counts_events, parse_corrections
+    from piriod_adapter.corrections import aggregate_of, apply_corrections, parse_corrections
     from piriod_adapter.validation import BodyError
     from piriod_operator.corrections import correction_body, new_correction_id, where
 
@@ -712,7 +712,7 @@ def _correct(ctx: Context, action: str, quantity: str | None) -> int:
     correction_id = args.correction_id if args.correction_id is not None else new_correction_id()
     body = correction_body(action, args.key, args.source, quantity, correction_id)
     try:
-        [entry] = parse_corrections(body, lambda name: counts_events(ctx.runtime, name))
+        [entry] = parse_corrections(body, lambda name: aggregate_of(ctx.runtime, name))
     except BodyError as exc:
         problems = "; ".join(f"{p.field}: {p.message}" for p in exc.problems) or exc.message
         raise CommandError(EXIT_USAGE, f"{problems}; nothing was changed") from None

@@ -87,6 +87,18 @@ class Aggregate(BaseModel):
         """What an event adds to its window's total, in 10^-18 units."""
         return to_units(Decimal(1) if self.function == "count" else usage.quantity)
 
+    def precision_problem(self, quantity: Decimal) -> str | None:
+        """Why a window of this source cannot keep `quantity` exactly, or None: a summing
+        window keeps at most MAX_FRACTION_DIGITS decimal places (a counting one ignores it).
+        An event's quantity and an amend of it are bounded alike."""
+        exponent = quantity.normalize().as_tuple().exponent
+        if self.function == "sum" and isinstance(exponent, int) and exponent < -MAX_FRACTION_DIGITS:
+            return (
+                f"must have at most {MAX_FRACTION_DIGITS} decimal places on an "
+                "aggregating source (a window's total keeps 38 digits)"
+            )
+        return None
+
     def generations_bound(self) -> str:
         """Why an event that would need one more generation of its window is refused."""
         return (
@@ -109,14 +121,7 @@ def check_events(usages: Sequence[Usage], spec: Aggregate, now: datetime) -> lis
             )
         elif -age > MAX_FUTURE_SECONDS:
             problems.append(FieldProblem(index, "date_time", "is more than 5 minutes ahead"))
-        exponent = usage.quantity.normalize().as_tuple().exponent
-        if spec.function == "sum" and isinstance(exponent, int) and exponent < -MAX_FRACTION_DIGITS:
-            problems.append(
-                FieldProblem(
-                    index,
-                    "quantity",
-                    f"must have at most {MAX_FRACTION_DIGITS} decimal places on an "
-                    "aggregating source (a window's total keeps 38 digits)",
-                )
-            )
+        too_fine = spec.precision_problem(usage.quantity)
+        if too_fine is not None:
+            problems.append(FieldProblem(index, "quantity", too_fine))
     return problems

@@ -65,6 +65,7 @@ from piriod_adapter.validation import (
 )
 
 if TYPE_CHECKING:
+    from piriod_adapter.aggregate import Aggregate
     from piriod_adapter.runtime import Runtime
 
 ALLOWED = "action, key, source, quantity, correction_id"
@@ -179,10 +180,13 @@ class CorrectionsAnswered(BaseModel):
     results: list[CorrectionResult] = Field(max_length=MAX_BATCH)
 
 
-def parse_corrections(raw: bytes, counting: Callable[[str], bool | None]) -> list[CorrectionEntry]:
+def parse_corrections(
+    raw: bytes, aggregate: Callable[[str], Aggregate | None]
+) -> list[CorrectionEntry]:
     """The body as corrections, all-or-nothing: 400 (not JSON) or 422 naming index and
-    field. `counting(source)`: whether that source counts events (amending one is refused),
-    None when it is not configured."""
+    field. `aggregate(source)`: how that source counts its events into windows (None: it
+    does not, or it is not configured): an amend of its event is bounded as the event was
+    (a count window's is refused, a sum window's keeps at most 18 decimal places)."""
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise invalid([FieldProblem(None, "body", 'must be {"corrections": [...]}')])
@@ -197,12 +201,17 @@ def parse_corrections(raw: bytes, counting: Callable[[str], bool | None]) -> lis
             problems.append(FieldProblem(index, "quantity", "is required to amend"))
         if entry.action == "cancel" and entry.quantity is not None:
             problems.append(FieldProblem(index, "quantity", "is not allowed on a cancel"))
-        if entry.action == "amend" and entry.source and counting(entry.source):
+        spec = aggregate(entry.source) if entry.action == "amend" and entry.source else None
+        if spec is not None and spec.function == "count":
             problems.append(
                 FieldProblem(
                     index, "quantity", "cannot amend an event of a count window: cancel it"
                 )
             )
+        elif spec is not None and entry.quantity is not None:
+            too_fine = spec.precision_problem(entry.quantity)
+            if too_fine is not None:
+                problems.append(FieldProblem(index, "quantity", too_fine))
         seen = first.setdefault(entry.correction_id, index)
         if seen != index:
             problems.append(
@@ -236,20 +245,19 @@ def read_corrections(runtime: Runtime, raw: bytes) -> list[CorrectionEntry]:
     """A corrections body as the route reads it (parse_corrections, with the runtime's
     source profiles saying which sources count their events); the operator's `cancel` and
     `amend` read theirs here too. Raises BodyError (400, 422)."""
-    return parse_corrections(raw, lambda name: counts_events(runtime, name))
+    return parse_corrections(raw, lambda name: aggregate_of(runtime, name))
 
 
-def counts_events(runtime: Runtime, source: str) -> bool | None:
-    """Whether a source counts its events into windows (None: not configured now)."""
+def aggregate_of(runtime: Runtime, source: str) -> Aggregate | None:
+    """How a source counts its events into windows (None: it does not, or it is not
+    configured now)."""
     from piriod_adapter.sources import SourcesUnavailable
 
     try:
         profile = runtime.sources.profile(source)
     except SourcesUnavailable:
         return None
-    if profile is None:
-        return None
-    return profile.aggregate is not None and profile.aggregate.function == "count"
+    return profile.aggregate if profile is not None else None
 
 
 def apply_corrections(

@@ -440,3 +440,26 @@ def test_a_record_keyed_by_a_long_webhook_id_can_be_cancelled(
     # then the cancel is applied and Piriod holds nothing
     assert status == 202 and statuses(body) == [("applied", 1)], body
     assert held(piriod) == []
+
+
+def test_an_amend_of_an_event_too_precise_for_its_window_is_a_422_and_changes_nothing(
+    meters: Adapter, piriod: Any
+) -> None:
+    # given two events of 1 counted into an open window of a summing source
+    window = minute(3)
+    deliver_events(meters, [event("pe0", 95, window), event("pe1", 95, window)])
+    # when one delivery cancels the first and amends the second to a quantity of 19 decimal
+    # places (valid by SPEC 3, but a window sums at most 18: counting such an event is a 422)
+    status, body = correct(
+        meters,
+        cancel("pe0", "p-1", source="meter"),
+        amend("pe1", "1.0000000000000000001", "p-2", source="meter"),
+    )
+    # then it is a 422 naming index 1 and quantity, and nothing changed (SPEC 10: "Validation
+    # is all-or-nothing, as on the native route (422 naming index and field)")
+    assert status == 422, body
+    assert {"index": 1, "field": "quantity"} in [
+        {"index": p["index"], "field": p["field"]} for p in body["errors"]
+    ]
+    run_flush()
+    assert totals(piriod) == {(95, utc(window)): Decimal(2)}

@@ -39,3 +39,30 @@ def test_every_key_the_adapter_holds_can_be_named() -> None:
     assert problems(body({"action": "cancel", "key": too_long, "correction_id": "c"})) == [
         (0, "key")
     ]
+
+
+def test_an_amend_of_an_event_is_bounded_as_the_event_was() -> None:
+    # given a source summing its events into windows (a total keeps 18 decimal places) and
+    # one counting them
+    from piriod_adapter.aggregate import Aggregate
+
+    specs = {
+        "sums": Aggregate(function="sum", window="PT1M"),
+        "counts": Aggregate(function="count", window="PT1M"),
+    }
+
+    def amend(source: str, quantity: str) -> bytes:
+        entry = {"action": "amend", "key": "e-1", "source": source, "correction_id": "c"}
+        return body({**entry, "quantity": quantity}).replace(
+            f'"{quantity}"'.encode(), quantity.encode()
+        )
+
+    # when an amend of a summed event has 18 decimal places, then it is read
+    [entry] = parse_corrections(amend("sums", "1." + "1" * 18), specs.get)
+    assert entry.quantity is not None
+    # and with 19, or any amend of a counted event, it is a 422 naming quantity
+    assert problems(amend("sums", "1." + "1" * 19), specs.get) == [(0, "quantity")]
+    assert problems(amend("counts", "2"), specs.get) == [(0, "quantity")]
+    # and a source that does not aggregate (or is not configured) bounds nothing more
+    [entry] = parse_corrections(amend("plain", "1." + "1" * 19), specs.get)
+    assert entry.quantity is not None
