@@ -269,6 +269,13 @@ def apply_corrections(
     order; `not_stored` when a store is down (never raised)."""
     settings = runtime.settings
     tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
+    # a source's records live in Piriod's test data when its profile says test_mode (as the
+    # source route posts them): their DELETE and re-post go there too
+    in_test = {
+        entry.source
+        for entry in entries
+        if entry.source and not tenant.test_mode and _profile_test_mode(runtime, entry.source)
+    }
     corrector = Corrector(
         runtime.store,
         runtime.windows,
@@ -277,8 +284,21 @@ def apply_corrections(
         tenant,
         runtime.submitter.post_budget_seconds,
         settings.post_concurrency,
+        source_tenants={
+            name: tenant.model_copy(update={"test_mode": True}) for name in sorted(in_test)
+        },
     )
     return corrector.run(entries, deadline)
+
+
+def _profile_test_mode(runtime: Runtime, source: str) -> bool:
+    from piriod_adapter.sources import SourcesUnavailable
+
+    try:
+        profile = runtime.sources.profile(source)
+    except SourcesUnavailable:
+        return False
+    return profile is not None and profile.test_mode
 
 
 @dataclass
@@ -327,7 +347,13 @@ class Corrector:
     post_budget_seconds: float
     concurrency: int
     clock: Callable[[], float] = time.time
+    source_tenants: dict[str, Tenant] = field(default_factory=dict)  # else `tenant`
     done: dict[int, Corrected] = field(default_factory=dict)
+
+    def _tenant(self, usage: Usage) -> Tenant:
+        """Where in Piriod the record lives: its source's tenant (a test-mode profile's test
+        data), else the adapter's."""
+        return self.source_tenants.get(usage.source, self.tenant) if usage.source else self.tenant
 
     def run(self, entries: Sequence[CorrectionEntry], deadline: Deadline) -> list[Corrected]:
         try:
@@ -384,7 +410,7 @@ class Corrector:
                 accepted[pk].append(pending)
                 drive[pk] = pending
         todo = [pending for pending in drive.values() if self._apply_now(pending, deadline)]
-        subs = [Submission(n, _record(p), self.tenant) for n, p in enumerate(todo)]
+        subs = [Submission(n, u, self._tenant(u)) for n, u in enumerate(map(_record, todo))]
         outcomes: list[Outcome] = (
             self.submitter.submit_all(subs, deadline, self.sink, self.concurrency, Taker.CORRECTION)
             if subs
@@ -437,7 +463,7 @@ class Corrector:
         started = pending.state.attempt_started or now.timestamp()
         message = QueuedRecord(
             usage=_record(pending),
-            tenant=self.tenant,
+            tenant=self._tenant(_record(pending)),
             failure=Failure(
                 kind=FailureKind.AMBIGUOUS,
                 error="a correction waits for the attempt that holds its key",
@@ -449,7 +475,7 @@ class Corrector:
             ambiguous_since=datetime.fromtimestamp(started, UTC),
             trace=tracer.traceparent(),
         )
-        placed = self.sink(Submission(0, message.usage, self.tenant), message)
+        placed = self.sink(Submission(0, message.usage, message.tenant), message)
         if placed is None:
             self.done[pending.index] = Corrected(
                 "not_stored", reason="could not be queued (SQS unavailable); retry"

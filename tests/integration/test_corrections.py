@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
+from piriod_devkit.sources import provision_sources
 from tests.conftest import Adapter
+from tests.integration.conftest import SECRET, SIGNATURE
 from tests.integration.test_aggregation import (
     deliver as deliver_events,
 )
@@ -463,3 +465,49 @@ def test_an_amend_of_an_event_too_precise_for_its_window_is_a_422_and_changes_no
     ]
     run_flush()
     assert totals(piriod) == {(95, utc(window)): Decimal(2)}
+
+
+def plain_profile(**extra: Any) -> dict[str, Any]:
+    """A source whose events each become a usage (no aggregation)."""
+    return {
+        "signature": SIGNATURE,
+        "records": "events",
+        "fields": {
+            "date_time": "at",
+            "event_id": "id",
+            "subscription_line": "line",
+            "quantity": "q",
+        },
+        **extra,
+    }
+
+
+@pytest.fixture
+def plain(adapter: Adapter) -> Adapter:
+    """The adapter with two plain sources: `live` and `sandbox` (its profile in test mode)."""
+    parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
+    profiles = {"live": plain_profile(), "sandbox": plain_profile(test_mode=True)}
+    config = provision_sources(
+        adapter.endpoint, parameter, {"version": 1, "sources": profiles}, {"agg/meter": SECRET}
+    )
+    adapter.fresh_runtime(SOURCES_CONFIG=config, SOURCES_CACHE_SECONDS="0")
+    return adapter
+
+
+def test_a_record_of_a_test_mode_source_is_amended_in_test_mode(
+    plain: Adapter, piriod: Any
+) -> None:
+    # given a record of a source whose profile says test_mode: posted in Piriod's test data
+    status, body = deliver_events(
+        plain, [{"id": "sb-1", "line": LINE, "at": "2026-11-01T01:00:00Z", "q": 2}], "sandbox"
+    )
+    assert status == 202 and body["results"][0]["status"] == "posted", body
+    assert [u["quantity"] for u in piriod.usages(test_mode=True)] == ["2"]
+    # when the sender amends it to 3
+    status, body = correct(plain, amend("sb-1", "3", "sb-a", source="sandbox"))
+    assert status == 202 and statuses(body) == [("applied", 1)], body
+    drain_replay(plain)
+    # then Piriod's test data holds one usage of 3, and its live data nothing (SPEC 8: the
+    # profile's test_mode; SPEC 10: one usage per key at its last quantity)
+    assert [str(u["quantity"]) for u in piriod.usages(test_mode=True)] == ["3"]
+    assert piriod.usages(test_mode=False) == []
