@@ -894,6 +894,21 @@ def correction_attribute(correction_id: str) -> str:
     return "cid_" + hashlib.sha256(correction_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+_SHOWN_ID_BYTES = 64  # a correction id kept whole in the key's list of revisions
+
+
+def shown_id(correction_id: str) -> str:
+    """A correction id as the key's list of revisions keeps it (`show KEY`): whole up to 64
+    bytes of UTF-8, else its start and a digest of the whole, so that a key's item stays far
+    below DynamoDB's 400 KB with MAX_CORRECTIONS of the longest ids (255 characters of up to
+    4 bytes each). Telling a retried correction apart uses the whole id (its attribute)."""
+    raw = correction_id.encode("utf-8", "surrogatepass")
+    if len(raw) <= _SHOWN_ID_BYTES:
+        return correction_id
+    start = raw[:24].decode("utf-8", "ignore")
+    return f"{start}…sha256:{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
 def _accepted(
     action: str, quantity: str | None, correction_id: str, now: float
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -901,7 +916,7 @@ def _accepted(
     remembered under the correction's id and in the key's list of revisions."""
     entry: dict[str, Any] = {
         "action": {"S": action},
-        "correction_id": {"S": correction_id},
+        "correction_id": {"S": shown_id(correction_id)},
         "at": {"S": sortable_utc(datetime.fromtimestamp(now, UTC))},
     }
     if quantity is not None:

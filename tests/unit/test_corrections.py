@@ -66,3 +66,41 @@ def test_an_amend_of_an_event_is_bounded_as_the_event_was() -> None:
     # and a source that does not aggregate (or is not configured) bounds nothing more
     [entry] = parse_corrections(amend("plain", "1." + "1" * 19), specs.get)
     assert entry.quantity is not None
+
+
+def _size(value: dict[str, Any]) -> int:
+    """DynamoDB's size of an attribute value (strings in UTF-8 bytes, numbers by digits)."""
+    (kind, inner), *_ = value.items()
+    if kind == "S":
+        return len(inner.encode("utf-8", "surrogatepass"))
+    if kind == "N":
+        return len(inner.lstrip("-").replace(".", "").strip("0") or "0") // 2 + 2
+    if kind == "BOOL":
+        return 1
+    if kind == "L":
+        return 3 + sum(1 + _size(v) for v in inner)
+    assert kind == "M"
+    return 3 + sum(1 + len(k.encode()) + _size(v) for k, v in inner.items())
+
+
+def test_a_key_with_the_most_corrections_of_the_longest_ids_stays_far_below_400_kb() -> None:
+    # given the most corrections a key takes, each an amend to the longest quantity with the
+    # longest correction id (255 characters of 4 bytes in UTF-8), each one distinct
+    from piriod_adapter import table
+
+    quantity = "9" * 20 + "." + "9" * 18
+    revisions: list[dict[str, Any]] = []
+    remembered: dict[str, dict[str, Any]] = {}
+    for n in range(table.MAX_CORRECTIONS):
+        correction_id = f"{n:04d}" + "\U0001f600" * 251
+        request = table.accept_correction("k#v1/usages#k", "amend", quantity, correction_id, 0)
+        values = request["ExpressionAttributeValues"]
+        revisions += values[":entry"]["L"]
+        remembered[request["ExpressionAttributeNames"]["#cid"]] = {"N": str(n + 1)}
+    # when they are all accepted on its item, then its list of revisions and the ids it
+    # remembers take less than 300 KB of DynamoDB's 400 KB
+    size = len("revisions") + _size({"L": revisions})
+    size += sum(len(name) + _size(value) for name, value in remembered.items())
+    assert size < 300 * 1024, size
+    # and each id is told apart by its whole text (its attribute), one attribute per id
+    assert len(remembered) == table.MAX_CORRECTIONS
