@@ -1035,17 +1035,19 @@ def adjust_shard(
 
 
 def adjust_generation(
-    window: WindowId, generation: int, units: int, events: int, now: float
+    window: WindowId, generation: int, units: int, events: int, now: float, *, seen_seq: int
 ) -> dict[str, Any]:
     """Corrections of events of a closed generation: they wait in it (`adjust`), and it is
     due again, so that the next flush restates its usage. Refused while it is open (the
-    events' shards take the difference then)."""
+    events' shards take the difference then), and when other corrections were added since it
+    was read (`seen_seq`: its total was bounded as read)."""
+    seen = "adjust_seq = :seq" if seen_seq else "attribute_not_exists(adjust_seq)"
     return {
         "Update": {
             "Key": {"pk": {"S": window.gen_pk(generation)}},
             "UpdateExpression": "ADD adjust :u, adjust_events :n, adjust_seq :one "
             "SET wpart = :due, wsort = :sort, due_at = :now",
-            "ConditionExpression": "#st = :closed",
+            "ConditionExpression": f"#st = :closed AND {seen}",
             "ExpressionAttributeNames": {"#st": "state"},
             "ExpressionAttributeValues": {
                 ":u": {"N": str(units)},
@@ -1055,6 +1057,7 @@ def adjust_generation(
                 ":sort": {"S": due_sort(now, window.gen_pk(generation))},
                 ":now": {"N": num(now)},
                 ":closed": {"S": CLOSED},
+                **({":seq": {"N": str(seen_seq)}} if seen_seq else {}),
             },
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }

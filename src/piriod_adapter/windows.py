@@ -416,6 +416,7 @@ def cancelled(exc: Exception, events: int, windows: int, creates: list[int]) -> 
 
 # --- corrections of counted events (SPEC 10) ---------------------------------------------------
 
+PAST_BOUND = "would take its window's total past 10^20"
 CORRECTION_ROUNDS = 6  # a correction that met another of its event's is tried this many times
 
 
@@ -524,9 +525,18 @@ def _commit(
         )
     delta = sum(new - int(item["units"]["N"]) for _, item, new, _ in chunk)
     events = sum(change for *_, change in chunk)
-    window = Generation.from_item(gen).window
+    read = Generation.from_item(gen)
+    window = read.window
     if closed:
-        actions.append(table.adjust_generation(window, generation, delta, events, now))
+        if read.corrected_units + delta > MAX_TOTAL_UNITS:
+            for n, *_ in chunk:  # its restated usage could never be posted: refused now
+                results[n] = EventCorrected("rejected", errors={"quantity": [PAST_BOUND]})
+            return []
+        actions.append(
+            table.adjust_generation(
+                window, generation, delta, events, now, seen_seq=read.adjust_seq
+            )
+        )
     else:
         shards = int(gen.get("shards", {}).get("N", "1"))
         shard = store.shard_for(Open(generation, True, shards))
@@ -574,10 +584,9 @@ def _refused(
         adjusted.get("Code") == "ConditionalCheckFailed"
         and "total" in item
         and "closed" not in item
+        and "state" not in item  # a shard's item, not its generation's
     ):
         for n, *_ in chunk:  # an open shard without room for the difference
-            results[n] = EventCorrected(
-                "rejected", errors={"quantity": ["would take its window's total past 10^20"]}
-            )
+            results[n] = EventCorrected("rejected", errors={"quantity": [PAST_BOUND]})
         return []
     return [n for n, *_ in chunk]  # read again: a duplicate, cancelled, changed or closed

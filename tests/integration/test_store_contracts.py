@@ -580,3 +580,31 @@ def test_a_correction_after_hand_over_makes_the_generation_due_until_the_newest_
     assert newest.restating and (newest.corrected_units, newest.adjust_seq) == (3, 2)
     windows.store.hand_over(newest)
     assert not any(g.window == w for g in windows.store.due(2e9, 10_000))
+
+
+def test_a_correction_that_would_take_a_closed_generation_past_its_bound_is_refused(
+    windows: Windows,
+) -> None:
+    # given a closed generation of two events of 10 units
+    from piriod_adapter.windows import MAX_TOTAL_UNITS
+
+    w = window()
+    assert add(windows.store, w, ["a", "b"], 10).committed
+    windows.store.hand_over(windows.store.close(generation_of(windows.store, w)))
+    # when one is amended to the most one event may hold, then the other too
+    top = str(from_units(MAX_TOTAL_UNITS - 20))
+    first = windows.store.correct_events(
+        [(event_pk(w, "a"), "amend", top, "c-1")], 2e9, Deadline.after(10)
+    )
+    second = windows.store.correct_events(
+        [(event_pk(w, "b"), "amend", top, "c-2")], 2e9, Deadline.after(10)
+    )
+    # then the first waits for the next flush, and the second, which would take the total
+    # past what one usage holds, is refused now (a restatement could never post it)
+    assert [r.status for r in first] == ["pending"]
+    assert [(r.status, r.errors is not None and "quantity" in r.errors) for r in second] == [
+        ("rejected", True)
+    ]
+    # and the generation restates the first only
+    read = windows.store.close(generation_of(windows.store, w))
+    assert (read.corrected_units, read.adjust_seq) == (MAX_TOTAL_UNITS - 10, 1)

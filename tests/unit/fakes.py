@@ -783,7 +783,7 @@ class FakeWindowStore:
         self, corrections: Sequence[tuple[str, str, str | None, str]], now: float, deadline: Any
     ) -> list[Any]:
         """windows.WindowStore.correct_events' rules over the dicts above."""
-        from piriod_adapter.windows import EventCorrected
+        from piriod_adapter.windows import MAX_TOTAL_UNITS, PAST_BOUND, EventCorrected
 
         self._check()
         results = []
@@ -806,6 +806,9 @@ class FakeWindowStore:
             new = 0 if action == "cancel" else to_units(Decimal(str(quantity)))
             delta, events = new - self.units[pk], -1 if action == "cancel" else 0
             gen = self.gens[(window, g)]
+            if gen.state != "open" and (gen.total or 0) + gen.adjust + delta > MAX_TOTAL_UNITS:
+                results.append(EventCorrected("rejected", errors={"quantity": [PAST_BOUND]}))
+                continue
             if gen.state == "open":
                 counter = self.counters.setdefault((window, g, 0), [0, 0])
                 counter[0] += delta
