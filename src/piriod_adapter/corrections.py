@@ -391,12 +391,9 @@ class Corrector:
         delivery was answered 503, or stopped) drives it again."""
         accepted: dict[str, list[_Pending]] = defaultdict(list)
         drive: dict[str, _Pending] = {}  # per key, the correction to apply
-        for index, key, pk in named:
-            entry = entries[index]
-            try:
-                outcome = self.store.accept(pk, entry.action, _text(entry), entry.correction_id)
-            except StoreUnavailable as exc:
-                self.done[index] = Corrected("not_stored", reason=str(exc))
+        for index, key, pk, outcome in self._accept_all(entries, named):
+            if isinstance(outcome, StoreUnavailable):
+                self.done[index] = Corrected("not_stored", reason=str(outcome))
                 continue
             if outcome.duplicate is not None:
                 self.done[index] = Corrected("duplicate", revision=outcome.duplicate)
@@ -433,6 +430,46 @@ class Corrector:
                     usage_id=result.usage_id if result and pending is driven else None,
                     errors=result.errors if result is not None else None,
                 )
+
+    def _accept_all(
+        self, entries: Sequence[CorrectionEntry], named: list[tuple[int, UsageKey, str]]
+    ) -> list[tuple[int, UsageKey, str, Any]]:
+        """Each correction accepted on its key: one key's in delivery order (they are its
+        revisions), the keys side by side. In delivery order: (index, key, pk, what the
+        store answered, or the StoreUnavailable it raised)."""
+        by_key: dict[str, list[tuple[int, UsageKey, str]]] = defaultdict(list)
+        for one in named:
+            by_key[one[2]].append(one)
+
+        def accept(of_key: list[tuple[int, UsageKey, str]]) -> list[Any]:
+            answers: list[Any] = []
+            for index, _, pk in of_key:
+                entry = entries[index]
+                try:
+                    answers.append(
+                        self.store.accept(pk, entry.action, _text(entry), entry.correction_id)
+                    )
+                except StoreUnavailable as exc:
+                    answers.append(exc)
+            return answers
+
+        groups = list(by_key.values())
+        if len(groups) == 1 or self.concurrency <= 1:
+            answered = [accept(group) for group in groups]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from piriod_adapter.tracing import tracer
+
+            workers = max(1, min(self.concurrency, len(groups)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                answered = list(pool.map(tracer.carry(accept), groups))
+        found = {
+            one[0]: answer
+            for group, answers in zip(groups, answered, strict=True)
+            for one, answer in zip(group, answers, strict=True)
+        }
+        return [(index, key, pk, found[index]) for index, key, pk in named]
 
     def _apply_now(self, pending: _Pending, deadline: Deadline) -> bool:
         """Whether this delivery applies the correction itself: its record is in Piriod (or
