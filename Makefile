@@ -17,7 +17,7 @@ CHECKOV := $(TOOLS)/checkov/bin/checkov
 PIP_AUDIT := $(TOOLS)/audit/bin/pip-audit
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck security unit integration e2e bench bench-load bench-load-outside bench-aggregate clean
+.PHONY: help demo test lint typecheck security unit integration e2e bench bench-load bench-load-outside bench-aggregate bench-corrections clean
 
 help: ## what each target does
 	@echo "make TARGET, in a checkout (the first run of each makes .venv):"
@@ -98,6 +98,12 @@ bench-load-outside: $(STAMP) ## 2,000 records in the outside check's shape
 # DynamoDB capacity per event, a hot line; exits 1 if an event is lost or counted twice.
 bench-aggregate: $(STAMP) ## 100,000 events into windows against one usage per event
 	$(BIN)/python bench/aggregation.py
+
+# Corrections (issue 23): Piriod calls per cancel and amend of posted records, at the flush that
+# restates a corrected generation, for an open window; its write units; corrections against new
+# records per second of function time. Exits 1 if Piriod's ledger breaks SPEC 10's invariant.
+bench-corrections: $(STAMP) ## cancels and amends: Piriod calls, write units, throughput
+	$(BIN)/python bench/corrections.py
 
 clean: ## remove .venv and build and tool caches
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

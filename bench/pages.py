@@ -5,7 +5,8 @@ else.
     python bench/pages.py            # rewrite the generated blocks of both pages
     python bench/pages.py --check    # exit 1, naming each block that differs
 
-Each bench (bench/run.py, load.py, aggregation.py) runs this after writing its results.
+Each bench (bench/run.py, load.py, aggregation.py, corrections.py) runs this after writing its
+results.
 tests/unit/test_benchmark_pages.py fails when a page and the results disagree.
 
 A generated block sits between two markers and is replaced whole:
@@ -136,13 +137,47 @@ def readme_aggregation() -> str:
     return "\n".join(rows)
 
 
+def readme_corrections() -> str:
+    """The README's corrections table: issue 23's figures against their goals."""
+    document = _results("corrections-results")
+    figures = document.get("figures", {})
+    native, tp = document.get("native", {}), document.get("throughput", {})
+    met = list(figures.get("met", {}).values())
+    mark = ["yes" if m else "**no**" for m in met] + ["—"] * (5 - len(met))
+    ratio = figures.get("throughput_ratio")
+    rows = [
+        "| `make bench-corrections` ([docs/benchmarks.md](docs/benchmarks.md)) | goal | measured | met |",
+        "|---|---|---|---|",
+        f"| Piriod calls per correction of a posted native record "
+        f"({native.get('cancels', '?')} cancels, {native.get('amends', '?')} amends) "
+        f"| cancel 1, amend 2 | cancel {_num(figures.get('calls_per_cancel'))}, "
+        f"amend {_num(figures.get('calls_per_amend'))} | {mark[0]} |",
+        f"| Piriod calls at the next flush for {figures.get('generation_corrections', 0):,} "
+        f"corrections to one posted generation | ≤ 2 "
+        f"| {figures.get('flush_calls_for_generation', '—')} | {mark[1]} |",
+        f"| Piriod calls for corrections to events in an open generation | 0 "
+        f"| {figures.get('open_window_calls', '—')} | {mark[2]} |",
+        f"| DynamoDB write units per correction of an event in an open window | ≤ 3 "
+        f"| {_num(figures.get('open_window_wcu_per_correction'))} | {mark[3]} |",
+        f"| corrections per second of function time, 100 per delivery, against posting 100 new "
+        f"records (Piriod at 50 ms, moto) | ≥ 1× | {_num(ratio, 2, '×')} "
+        f"({_num(figures.get('corrections_per_second'), 0)} against "
+        f"{_num(figures.get('records_per_second'), 0)}/s; "
+        f"{tp.get('statuses', {}).get('pending', 0)} of {tp.get('corrections', '?')} pending) "
+        f"| {mark[4]} |",
+    ]
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "results": lambda: _file("results.md"),
     "load-results": lambda: _file("load-results.md"),
     "load-outside-results": lambda: _file("load-outside-results.md"),
     "aggregation-results": lambda: _file("aggregation-results.md"),
+    "corrections-results": lambda: _file("corrections-results.md"),
     "readme-performance": readme_performance,
     "readme-aggregation": readme_aggregation,
+    "readme-corrections": readme_corrections,
 }
 
 
