@@ -67,6 +67,7 @@ from piriod_adapter.validation import (
 if TYPE_CHECKING:
     from piriod_adapter.aggregate import Aggregate
     from piriod_adapter.runtime import Runtime
+    from piriod_adapter.sources import Profile
 
 ALLOWED = "action, key, source, quantity, correction_id"
 # Every key the adapter holds can be corrected (SPEC 3's bounds): a record's own
@@ -251,12 +252,7 @@ def read_corrections(runtime: Runtime, raw: bytes) -> list[CorrectionEntry]:
 def aggregate_of(runtime: Runtime, source: str) -> Aggregate | None:
     """How a source counts its events into windows (None: it does not, or it is not
     configured now)."""
-    from piriod_adapter.sources import SourcesUnavailable
-
-    try:
-        profile = runtime.sources.profile(source)
-    except SourcesUnavailable:
-        return None
+    profile = _profile(runtime, source)
     return profile.aggregate if profile is not None else None
 
 
@@ -271,11 +267,12 @@ def apply_corrections(
     tenant = Tenant(workspace=settings.piriod_workspace_id, test_mode=settings.piriod_test_mode)
     # a source's records live in Piriod's test data when its profile says test_mode (as the
     # source route posts them): their DELETE and re-post go there too
+    profiles = {entry.source: _profile(runtime, entry.source) for entry in entries if entry.source}
     in_test = {
-        entry.source
-        for entry in entries
-        if entry.source and not tenant.test_mode and _profile_test_mode(runtime, entry.source)
+        name for name, profile in profiles.items() if profile is not None and profile.test_mode
     }
+    if tenant.test_mode:
+        in_test = set()
     corrector = Corrector(
         runtime.store,
         runtime.windows,
@@ -287,18 +284,23 @@ def apply_corrections(
         source_tenants={
             name: tenant.model_copy(update={"test_mode": True}) for name in sorted(in_test)
         },
+        cloudevents=frozenset(
+            name
+            for name, profile in profiles.items()
+            if profile is not None and profile.shape == "cloudevents"
+        ),
     )
     return corrector.run(entries, deadline)
 
 
-def _profile_test_mode(runtime: Runtime, source: str) -> bool:
+def _profile(runtime: Runtime, source: str) -> Profile | None:
+    """A source's profile now (None: not configured, or the configuration cannot be read)."""
     from piriod_adapter.sources import SourcesUnavailable
 
     try:
-        profile = runtime.sources.profile(source)
+        return runtime.sources.profile(source)
     except SourcesUnavailable:
-        return False
-    return profile is not None and profile.test_mode
+        return None
 
 
 @dataclass
@@ -348,6 +350,7 @@ class Corrector:
     concurrency: int
     clock: Callable[[], float] = time.time
     source_tenants: dict[str, Tenant] = field(default_factory=dict)  # else `tenant`
+    cloudevents: frozenset[str | None] = frozenset()  # sources whose events are CloudEvents
     done: dict[int, Corrected] = field(default_factory=dict)
 
     def _tenant(self, usage: Usage) -> Tenant:
@@ -364,6 +367,14 @@ class Corrector:
         events: list[tuple[int, str]] = []
         for index, entry in enumerate(entries):
             found = next(((key, pk) for key, pk in keys_of(entry) if pk in items), None)
+            if found is None and entry.source in self.cloudevents:
+                try:
+                    found = self._cloudevent(index, entry, items)
+                except StoreUnavailable as exc:
+                    self.done[index] = Corrected("not_stored", reason=str(exc))
+                    continue
+                if index in self.done:
+                    continue
             if found is None:
                 self.done[index] = Corrected("not_found")
             elif "window" in items[found[1]]:
@@ -375,6 +386,31 @@ class Corrector:
         if events:
             self._events(entries, events, deadline)
         return [self.done[index] for index in range(len(entries))]
+
+    def _cloudevent(
+        self, index: int, entry: CorrectionEntry, items: dict[str, dict[str, Any]]
+    ) -> tuple[UsageKey, str] | None:
+        """The key of the CloudEvent a correction names by its `id` (the `event_id` of its
+        result; its key is its `source` and `id` together): found by that id in its adapter
+        source, when exactly one event of the source has it. Two (two CloudEvent sources
+        used one id): rejected, naming the keys to use instead. Raises StoreUnavailable."""
+        assert entry.source is not None
+        scope = f"v1/sources/{entry.source}"
+        pks = self.store.keys_of_event(f"{scope}#{entry.key}")
+        if not pks:
+            return None
+        if len(pks) > 1:
+            named = sorted(pk.split("#", 2)[2] for pk in pks)
+            self.done[index] = Corrected(
+                "rejected",
+                errors={"key": [f"names {len(pks)} CloudEvents; name one by its key: {named}"]},
+            )
+            return None
+        items.update(self.store.items(pks))
+        if pks[0] not in items:
+            return None
+        text = pks[0].split("#", 2)[2]
+        return UsageKey(kind=KeyKind.EVENT, scope=scope, text=text), pks[0]
 
     # --- records ---------------------------------------------------------------------------
 

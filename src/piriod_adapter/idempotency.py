@@ -397,6 +397,12 @@ class IdempotencyStore:
         """Every key item of a subscription line with its UTC instant in [start, end]."""
         return self._query(table.line_between(line, start, end))
 
+    def keys_of_event(self, alias: str) -> list[str]:
+        """The keys of the CloudEvents with this scope and `id` (table.event_alias), from
+        index `by_event` (eventually consistent: a key put a moment ago may not be there
+        yet). Raises StoreUnavailable."""
+        return [item["pk"]["S"] for item in self._query(table.by_event(alias))]
+
     def recorded_between(self, line: int, start: datetime, end: datetime) -> list[KeyRecord]:
         """What the adapter recorded for a subscription line in [start, end] (for reconcile)."""
         items = self.query_line(line, sortable_utc(start), sortable_utc(end))

@@ -26,6 +26,7 @@ its total is handed to the lifecycle, then under `done#<source>` (ordered by win
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -36,7 +37,7 @@ from piriod_adapter.models import KeyKind, Usage, UsageKey, sortable_utc, utc_te
 
 MAX_PK_BYTES = 1024  # DynamoDB allows 2,048 for a partition key; hashed beyond this
 WAITING_SHARDS = 8  # `waiting` spreads over this many index partitions per queue
-BY_LINE, BY_WAITING, BY_WINDOW = "by_line", "by_waiting", "by_window"
+BY_LINE, BY_WAITING, BY_WINDOW, BY_EVENT = "by_line", "by_waiting", "by_window", "by_event"
 DUE = "due"
 PARKED = "parked"  # the `waiting` queue name of a parked dead letter
 CORRECTING = "correcting"  # ... of a correction that waits on its key (no queue took it)
@@ -256,6 +257,38 @@ def _instant(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def event_alias(key: UsageKey) -> str | None:
+    """What a CloudEvent's key is found by (index `by_event`): its scope and the event's
+    `id`, which its result names as `event_id`; the key itself is the event's `source` and
+    `id` together (SPEC 8), which a correction cannot name. None for every other key."""
+    if key.kind is not KeyKind.EVENT or not key.text.startswith("["):
+        return None
+    try:
+        parts = json.loads(key.text)
+    except ValueError:
+        return None
+    if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) for p in parts)):
+        return None
+    return f"{key.scope}#{parts[1]}"
+
+
+def with_alias(item: dict[str, Any], key: UsageKey) -> dict[str, Any]:
+    alias = event_alias(key)
+    if alias is not None:
+        item["event"] = {"S": alias}
+    return item
+
+
+def by_event(alias: str) -> dict[str, Any]:
+    """The query of the keys of the CloudEvents with this scope and `id` (keys only)."""
+    return {
+        "IndexName": BY_EVENT,
+        "KeyConditionExpression": "#e = :e",
+        "ExpressionAttributeNames": {"#e": "event"},
+        "ExpressionAttributeValues": {":e": {"S": alias}},
+    }
+
+
 def claim_item(
     pk: str, usage: Usage, token: str, now: float, lock: float, phase: str, expires_at: int
 ) -> dict[str, Any]:
@@ -276,7 +309,7 @@ def claim_item(
     }
     if usage.subscription_line is not None:  # an unmapped meter's record has no line yet
         item["line"] = {"N": str(usage.subscription_line)}
-    return item
+    return with_alias(item, usage.key)
 
 
 def new_key(item: dict[str, Any]) -> dict[str, Any]:
@@ -661,17 +694,20 @@ def event_key(
     """An event's key, put with its addition (in one transaction); refused when it exists."""
     return {
         "Put": {
-            "Item": {
-                "pk": {"S": pk},
-                "status": {"S": KeyStatus.AGGREGATED.value},
-                "fingerprint": {"S": usage.fingerprint},
-                "window": {"S": window.pk},
-                "generation": {"N": str(generation)},
-                "units": {"N": str(units)},
-                "date_time": {"S": usage.date_time_text},
-                "quantity": {"S": usage.quantity_text},
-                "expires_at": {"N": str(expires_at)},
-            },
+            "Item": with_alias(
+                {
+                    "pk": {"S": pk},
+                    "status": {"S": KeyStatus.AGGREGATED.value},
+                    "fingerprint": {"S": usage.fingerprint},
+                    "window": {"S": window.pk},
+                    "generation": {"N": str(generation)},
+                    "units": {"N": str(units)},
+                    "date_time": {"S": usage.date_time_text},
+                    "quantity": {"S": usage.quantity_text},
+                    "expires_at": {"N": str(expires_at)},
+                },
+                usage.key,
+            ),
             "ConditionExpression": "attribute_not_exists(pk)",
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from piriod_devkit.events import load_event, sign_event
 from piriod_devkit.sources import provision_sources
 from tests.conftest import Adapter
 from tests.integration.conftest import SECRET, SIGNATURE
@@ -511,3 +512,29 @@ def test_a_record_of_a_test_mode_source_is_amended_in_test_mode(
     # profile's test_mode; SPEC 10: one usage per key at its last quantity)
     assert [str(u["quantity"]) for u in piriod.usages(test_mode=True)] == ["3"]
     assert piriod.usages(test_mode=False) == []
+
+
+@pytest.fixture
+def examples(adapter: Adapter) -> Adapter:
+    """The adapter with the example profiles (examples/sources.json), fleet-telemetry's
+    CloudEvents among them."""
+    parameter = f"/{adapter.resources.table.removesuffix('-idempotency')}/sources"
+    config = provision_sources(adapter.endpoint, parameter)
+    adapter.fresh_runtime(SOURCES_CONFIG=config, SOURCES_CACHE_SECONDS="0")
+    return adapter
+
+
+def test_a_cloudevent_is_corrected_by_the_event_id_its_result_carries(
+    examples: Adapter, piriod: Any
+) -> None:
+    # given the CloudEvents sample posted: two usages, each result naming its event_id
+    status, body = examples.invoke(sign_event(load_event("source-fleet-telemetry.json")))
+    assert status == 202 and [r["status"] for r in body["results"]] == ["posted", "posted"]
+    event_id = body["results"][0]["event_id"]
+    assert event_id == "evt-fleet-0001"
+    # when the sender cancels the first by that event_id and its source (SPEC 10: "for a
+    # source's event, its event_id")
+    status, body = correct(examples, cancel(event_id, "ce-1", source="fleet-telemetry"))
+    # then it is applied, and Piriod holds only the other event's usage
+    assert status == 202 and statuses(body) == [("applied", 1)], body
+    assert sorted(str(u["quantity"]) for u in piriod.usages()) == ["0.5"]

@@ -10,6 +10,7 @@ duplicates, a closed generation, a full shard, a conflict, closing and handing o
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -608,3 +609,26 @@ def test_a_correction_that_would_take_a_closed_generation_past_its_bound_is_refu
     # and the generation restates the first only
     read = windows.store.close(generation_of(windows.store, w))
     assert (read.corrected_units, read.adjust_seq) == (MAX_TOTAL_UNITS - 10, 1)
+
+
+def test_a_cloudevent_key_is_found_by_its_scope_and_id(keys: Keys) -> None:
+    # given two CloudEvents of one adapter source with one id from two CloudEvent sources,
+    # and one with an id of its own, claimed as the submit path claims them
+    scope = f"v1/sources/ce{next(_unique)}"
+
+    def cloudevent(source: str, event_id: str) -> Usage:
+        text = json.dumps([source, event_id], separators=(",", ":"))
+        return usage(text).model_copy(
+            update={"key": UsageKey(kind=KeyKind.EVENT, scope=scope, text=text)}
+        )
+
+    twins = [cloudevent("urn:a", "e-1"), cloudevent("urn:b", "e-1")]
+    alone = cloudevent("urn:a", "e-2")
+    for record in [*twins, alone]:
+        assert claim(keys, record).acquired
+    # when each id is looked up in the source's scope
+    found = {eid: keys.store.keys_of_event(f"{scope}#{eid}") for eid in ("e-1", "e-2", "e-3")}
+    # then the shared id names both keys, the other its own, an unknown one none
+    assert sorted(found["e-1"]) == sorted(key_pk(r.key) for r in twins)
+    assert found["e-2"] == [key_pk(alone.key)]
+    assert found["e-3"] == []

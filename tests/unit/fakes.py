@@ -28,7 +28,14 @@ from piriod_adapter.lifecycle import Fate, KeyStatus, Placement, Taker
 from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, utc_text
 from piriod_adapter.piriod import DeleteResult, Listed, PiriodUnavailable, PostResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
-from piriod_adapter.table import MAX_CORRECTIONS, Holding, KeyState, Waiting, key_pk
+from piriod_adapter.table import (
+    MAX_CORRECTIONS,
+    Holding,
+    KeyState,
+    Waiting,
+    event_alias,
+    key_pk,
+)
 from piriod_adapter.windows import to_units
 
 
@@ -132,6 +139,7 @@ class FakeKeyStore:
         self.clock = clock
         self.keys: dict[str, _Key] = {}
         self.owners: dict[int, str] = {}  # usage id -> the key it settled
+        self.aliases: dict[str, str | None] = {}  # a CloudEvent key's (table.event_alias)
         self.down = False
         self.events: Any = None  # a FakeWindowStore: its event keys share this table
         self._lock = threading.RLock()
@@ -157,6 +165,7 @@ class FakeKeyStore:
             phase = "settling" if settling else "posting"
             key = self.keys.get(pk)
             if key is None:
+                self.aliases[pk] = event_alias(usage.key)
                 self.keys[pk] = _Key(
                     KeyStatus.IN_PROGRESS,
                     usage.fingerprint,
@@ -319,6 +328,14 @@ class FakeKeyStore:
             else:
                 key.target = quantity
             return Accepted(key.state())
+
+    def keys_of_event(self, alias: str) -> list[str]:
+        """The keys (records' and counted events') whose CloudEvent alias this is."""
+        with self._lock:
+            self._check()
+            events = self.events.keys if self.events is not None else {}
+            aliases = {**self.aliases, **(self.events.aliases if self.events else {})}
+            return [pk for pk in [*self.keys, *events] if aliases.get(pk) == alias]
 
     def items(self, pks: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The keys that exist, as DynamoDB items (what the corrections route reads)."""
@@ -649,6 +666,7 @@ class FakeWindowStore:
     counters: dict[tuple[Any, int, int], list[int]] = field(default_factory=dict)
     closed: set[tuple[Any, int, int]] = field(default_factory=set)
     keys: dict[str, tuple[str, Any, int]] = field(default_factory=dict)  # fp, window, gen
+    aliases: dict[str, str | None] = field(default_factory=dict)  # a CloudEvent key's
     units: dict[str, int] = field(default_factory=dict)  # an event's units now
     revisions: dict[str, dict[str, int]] = field(default_factory=dict)  # correction id -> rev
     cancelled: set[str] = field(default_factory=set)
@@ -725,6 +743,7 @@ class FakeWindowStore:
         for e in events:
             g = next(w.generation for w in windows if w.window == e.window)
             self.keys[e.pk] = (e.usage.fingerprint, e.window, g)
+            self.aliases[e.pk] = event_alias(e.usage.key)
             self.units[e.pk] = e.units
         return ChunkResult(committed=True)
 
