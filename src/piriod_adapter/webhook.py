@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from piriod_adapter.corrections import CorrectionsAnswered
     from piriod_adapter.counting import Counter as Counter_
     from piriod_adapter.counting import Place
-    from piriod_adapter.lifecycle import FailureSink
+    from piriod_adapter.lifecycle import FailureSink, Placement
+    from piriod_adapter.models import QueuedRecord
     from piriod_adapter.sources import Profile
 
 
@@ -382,9 +383,19 @@ def submit_and_answer(
         Submission(index=index, usage=usage, tenant=tenant) for index, usage in enumerate(usages)
     ]
     outcomes = runtime.submitter.submit_all(
-        submissions, deadline, runtime.queue.place_failed, runtime.settings.post_concurrency
+        submissions, deadline, queue_sink(runtime), runtime.settings.post_concurrency
     )
     return summarize(delivery, submissions, outcomes, source, event_ids)
+
+
+def queue_sink(runtime: Runtime) -> FailureSink:
+    """The failure queue's sink, its queue made when a record first needs it: a delivery
+    whose records all reach Piriod never imports or makes the queue (a cold start's cost)."""
+
+    def sink(sub: Submission, message: QueuedRecord) -> Placement | None:
+        return runtime.queue.place_failed(sub, message)
+
+    return sink
 
 
 def count_and_answer(
