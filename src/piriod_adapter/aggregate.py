@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
@@ -24,7 +25,15 @@ _DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", r
 
 def duration_seconds(text: str) -> int:
     """An ISO 8601 duration of days, hours, minutes and seconds (PT5M, P1D, PT1H30M)."""
-    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if isinstance(text, str):
+        return _duration_seconds(text)
+    raise ValueError(f"{text!r} is not an ISO 8601 duration such as PT5M, PT1H or P1D")
+
+
+@lru_cache(maxsize=64)
+def _duration_seconds(text: str) -> int:
+    # read once per text: a counted event asks for its block's window several times
+    match = _DURATION.fullmatch(text)
     if match is None or text in ("P", "PT") or text.endswith("T"):
         raise ValueError(f"{text!r} is not an ISO 8601 duration such as PT5M, PT1H or P1D")
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())

@@ -174,6 +174,23 @@ def _exact_tree(node: Any) -> Any:
     return copy
 
 
+def _field_path(node: Any) -> tuple[str, ...] | None:
+    """The field names of a JMESPath tree that is only fields (`a`, `a.b.c`), else None."""
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "field" and isinstance(node.get("value"), str):
+        return (node["value"],)
+    if node.get("type") == "subexpression" and isinstance(node.get("children"), list):
+        names: list[str] = []
+        for child in node["children"]:
+            part = _field_path(child)
+            if part is None:
+                return None
+            names.extend(part)
+        return tuple(names) or None
+    return None
+
+
 def compile_exact(expression: str) -> ParsedResult:
     """A JMESPath expression compiled with its number literals as Decimals."""
     import jmespath
@@ -278,6 +295,13 @@ class Profile(_Strict):
             paths.pop("event_id", None)  # the key is the event's source and id
             paths.setdefault("date_time", "time")
         return {name: compile_exact(text) for name, text in paths.items()}
+
+    @cached_property
+    def field_paths(self) -> dict[str, tuple[str, ...] | None]:
+        """For each of `compiled`, its field names when it is a path of plain fields (`id`,
+        `data.object.id`), which `_search` looks up without JMESPath's interpreter (most
+        profiles' fields are: the interpreter costs a tenth of an event's CPU); else None."""
+        return {name: _field_path(parsed.parsed) for name, parsed in self.compiled.items()}
 
 
 class SourcesDocument(_Strict):
@@ -454,6 +478,16 @@ class _Unmappable(ValueError):
 
 
 def _search(profile: Profile, name: str, data: Any) -> Any:
+    path = profile.field_paths[name]
+    if path is not None:  # plain fields: looked up as JMESPath's interpreter looks them up
+        for key in path:
+            try:
+                data = data.get(key)
+            except AttributeError:  # a field of anything but an object is null
+                return None
+            if data is None:
+                return None
+        return data
     try:
         return profile.compiled[name].search(data, options=_options())
     except jsondoc.JsonError as exc:  # from powertools_json: says why, never echoes the text
@@ -797,11 +831,14 @@ class Mapper:
         }
         if meter_id is not None:
             original["meter_id"] = meter_id
-        return Usage(
+        # Every field is checked above by the rules Usage's own validators apply (check_line,
+        # check_instant, check_quantity), so the record is made without validating it again
+        # (a tenth of an aggregated event's CPU).
+        return Usage.model_construct(
             subscription_line=line,
             date_time=instant,
             quantity=quantity,
-            key=UsageKey(kind=KeyKind.EVENT, scope=self.scope, text=key_text),
+            key=UsageKey.model_construct(kind=KeyKind.EVENT, scope=self.scope, text=key_text),
             source=self.name,
             meter_id=meter_id,
             original=original,

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -756,3 +757,32 @@ def test_a_literal_number_too_long_for_jmespath_is_refused_when_the_profile_load
     # a raw string literal is a string, whatever digits it holds
     document["sources"]["m"]["records"] = "r[?q == '0.10000000000000000001']"  # type: ignore[index]
     assert parse_document(json.dumps(document).encode()).sources["m"]
+
+
+# A path of plain fields is looked up without JMESPath's interpreter (a cost of every
+# event): it must find what the interpreter finds, for any JSON value.
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3) | st.decimals(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(data=_JSON, path=st.sampled_from(["a", "a.b", "a.b.c", '"b".a', "c.c"]))
+def test_field_paths_find_what_jmespath_finds(data: Any, path: str) -> None:
+    from piriod_adapter.sources import _field_path, _options, _search, compile_exact
+
+    compiled = compile_exact(path)
+    assert _field_path(compiled.parsed) is not None
+
+    fields = SimpleNamespace(field_paths={"x": _field_path(compiled.parsed)})  # what it reads
+    assert _search(fields, "x", data) == compiled.search(data, options=_options())  # type: ignore[arg-type]
+
+
+def test_only_plain_field_paths_skip_the_interpreter() -> None:
+    from piriod_adapter.sources import _field_path, compile_exact
+
+    for path in ("a[0]", "a || b", "a.*", "@", "a[?b]", "to_string(a)", "a.b[0].c", "`1`"):
+        assert _field_path(compile_exact(path).parsed) is None, path
+    assert _field_path(compile_exact("data.object.id").parsed) == ("data", "object", "id")
