@@ -142,8 +142,8 @@ def test_the_sources_parameter_statement_names_the_parameter_of_sources_config()
         found = statements(template, "WebhookFunction", deployment(SOURCES_CONFIG=config))
         [statement] = [s for s in found if s.sid == "SourceProfilesParameter"]
         assert statement.resources == (f"arn:aws:ssm:{REGION}:{ACCOUNT}:{arn}",)
-    # and without a parameter (a file) the statement is not there
-    for config in ("file:sources.json",):
+    # and without a parameter (a file, or none: the default) the statement is not there
+    for config in ("file:sources.json", ""):
         found = statements(template, "WebhookFunction", deployment(SOURCES_CONFIG=config))
         assert "SourceProfilesParameter" not in {s.sid for s in found}
 
