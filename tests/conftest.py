@@ -17,6 +17,51 @@ from piriod_devkit.piriod_standin import PiriodStandin
 TOKEN = "piriod-test-token-1"
 WORKSPACE = "acc_test_workspace"
 
+# The functions' IAM permissions that the integration tests' AWS calls used (function, Sid,
+# action), and what recording and checking them cost: filled by tests/integration/conftest.py,
+# merged from xdist's workers, shown at the end of the run (piriod_devkit.iam).
+IAM_USED = pytest.StashKey[set[tuple[str, str, str]]]()
+IAM_COST = pytest.StashKey[dict[str, float]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[IAM_USED] = set()
+    config.stash[IAM_COST] = {"calls": 0, "seconds": 0.0}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports
+        used: set[tuple[str, str, str]] = session.config.stash[IAM_USED]
+        workeroutput["iam_used"] = sorted(used)
+        workeroutput["iam_cost"] = session.config.stash[IAM_COST]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    output = getattr(node, "workeroutput", {})
+    node.config.stash[IAM_USED].update(tuple(u) for u in output.get("iam_used", []))
+    for name, value in output.get("iam_cost", {}).items():
+        node.config.stash[IAM_COST][name] += value
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The functions' permissions no recorded call needed: information, not a failure (a
+    permission may serve a path the tests do not take, or Lambda itself)."""
+    from piriod_devkit.iam import unused
+    from piriod_devkit.template import load_template
+
+    used, cost = config.stash[IAM_USED], config.stash[IAM_COST]
+    if not used:
+        return
+    terminalreporter.section("IAM permissions no recorded AWS call needed (information)")
+    for line in unused(load_template(), used) or ["none"]:
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(
+        f"({cost['calls']:.0f} AWS calls of the functions recorded and checked against "
+        f"template.yaml in {cost['seconds']:.2f} s)"
+    )
+
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:

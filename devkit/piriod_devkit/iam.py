@@ -16,17 +16,18 @@ each function makes the calls it would make in its own container.
 Each call becomes the IAM permissions it needs (`needs_of`): the action each operation is
 authorized as (TransactWriteItems: the item action of each of its items; SendMessageBatch:
 sqs:SendMessage; a Query of an index: the index's ARN), on the ARN of the resource it names.
-The function's statements are then resolved as CloudFormation would resolve them for a
-stack deployed with the test's resources (`Deployment`: the environment the functions get
-from template.yaml's Globals names the table, queues, secrets and source profiles, so the
-parameters and resources are read back from it), conditions and `Fn::If` included, and each
-permission must be allowed by one statement (its action and resource wildcards, and the
-StringEquals/StringLike conditions it has). Each call is checked a second time as if the
-stack had both KMS parameters: a queue encrypted with KmsKeyArn needs kms:GenerateDataKey
-and kms:Decrypt from its senders and kms:Decrypt from its receivers, a secret encrypted with
-SecretsKmsKeyArn kms:Decrypt through Secrets Manager. What the template's own wiring needs of
-a function is added too: an SQS event source mapping polls with the function's role
-(ReceiveMessage, DeleteMessage, GetQueueAttributes)."""
+The function's statements are then resolved as CloudFormation would resolve them for a stack
+deployed with the test's resources (`Deployment`: the environment the functions get from
+template.yaml's Globals names the table, queues, secrets and source profiles, so the
+parameters and resources are read back from it: from the settings of the runtime that made
+the client, which is the environment unless a test gave the runtime settings of its own),
+conditions and `Fn::If` included, and each permission must be allowed by one statement (its
+action and resource wildcards, and the StringEquals/StringLike conditions it has). Each call
+is checked a second time as if the stack had both KMS parameters: a queue encrypted with
+KmsKeyArn needs kms:GenerateDataKey and kms:Decrypt from its senders and kms:Decrypt from
+its receivers, a secret encrypted with SecretsKmsKeyArn kms:Decrypt through Secrets Manager.
+What the template's own wiring needs of a function is added too: an SQS event source mapping
+polls with the function's role (ReceiveMessage, DeleteMessage, GetQueueAttributes)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ TRANSACT_ITEM_ACTIONS = {
     "Update": "UpdateItem",
     "Delete": "DeleteItem",
 }
+
+_ENVIRONMENT = "_piriod_iam_environment"  # a client's attribute: see Recorder._tag_clients
 
 _running: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "piriod_iam_function", default=None
@@ -616,6 +619,7 @@ class Recorder:
 
     def install(self) -> None:
         self._wrap_api_calls()
+        self._tag_clients()
         self._wrap_entry_points()
         self._propagate_to_pools()
 
@@ -646,6 +650,20 @@ class Recorder:
                 recorder._record(function, client, operation, params, response)
 
         self._patch(BaseClient, "_make_api_call", _make_api_call)
+
+    def _tag_clients(self) -> None:
+        """Each AWS client a Runtime makes carries the environment of that runtime's settings:
+        the deployment its calls stand for (a runtime may be given settings of its own)."""
+        from piriod_adapter.runtime import Runtime
+
+        original = Runtime._client
+
+        def _client(runtime: Runtime, service: str) -> Any:
+            client = original(runtime, service)
+            setattr(client, _ENVIRONMENT, environment_of(runtime.settings))
+            return client
+
+        self._patch(Runtime, "_client", _client)
 
     def entry_points(self) -> dict[str, list[str]]:
         """Each function's handler (template.yaml) and logic entry point (ENTRY_POINTS)."""
@@ -699,7 +717,8 @@ class Recorder:
         try:
             region = client.meta.region_name
             service = client.meta.service_model.signing_name
-            deployment = Deployment.from_environment(self.template, os.environ, region)
+            env = getattr(client, _ENVIRONMENT, None) or os.environ
+            deployment = Deployment.from_environment(self.template, env, region)
             needs = needs_of(service, operation, params, response, region, deployment.account)
             call = Call(function, f"{service}:{operation}", tuple(needs), deployment)
         except Exception as exc:  # never fail the function under test: report it instead
@@ -750,6 +769,16 @@ def _own_container(function: str) -> None:
     if "secrets" in runtime.__dict__:
         runtime.secrets.clear()
     runtime.__dict__.pop("sources", None)
+
+
+def environment_of(settings: Any) -> dict[str, str]:
+    """The environment variables a function's settings were read from (their aliases)."""
+    env = {}
+    for name, info in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if info.alias and value is not None:
+            env[info.alias] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 def _attributed(function: str, original: Callable[..., Any]) -> Callable[..., Any]:

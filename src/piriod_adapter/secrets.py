@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import threading
 import time
@@ -76,7 +77,11 @@ class SecretStore:
             with contextlib.suppress(SecretUnavailable):
                 read[secret_id] = self._fetch(secret_id)
 
-        others = [threading.Thread(target=fetch, args=(s,), daemon=True) for s in missing[1:]]
+        # each in the caller's context (contextvars): a span or recorder it has carries over
+        others = [
+            threading.Thread(target=contextvars.copy_context().run, args=(fetch, s), daemon=True)
+            for s in missing[1:]
+        ]
         for thread in others:
             thread.start()
         fetch(missing[0])

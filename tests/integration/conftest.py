@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from piriod_devkit.events import LOCAL_SIGNING_SECRET
+from piriod_devkit.iam import Recorder
 from piriod_devkit.sources import LOCAL_SOURCE_SECRETS, provision_sources
-from tests.conftest import TOKEN, Adapter
+from tests.conftest import IAM_COST, IAM_USED, TOKEN, Adapter
 from tests.integration.test_webhook import OTHER_SECRET
 
 COLLECTOR_TOKEN = "collector-token-1"  # a tracing header (test_tracing.py)
@@ -53,6 +54,33 @@ def no_secret_leaks(
             seen += [json.dumps(m) for m in adapter.messages(queue)]
     leaked = sorted(s for s in SECRETS if any(s in text for text in seen))
     assert not leaked, f"secret value(s) found in logs, metrics or queue messages: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def iam_recorder() -> Iterator[Recorder]:
+    """Records every AWS call of the functions' code (piriod_devkit.iam) for the whole run."""
+    recorder = Recorder()
+    recorder.install()
+    yield recorder
+    recorder.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def iam_policies_allow_every_call(
+    request: pytest.FixtureRequest, iam_recorder: Recorder
+) -> Iterator[None]:
+    """The IAM test, around every integration test (moto enforces no IAM): each AWS call a
+    function made during the test must be allowed by that function's statements in
+    template.yaml, resolved for the test's resources. A call they deny fails the test that
+    made it."""
+    yield
+    calls, problems = iam_recorder.take()
+    report = iam_recorder.check(calls, problems)
+    request.config.stash[IAM_USED].update(report.used)
+    cost = request.config.stash[IAM_COST]
+    cost["calls"] += len(calls)
+    cost["seconds"] = iam_recorder.seconds
+    assert not report.denied and not report.problems, report.text()
 
 
 # --- aggregating sources (SPEC 9) ------------------------------------------------------------
