@@ -121,6 +121,22 @@ class Result:
     deleting: int | None = None  # a usage whose DELETE went unanswered
 
 
+def _existing(item: dict[str, Any], found: dict[str, Any] | None, now: float) -> Claim | None:
+    """A key a delivery's transaction found existing (`found`, its item): what `claim` answers
+    for it when the webhook may not take it (table.take_over: neither released nor expired,
+    or another record's), or None when it may, or the item is not known: that record then
+    claims it alone."""
+    if not found:
+        return None
+    state = KeyState.from_item(found)
+    takeable = state.status is KeyStatus.RELEASED or (
+        state.status is KeyStatus.IN_PROGRESS and (state.lock_expires or 0) < now
+    )
+    if takeable and state.fingerprint == item["fingerprint"]["S"]:
+        return None
+    return Claim(pk=item["pk"]["S"], token=None, previous=state)
+
+
 class IdempotencyStore:
     def __init__(
         self,
@@ -185,12 +201,14 @@ class IdempotencyStore:
     def claim_new(self, usages: Sequence[Usage], deadline: Deadline) -> list[Claim | None]:
         """Claim a webhook delivery's new keys together, as `claim` claims one new key: one
         TransactWriteItems of conditional puts per table.MAX_TRANSACT_ITEMS distinct keys
-        instead of one PutItem each. One entry per usage, in order: the claim, or None where
-        that record is to claim its key alone (`claim`, which handles an existing key): its
-        key exists (a refused condition; the transaction is tried again without it, up to
-        NEW_CLAIM_ROUNDS times) or another transaction is writing it, its key came earlier
-        in `usages`, or the store did not take the transaction (throttled, down, invalid:
-        every key of it). Fewer than two distinct keys: all None. Never raises."""
+        instead of one PutItem each. One entry per usage, in order: the claim; or, for a key
+        that exists (a refused condition, with the item found: the transaction is tried
+        again without it, up to NEW_CLAIM_ROUNDS times) and that the webhook may not take,
+        what `claim` answers then (not acquired, with its holder's state); or None where
+        that record is to claim its key alone (`claim`): a key that exists and may be taken
+        (released, or its holder's lock expired), one another transaction is writing, a key
+        that came earlier in `usages`, or every key of a transaction the store did not take
+        (throttled, down, invalid). Fewer than two distinct keys: all None. Never raises."""
         claims: list[Claim | None] = [None] * len(usages)
         first: dict[str, int] = {}
         for n, usage in enumerate(usages):
@@ -218,15 +236,17 @@ class IdempotencyStore:
                         self._claims[token] = item
                         claims[n] = Claim(pk=item["pk"]["S"], token=token, previous=None)
                     break
+                for position, found in refused.items():
+                    claims[chunk[position]] = _existing(items[chunk[position]], found, now)
                 chunk = [n for position, n in enumerate(chunk) if position not in refused]
                 if not chunk:
                     break
         return claims
 
-    def _put_new(self, items: list[dict[str, Any]]) -> set[int] | None:
-        """One transaction of new keys' puts: an empty set when it committed, the positions
-        of the keys that stopped it (existing, or written by another transaction) when it
-        was cancelled for those alone, None for anything else."""
+    def _put_new(self, items: list[dict[str, Any]]) -> dict[int, dict[str, Any] | None] | None:
+        """One transaction of new keys' puts: empty when it committed; when it was cancelled
+        for those alone, the keys that stopped it by position, each with the item it found
+        (None: another transaction is writing it); None for anything else."""
         try:
             self._client.transact_write_items(
                 TransactItems=table.new_keys(self._table, items)  # type: ignore[arg-type]
@@ -237,15 +257,17 @@ class IdempotencyStore:
             reasons: list[dict[str, Any]] = (
                 getattr(exc, "response", {}).get("CancellationReasons") or []
             )
-            refused = set()
+            refused: dict[int, dict[str, Any] | None] = {}
             for position, reason in enumerate(reasons):
                 code = reason.get("Code")
-                if code in ("ConditionalCheckFailed", "TransactionConflict"):
-                    refused.add(position)
+                if code == "ConditionalCheckFailed":
+                    refused[position] = reason.get("Item") or None
+                elif code == "TransactionConflict":
+                    refused[position] = None
                 elif code not in (None, "None"):
                     return None  # throttled, a validation error: the store, not the keys
             return refused or None
-        return set()
+        return {}
 
     def _take_over(self, item: dict[str, Any], now: float, taker: Taker) -> Claim:
         """The key exists: take it if its holder is gone, released it, or it waits where the

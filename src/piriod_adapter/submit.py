@@ -191,8 +191,9 @@ class _NewKeys:
     instead of a PutItem per record) by the first record's worker to need its claim; the
     others wait for it. Each claim made goes to its record's attempt before that record's
     own worker starts, so that the deadline answers for it as for a claim the worker made;
-    one whose record was answered at the deadline meanwhile is released. A record without
-    one claims its key alone, as it always did."""
+    one whose record was answered at the deadline meanwhile is released. A key found held
+    or done comes as a claim not acquired, with its holder's state, as `claim` answers it;
+    a record without one claims its key alone, as it always did."""
 
     def __init__(
         self,
@@ -221,7 +222,7 @@ class _NewKeys:
                     orphan = attempt.abandoned
                     if not orphan:
                         attempt.claim = claim
-                if orphan:  # answered at the deadline without it: free for the retry
+                if orphan and claim.acquired:  # answered at the deadline without it
                     try:
                         self._submitter.store.release(claim, None)
                     except StoreUnavailable as exc:

@@ -267,10 +267,19 @@ MAX_TRANSACT_ITEMS = 100  # TransactWriteItems' own bound
 
 def new_keys(table_name: str, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The claims of several keys nobody has had, in one TransactWriteItems: each put only
-    where there is none (its cancellation reasons come in this order). The keys must be
-    distinct (a transaction touches an item once)."""
+    where there is none (its cancellation reasons come in this order, a refused one with the
+    item it found). The keys must be distinct (a transaction touches an item once)."""
     assert 0 < len(items) <= MAX_TRANSACT_ITEMS
-    return [{"Put": {"TableName": table_name, **new_key(item)}} for item in items]
+    return [
+        {
+            "Put": {
+                "TableName": table_name,
+                **new_key(item),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+        for item in items
+    ]
 
 
 def take_over(item: dict[str, Any], now: float, taker: Taker) -> dict[str, Any]:

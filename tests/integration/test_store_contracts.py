@@ -422,14 +422,47 @@ def test_keys_that_exist_are_left_to_their_own_claim(keys: Keys) -> None:
     holder = claim(keys, records[3])
     # when the delivery claims its keys together
     claims = claim_new(keys, records)
-    # then only the new ones are claimed; the others are None, and left as they were
+    # then only the new ones are claimed; the others are answered as a claim of their own
+    # is (not taken, with the holder's state: posted as 42, held and posting), and left as
+    # they were
     assert [c is not None and c.acquired for c in claims] == [True, False, True, False]
-    posted = claim(keys, records[1]).previous
-    assert posted is not None and (posted.status, posted.usage_id) == (KeyStatus.POSTED, 42)
-    assert not claim(keys, records[3]).acquired
+    done, held = claims[1], claims[3]
+    assert done is not None and held is not None
+    assert seen(done.previous, keys.clock()) == seen(claim(keys, records[1]).previous, keys.clock())
+    assert seen(done.previous, keys.clock())[:3] == (  # type: ignore[index]
+        KeyStatus.POSTED,
+        records[1].fingerprint,
+        42,
+    )
+    assert seen(held.previous, keys.clock()) == seen(claim(keys, records[3]).previous, keys.clock())
+    assert held.previous is not None and held.previous.posting(keys.clock())
     keys.store.finish(Result(holder, KeyStatus.POSTED, usage_id=43))
-    # and a delivery whose keys all exist claims none
-    assert claim_new(keys, [records[1], records[3]]) == [None, None]
+    # and a delivery whose keys all exist takes none
+    assert [c is not None and c.acquired for c in claim_new(keys, [records[1], records[3]])] == [
+        False,
+        False,
+    ]
+
+
+def test_existing_keys_the_webhook_may_take_are_left_to_their_own_claim(keys: Keys) -> None:
+    # given a delivery whose first key was released, whose second one's holder vanished
+    # (its lock expired), and whose third was released by another record (another quantity)
+    records = [usage(fresh(f"free{n}")) for n in range(4)]
+    keys.store.release(claim(keys, records[0]), None)
+    claim(keys, records[1])
+    other = usage(records[2].key.text, "9")
+    keys.store.release(claim(keys, other), None)
+    keys.clock.advance(LIFETIME + 10)
+    # when the delivery claims its keys together
+    claims = claim_new(keys, records)
+    # then the two it may take are left to their own claim (which takes them), the other
+    # record's key is answered as not taken, with that record's fingerprint
+    assert claims[0] is None and claims[1] is None
+    refused = claims[2]
+    assert refused is not None and not refused.acquired and refused.previous is not None
+    assert refused.previous.fingerprint == other.fingerprint
+    assert claims[3] is not None and claims[3].acquired
+    assert claim(keys, records[0]).acquired and claim(keys, records[1]).acquired
 
 
 def test_a_key_twice_in_a_delivery_is_claimed_once(keys: Keys) -> None:
@@ -457,7 +490,7 @@ def test_a_key_claimed_meanwhile_by_another_attempt_stays_that_attempt_s(keys: K
     claims = claim_new(keys, records)
     # then the others are claimed, that one is left to its own claim, and stays held by
     # the attempt that took it: only that attempt's result is written over it
-    assert [c is not None for c in claims] == [True, False, True]
+    assert [c is not None and c.acquired for c in claims] == [True, False, True]
     [taken] = other
     assert taken.acquired
     assert not claim(keys, records[1]).acquired
@@ -485,9 +518,8 @@ def test_a_delivery_of_more_keys_than_a_transaction_takes_claims_them_all(keys: 
     keys.store.finish(Result(claim(keys, records[117]), KeyStatus.POSTED, usage_id=45))
     # when the delivery claims its keys together
     claims = claim_new(keys, records)
-    # then every new key is claimed, the existing one is left to its own claim
-    assert [n for n, c in enumerate(claims) if c is None] == [117]
-    assert all(c.acquired for c in claims if c is not None)
+    # then every new key is claimed, the existing one is not
+    assert [n for n, c in enumerate(claims) if c is None or not c.acquired] == [117]
 
 
 def test_a_vanished_batch_claim_is_taken_over_once_its_lock_expires(keys: Keys) -> None:

@@ -191,9 +191,10 @@ class FakeKeyStore:
 
     def claim_new(self, usages: Sequence[Usage], deadline: Deadline) -> list[Claim | None]:
         """IdempotencyStore.claim_new: a delivery's new keys claimed together (at least two
-        distinct ones); None for a key that exists, a repeat of an earlier key, or every key
-        when the store is down or refuses the batch (`batch_fails`). `before_claim_new` runs
-        first, once (another attempt claiming a key meanwhile)."""
+        distinct ones); for a key that exists and the webhook may not take, its holder's
+        state (not acquired); None for one it may take, a repeat of an earlier key, or every
+        key when the store is down or refuses the batch (`batch_fails`). `before_claim_new`
+        runs first, once (another attempt claiming a key meanwhile)."""
         if self.before_claim_new is not None:
             hook, self.before_claim_new = self.before_claim_new, None
             hook()
@@ -207,8 +208,14 @@ class FakeKeyStore:
             now = self.clock()
             lock = now + deadline.remaining() + LOCK_MARGIN_SECONDS
             for pk, n in first.items():
-                if pk in self.keys:
-                    continue  # not new: that record claims it alone
+                key = self.keys.get(pk)
+                if key is not None:  # not new: what a claim answers, or it claims alone
+                    takeable = key.status is KeyStatus.RELEASED or (
+                        key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) < now
+                    )
+                    if not takeable or key.fingerprint != usages[n].fingerprint:
+                        claims[n] = Claim(pk, None, key.state())
+                    continue
                 usage, token = usages[n], uuid.uuid4().hex
                 self.keys[pk] = _Key(
                     KeyStatus.IN_PROGRESS,
