@@ -3,7 +3,8 @@ the same key never both post (SPEC section 3). The items are table.py's; this mo
 calls.
 
 A key is claimed by an attempt (a conditional put for a new key, a conditional update to
-take over an existing one) with a lock that outlives the holder's own function timeout, and
+take over an existing one; a webhook delivery's new keys together, `claim_new`, in one
+transaction of conditional puts) with a lock that outlives the holder's own function timeout, and
 is written once more when the attempt ends (`finish`: posted, waiting in a queue, rejected;
 `release`: free to take again). The final state is written as soon as that record is done,
 so that a concurrent delivery of the same key waits no longer than the record's own post.
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 LOCK_MARGIN_SECONDS = 5.0
+NEW_CLAIM_ROUNDS = 3  # transactions of a delivery's new keys, each without the keys refused
 POLL_SECONDS = 0.2
 
 
@@ -118,6 +120,22 @@ class Result:
     applied: int | None = None  # the corrections this attempt applied, up to this revision
     deleting: int | None = None  # a usage whose DELETE went unanswered
     kept: bool = False  # POSTED: nothing was posted, the key holds its earlier usage still
+
+
+def _existing(item: dict[str, Any], found: dict[str, Any] | None, now: float) -> Claim | None:
+    """A key a delivery's transaction found existing (`found`, its item): what `claim` answers
+    for it when the webhook may not take it (table.take_over: neither released nor expired,
+    or another record's), or None when it may, or the item is not known: that record then
+    claims it alone."""
+    if not found:
+        return None
+    state = KeyState.from_item(found)
+    takeable = state.status is KeyStatus.RELEASED or (
+        state.status is KeyStatus.IN_PROGRESS and (state.lock_expires or 0) < now
+    )
+    if takeable and state.fingerprint == item["fingerprint"]["S"]:
+        return None
+    return Claim(pk=item["pk"]["S"], token=None, previous=state)
 
 
 class IdempotencyStore:
@@ -180,6 +198,77 @@ class IdempotencyStore:
             raise
         except Exception:  # the key exists
             return self._take_over(item, now, taker)
+
+    def claim_new(self, usages: Sequence[Usage], deadline: Deadline) -> list[Claim | None]:
+        """Claim a webhook delivery's new keys together, as `claim` claims one new key: one
+        TransactWriteItems of conditional puts per table.MAX_TRANSACT_ITEMS distinct keys
+        instead of one PutItem each. One entry per usage, in order: the claim; or, for a key
+        that exists (a refused condition, with the item found: the transaction is tried
+        again without it, up to NEW_CLAIM_ROUNDS times) and that the webhook may not take,
+        what `claim` answers then (not acquired, with its holder's state); or None where
+        that record is to claim its key alone (`claim`): a key that exists and may be taken
+        (released, or its holder's lock expired), one another transaction is writing, a key
+        that came earlier in `usages`, or every key of a transaction the store did not take
+        (throttled, down, invalid). Fewer than two distinct keys: all None. Never raises."""
+        claims: list[Claim | None] = [None] * len(usages)
+        first: dict[str, int] = {}
+        for n, usage in enumerate(usages):
+            first.setdefault(key_pk(usage.key), n)
+        if len(first) < 2:
+            return claims
+        now = self._clock()
+        lock = now + deadline.remaining() + LOCK_MARGIN_SECONDS  # as `claim`'s
+        expires = int(now + self._ttl)
+        items = {
+            n: table.claim_item(pk, usages[n], uuid.uuid4().hex, now, lock, "posting", expires)
+            for pk, n in first.items()
+        }
+        todo = list(first.values())
+        for start in range(0, len(todo), table.MAX_TRANSACT_ITEMS):
+            chunk = todo[start : start + table.MAX_TRANSACT_ITEMS]
+            for _ in range(NEW_CLAIM_ROUNDS):
+                refused = self._put_new([items[n] for n in chunk])
+                if refused is None:  # the store did not take it: each claims alone
+                    break
+                if not refused:
+                    for n in chunk:
+                        item = items[n]
+                        token = item["lock_token"]["S"]
+                        self._claims[token] = item
+                        claims[n] = Claim(pk=item["pk"]["S"], token=token, previous=None)
+                    break
+                for position, found in refused.items():
+                    claims[chunk[position]] = _existing(items[chunk[position]], found, now)
+                chunk = [n for position, n in enumerate(chunk) if position not in refused]
+                if not chunk:
+                    break
+        return claims
+
+    def _put_new(self, items: list[dict[str, Any]]) -> dict[int, dict[str, Any] | None] | None:
+        """One transaction of new keys' puts: empty when it committed; when it was cancelled
+        for those alone, the keys that stopped it by position, each with the item it found
+        (None: another transaction is writing it); None for anything else."""
+        try:
+            self._client.transact_write_items(
+                TransactItems=table.new_keys(self._table, items)  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                return None
+            reasons: list[dict[str, Any]] = (
+                getattr(exc, "response", {}).get("CancellationReasons") or []
+            )
+            refused: dict[int, dict[str, Any] | None] = {}
+            for position, reason in enumerate(reasons):
+                code = reason.get("Code")
+                if code == "ConditionalCheckFailed":
+                    refused[position] = reason.get("Item") or None
+                elif code == "TransactionConflict":
+                    refused[position] = None
+                elif code not in (None, "None"):
+                    return None  # throttled, a validation error: the store, not the keys
+            return refused or None
+        return {}
 
     def _take_over(self, item: dict[str, Any], now: float, taker: Taker) -> Claim:
         """The key exists: take it if its holder is gone, released it, or it waits where the

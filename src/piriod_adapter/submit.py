@@ -100,6 +100,8 @@ class KeyStore(Protocol):
         self, usage: Usage, deadline: Deadline, taker: Taker = ..., *, settling: bool = ...
     ) -> Claim: ...
 
+    def claim_new(self, usages: Sequence[Usage], deadline: Deadline) -> list[Claim | None]: ...
+
     def wait_while_locked(self, pk: str, deadline: Deadline, at_most: float) -> KeyState | None: ...
 
     def finish(self, result: Result) -> None: ...
@@ -182,6 +184,49 @@ class _Attempt:
                 return False
             self.abandoned = True
             return True
+
+
+class _NewKeys:
+    """A webhook delivery's new keys, claimed together (KeyStore.claim_new: one transaction
+    instead of a PutItem per record) by the first record's worker to need its claim; the
+    others wait for it. Each claim made goes to its record's attempt before that record's
+    own worker starts, so that the deadline answers for it as for a claim the worker made;
+    one whose record was answered at the deadline meanwhile is released. A key found held
+    or done comes as a claim not acquired, with its holder's state, as `claim` answers it;
+    a record without one claims its key alone, as it always did."""
+
+    def __init__(
+        self,
+        submitter: Submitter,
+        subs: Sequence[Submission],
+        attempts: Sequence[_Attempt],
+        deadline: Deadline,
+    ) -> None:
+        self._submitter = submitter
+        self._subs = subs
+        self._attempts = attempts
+        self._deadline = deadline
+        self._lock = threading.Lock()
+        self._done = False
+
+    def claim(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            claims = self._submitter._claim_new(self._subs, self._deadline)
+            for attempt, claim in zip(self._attempts, claims, strict=True):
+                if claim is None:
+                    continue
+                with attempt.lock:
+                    orphan = attempt.abandoned
+                    if not orphan:
+                        attempt.claim = claim
+                if orphan and claim.acquired:  # answered at the deadline without it
+                    try:
+                        self._submitter.store.release(claim, None)
+                    except StoreUnavailable as exc:
+                        logger.warning("key not released", extra={"error": str(exc)})
 
 
 class _Abandoned(Exception):
@@ -277,13 +322,15 @@ class Submitter:
         Returns by the deadline: a record still in flight then is answered for here."""
         breaker = _Breaker() if taker is Taker.WEBHOOK else None
         attempts = [_Attempt() for _ in subs]
+        # a webhook's keys are new but for retries: claimed together, once
+        new_keys = _NewKeys(self, subs, attempts, deadline) if taker is Taker.WEBHOOK else None
 
         def run(n: int) -> Outcome:
             sub = subs[n]
             # tracing: one span per record; a replayed one continues its message's trace
             trace = sub.previous.trace if sub.previous else None
             with tracer.span("record", parent=trace, index=sub.index) as span:
-                outcome = self._guarded(sub, deadline, taker, breaker, attempts[n], sink)
+                outcome = self._guarded(sub, deadline, taker, breaker, attempts[n], sink, new_keys)
                 span.set(status=outcome.answer, fate=outcome.fate.value)
                 return outcome
 
@@ -343,11 +390,16 @@ class Submitter:
         breaker: _Breaker | None,
         attempt: _Attempt,
         sink: FailureSink,
+        new_keys: _NewKeys | None = None,
     ) -> Outcome:
         """The per-record boundary: whatever goes wrong in one record ends that record as
         "not stored" with its key released (flagged unseen, so the next holder looks it up
         in Piriod before posting), and the other records of the delivery go on."""
         try:
+            if new_keys is not None:
+                new_keys.claim()  # the delivery's new keys, the first time a record asks
+                if attempt.abandoned:  # answered at the deadline meanwhile
+                    raise _Abandoned
             return self._lifecycle(sub, deadline, taker, breaker, attempt, sink)
         except _Abandoned:
             return Outcome(Fate.NOT_STORED, reason="answered at the deadline")
@@ -379,7 +431,9 @@ class Submitter:
     ) -> Outcome:
         settling = sub.previous is not None and sub.previous.ambiguous_since is not None
         try:
-            claim = attempt.claim = self._claim(sub, deadline, taker, settling)
+            claim = attempt.claim  # claimed with the delivery's other new keys, if it was
+            if claim is None:
+                claim = attempt.claim = self._claim(sub, deadline, taker, settling)
             if not claim.acquired and _correction_waits(claim.previous, taker, self.clock()):
                 # A correction accepted while another attempt held the key (handed to
                 # ReplayQueue by the corrections route), or one its holder did not apply:
@@ -558,6 +612,10 @@ class Submitter:
         if not found.created or found.usage_id is None:
             raise _NotFound(found.error or "the usage to delete cannot be told yet")
         return found.usage_id
+
+    @tracer.traced("claim")
+    def _claim_new(self, subs: Sequence[Submission], deadline: Deadline) -> list[Claim | None]:
+        return self.store.claim_new([sub.usage for sub in subs], deadline)
 
     @tracer.traced("claim")
     def _claim(self, sub: Submission, deadline: Deadline, taker: Taker, settling: bool) -> Claim:

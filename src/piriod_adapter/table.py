@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -315,6 +316,26 @@ def claim_item(
 def new_key(item: dict[str, Any]) -> dict[str, Any]:
     """The claim of a key nobody has had: put only where there is none."""
     return {"Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
+
+
+MAX_TRANSACT_ITEMS = 100  # TransactWriteItems' own bound
+
+
+def new_keys(table_name: str, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The claims of several keys nobody has had, in one TransactWriteItems: each put only
+    where there is none (its cancellation reasons come in this order, a refused one with the
+    item it found). The keys must be distinct (a transaction touches an item once)."""
+    assert 0 < len(items) <= MAX_TRANSACT_ITEMS
+    return [
+        {
+            "Put": {
+                "TableName": table_name,
+                **new_key(item),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+        for item in items
+    ]
 
 
 def take_over(item: dict[str, Any], now: float, taker: Taker) -> dict[str, Any]:

@@ -74,15 +74,45 @@ def table(moto_server: MotoServer) -> str:
 class Keys:
     store: Any  # IdempotencyStore or FakeKeyStore
     clock: Clock
+    # claim_new's next batch: something done first (another attempt claiming a key), or the
+    # store refusing it (an error code: throttled, invalid)
+    before_batch: Callable[[Callable[[], None]], None] = lambda hook: None
+    refuse_batch: Callable[[str | None], None] = lambda code: None
 
 
 @pytest.fixture(params=["dynamodb", "fake"])
 def keys(request: pytest.FixtureRequest, moto_server: MotoServer, table: str) -> Keys:
     clock = Clock(time.time())
     if request.param == "fake":
-        return Keys(FakeKeyStore(clock), clock)
+        fake = FakeKeyStore(clock)
+        return Keys(
+            fake,
+            clock,
+            lambda hook: setattr(fake, "before_claim_new", hook),
+            lambda code: setattr(fake, "batch_fails", code is not None),
+        )
     dynamodb = client("dynamodb", moto_server.url)
-    return Keys(IdempotencyStore(dynamodb, table, 35, clock=clock, sleep=lambda _: None), clock)
+    hooks: list[Callable[[], None]] = []
+    refusal: list[str | None] = [None]
+
+    def batch(params: dict[str, Any], **_: Any) -> None:
+        """Before the next TransactWriteItems is sent: the hook, once; or the store's
+        refusal of it, as DynamoDB answers a throttled or invalid transaction."""
+        from botocore.exceptions import ClientError
+
+        while hooks:
+            hooks.pop()()
+        if refusal[0] is not None:
+            refused: Any = {"Error": {"Code": refusal[0], "Message": "refused"}}
+            raise ClientError(refused, "TransactWriteItems")
+
+    dynamodb.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", batch)
+    return Keys(
+        IdempotencyStore(dynamodb, table, 35, clock=clock, sleep=lambda _: None),
+        clock,
+        hooks.append,
+        lambda code: refusal.__setitem__(0, code),
+    )
 
 
 _unique = iter(range(10**9))
@@ -369,6 +399,171 @@ def test_a_correction_that_posts_nothing_keeps_the_time_its_usage_was_posted(
     keys.store.accept(key_pk(other.key), "cancel", None, "c-2")
     after = claim(keys, other, Taker.CORRECTION).previous
     assert after is not None and after.posted_at == pytest.approx(keys.clock(), abs=1)
+
+
+# --- a webhook delivery's new keys, claimed together (claim_new) ------------------------------
+
+
+def claim_new(keys: Keys, records: list[Usage]) -> list[Claim | None]:
+    result: list[Claim | None] = keys.store.claim_new(records, Deadline.after(LIFETIME))
+    return result
+
+
+def test_a_delivery_s_new_keys_are_claimed_together_as_one_claim_each(keys: Keys) -> None:
+    # given three records nobody has claimed
+    records = [usage(fresh(f"batch{n}")) for n in range(3)]
+    # when a delivery claims their keys together
+    claims = claim_new(keys, records)
+    # then each is held by its own claim, new, and a second claim sees it held
+    assert all(c is not None and c.acquired and c.previous is None for c in claims)
+    assert len({c.token for c in claims if c is not None}) == 3
+    for record in records:
+        again = claim(keys, record)
+        assert not again.acquired
+        assert seen(again.previous, keys.clock()) == (
+            KeyStatus.IN_PROGRESS,
+            record.fingerprint,
+            None,
+            True,
+            True,
+            True,
+            None,
+        )
+    # and each claim is finished or released as a claim of its own is
+    first, second, third = claims
+    assert first is not None and second is not None and third is not None
+    keys.store.finish(Result(first, KeyStatus.POSTED, usage_id=41))
+    keys.store.finish(Result(second, KeyStatus.QUEUED, waiting=waiting("replay")))
+    keys.store.release(third, None)
+    assert seen(claim(keys, records[0]).previous, keys.clock())[:3] == (  # type: ignore[index]
+        KeyStatus.POSTED,
+        records[0].fingerprint,
+        41,
+    )
+    assert claim(keys, records[1], Taker.REPLAY).acquired
+    released = claim(keys, records[2])
+    assert released.acquired and released.previous is not None
+    assert released.previous.status is KeyStatus.RELEASED
+
+
+def test_keys_that_exist_are_left_to_their_own_claim(keys: Keys) -> None:
+    # given a delivery whose second record was posted before and whose fourth is held
+    records = [usage(fresh(f"mixed{n}")) for n in range(4)]
+    keys.store.finish(Result(claim(keys, records[1]), KeyStatus.POSTED, usage_id=42))
+    holder = claim(keys, records[3])
+    # when the delivery claims its keys together
+    claims = claim_new(keys, records)
+    # then only the new ones are claimed; the others are answered as a claim of their own
+    # is (not taken, with the holder's state: posted as 42, held and posting), and left as
+    # they were
+    assert [c is not None and c.acquired for c in claims] == [True, False, True, False]
+    done, held = claims[1], claims[3]
+    assert done is not None and held is not None
+    assert seen(done.previous, keys.clock()) == seen(claim(keys, records[1]).previous, keys.clock())
+    assert seen(done.previous, keys.clock())[:3] == (  # type: ignore[index]
+        KeyStatus.POSTED,
+        records[1].fingerprint,
+        42,
+    )
+    assert seen(held.previous, keys.clock()) == seen(claim(keys, records[3]).previous, keys.clock())
+    assert held.previous is not None and held.previous.posting(keys.clock())
+    keys.store.finish(Result(holder, KeyStatus.POSTED, usage_id=43))
+    # and a delivery whose keys all exist takes none
+    assert [c is not None and c.acquired for c in claim_new(keys, [records[1], records[3]])] == [
+        False,
+        False,
+    ]
+
+
+def test_existing_keys_the_webhook_may_take_are_left_to_their_own_claim(keys: Keys) -> None:
+    # given a delivery whose first key was released, whose second one's holder vanished
+    # (its lock expired), and whose third was released by another record (another quantity)
+    records = [usage(fresh(f"free{n}")) for n in range(4)]
+    keys.store.release(claim(keys, records[0]), None)
+    claim(keys, records[1])
+    other = usage(records[2].key.text, "9")
+    keys.store.release(claim(keys, other), None)
+    keys.clock.advance(LIFETIME + 10)
+    # when the delivery claims its keys together
+    claims = claim_new(keys, records)
+    # then the two it may take are left to their own claim (which takes them), the other
+    # record's key is answered as not taken, with that record's fingerprint
+    assert claims[0] is None and claims[1] is None
+    refused = claims[2]
+    assert refused is not None and not refused.acquired and refused.previous is not None
+    assert refused.previous.fingerprint == other.fingerprint
+    assert claims[3] is not None and claims[3].acquired
+    assert claim(keys, records[0]).acquired and claim(keys, records[1]).acquired
+
+
+def test_a_key_twice_in_a_delivery_is_claimed_once(keys: Keys) -> None:
+    # given a delivery with one key twice (the same record, or another under its key)
+    text = fresh("twice")
+    records = [usage(text), usage(fresh("once")), usage(text, "9")]
+    # when it claims its keys together
+    claims = claim_new(keys, records)
+    # then the key's first record holds it; its second claims it alone (and finds it held)
+    assert [c is not None for c in claims] == [True, True, False]
+    assert not claim(keys, records[2]).acquired
+    # and a delivery of one key alone claims nothing together, and writes nothing
+    alone = usage(fresh("alone"))
+    assert claim_new(keys, [alone, alone]) == [None, None]
+    assert keys.store.items([key_pk(alone.key)]) == {}
+
+
+def test_a_key_claimed_meanwhile_by_another_attempt_stays_that_attempt_s(keys: Keys) -> None:
+    # given a delivery, one of whose keys another attempt claims while the delivery's
+    # keys are being claimed
+    records = [usage(fresh(f"race{n}")) for n in range(3)]
+    other: list[Claim] = []
+    keys.before_batch(lambda: other.append(claim(keys, records[1])))
+    # when the delivery claims its keys together
+    claims = claim_new(keys, records)
+    # then the others are claimed, that one is left to its own claim, and stays held by
+    # the attempt that took it: only that attempt's result is written over it
+    assert [c is not None and c.acquired for c in claims] == [True, False, True]
+    [taken] = other
+    assert taken.acquired
+    assert not claim(keys, records[1]).acquired
+    keys.store.finish(Result(taken, KeyStatus.POSTED, usage_id=44))
+    assert claim(keys, records[1]).previous.usage_id == 44  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("code", ["ThrottlingException", "ValidationException"])
+def test_a_batch_the_store_refuses_claims_nothing(keys: Keys, code: str) -> None:
+    # given a store that refuses the delivery's transaction (throttled, or invalid)
+    records = [usage(fresh(f"refused{n}")) for n in range(3)]
+    keys.refuse_batch(code)
+    # when the delivery claims its keys together
+    claims = claim_new(keys, records)
+    # then none is claimed, nothing is written, and each record claims its key alone
+    assert claims == [None, None, None]
+    assert keys.store.items([key_pk(r.key) for r in records]) == {}
+    keys.refuse_batch(None)
+    assert all(claim(keys, record).acquired for record in records)
+
+
+def test_a_delivery_of_more_keys_than_a_transaction_takes_claims_them_all(keys: Keys) -> None:
+    # given 130 records (past TransactWriteItems' 100), one of which was posted before
+    records = [usage(fresh(f"many{n}")) for n in range(130)]
+    keys.store.finish(Result(claim(keys, records[117]), KeyStatus.POSTED, usage_id=45))
+    # when the delivery claims its keys together
+    claims = claim_new(keys, records)
+    # then every new key is claimed, the existing one is not
+    assert [n for n, c in enumerate(claims) if c is None or not c.acquired] == [117]
+
+
+def test_a_vanished_batch_claim_is_taken_over_once_its_lock_expires(keys: Keys) -> None:
+    # given a delivery that claimed its keys together and stopped
+    records = [usage(fresh(f"gone{n}")) for n in range(2)]
+    assert all(c is not None for c in claim_new(keys, records))
+    assert not claim(keys, records[0]).acquired
+    # when its lock has expired
+    keys.clock.advance(LIFETIME + 10)
+    again = claim(keys, records[0])
+    # then the next attempt takes it, and learns an earlier post may be unseen
+    assert again.acquired
+    assert again.previous is not None and again.previous.unsettled_since() is not None
 
 
 # --- the window store -----------------------------------------------------------------------

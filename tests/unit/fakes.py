@@ -133,7 +133,7 @@ class _Key:
 
 class FakeKeyStore:
     """IdempotencyStore's rules over a dict (tests/integration/test_store_contracts.py holds
-    the two equal). `down` makes every call fail."""
+    the two equal). `down` makes every call fail; `batch_fails` only claim_new's."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
@@ -141,6 +141,8 @@ class FakeKeyStore:
         self.owners: dict[int, str] = {}  # usage id -> the key it settled
         self.aliases: dict[str, str | None] = {}  # a CloudEvent key's (table.event_alias)
         self.down = False
+        self.batch_fails = False  # claim_new's transaction refused (throttled, invalid)
+        self.before_claim_new: Callable[[], None] | None = None
         self.events: Any = None  # a FakeWindowStore: its event keys share this table
         self._lock = threading.RLock()
 
@@ -195,6 +197,50 @@ class FakeKeyStore:
             key.status = KeyStatus.IN_PROGRESS
             key.token, key.lock_expires, key.attempt_started, key.phase = token, lock, now, phase
             return Claim(pk, token, previous)
+
+    def claim_new(self, usages: Sequence[Usage], deadline: Deadline) -> list[Claim | None]:
+        """IdempotencyStore.claim_new: a delivery's new keys claimed together (at least two
+        distinct ones); for a key that exists and the webhook may not take, its holder's
+        state (not acquired); None for one it may take, a repeat of an earlier key, or every
+        key when the store is down or refuses the batch (`batch_fails`). `before_claim_new`
+        runs first, once (another attempt claiming a key meanwhile)."""
+        if self.before_claim_new is not None:
+            hook, self.before_claim_new = self.before_claim_new, None
+            hook()
+        with self._lock:
+            claims: list[Claim | None] = [None] * len(usages)
+            first: dict[str, int] = {}
+            for n, usage in enumerate(usages):
+                first.setdefault(key_pk(usage.key), n)
+            if len(first) < 2 or self.down or self.batch_fails:
+                return claims
+            now = self.clock()
+            lock = now + deadline.remaining() + LOCK_MARGIN_SECONDS
+            for pk, n in first.items():
+                key = self.keys.get(pk)
+                if key is not None:  # not new: what a claim answers, or it claims alone
+                    takeable = key.status is KeyStatus.RELEASED or (
+                        key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) < now
+                    )
+                    if not takeable or key.fingerprint != usages[n].fingerprint:
+                        claims[n] = Claim(pk, None, key.state())
+                    continue
+                usage, token = usages[n], uuid.uuid4().hex
+                self.aliases[pk] = event_alias(usage.key)
+                self.keys[pk] = _Key(
+                    KeyStatus.IN_PROGRESS,
+                    usage.fingerprint,
+                    usage.subscription_line,
+                    usage.date_time,
+                    token,
+                    lock,
+                    now,
+                    "posting",
+                    usage.quantity_text,
+                    usage.quantity_text,
+                )
+                claims[n] = Claim(pk, token, None)
+            return claims
 
     def wait_while_locked(self, pk: str, deadline: Deadline, at_most: float) -> KeyState | None:
         with self._lock:

@@ -124,6 +124,12 @@ class Lifecycle(RuleBasedStateMachine):
     def stores(self, store: bool, sqs: bool) -> None:
         self.store.down, self.queues.down = store, sqs
 
+    @rule(fails=st.booleans())
+    def store_refuses_batches(self, fails: bool) -> None:
+        # a delivery's new keys claimed together (one transaction) are refused, throttled or
+        # invalid, while every single-key call goes through
+        self.store.batch_fails = fails
+
     # --- deliveries ----------------------------------------------------------------------------
 
     @rule(
@@ -137,17 +143,32 @@ class Lifecycle(RuleBasedStateMachine):
             min_size=1,
             max_size=4,
             unique_by=lambda p: p[0],
-        )
+        ),
+        twice=st.booleans(),
+        meanwhile=st.sampled_from([None, 0, -1]),
     )
-    def deliver(self, picks: list[tuple[int, int, Decimal, int]]) -> None:
+    def deliver(
+        self, picks: list[tuple[int, int, Decimal, int]], twice: bool, meanwhile: int | None
+    ) -> None:
         usages = []
         for n, line, quantity, micro in picks:
             usage = self.records.get(f"k#v1/usages#key-{n}") or record(n, line, quantity, micro)
             self.records[key_pk(usage.key)] = usage
             usages.append(usage)
+        if twice:  # the sender repeats its first record in the same delivery
+            usages.append(usages[0])
+        if meanwhile is not None:
+            # while the delivery's keys are claimed together, another attempt claims one of
+            # them and vanishes (a concurrent delivery whose function was killed)
+            def concurrent(usage: Usage = usages[meanwhile]) -> None:
+                if not self.store.down:
+                    self.store.claim(usage, Deadline.after(5))
+
+            self.store.before_claim_new = concurrent
         down = self.store.down or self.queues.down
         subs = [Submission(i, u, TENANT) for i, u in enumerate(usages)]
         outcomes = self.submitter.submit_all(subs, Deadline.after(25), self.queues.place_failed, 1)
+        self.store.before_claim_new = None
         reply = summarize("delivery", subs, outcomes)
         body = json.loads(reply.body.model_dump_json(exclude_defaults=True))
         # a 503 only while a store is down

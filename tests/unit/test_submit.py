@@ -118,3 +118,90 @@ def test_each_key_is_written_as_soon_as_its_record_is_done() -> None:
     piriod.gate.set()
     worker.join(timeout=10)
     assert [o.fate for o in outcomes] == [Fate.POSTED, Fate.POSTED]
+
+
+class Counting(FakeKeyStore):
+    """The fake store, counting the claims made one key at a time."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.single = 0
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        self.single += 1
+        return super().claim(*args, **kwargs)
+
+
+def test_a_delivery_s_new_keys_are_claimed_together_and_the_others_alone() -> None:
+    # given a delivery of four records, the third of which was posted before
+    clock = Clock()
+    store, queues = Counting(clock), FakeQueues()
+    submitter = Submitter(Gated(slow_line=-1), store, 0.0, 60.0, clock=clock)
+    submitter.submit_all(
+        [Submission(0, usage(2), TENANT)], Deadline.after(20), queues.place_failed, 4
+    )
+    store.single = 0
+    subs = [Submission(n, usage(n), TENANT) for n in range(4)]
+    # when it is submitted
+    outcomes = submitter.submit_all(subs, Deadline.after(20), queues.place_failed, 4)
+    # then the new ones are posted on the claims made together, and the one that existed
+    # is a duplicate from what the batch found of it: no record claims its key alone
+    assert [o.fate for o in outcomes] == [Fate.POSTED, Fate.POSTED, Fate.DUPLICATE, Fate.POSTED]
+    assert store.single == 0
+    # and with the batch refused, every record claims alone, with the same outcomes
+    store.batch_fails, store.single = True, 0
+    again = [Submission(n, usage(n + 10), TENANT) for n in range(3)]
+    outcomes = submitter.submit_all(again, Deadline.after(20), queues.place_failed, 4)
+    assert [o.fate for o in outcomes] == [Fate.POSTED] * 3 and store.single == 3
+
+
+def test_a_record_not_started_at_the_deadline_writes_its_batch_claim_as_queued() -> None:
+    # given a delivery of two records claimed together, one worker, and a first post that
+    # does not answer before the deadline (the second record's worker never starts)
+    clock = Clock()
+    piriod, store, queues = Gated(slow_line=100), FakeKeyStore(clock), FakeQueues()
+    submitter = Submitter(piriod, store, 0.0, 60.0, clock=clock)
+    subs = [Submission(0, usage(0), TENANT), Submission(1, usage(1), TENANT)]
+    try:
+        # when the delivery reaches its deadline
+        outcomes = submitter.submit_all(subs, Deadline.after(0.5), queues.place_failed, 1)
+    finally:
+        piriod.gate.set()
+    # then the first is queued ambiguous, the second queued as not tried, and both keys
+    # say where they wait (as a record that claimed alone and then stopped)
+    assert outcomes[0].fate is Fate.QUEUED and outcomes[0].ambiguous
+    assert outcomes[1].fate is Fate.QUEUED and not outcomes[1].ambiguous
+    for n in (0, 1):
+        key = store.keys[key_pk(usage(n).key)]
+        assert key.status is KeyStatus.QUEUED and key.waiting == REPLAY
+    assert store.keys[key_pk(usage(1).key)].ambiguous_since is None
+
+
+def test_keys_claimed_together_after_the_deadline_answered_are_released() -> None:
+    # given a store whose batch of new keys is answered only after the deadline
+    clock = Clock()
+    store, queues = FakeKeyStore(clock), FakeQueues()
+    submitter = Submitter(Gated(slow_line=-1), store, 0.0, 60.0, clock=clock)
+    gate = threading.Event()
+
+    def slow() -> None:
+        gate.wait(timeout=30)
+
+    store.before_claim_new = slow
+    subs = [Submission(0, usage(0), TENANT), Submission(1, usage(1), TENANT)]
+    try:
+        # when the delivery reaches its deadline
+        outcomes = submitter.submit_all(subs, Deadline.after(0.5), queues.place_failed, 2)
+    finally:
+        gate.set()
+    # then both are answered queued, not tried
+    assert [o.fate for o in outcomes] == [Fate.QUEUED, Fate.QUEUED]
+    assert not any(o.ambiguous for o in outcomes)
+    # and the keys claimed after that are released, free for replay (nothing was posted)
+    pks = [key_pk(usage(n).key) for n in (0, 1)]
+    for _ in range(1000):
+        if all(pk in store.keys and store.keys[pk].status is KeyStatus.RELEASED for pk in pks):
+            break
+        threading.Event().wait(0.01)
+    assert [store.keys[pk].status for pk in pks] == [KeyStatus.RELEASED] * 2
+    assert all(store.keys[pk].ambiguous_since is None for pk in pks)
