@@ -71,6 +71,9 @@ def test_build_packages_every_function_with_its_requirements(built: Path) -> Non
 CASES = [
     ("webhook-single.json", 202, ["posted"], [101]),
     ("webhook-duplicate.json", 202, ["duplicate"], [101]),
+    # the sample correction amends the single sample's record: its usage deleted, another
+    # of line 101 posted at 1.25
+    ("webhook-correction.json", 202, ["applied"], [101]),
     ("webhook-batch.json", 202, ["posted", "posted", "posted"], [101, 101, 102, 103]),
     ("webhook-rejected.json", 202, ["rejected"], [101, 101, 102, 103]),
     ("webhook-invalid.json", 422, None, [101, 101, 102, 103]),
