@@ -746,11 +746,17 @@ class Submitter:
                 unsure = True
             elif entry.created >= since - CLOCK_SKEW_SECONDS:  # else: existed before us
                 candidates.append(entry.usage_id)
+        # The key already holds a known usage (its post ended and wrote it; what made this
+        # look unseen was a hand-over while that post was in flight): listed, it is this
+        # record's, whoever else is identical.
+        own = claim.previous.usage_id if claim.previous is not None else None
+        if own is not None and own in candidates:
+            candidates = [own]
         # Identical records without a known usage id (posted id-less, or with an unseen post
         # of their own) may each own one listed usage: one is taken for this record only when
         # more are listed than they could account for. Identical usages are interchangeable;
         # each key takes a different one (take_usage), so every record keeps one.
-        if candidates and len(set(candidates)) <= others.unknown + others.unseen:
+        elif candidates and len(set(candidates)) <= others.unknown + others.unseen:
             if others.unknown:
                 return _ambiguous("identical records were posted without a usage id; not chosen")
             # A record identical at the listed precision has an unseen post of its own: the
