@@ -296,10 +296,23 @@ def test_the_operator_sees_windows_and_the_oldest_due_one(meters: Adapter, pirio
 
 
 def test_concurrent_deliveries_to_one_line_and_window_are_all_counted_once(
-    meters: Adapter, piriod: Any
+    meters: Adapter, piriod: Any, monkeypatch: Any
 ) -> None:
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from piriod_adapter.observability import metrics
+
+    # Lambda runs one invocation at a time per process, so Powertools' metrics are one
+    # global set; here ten invocations share this process: each flush is made whole (one
+    # flush emptying the set between another's check and its serialization raised).
+    flushing, flush = threading.Lock(), metrics.provider.flush_metrics
+
+    def flush_whole(*args: Any, **kwargs: Any) -> None:
+        with flushing:
+            flush(*args, **kwargs)
+
+    monkeypatch.setattr(metrics.provider, "flush_metrics", flush_whole)
     # given 8 senders with 100 events each for one line and window, and 2 of them resending
     # the first sender's delivery at the same time
     window = minute(3)
