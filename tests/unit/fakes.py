@@ -150,6 +150,24 @@ class FakeKeyStore:
         if self.down:
             raise StoreUnavailable("fake store down")
 
+    def _new_key(
+        self, pk: str, usage: Usage, token: str, lock: float, now: float, phase: str
+    ) -> None:
+        """A key nobody had, taken by an attempt (claim and claim_new alike)."""
+        self.aliases[pk] = event_alias(usage.key)
+        self.keys[pk] = _Key(
+            KeyStatus.IN_PROGRESS,
+            usage.fingerprint,
+            usage.subscription_line,
+            usage.date_time,
+            token,
+            lock,
+            now,
+            phase,
+            usage.quantity_text,
+            usage.quantity_text,
+        )
+
     def claim(
         self,
         usage: Usage,
@@ -167,19 +185,7 @@ class FakeKeyStore:
             phase = "settling" if settling else "posting"
             key = self.keys.get(pk)
             if key is None:
-                self.aliases[pk] = event_alias(usage.key)
-                self.keys[pk] = _Key(
-                    KeyStatus.IN_PROGRESS,
-                    usage.fingerprint,
-                    usage.subscription_line,
-                    usage.date_time,
-                    token,
-                    lock,
-                    now,
-                    phase,
-                    usage.quantity_text,
-                    usage.quantity_text,
-                )
+                self._new_key(pk, usage, token, lock, now, phase)
                 return Claim(pk, token, None)
             takeable = key.status is KeyStatus.RELEASED or (
                 key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) < now
@@ -226,19 +232,7 @@ class FakeKeyStore:
                         claims[n] = Claim(pk, None, key.state())
                     continue
                 usage, token = usages[n], uuid.uuid4().hex
-                self.aliases[pk] = event_alias(usage.key)
-                self.keys[pk] = _Key(
-                    KeyStatus.IN_PROGRESS,
-                    usage.fingerprint,
-                    usage.subscription_line,
-                    usage.date_time,
-                    token,
-                    lock,
-                    now,
-                    "posting",
-                    usage.quantity_text,
-                    usage.quantity_text,
-                )
+                self._new_key(pk, usage, token, lock, now, "posting")
                 claims[n] = Claim(pk, token, None)
             return claims
 
