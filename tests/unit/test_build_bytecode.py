@@ -17,23 +17,101 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPILE = ROOT / "src" / "compile_bytecode.py"
 
 
+def _runtime() -> tuple[int, int]:
+    """compile_bytecode.RUNTIME (a build script beside the package, not a module of it)."""
+    spec = importlib.util.spec_from_file_location("compile_bytecode", COMPILE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(module.RUNTIME)
+
+
 def _compile(package: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(COMPILE), str(package)], capture_output=True, text=True, check=False
     )
 
 
-def test_every_function_is_built_by_a_target_of_the_makefile() -> None:
-    # given the template's functions and the Makefile's targets
-    resources = load_template()["Resources"]
+def _dry_run(function: str) -> str:
+    """What `sam build` would run for the function (make's dry run, as SAM calls it)."""
+    result = subprocess.run(
+        ["make", "-n", "-C", str(ROOT / "src"), f"build-{function}", "ARTIFACTS_DIR=/tmp/p"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_every_function_is_built_by_the_makefile_for_the_templates_runtime() -> None:
+    # given the template's functions, runtime and architecture
+    template = load_template()
+    resources = template["Resources"]
     functions = [k for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"]
-    makefile = (ROOT / "src" / "Makefile").read_text()
-    targets = set(re.findall(r"build-(\w+)", makefile))
-    # then each function is built by the Makefile, and has its target
+    runtime = template["Globals"]["Function"]["Runtime"]
+    (architecture,) = template["Globals"]["Function"]["Architectures"]
+    machine = {"x86_64": "x86_64", "arm64": "aarch64"}[architecture]
     assert functions
+    assert runtime == "python{}.{}".format(*_runtime())
     for name in functions:
+        assert "Runtime" not in resources[name]["Properties"], name
+        assert "Architectures" not in resources[name]["Properties"], name
+        # then the Makefile builds it, for that Python and that architecture only
         assert resources[name]["Metadata"]["BuildMethod"] == "makefile", name
-        assert name in targets, name
+        commands = _dry_run(name)
+        assert f"--python-version {runtime.removeprefix('python')} " in commands
+        platforms = re.findall(r"--platform (\S+)", commands)
+        assert platforms and all(p.endswith(f"_{machine}") for p in platforms), platforms
+
+
+def test_the_same_code_builds_the_same_bytes_wherever_it_is_built(tmp_path: Path) -> None:
+    # given one package in two directories
+    for where in ("one", "two"):
+        (tmp_path / where / "pkg").mkdir(parents=True)
+        (tmp_path / where / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    # when each is compiled
+    for where in ("one", "two"):
+        assert _compile(tmp_path / where).returncode == 0
+    # then the bytecode is the same, and names /var/task, not the build's directory
+    one, two = (
+        (tmp_path / w / "pkg" / "__pycache__" / "mod.cpython-313.pyc").read_bytes()
+        for w in ("one", "two")
+    )
+    assert one == two
+    assert b"/var/task/pkg/mod.py" in one
+    assert str(tmp_path).encode() not in one
+
+
+def test_only_the_adapters_modules_are_copied(tmp_path: Path) -> None:
+    # given a source package with a module, bytecode, a cache and a stray file, and a package
+    # that holds an older copy of it
+    source = tmp_path / "adapter"
+    (source / "__pycache__").mkdir(parents=True)
+    (source / "handlers").mkdir()
+    (source / "__init__.py").write_text("")
+    (source / "handlers" / "hook.py").write_text("X = 1\n")
+    (source / "__pycache__" / "gone.cpython-313.pyc").write_bytes(b"old")
+    (source / ".DS_Store").write_bytes(b"junk")
+    package = tmp_path / "package"
+    (package / "adapter").mkdir(parents=True)
+    (package / "adapter" / "removed.py").write_text("")
+    # when the package is finished with it
+    result = subprocess.run(
+        [sys.executable, str(COMPILE), str(package), str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # then it holds the modules and their new bytecode, and nothing else
+    assert result.returncode == 0, result.stderr
+    files = sorted(str(p.relative_to(package)) for p in package.rglob("*") if p.is_file())
+    assert files == [
+        "adapter/__init__.py",
+        "adapter/__pycache__/__init__.cpython-313.pyc",
+        "adapter/handlers/__pycache__/hook.cpython-313.pyc",
+        "adapter/handlers/hook.py",
+    ]
 
 
 def test_every_module_gets_bytecode_that_no_import_checks(tmp_path: Path) -> None:
