@@ -571,9 +571,11 @@ class Submitter:
             raise _Abandoned
         if plan.desired is None:  # cancelled (or a window total of zero): nothing is held
             status = KeyStatus.CANCELLED if plan.cancelled else KeyStatus.POSTED
-            self._finish(
-                Result(claim, status, quantity=usage.quantity_text, applied=plan.rev, holding=None)
-            )
+            # A window's total of zero is kept as a posted total of "0" (never posted; what
+            # Piriod held for it is deleted), not at the quantity its message carried: a
+            # restatement to that quantity later must post it anew, not find it held.
+            quantity = usage.quantity_text if plan.cancelled else "0"
+            self._finish(Result(claim, status, quantity=quantity, applied=plan.rev, holding=None))
             return Outcome(Fate.CANCELLED if plan.cancelled else Fate.POSTED)
         if plan.holding is not None:  # already what it should be
             self._finish(
@@ -883,6 +885,9 @@ class _Plan:
         desired = Decimal(state.target) if state.target else usage.quantity
         if state.cancelled or (desired == 0 and usage.key.kind is KeyKind.WINDOW):
             desired = None  # nothing: cancelled, or a window total of zero
+        holding = state.holding
+        if holding is not None and usage.key.kind is KeyKind.WINDOW and _zero(holding.quantity):
+            holding = None  # a window total of zero: Piriod holds nothing for it
         correcting = (
             state.rev > 0
             or state.holding is not None
@@ -894,7 +899,7 @@ class _Plan:
             state.rev,
             state.cancelled,
             desired,
-            state.holding,
+            holding,
             state.deleting,
             state.quantity or usage.quantity_text,
             state.posted_at,
@@ -932,6 +937,10 @@ class _Plan:
             quantity=self.last_quantity,
             correcting=True,
         )
+
+
+def _zero(quantity: str) -> bool:
+    return Decimal(quantity).is_zero()
 
 
 def _ambiguous(error: str, *, asked: bool = True) -> PostResult:
