@@ -71,6 +71,56 @@ class Lifecycle(RuleBasedStateMachine):
         self.corrected: set[str] = set()  # keys with a correction the sender saw accepted
         self.unanswered: list[CorrectionEntry] = []  # answered 503: the sender retries them
         self.during = 0  # corrections made during a post
+        self.exchanged: dict[tuple[str, int], int] = {}
+        self._follow_taken_usages()
+
+    def _follow_taken_usages(self) -> None:
+        """Which record a usage is, as anyone can tell. Piriod names no key on a usage, so two
+        identical usages (line, instant, quantity) that no key knows by id are the same to
+        billing: when a record's key takes its identical twin's (settling, or finding the
+        usage to delete), the twin's usage becomes this record's and this record's own
+        becomes the twin's, for the checks below. A take of another record's usage that is
+        not such an exchange stays that record's, and the checks catch it. The fake store is
+        not changed (its contract tests hold it equal to DynamoDB); only the model's ledger
+        follows it."""
+        take, give_back = self.store.take_usage, self.store.give_back
+
+        def take_usage(claim: Any, usage_id: int) -> bool:
+            taken = take(claim, usage_id)
+            if taken:
+                self._exchange(claim.pk, usage_id)
+            return taken
+
+        def give_back_usage(claim: Any, usage_id: int) -> None:
+            give_back(claim, usage_id)
+            own_id = self.exchanged.pop((claim.pk, usage_id), None)
+            if own_id is not None:  # undo the exchange
+                taken, own = self._entry(usage_id), self._entry(own_id)
+                taken.key, own.key = own.key, taken.key
+
+        self.store.take_usage = take_usage  # type: ignore[method-assign]
+        self.store.give_back = give_back_usage  # type: ignore[method-assign]
+
+    def _entry(self, usage_id: int) -> Any:
+        return next(e for e in self.piriod.ledger if e.usage_id == usage_id)
+
+    def _exchange(self, pk: str, usage_id: int) -> None:
+        taken = self._entry(usage_id)
+        if taken.key == pk or taken.key is None:
+            return
+        known = set(self.store.owners) | {
+            k.usage_id for k in self.store.keys.values() if k.usage_id is not None
+        }
+        for own in self.piriod.ledger:
+            if (
+                own.key == pk
+                and not own.deleted
+                and own.usage_id not in known
+                and (own.line, own.at, own.quantity) == (taken.line, taken.at, taken.quantity)
+            ):
+                own.key, taken.key = taken.key, pk
+                self.exchanged[(pk, usage_id)] = own.usage_id
+                return
 
     # --- the world -------------------------------------------------------------------------
 
@@ -514,3 +564,28 @@ def test_a_cancel_handed_over_mid_post_deletes_its_own_usage_not_an_identical_on
     # then the cancel deleted the usage its key holds, and the id-less twin keeps its own
     assert [e.quantity for e in state.piriod.usages_of("k#v1/usages#key-1")] == [q]
     assert state.piriod.usages_of("k#v1/usages#key-3") == []
+
+
+def test_a_cancel_may_delete_an_identical_records_usage_when_neither_has_an_id() -> None:
+    # given (found by the window model) two identical records (line, instant, quantity),
+    # each posted by a 201 without an id: nothing tells their usages apart
+    q = QUANTITIES[0]
+    state = Lifecycle()
+    state.piriod_will_answer(answers=["zero_id", "zero_id"])
+    state.deliver(meanwhile=None, picks=[(3, 12, q, 123000), (4, 12, q, 123000)], twice=False)
+    assert [e.key for e in state.piriod.ledger] == ["k#v1/usages#key-3", "k#v1/usages#key-4"]
+    # when the second is cancelled, and everything drains
+    state.sender_corrects(
+        action="cancel",
+        attempt=0,
+        data=cast(Any, _Drawn("k#v1/usages#key-4")),
+        deleted=None,
+        posted=None,
+        quantity=q,
+    )
+    state.teardown()
+    # then Piriod holds one of the two usages, for the record not cancelled: the cancel
+    # took the first one listed (the other record's post), and the other is now that
+    # record's (the model's ledger follows the exchange)
+    alive = [e for e in state.piriod.ledger if not e.deleted]
+    assert [(e.usage_id, e.key, e.quantity) for e in alive] == [(2, "k#v1/usages#key-3", q)]
