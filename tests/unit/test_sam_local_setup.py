@@ -44,6 +44,8 @@ def test_with_docker_that_can_pull_aws_image_setup_installs_no_package(tmp_path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _stub(bin_dir, "docker", "exit 0")  # info, image inspect: all fine
+    # the bridge's address, as `ip` shows it (this machine may never have run dockerd)
+    _stub(bin_dir, "ip", "echo '5: docker0    inet 172.17.0.1/16 brd 172.17.255.255 scope global'")
     for tool in ("apt-get", "debootstrap", "dockerd"):
         _stub(bin_dir, tool, "exit 1")
     python = shutil.which("python3.13") or str(
