@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter import table
@@ -54,6 +55,7 @@ __all__ = [
     "Accepted",
     "Claim",
     "Identical",
+    "Suspect",
     "IdempotencyStore",
     "LockLost",
     "Result",
@@ -84,16 +86,45 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Suspect:
+    """Another key of the line, less than a second from a record's instant, whose usage
+    Piriod may list without anyone knowing its id: posted by a 201 without one (`idless`),
+    or with an earlier post of its own that nobody has seen (its usage, if it landed, may be
+    listed). `at` and `quantity` are what that usage would carry (None: not recorded, so it
+    may look like anything on the line)."""
+
+    at: datetime | None
+    quantity: str | None
+    idless: bool
+
+    def twin_of(self, usage: Usage) -> bool:
+        """The same record as `usage` to Piriod (line aside): its usage is interchangeable."""
+        return (
+            self.at == usage.date_time
+            and self.quantity is not None
+            and Decimal(self.quantity) == usage.quantity
+        )
+
+
+@dataclass(frozen=True)
 class Identical:
     """What other keys of the same line, at about the same instant, account for: the usage
-    ids they hold, how many were posted without a known id, whether one is posting now
-    (its usage may be listed before it is recorded), and how many have an earlier post of
-    their own that nobody has seen (its usage, if it landed, may be the one listed)."""
+    ids they hold, whether one is posting now (its usage may be listed before it is
+    recorded), and the suspects: those whose usage may be listed with an id nobody knows."""
 
     held: frozenset[int]
-    unknown: int
     posting: bool
-    unseen: int = 0
+    suspects: tuple[Suspect, ...] = ()
+
+    @property
+    def unknown(self) -> int:
+        """How many were posted without a known usage id."""
+        return sum(1 for s in self.suspects if s.idless)
+
+    @property
+    def unseen(self) -> int:
+        """How many have an earlier post of their own that nobody has seen."""
+        return sum(1 for s in self.suspects if not s.idless)
 
 
 @dataclass(frozen=True)
@@ -440,7 +471,7 @@ class IdempotencyStore:
         assert usage.subscription_line is not None
         now = self._clock()
         held: set[int] = set()
-        unknown = unseen = 0
+        suspects: list[Suspect] = []
         posting = False
         start, end = table.identical_window(usage)
         for item in self.query_line(usage.subscription_line, start, end):
@@ -451,11 +482,11 @@ class IdempotencyStore:
                 if state.holding.usage_id is not None:
                     held.add(state.holding.usage_id)
                 else:
-                    unknown += 1
+                    suspects.append(Suspect(state.at, state.holding.quantity, idless=True))
             elif state.unsettled_since() is not None:
-                unseen += 1
+                suspects.append(Suspect(state.at, state.quantity, idless=False))
             posting = posting or state.posting(now)
-        return Identical(frozenset(held), unknown, posting, unseen)
+        return Identical(frozenset(held), posting, tuple(suspects))
 
     def release(
         self,

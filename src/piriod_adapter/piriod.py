@@ -530,15 +530,19 @@ class Listed:
         quantity equal at the precision they are listed with (a quantity as a binary float
         or with fewer places, a time in milliseconds). False: surely another record; None:
         a field cannot be read, so it may be."""
+        return self.may_be_at(usage.subscription_line, usage.date_time, usage.quantity)
+
+    def may_be_at(self, line: int | None, at: datetime, quantity: Decimal) -> bool | None:
+        """`may_be` for a usage of `line` at `at` with `quantity`."""
         if self.subscription_line is None or self.date_time is None or self.quantity is None:
             return None
-        if self.subscription_line != usage.subscription_line:
+        if self.subscription_line != line:
             return False
         unit = Decimal(1).scaleb(-min(self.time_digits, 6))
-        apart = abs(Decimal(str((self.date_time - usage.date_time).total_seconds())))
+        apart = abs(Decimal(str((self.date_time - at).total_seconds())))
         if apart != 0 and apart >= unit:
             return False
-        return _same_quantity(self.quantity, usage.quantity)
+        return _same_quantity(self.quantity, quantity)
 
 
 def _same_quantity(listed: Decimal, sent: Decimal) -> bool:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from aws_lambda_powertools.metrics import MetricUnit
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import Claim, Identical, Result, StoreUnavailable
+from piriod_adapter.idempotency import Claim, Identical, Result, StoreUnavailable, Suspect
 from piriod_adapter.lifecycle import (
     HANDLED,
     KEY_STATUS,
@@ -738,7 +738,7 @@ class Submitter:
         others = self.store.identical(claim, usage)
         if others.posting:  # an identical record is being posted: its usage may be listed
             return _ambiguous("an identical record is being posted; settled on replay")
-        candidates: list[int] = []
+        candidates: dict[int, Listed] = {}
         unsure = False  # a listed usage that may be this record's but cannot be read
         for entry in listed:
             same = entry.may_be(usage)
@@ -747,24 +747,19 @@ class Submitter:
             if same is None or entry.usage_id is None or entry.created is None:
                 unsure = True
             elif entry.created >= since - CLOCK_SKEW_SECONDS:  # else: existed before us
-                candidates.append(entry.usage_id)
+                candidates[entry.usage_id] = entry
         # The key already holds a known usage (its post ended and wrote it; what made this
         # look unseen was a hand-over while that post was in flight): listed, it is this
         # record's, whoever else is identical.
         own = claim.previous.usage_id if claim.previous is not None else None
-        if own is not None and own in candidates:
-            candidates = [own]
-        # Identical records without a known usage id (posted id-less, or with an unseen post
-        # of their own) may each own one listed usage: one is taken for this record only when
-        # more are listed than they could account for. Identical usages are interchangeable;
-        # each key takes a different one (take_usage), so every record keeps one.
-        elif candidates and len(set(candidates)) <= others.unknown + others.unseen:
-            if others.unknown:
-                return _ambiguous("identical records were posted without a usage id; not chosen")
-            # A record identical at the listed precision has an unseen post of its own: the
-            # listed usage may be that one's, and taking it would let that one post again.
-            return _ambiguous("an identical record's earlier post is unseen too; not chosen")
-        for usage_id in sorted(set(candidates)):
+        chosen = (
+            [own]
+            if own is not None and own in candidates
+            else _unclaimed(usage, others, candidates)
+        )
+        if isinstance(chosen, PostResult):
+            return chosen
+        for usage_id in chosen:
             if not self.store.take_usage(claim, usage_id):
                 continue  # another identical record's usage
             again = self.store.identical(claim, usage)
@@ -941,6 +936,45 @@ class _Plan:
 
 def _zero(quantity: str) -> bool:
     return Decimal(quantity).is_zero()
+
+
+def _unclaimed(
+    usage: Usage, others: Identical, candidates: dict[int, Listed]
+) -> list[int] | PostResult:
+    """The listed usages that may be taken for a record posted as `usage`, in order; or why
+    none may be yet. Other keys whose usage may be listed with an id nobody knows (posted
+    id-less, or with an unseen post of their own) may each own one listed usage. An exact
+    twin's usage is interchangeable with this record's; a lookalike's (listed the same,
+    another instant or quantity) is not. So a usage is taken only when it cannot be a
+    lookalike's, and when more such usages are listed than the twins could account for."""
+    twins = [s for s in others.suspects if s.twin_of(usage)]
+    lookalikes = [s for s in others.suspects if not s.twin_of(usage)]
+    free = sorted(
+        usage_id
+        for usage_id, entry in candidates.items()
+        if not any(_may_own(s, entry, usage) for s in lookalikes)
+    )
+    if not candidates or len(free) > len(twins):
+        return free
+    if len(free) < len(candidates):
+        return _ambiguous(
+            "a record Piriod lists the same way (line, instant and quantity at the precision "
+            "it lists them) was posted without a usage id, or its post is unseen; not chosen"
+        )
+    if any(s.idless for s in twins):
+        return _ambiguous("identical records were posted without a usage id; not chosen")
+    # A twin has an unseen post of its own: the listed usage may be that one's, and taking
+    # it would let that one post again.
+    return _ambiguous("an identical record's earlier post is unseen too; not chosen")
+
+
+def _may_own(suspect: Suspect, entry: Listed, usage: Usage) -> bool:
+    """Whether the listed usage may be the suspect's, as Piriod lists it."""
+    if suspect.at is None or suspect.quantity is None:
+        return True
+    return (
+        entry.may_be_at(usage.subscription_line, suspect.at, Decimal(suspect.quantity)) is not False
+    )
 
 
 def _ambiguous(error: str, *, asked: bool = True) -> PostResult:

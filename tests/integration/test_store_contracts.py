@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.idempotency import Claim, IdempotencyStore, LockLost, Result
+from piriod_adapter.idempotency import Claim, IdempotencyStore, LockLost, Result, Suspect
 from piriod_adapter.lifecycle import KeyStatus, Taker
 from piriod_adapter.models import KeyKind, Usage, UsageKey
 from piriod_adapter.table import KeyState, Waiting, WindowId, key_pk
@@ -299,7 +299,9 @@ def test_identical_records_account_for_each_other(keys: Keys) -> None:
     # given four twins of one line, less than a second apart: one posted as a known usage,
     # one posted without an id, one queued with an unseen post, one being settled
     line = 600 + next(_unique) % 10_000
-    twins = [usage(fresh(f"twin{n}"), line=line, micro=100_000 * n) for n in range(5)]
+    twins = [
+        usage(fresh(f"twin{n}"), quantity=f"1.{n}", line=line, micro=100_000 * n) for n in range(5)
+    ]
     known, idless, unseen, settling, me = twins
     keys.store.finish(Result(claim(keys, known), KeyStatus.POSTED, usage_id=31))
     keys.store.finish(Result(claim(keys, idless), KeyStatus.POSTED))
@@ -312,13 +314,19 @@ def test_identical_records_account_for_each_other(keys: Keys) -> None:
     mine = claim(keys, me)
     # when one of them asks what the others account for
     found = keys.store.identical(mine, me)
-    # then the known usage, one id-less post and one unseen post; nobody is posting
+    # then the known usage, one id-less post and two unseen posts; nobody is posting
     assert (found.held, found.unknown, found.unseen, found.posting) == (
         frozenset({31}),
         1,
         2,
         False,
     )
+    # and each suspect says what its usage would be listed as: its instant and quantity
+    assert sorted(found.suspects, key=lambda s: str(s.at)) == [
+        Suspect(idless.date_time, idless.quantity_text, idless=True),
+        Suspect(unseen.date_time, unseen.quantity_text, idless=False),
+        Suspect(settling.date_time, settling.quantity_text, idless=False),
+    ]
     # and once the settling one is about to post, it is posting
     keys.store.mark_posting(held)
     assert keys.store.identical(mine, me).posting

@@ -23,6 +23,7 @@ from piriod_adapter.idempotency import (
     LockLost,
     Result,
     StoreUnavailable,
+    Suspect,
 )
 from piriod_adapter.lifecycle import Fate, KeyStatus, Placement, Taker
 from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, utc_text
@@ -310,7 +311,7 @@ class FakeKeyStore:
             self._check()
             now = self.clock()
             held: set[int] = set()
-            unknown = unseen = 0
+            suspects: list[Suspect] = []
             posting = False
             for pk, key in self.keys.items():
                 if pk == claim.pk or key.line != usage.subscription_line:
@@ -321,13 +322,13 @@ class FakeKeyStore:
                     if key.holding.usage_id is not None:
                         held.add(key.holding.usage_id)
                     else:
-                        unknown += 1
+                        suspects.append(Suspect(key.at, key.holding.quantity, idless=True))
                 elif key.ambiguous_since is not None or key.status is KeyStatus.IN_PROGRESS:
-                    unseen += 1
+                    suspects.append(Suspect(key.at, key.quantity, idless=False))
                 locked = key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) > now
                 if locked and key.phase != "settling":
                     posting = True
-            return Identical(frozenset(held), unknown, posting, unseen)
+            return Identical(frozenset(held), posting, tuple(suspects))
 
     def release(
         self,
