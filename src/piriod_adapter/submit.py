@@ -873,16 +873,15 @@ class _Plan:
 
     @classmethod
     def of(cls, state: KeyState | None, usage: Usage) -> _Plan:
-        nothing = usage.quantity == 0 and usage.key.kind is KeyKind.WINDOW
+        window = usage.key.kind is KeyKind.WINDOW
+        nothing = usage.quantity == 0 and window
         if state is None:  # a new key: its record as delivered (a window's zero: nothing)
             desired = None if nothing else usage.quantity
             return cls(nothing, 0, False, desired, None, None, usage.quantity_text, None)
         desired = Decimal(state.target) if state.target else usage.quantity
-        if state.cancelled or (desired == 0 and usage.key.kind is KeyKind.WINDOW):
+        if state.cancelled or (desired == 0 and window):
             desired = None  # nothing: cancelled, or a window total of zero
-        holding = state.holding
-        if holding is not None and usage.key.kind is KeyKind.WINDOW and _zero(holding.quantity):
-            holding = None  # a window total of zero: Piriod holds nothing for it
+        holding = None if state.holding is None else state.holding.listed(window)
         correcting = (
             state.rev > 0
             or state.holding is not None
@@ -932,10 +931,6 @@ class _Plan:
             quantity=self.last_quantity,
             correcting=True,
         )
-
-
-def _zero(quantity: str) -> bool:
-    return Decimal(quantity).is_zero()
 
 
 def _unclaimed(

@@ -106,6 +106,14 @@ class Holding:
     quantity: str
     usage_id: int | None
 
+    def listed(self, window: bool) -> Holding | None:
+        """This holding as Piriod lists it for a key (`window`: an aggregation window's
+        total): none for a window total of zero, which is never posted (a restatement to
+        zero deleted its usage)."""
+        if window and Decimal(self.quantity).is_zero():
+            return None
+        return self
+
 
 @dataclass(frozen=True)
 class KeyState:
@@ -232,11 +240,7 @@ class KeyRecord:
         """The usage Piriod should list for this key now: the one it holds, except a window
         total of zero, which is never posted (a restatement to zero deleted its usage)."""
         held = self.holding
-        if held is None:
-            return None
-        if self.key.split("#", 1)[0] in ("a", "ah") and Decimal(held.quantity).is_zero():
-            return None
-        return held
+        return None if held is None else held.listed(self.key.split("#", 1)[0] in ("a", "ah"))
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> KeyRecord:
