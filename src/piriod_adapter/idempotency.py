@@ -430,6 +430,9 @@ class IdempotencyStore:
         amended record's). Raises StoreUnavailable."""
         assert claim.token is not None
         self._held(claim, "update key", table.mark_posting(claim.pk, claim.token, quantity))
+        claimed = self._claims.get(claim.token)
+        if quantity is not None and claimed is not None:  # what finish writes by default
+            claimed["quantity"] = {"S": quantity}
 
     def hold(self, claim: Claim, holding: Holding | None) -> None:
         """What Piriod holds for the key now, while the attempt goes on (a usage found by

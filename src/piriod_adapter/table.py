@@ -606,12 +606,16 @@ def waiting_in(queue: str, shard: int) -> dict[str, Any]:
     }
 
 
+IDENTICAL_WITHIN = timedelta(seconds=2)  # keys this close may be listed alike
+
+
 def identical_window(usage: Usage) -> tuple[str, str]:
-    """The instants of the keys that may be listed like `usage`: strictly within a second (a
-    usage a whole second apart is told apart even when listed to the second; an aggregation
-    window's generations are one second apart)."""
-    one = timedelta(seconds=1) - timedelta(microseconds=1)
-    return sortable_utc(usage.date_time - one), sortable_utc(usage.date_time + one)
+    """The instants of the keys whose usage may be listed like `usage`: strictly within two
+    seconds. Piriod may list a time cut or rounded to the second, and a listed time matches a
+    record less than a second from it (Listed.may_be), so a usage listed the same as `usage`
+    may be another record's up to two seconds away."""
+    two = IDENTICAL_WITHIN - timedelta(microseconds=1)
+    return sortable_utc(usage.date_time - two), sortable_utc(usage.date_time + two)
 
 
 # --- aggregation windows -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -330,6 +330,47 @@ def test_identical_records_account_for_each_other(keys: Keys) -> None:
     # and once the settling one is about to post, it is posting
     keys.store.mark_posting(held)
     assert keys.store.identical(mine, me).posting
+
+
+def test_keys_less_than_two_seconds_apart_may_be_listed_alike(keys: Keys) -> None:
+    # given three keys of one line posted without ids: 1.9 s, 2 s and 2.5 s from a record
+    # (Piriod may list times cut to the second, and a listed time matches a record less
+    # than a second from it, so usages up to two seconds apart may be listed alike)
+    line = 600 + next(_unique) % 10_000
+    me = usage(fresh("me"), line=line, micro=0)
+
+    def at(text: str, seconds: float) -> Usage:
+        return Usage(
+            subscription_line=line,
+            date_time=me.date_time + timedelta(seconds=seconds),
+            quantity=Decimal("1.5"),
+            key=UsageKey(kind=KeyKind.EXPLICIT, scope="v1/usages", text=fresh(text)),
+        )
+
+    near, two, far = at("near", -1.9), at("two", 2.0), at("far", 2.5)
+    for record in (near, two, far):
+        keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED))
+    # when the record asks what the others account for
+    found = keys.store.identical(claim(keys, me), me)
+    # then only the one less than two seconds away is a suspect
+    assert found.suspects == (Suspect(near.date_time, "1.5", idless=True),)
+
+
+def test_an_unseen_amend_post_is_what_the_key_says_it_carries(keys: Keys) -> None:
+    # given a record delivered at 1.5 whose attempt is about to post its amend at 2.5
+    line = 600 + next(_unique) % 10_000
+    record = usage(fresh("amended"), quantity="1.5", line=line)
+    mine = claim(keys, record)
+    keys.store.mark_posting(mine, "2.5")
+    # when the attempt is answered for with its post unseen and no quantity of its own (the
+    # function's deadline struck while the post was in flight)
+    keys.store.finish(
+        Result(mine, KeyStatus.QUEUED, ambiguous_since=99.0, waiting=waiting("replay"))
+    )
+    # then an identical record sees its unseen post as carrying 2.5, not the delivered 1.5
+    other = usage(fresh("other"), line=line, micro=123457)
+    found = keys.store.identical(claim(keys, other), other)
+    assert found.suspects == (Suspect(record.date_time, "2.5", idless=False),)
 
 
 def test_a_correction_is_accepted_once_by_its_id_in_the_order_they_come(keys: Keys) -> None:

@@ -30,6 +30,7 @@ from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, utc_
 from piriod_adapter.piriod import DeleteResult, Listed, PiriodUnavailable, PostResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.table import (
+    IDENTICAL_WITHIN,
     MAX_CORRECTIONS,
     Holding,
     KeyState,
@@ -316,7 +317,7 @@ class FakeKeyStore:
             for pk, key in self.keys.items():
                 if pk == claim.pk or key.line != usage.subscription_line:
                     continue
-                if abs((key.at - usage.date_time).total_seconds()) >= 1:
+                if abs(key.at - usage.date_time) >= IDENTICAL_WITHIN:
                     continue
                 if key.holding is not None:
                     if key.holding.usage_id is not None:

@@ -659,3 +659,29 @@ def test_lookalikes_no_listing_tells_apart_wait_for_a_person() -> None:
     assert state._waits("k#v1/usages#key-4")
     [message] = state.queues.replay + state.queues.dead
     assert "lists the same way" in json.loads(message.body)["failure"]["error"]
+
+
+def test_a_cancel_never_guesses_a_lookalike_up_to_two_seconds_away() -> None:
+    # given Piriod lists times to the second, and two records of one quantity 1.7 s apart
+    # (10:00:00.9 listed as 10:00:00, which matches 09:59:59.2 too), both posted by 201s
+    # without ids (found by a second reviewer: the other key was not looked at)
+    q = QUANTITIES[2]
+    state = Lifecycle()
+    state.piriod_lists_at(quantity="exact", time="seconds", miss=False)
+    state.piriod_will_answer(answers=["zero_id", "zero_id"])
+    later = record(4, 12, q, 0).model_copy(
+        update={"date_time": datetime(2026, 11, 30, 10, 0, 0, 900000, tzinfo=UTC)}
+    )
+    earlier = record(3, 12, q, 0).model_copy(
+        update={"date_time": datetime(2026, 11, 30, 9, 59, 59, 200000, tzinfo=UTC)}
+    )
+    state.records.update({"k#v1/usages#key-4": later, "k#v1/usages#key-3": earlier})
+    state.deliver(meanwhile=None, picks=[(4, 12, q, 0), (3, 12, q, 0)], twice=False)
+    assert [e.key for e in state.piriod.ledger] == ["k#v1/usages#key-4", "k#v1/usages#key-3"]
+    # when the earlier one is cancelled
+    _cancel(state, "k#v1/usages#key-3")
+    # then the cancel deletes its own record's usage: the other's, listed 10:00:00, may be
+    # either record's, but the one listed 09:59:59 cannot be the later record's
+    assert [e.deleted for e in state.piriod.ledger] == [False, True]
+    state.teardown()
+    assert [e.deleted for e in state.piriod.ledger] == [False, True]
