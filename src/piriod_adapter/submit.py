@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -156,6 +156,9 @@ class _Attempt:
     claim: Claim | None = None
     since: float | None = None  # an earlier attempt's unseen post
     sent_at: float | None = None  # our own post, once sent
+    quantity: str | None = None  # the quantity our post carries, once sent
+    plan: _Plan | None = None  # what Piriod holds for the key, as the attempt goes on
+    deleting: int | None = None  # a usage whose DELETE this attempt sent (until answered)
     abandoned: bool = False
     placing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -163,11 +166,11 @@ class _Attempt:
     def unseen_since(self) -> float | None:
         return self.sent_at if self.sent_at is not None else self.since
 
-    def start_post(self, now: float) -> bool:
+    def start_post(self, now: float, quantity: str) -> bool:
         with self.lock:
             if self.abandoned:
                 return False
-            self.sent_at = now
+            self.sent_at, self.quantity = now, quantity
             return True
 
     def start_placing(self) -> bool:
@@ -378,7 +381,16 @@ class Submitter:
         logger.warning(
             "record answered at the deadline", extra={"index": sub.index, "sent": unseen}
         )
-        return self.place(failed(sub, result, unseen, claim), sink)
+        plan = attempt.plan
+        if plan is None or not plan.correcting or claim is None:
+            return self.place(failed(sub, result, unseen, claim, quantity=attempt.quantity), sink)
+        # A correction's attempt keeps what Piriod may still hold for the key: its usage,
+        # and a DELETE in flight (asked about before anything is sent again).
+        deleting = attempt.deleting if attempt.deleting is not None else plan.deleting
+        step = plan.failed(sub, result, unseen, claim, deleting=deleting)
+        if attempt.quantity is not None:  # our post of the amend is in flight
+            step = replace(step, quantity=attempt.quantity)
+        return self.place(step, sink)
 
     # --- one record --------------------------------------------------------------------------
 
@@ -459,7 +471,7 @@ class Submitter:
                 FailureKind.REJECTED, errors={"meter_id": [no_line(usage)]}, attempted=False
             )
             return self._place_from(attempt, failed(sub, refused, since, claim), sink)
-        plan = _Plan.of(claim.previous, usage)
+        plan = attempt.plan = _Plan.of(claim.previous, usage)
         if since is not None:
             unseen = plan.unseen(usage)
             settled = self._settle(claim, sub, unseen, since, deadline, final=not plan.correcting)
@@ -494,7 +506,7 @@ class Submitter:
                 error="Piriod refused the delivery's first connections; not tried",
                 attempted=False,
             )
-        elif not attempt.start_post(self.clock()):
+        elif not attempt.start_post(self.clock(), usage.quantity_text):
             raise _Abandoned
         else:
             started = self.clock()
@@ -552,6 +564,7 @@ class Submitter:
                 if held_id is None:  # posted by a 201 without an id: found as settling finds
                     held_id = self._find_held(claim, sub, plan, deadline)
                 if held_id is not None:
+                    attempt.deleting = held_id  # until answered: the deadline may place it
                     deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)
                     if not deleted.gone:
                         refused = PostResult(deleted.failure, deleted.status, error=deleted.error)
@@ -559,6 +572,7 @@ class Submitter:
                         step = plan.failed(sub, refused, None, claim, deleting=lost)
                         return self._place_from(attempt, step, sink)
                 plan.holding = None
+                attempt.deleting = None
                 if plan.desired is not None:
                     self.store.hold(claim, None)  # deleted: an amend's post may follow
         except (PiriodUnavailable, _NotFound) as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -685,3 +686,35 @@ def test_a_cancel_never_guesses_a_lookalike_up_to_two_seconds_away() -> None:
     assert [e.deleted for e in state.piriod.ledger] == [False, True]
     state.teardown()
     assert [e.deleted for e in state.piriod.ledger] == [False, True]
+
+
+def test_a_cancel_whose_delete_is_in_flight_at_the_deadline_keeps_the_usage_it_holds() -> None:
+    # given a record posted as usage 1 (found by a second reviewer)
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    pk = "k#v1/usages#key-3"
+    assert state.store.keys[pk].usage_id == 1
+    delete, answered = state.piriod.delete_usage, threading.Event()
+
+    def slow_then_refused(*args: Any, **kwargs: Any) -> Any:
+        answered.wait(5)  # still in flight when the function's deadline answers
+        state.piriod.delete_answers.appendleft("refused")
+        return delete(*args, **kwargs)
+
+    state.piriod.delete_usage = slow_then_refused  # type: ignore[method-assign]
+    entry = CorrectionEntry.model_validate(
+        {"action": "cancel", "key": "key-3", "quantity": None, "correction_id": "c1"}
+    )
+    # when its cancel's DELETE is still unanswered at the deadline, and is then refused
+    [done] = state.corrector().run([entry], Deadline.after(0.3))
+    answered.set()
+    # then the cancel waits, and the key still knows usage 1 (its DELETE unanswered)
+    assert done.status == "pending"
+    key = state.store.keys[pk]
+    assert key.holding is not None and key.holding.usage_id == 1
+    assert key.deleting == 1
+    # and once everything drains, usage 1 is deleted and the record is cancelled
+    state.piriod.delete_usage = delete  # type: ignore[method-assign]
+    state.teardown()
+    assert [e.deleted for e in state.piriod.ledger] == [True]
+    assert state.store.keys[pk].cancelled
