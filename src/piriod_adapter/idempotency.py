@@ -87,7 +87,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class Suspect:
-    """Another key of the line, less than a second from a record's instant, whose usage
+    """Another key of the line, less than two seconds from a record's instant, whose usage
     Piriod may list without anyone knowing its id: posted by a 201 without one (`idless`),
     or with an earlier post of its own that nobody has seen (its usage, if it landed, may be
     listed). `at` and `quantity` are what that usage would carry (None: not recorded, so it
@@ -403,7 +403,8 @@ class IdempotencyStore:
         claim = result.claim
         assert claim.token is not None, "only a claim that was taken is written over"
         claimed = self._claims.pop(claim.token, None)
-        assert claimed is not None, "a claim is finished once"
+        if claimed is None:  # finished or settled already (by its worker, at a deadline)
+            raise LockLost("cannot record result: the claim was written over already")
         quantity = result.quantity or claimed["quantity"]["S"]
         holding = result.holding
         if result.status is KeyStatus.POSTED:
@@ -469,7 +470,7 @@ class IdempotencyStore:
             return  # not ours (any more)
 
     def identical(self, claim: Claim, usage: Usage) -> Identical:
-        """Other keys of the record's line less than a second from its instant: any of them
+        """Other keys of the record's line less than two seconds from its instant: any of them
         may be listed at a precision that makes it look like this record."""
         assert usage.subscription_line is not None
         now = self._clock()

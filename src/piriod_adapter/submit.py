@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -159,6 +159,7 @@ class _Attempt:
     quantity: str | None = None  # the quantity our post carries, once sent
     plan: _Plan | None = None  # what Piriod holds for the key, as the attempt goes on
     deleting: int | None = None  # a usage whose DELETE this attempt sent (until answered)
+    left: tuple[Holding | None, int | None] | None = None  # the plan's holding and DELETE
     abandoned: bool = False
     placing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -181,12 +182,35 @@ class _Attempt:
             return True
 
     def abandon(self) -> bool:
-        """Take the record over from its worker; False when the worker is placing it."""
+        """Take the record over from its worker; False when the worker is placing it. What
+        the worker knew of its key is kept as it stood (`left`): from now on the worker sends
+        nothing more to Piriod."""
         with self.lock:
             if self.placing:
                 return False
             self.abandoned = True
+            plan = self.plan
+            if plan is not None:
+                deleting = self.deleting if self.deleting is not None else plan.deleting
+                self.left = (plan.holding, deleting)
             return True
+
+    def start_delete(self, usage_id: int) -> bool:
+        """About to DELETE a usage the key holds: False once the deadline took the record."""
+        with self.lock:
+            if self.abandoned:
+                return False
+            self.deleting = usage_id
+            return True
+
+    def holds(self, holding: Holding | None, *, deleting: bool = False) -> None:
+        """What Piriod holds for the key now, as the worker learnt it (`deleting`: and the
+        DELETE it asked about, or sent, is answered)."""
+        assert self.plan is not None
+        with self.lock:
+            self.plan.holding = holding
+            if deleting:
+                self.plan.deleting = self.deleting = None
 
 
 class _NewKeys:
@@ -382,15 +406,24 @@ class Submitter:
             "record answered at the deadline", extra={"index": sub.index, "sent": unseen}
         )
         plan = attempt.plan
-        if plan is None or not plan.correcting or claim is None:
+        if plan is None or not plan.correcting or claim is None or attempt.left is None:
             return self.place(failed(sub, result, unseen, claim, quantity=attempt.quantity), sink)
         # A correction's attempt keeps what Piriod may still hold for the key: its usage,
         # and a DELETE in flight (asked about before anything is sent again).
-        deleting = attempt.deleting if attempt.deleting is not None else plan.deleting
-        step = plan.failed(sub, result, unseen, claim, deleting=deleting)
-        if attempt.quantity is not None:  # our post of the amend is in flight
-            step = replace(step, quantity=attempt.quantity)
-        return self.place(step, sink)
+        holding, deleting = attempt.left
+        return self.place(
+            failed(
+                sub,
+                result,
+                unseen,
+                claim,
+                holding=holding,
+                deleting=deleting,
+                quantity=attempt.quantity or plan.last_quantity,
+                correcting=True,
+            ),
+            sink,
+        )
 
     # --- one record --------------------------------------------------------------------------
 
@@ -480,7 +513,7 @@ class Submitter:
                     return self._place_from(attempt, plan.failed(sub, settled, since, claim), sink)
                 if not plan.correcting:
                     return Outcome(Fate.POSTED, usage_id=settled.usage_id, settled=True)
-                plan.holding = Holding(unseen.quantity_text, settled.usage_id)
+                attempt.holds(Holding(unseen.quantity_text, settled.usage_id))
             elif settling and not plan.correcting:
                 try:
                     self.store.mark_posting(claim)
@@ -554,25 +587,24 @@ class Submitter:
         assert line is not None
         try:
             if plan.deleting is not None:  # asked before anything is sent again
-                if not self.piriod.usage_listed(
+                listed = self.piriod.usage_listed(
                     plan.deleting, line, usage.date_time, sub.tenant, deadline
-                ):
-                    plan.holding = None  # the DELETE went through
-                plan.deleting = None
+                )  # not listed: the DELETE went through
+                attempt.holds(plan.holding if listed else None, deleting=True)
             if plan.holding is not None and not plan.holds_desired():
                 held_id = plan.holding.usage_id
                 if held_id is None:  # posted by a 201 without an id: found as settling finds
                     held_id = self._find_held(claim, sub, plan, deadline)
                 if held_id is not None:
-                    attempt.deleting = held_id  # until answered: the deadline may place it
+                    if not attempt.start_delete(held_id):  # the deadline placed it
+                        raise _Abandoned
                     deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)
                     if not deleted.gone:
                         refused = PostResult(deleted.failure, deleted.status, error=deleted.error)
                         lost = held_id if deleted.failure is FailureKind.AMBIGUOUS else None
                         step = plan.failed(sub, refused, None, claim, deleting=lost)
                         return self._place_from(attempt, step, sink)
-                plan.holding = None
-                attempt.deleting = None
+                attempt.holds(None, deleting=True)
                 if plan.desired is not None:
                     self.store.hold(claim, None)  # deleted: an amend's post may follow
         except (PiriodUnavailable, _NotFound) as exc:

@@ -332,6 +332,25 @@ def test_identical_records_account_for_each_other(keys: Keys) -> None:
     assert keys.store.identical(mine, me).posting
 
 
+def test_a_claim_settled_by_its_worker_is_not_written_over_at_the_deadline(keys: Keys) -> None:
+    # given an attempt that settled its record's unseen post as usage 77
+    record = usage(fresh("settled-then-deadline"))
+    mine = claim(keys, record, settling=True)
+    keys.store.settle(mine, 77)
+    # when the deadline then answers for the same attempt (queued)
+    # then nothing is written: the key is no longer the attempt's
+    with pytest.raises(LockLost):
+        keys.store.finish(
+            Result(mine, KeyStatus.QUEUED, ambiguous_since=99.0, waiting=waiting("replay"))
+        )
+    again = claim(keys, record)
+    assert seen(again.previous, keys.clock())[:3] == (  # type: ignore[index]
+        KeyStatus.POSTED,
+        record.fingerprint,
+        77,
+    )
+
+
 def test_keys_less_than_two_seconds_apart_may_be_listed_alike(keys: Keys) -> None:
     # given three keys of one line posted without ids: 1.9 s, 2 s and 2.5 s from a record
     # (Piriod may list times cut to the second, and a listed time matches a record less

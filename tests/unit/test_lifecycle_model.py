@@ -718,3 +718,60 @@ def test_a_cancel_whose_delete_is_in_flight_at_the_deadline_keeps_the_usage_it_h
     state.teardown()
     assert [e.deleted for e in state.piriod.ledger] == [True]
     assert state.store.keys[pk].cancelled
+
+
+def test_a_correction_s_worker_sends_nothing_once_the_deadline_answered_for_it() -> None:
+    # given a record of 2.5 posted by a 201 without an id (found by a second reviewer)
+    state = Lifecycle()
+    state.piriod_will_answer(answers=["zero_id"])
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    pk = "k#v1/usages#key-3"
+    placing, deleted = threading.Event(), threading.Event()
+    find, delete, sink = (
+        state.piriod.find_usages,
+        state.piriod.delete_usage,
+        state.queues.place_failed,
+    )
+
+    def slow_find(*args: Any, **kwargs: Any) -> Any:  # the lookup of the usage to delete
+        placing.wait(5)  # answers only once the deadline is placing the record
+        return find(*args, **kwargs)
+
+    def delete_usage(*args: Any, **kwargs: Any) -> Any:
+        deleted.set()
+        return delete(*args, **kwargs)
+
+    def slow_sink(sub: Any, message: Any) -> Any:  # the deadline's queue send
+        placing.set()
+        deleted.wait(1)  # a DELETE sent now would land before the key is written
+        return sink(sub, message)
+
+    state.piriod.find_usages = slow_find  # type: ignore[method-assign]
+    state.piriod.delete_usage = delete_usage  # type: ignore[method-assign]
+    state.queues.place_failed = slow_sink  # type: ignore[method-assign,assignment]
+
+    def amend(quantity: str, correction_id: str, seconds: float) -> str:
+        entry = CorrectionEntry.model_validate(
+            {
+                "action": "amend",
+                "key": "key-3",
+                "quantity": Decimal(quantity),
+                "correction_id": correction_id,
+            }
+        )
+        [done] = state.corrector().run([entry], Deadline.after(seconds))
+        return done.status
+
+    # when it is amended to 7.125 and the deadline answers while its usage is looked up
+    assert amend("7.125", "c1", 0.3) == "pending"
+    # then the worker, once its lookup returns, sends no DELETE: Piriod still holds 2.5
+    assert not deleted.is_set()
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
+    # and amended back to 2.5, once everything drains, Piriod holds the one usage of 2.5
+    state.piriod.find_usages = find  # type: ignore[method-assign]
+    state.queues.place_failed = sink  # type: ignore[method-assign]
+    amend("2.5", "c2", 25)
+    state.teardown()
+    key = state.store.keys[pk]
+    assert (key.status.value, key.applied, key.rev) == ("posted", 2, 2)
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
