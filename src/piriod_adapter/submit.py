@@ -392,7 +392,15 @@ class Submitter:
     def _at_deadline(self, sub: Submission, attempt: _Attempt, sink: FailureSink) -> Outcome:
         """A record whose worker is still busy at the deadline (a post not answered, a slow
         store): queued, ambiguous when a post may have been sent."""
-        unseen = attempt.unseen_since()
+        claim = attempt.claim if attempt.claim is not None and attempt.claim.acquired else None
+        plan, left, unseen = attempt.plan, attempt.left, attempt.unseen_since()
+        if claim is not None and left is None:
+            # Taken before its worker read the key: what the key said when it was claimed (the
+            # worker sends nothing to Piriod from now on).
+            plan = _Plan.of(claim.previous, sub.usage)
+            left = (plan.holding, plan.deleting)
+            if unseen is None:
+                unseen = _unsettled_since(claim.previous, sub.previous)
         if unseen is not None:
             result = PostResult(
                 FailureKind.AMBIGUOUS, error="post still in flight at the function's deadline"
@@ -401,16 +409,14 @@ class Submitter:
             result = PostResult(
                 FailureKind.TRANSIENT, error="function time ran out; not posted", attempted=False
             )
-        claim = attempt.claim if attempt.claim is not None and attempt.claim.acquired else None
         logger.warning(
             "record answered at the deadline", extra={"index": sub.index, "sent": unseen}
         )
-        plan = attempt.plan
-        if plan is None or not plan.correcting or claim is None or attempt.left is None:
+        if plan is None or not plan.correcting or claim is None or left is None:
             return self.place(failed(sub, result, unseen, claim, quantity=attempt.quantity), sink)
         # A correction's attempt keeps what Piriod may still hold for the key: its usage,
         # and a DELETE in flight (asked about before anything is sent again).
-        holding, deleting = attempt.left
+        holding, deleting = left
         return self.place(
             failed(
                 sub,
@@ -589,8 +595,11 @@ class Submitter:
             if plan.deleting is not None:  # asked before anything is sent again
                 listed = self.piriod.usage_listed(
                     plan.deleting, line, usage.date_time, sub.tenant, deadline
-                )  # not listed: the DELETE went through
-                attempt.holds(plan.holding if listed else None, deleting=True)
+                )  # not listed: the DELETE went through (of that usage, not one found since)
+                gone = not listed and (
+                    plan.holding is None or plan.holding.usage_id in (None, plan.deleting)
+                )
+                attempt.holds(None if gone else plan.holding, deleting=True)
             if plan.holding is not None and not plan.holds_desired():
                 held_id = plan.holding.usage_id
                 if held_id is None:  # posted by a 201 without an id: found as settling finds

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+import piriod_adapter.submit as submit_module
 from piriod_adapter.clock import Deadline
 from piriod_adapter.corrections import CorrectionEntry, Corrector
 from piriod_adapter.flush import sweep_corrections
@@ -775,3 +776,61 @@ def test_a_correction_s_worker_sends_nothing_once_the_deadline_answered_for_it()
     key = state.store.keys[pk]
     assert (key.status.value, key.applied, key.rev) == ("posted", 2, 2)
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
+
+
+def test_a_correction_answered_at_the_deadline_before_its_key_was_read_keeps_the_usage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a record posted as usage 1 (found by a second reviewer)
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    pk = "k#v1/usages#key-3"
+    placed = threading.Event()
+    unsettled_since = submit_module._unsettled_since
+
+    def worker_stalls(*args: Any) -> Any:  # the worker took the key but has not read it
+        if threading.current_thread() is not threading.main_thread():
+            placed.wait(5)
+        return unsettled_since(*args)
+
+    monkeypatch.setattr(submit_module, "_unsettled_since", worker_stalls)
+    entry = CorrectionEntry.model_validate(
+        {"action": "cancel", "key": "key-3", "quantity": None, "correction_id": "c1"}
+    )
+    # when the deadline answers for its cancel right after the key was claimed
+    [done] = state.corrector().run([entry], Deadline.after(0.3))
+    placed.set()
+    # then the key still holds usage 1
+    assert done.status == "pending"
+    key = state.store.keys[pk]
+    assert key.holding is not None and key.holding.usage_id == 1
+    # and once everything drains, usage 1 is deleted and the record is cancelled
+    monkeypatch.setattr(submit_module, "_unsettled_since", unsettled_since)
+    state.teardown()
+    assert [e.deleted for e in state.piriod.ledger] == [True]
+    assert state.store.keys[pk].cancelled
+
+
+def test_a_delete_found_done_leaves_a_usage_found_since(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a record posted as usage 1, amended to 7.125 while SQS is down: its DELETE went
+    # through unanswered, and FlushFunction, finding it done, posted the amend, stored but
+    # unanswered (usage 2), then released the key again (found by a second reviewer)
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    pk = "k#v1/usages#key-3"
+    state.queues.down = True
+    state.piriod.delete_answers.append("deleted_then_lost")
+    entry = CorrectionEntry.model_validate(
+        {"action": "amend", "key": "key-3", "quantity": Decimal("7.125"), "correction_id": "c1"}
+    )
+    state.corrector().run([entry], Deadline.after(25))
+    state.piriod.answers.append("stored_then_lost")
+    state.flush_function_sweeps()
+    assert [(e.usage_id, e.deleted) for e in state.piriod.ledger] == [(1, True), (2, False)]
+    # when FlushFunction sweeps again once SQS is back
+    state.queues.down = False
+    state.clock.advance(400)
+    state.flush_function_sweeps()
+    state.teardown()
+    # then the amend's usage found by lookup is kept, not posted again
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("7.125")]
