@@ -975,14 +975,16 @@ class _Plan:
         claim: Claim,
         deleting: int | None = None,
     ) -> Failed:
-        """A failed record, keeping what Piriod still holds for its key."""
+        """A failed record, keeping what Piriod still holds for its key: its usage, and a
+        DELETE not known to be done (`deleting`, or the one the key came with, not yet asked
+        about)."""
         return failed(
             sub,
             result,
             unseen_since,
             claim,
             holding=self.holding,
-            deleting=deleting,
+            deleting=deleting if deleting is not None else self.deleting,
             quantity=self.last_quantity,
             correcting=True,
         )

@@ -547,6 +547,16 @@ class _Drawn:
         return self.value
 
 
+class _Sequence:
+    """`data` for a rule called by hand: each draw is the next value given."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = list(values)
+
+    def draw(self, *_: Any, **__: Any) -> Any:
+        return self.values.pop(0)
+
+
 def test_a_cancel_handed_over_mid_post_deletes_its_own_usage_not_an_identical_one() -> None:
     # given (found by the model in CI) a record posted by a 201 without an id, and an
     # identical one (line, instant, quantity) of another key being posted when its sender
@@ -834,3 +844,37 @@ def test_a_delete_found_done_leaves_a_usage_found_since(monkeypatch: pytest.Monk
     state.teardown()
     # then the amend's usage found by lookup is kept, not posted again
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("7.125")]
+
+
+def test_a_delete_not_yet_asked_about_stays_flagged_while_piriod_cannot_be_asked() -> None:
+    # given (found by the model at 6,000 runs) a record posted as usage 1 and amended: its
+    # DELETE went through but the answer was lost, so the key flags it
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(0, 12, Decimal("2.5"), 123456)], twice=False)
+    pk = "k#v1/usages#key-0"
+    state.sender_corrects(
+        action="amend",
+        attempt=0,
+        data=cast(Any, _Drawn(pk)),
+        deleted="deleted_then_lost",
+        posted=None,
+        quantity=QUANTITIES[0],
+    )
+    assert state.store.keys[pk].deleting == 1
+    # when ReplayFunction cannot ask Piriod about it (its listing never ends)
+    state.piriod_listing(down=False, endless=True)
+    messages = list(state.queues.replay)
+    state.replay_function_runs(crash_before_delete=False, data=cast(Any, _Sequence(messages, 4)))
+    # then the DELETE is still flagged
+    assert state.store.keys[pk].deleting == 1
+    # and amended back to 2.5, once everything drains, Piriod holds a usage of 2.5 again
+    state.sender_corrects(
+        action="amend",
+        attempt=0,
+        data=cast(Any, _Drawn(pk)),
+        deleted=None,
+        posted=None,
+        quantity=Decimal("2.5"),
+    )
+    state.teardown()
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
