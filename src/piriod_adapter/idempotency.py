@@ -435,6 +435,12 @@ class IdempotencyStore:
         if quantity is not None and claimed is not None:  # what finish writes by default
             claimed["quantity"] = {"S": quantity}
 
+    def mark_deleting(self, claim: Claim, usage_id: int) -> None:
+        """An attempt is about to DELETE `usage_id`: the key flags it until a later write
+        says what Piriod holds (a release keeps it). Raises StoreUnavailable."""
+        assert claim.token is not None
+        self._held(claim, "update key", table.mark_deleting(claim.pk, claim.token, usage_id))
+
     def hold(self, claim: Claim, holding: Holding | None) -> None:
         """What Piriod holds for the key now, while the attempt goes on (a usage found by
         settling, or none once a DELETE was answered). Raises StoreUnavailable."""

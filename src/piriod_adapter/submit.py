@@ -110,6 +110,8 @@ class KeyStore(Protocol):
 
     def hold(self, claim: Claim, holding: Holding | None) -> None: ...
 
+    def mark_deleting(self, claim: Claim, usage_id: int) -> None: ...
+
     def settle(self, claim: Claim, usage_id: int) -> None: ...
 
     def take_usage(self, claim: Claim, usage_id: int) -> bool: ...
@@ -605,6 +607,10 @@ class Submitter:
                 if held_id is None:  # posted by a 201 without an id: found as settling finds
                     held_id = self._find_held(claim, sub, plan, deadline)
                 if held_id is not None:
+                    # Written before it is sent: until the key says otherwise, whoever holds
+                    # it next asks Piriod whether this usage is still there (a release, a
+                    # crash or a failed write after the DELETE keeps the question).
+                    self.store.mark_deleting(claim, held_id)
                     if not attempt.start_delete(held_id):  # the deadline placed it
                         raise _Abandoned
                     deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)

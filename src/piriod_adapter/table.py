@@ -488,6 +488,17 @@ def hold(pk: str, token: str, holding: Holding | None) -> dict[str, Any]:
     }
 
 
+def mark_deleting(pk: str, token: str, usage_id: int) -> dict[str, Any]:
+    """An attempt is about to DELETE `usage_id`: flagged until a later write of the key says
+    what Piriod holds (hold, finish; release keeps it)."""
+    return {
+        "Key": {"pk": {"S": pk}},
+        "UpdateExpression": "SET deleting = :id",
+        "ConditionExpression": "lock_token = :token",
+        "ExpressionAttributeValues": {":id": {"N": str(usage_id)}, ":token": {"S": token}},
+    }
+
+
 def mark_posting(pk: str, token: str, quantity: str | None = None) -> dict[str, Any]:
     """An attempt is about to post: identical records see it as posting from now (a settling
     one's), and an unseen post of it carries `quantity` (an amended record's)."""

@@ -351,6 +351,28 @@ def test_a_claim_settled_by_its_worker_is_not_written_over_at_the_deadline(keys:
     )
 
 
+def test_a_delete_about_to_be_sent_stays_flagged_until_the_key_says_what_piriod_holds(
+    keys: Keys,
+) -> None:
+    # given a key holding usage 5 whose attempt is about to DELETE it
+    record = usage(fresh("deleting"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=5))
+    mine = claim(keys, record, Taker.CORRECTION)
+    keys.store.mark_deleting(mine, 5)
+    # when the attempt is released (nothing else written)
+    keys.store.release(mine, None)
+    # then the next holder sees the DELETE to ask about, and the usage still held
+    again = claim(keys, record, Taker.CORRECTION)
+    assert again.previous is not None
+    assert (again.previous.deleting, again.previous.usage_id) == (5, 5)
+    # and once a holder writes that Piriod holds nothing, the flag is gone
+    keys.store.hold(again, None)
+    keys.store.release(again, None)
+    last = claim(keys, record, Taker.CORRECTION)
+    assert last.previous is not None
+    assert (last.previous.deleting, last.previous.holding) == (None, None)
+
+
 def test_keys_less_than_two_seconds_apart_may_be_listed_alike(keys: Keys) -> None:
     # given three keys of one line posted without ids: 1.9 s, 2 s and 2.5 s from a record
     # (Piriod may list times cut to the second, and a listed time matches a record less

@@ -279,6 +279,11 @@ class FakeKeyStore:
             if quantity is not None:
                 key.quantity = quantity
 
+    def mark_deleting(self, claim: Claim, usage_id: int) -> None:
+        with self._lock:
+            self._check()
+            self._held(claim).deleting = usage_id
+
     def hold(self, claim: Claim, holding: Holding | None) -> None:
         with self._lock:
             self._check()

@@ -878,3 +878,48 @@ def test_a_delete_not_yet_asked_about_stays_flagged_while_piriod_cannot_be_asked
     )
     state.teardown()
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
+
+
+def _amend(state: Lifecycle, quantity: str, correction_id: str, seconds: float = 25) -> str:
+    entry = CorrectionEntry.model_validate(
+        {"action": "amend", "key": "key-3", "quantity": Decimal(quantity)}
+        | {"correction_id": correction_id}
+    )
+    [done] = state.corrector().run([entry], Deadline.after(seconds))
+    return done.status
+
+
+@pytest.mark.parametrize("fault", ["key write throttled, SQS down", "unexpected error"])
+def test_a_delete_that_landed_is_asked_about_whatever_fails_after_it(fault: str) -> None:
+    # given a record posted as usage 1 (found by a second reviewer)
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    pk = "k#v1/usages#key-3"
+    hold, delete = state.store.hold, state.piriod.delete_usage
+    if fault == "unexpected error":
+
+        def delete_then_raise(*args: Any, **kwargs: Any) -> Any:
+            delete(*args, **kwargs)  # Piriod deleted it
+            raise RuntimeError("unexpected error reading the answer")
+
+        state.piriod.delete_usage = delete_then_raise  # type: ignore[method-assign]
+    else:
+        throttled = [StoreUnavailable("throttled")]
+
+        def hold_throttled_once(claim: Any, holding: Any) -> None:
+            if throttled:
+                raise throttled.pop()
+            hold(claim, holding)
+
+        state.store.hold = hold_throttled_once  # type: ignore[method-assign]
+        state.queues.down = True
+    # when it is amended to 7.125: its DELETE lands, then the fault before the key says so
+    _amend(state, "7.125", "c1")
+    assert [e.deleted for e in state.piriod.ledger] == [True]
+    # then the key still asks about usage 1 before anything is sent again
+    assert state.store.keys[pk].deleting == 1
+    # and amended back to 2.5, once everything drains, Piriod holds a usage of 2.5
+    state.piriod.delete_usage, state.queues.down = delete, False  # type: ignore[method-assign]
+    _amend(state, "2.5", "c2")
+    state.teardown()
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
