@@ -923,3 +923,27 @@ def test_a_delete_that_landed_is_asked_about_whatever_fails_after_it(fault: str)
     _amend(state, "2.5", "c2")
     state.teardown()
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
+
+
+def test_an_amend_found_by_lookup_after_its_delete_is_not_posted_twice() -> None:
+    # given (found by the lifecycle model in a fresh-clone CI; fixed by 3744297) two
+    # identical records, SQS down, and one amended: its DELETE lands unanswered, so the
+    # key is released with the DELETE flagged
+    q = QUANTITIES[0]
+    state = Lifecycle()
+    state.stores(sqs=True, store=False)
+    state.deliver(meanwhile=None, picks=[(0, 11, q, 123456), (1, 11, q, 123456)], twice=False)
+    state.piriod_will_answer(answers=["stored_then_lost"])
+    state.sender_corrects(
+        action="amend",
+        attempt=0,
+        data=cast(Any, _Drawn("k#v1/usages#key-0")),
+        deleted="deleted_then_lost",
+        posted=None,
+        quantity=QUANTITIES[1],
+    )
+    # when FlushFunction applies it (its post stored, the answer lost) and all drains
+    state.flush_function_sweeps()
+    state.teardown()
+    # then the amend is posted once
+    assert [e.quantity for e in state.piriod.usages_of("k#v1/usages#key-0")] == [QUANTITIES[1]]
