@@ -594,16 +594,20 @@ class Submitter:
         usage, line = sub.usage, sub.usage.subscription_line
         assert line is not None
         try:
+            doubted = None  # a held usage an earlier DELETE may still remove
             if plan.deleting is not None:  # asked before anything is sent again
                 listed = self.piriod.usage_listed(
                     plan.deleting, line, usage.date_time, sub.tenant, deadline
                 )  # not listed: the DELETE went through (of that usage, not one found since)
-                gone = not listed and (
-                    plan.holding is None or plan.holding.usage_id in (None, plan.deleting)
-                )
-                attempt.holds(None if gone else plan.holding, deleting=True)
-            if plan.holding is not None and not plan.holds_desired():
-                held_id = plan.holding.usage_id
+                ours = plan.holding is None or plan.holding.usage_id in (None, plan.deleting)
+                if listed and ours and plan.holding is not None:
+                    # Listed proves nothing: that DELETE may still be inside Piriod. It is
+                    # sent again and seen through (a 404 is as good), and what the record
+                    # should be is posted anew.
+                    doubted = plan.deleting
+                attempt.holds(None if not listed and ours else plan.holding, deleting=True)
+            if plan.holding is not None and (doubted is not None or not plan.holds_desired()):
+                held_id = doubted if doubted is not None else plan.holding.usage_id
                 if held_id is None:  # posted by a 201 without an id: found as settling finds
                     held_id = self._find_held(claim, sub, plan, deadline)
                 if held_id is not None:
@@ -616,7 +620,8 @@ class Submitter:
                     deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)
                     if not deleted.gone:
                         refused = PostResult(deleted.failure, deleted.status, error=deleted.error)
-                        lost = held_id if deleted.failure is FailureKind.AMBIGUOUS else None
+                        unsure = deleted.failure is FailureKind.AMBIGUOUS or held_id == doubted
+                        lost = held_id if unsure else None
                         step = plan.failed(sub, refused, None, claim, deleting=lost)
                         return self._place_from(attempt, step, sink)
                 attempt.holds(None, deleting=True)

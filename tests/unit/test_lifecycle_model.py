@@ -28,7 +28,8 @@ from piriod_adapter.corrections import CorrectionEntry, Corrector
 from piriod_adapter.flush import sweep_corrections
 from piriod_adapter.idempotency import StoreUnavailable
 from piriod_adapter.lifecycle import Fate, Submission
-from piriod_adapter.models import KeyKind, QueuedRecord, Tenant, Usage, UsageKey
+from piriod_adapter.models import FailureKind, KeyKind, QueuedRecord, Tenant, Usage, UsageKey
+from piriod_adapter.piriod import DeleteResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.replay import Received, redeliver_dead_letter, replay_batch
 from piriod_adapter.submit import Submitter
@@ -947,3 +948,38 @@ def test_an_amend_found_by_lookup_after_its_delete_is_not_posted_twice() -> None
     state.teardown()
     # then the amend is posted once
     assert [e.quantity for e in state.piriod.usages_of("k#v1/usages#key-0")] == [QUANTITIES[1]]
+
+
+@pytest.mark.parametrize("sqs", ["down: applied at once", "up: applied by ReplayFunction"])
+def test_a_delete_still_inside_piriod_when_asked_about_is_seen_through(sqs: str) -> None:
+    # given a record posted as usage 1 (2.5), amended to 7.125: its DELETE times out while
+    # the request is still inside Piriod, so the key flags usage 1 (found by a reviewer)
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    pk = "k#v1/usages#key-3"
+    inside: list[int] = []
+
+    def delete_times_out(usage_id: int, *args: Any, **kwargs: Any) -> DeleteResult:
+        inside.append(usage_id)
+        return DeleteResult(FailureKind.AMBIGUOUS, error="read timeout")
+
+    delete = state.piriod.delete_usage
+    state.piriod.delete_usage = delete_times_out  # type: ignore[method-assign]
+    state.queues.down = sqs.startswith("down")
+    _amend(state, "7.125", "c1")
+    assert state.store.keys[pk].deleting == 1
+    state.piriod.delete_usage = delete  # type: ignore[method-assign]
+    state.queues.down = False
+    # when it is amended back to 2.5 while usage 1 is still listed
+    _amend(state, "2.5", "c2")
+    if state.queues.replay:
+        messages = list(state.queues.replay)
+        state.replay_function_runs(
+            crash_before_delete=False, data=cast(Any, _Sequence(messages, len(messages)))
+        )
+    # and the DELETE inside Piriod is then done (a 404 to it, if it was deleted meanwhile)
+    for entry in state.piriod.ledger:
+        entry.deleted = entry.deleted or entry.usage_id in inside
+    state.teardown()
+    # then Piriod holds the record's one usage of 2.5
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
