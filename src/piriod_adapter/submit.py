@@ -605,7 +605,9 @@ class Submitter:
                     # sent again and seen through (a 404 is as good), and what the record
                     # should be is posted anew.
                     doubted = plan.deleting
-                attempt.holds(None if not listed and ours else plan.holding, deleting=True)
+                # a doubt stays flagged until its DELETE is sent again and seen through
+                gone = not listed and ours
+                attempt.holds(None if gone else plan.holding, deleting=doubted is None)
             if plan.holding is not None and (doubted is not None or not plan.holds_desired()):
                 held_id = doubted if doubted is not None else plan.holding.usage_id
                 if held_id is None:  # posted by a 201 without an id: found as settling finds

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -982,4 +983,52 @@ def test_a_delete_still_inside_piriod_when_asked_about_is_seen_through(sqs: str)
         entry.deleted = entry.deleted or entry.usage_id in inside
     state.teardown()
     # then Piriod holds the record's one usage of 2.5
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
+
+
+@pytest.mark.parametrize("fault", ["key write throttled", "deadline"])
+def test_a_doubted_delete_stays_flagged_until_it_is_seen_through(fault: str) -> None:
+    # given a record posted as usage 1 (2.5), amended to 7.125 with SQS down: its DELETE
+    # timed out while the request was still inside Piriod, so the key flags usage 1 (found
+    # by a second reviewer)
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    pk = "k#v1/usages#key-3"
+    inside: list[int] = []
+    delete, mark = state.piriod.delete_usage, state.store.mark_deleting
+
+    def delete_times_out(usage_id: int, *args: Any, **kwargs: Any) -> DeleteResult:
+        inside.append(usage_id)
+        return DeleteResult(FailureKind.AMBIGUOUS, error="read timeout")
+
+    state.piriod.delete_usage = delete_times_out  # type: ignore[method-assign]
+    state.queues.down = True
+    _amend(state, "7.125", "c1")
+    state.piriod.delete_usage, state.queues.down = delete, False  # type: ignore[method-assign]
+    seconds = 25.0
+    if fault == "deadline":
+        seconds = 0.3
+
+        def slow_mark(*args: Any) -> None:  # the flag's write outlasts the deadline
+            time.sleep(0.6)
+            mark(*args)
+
+        state.store.mark_deleting = slow_mark  # type: ignore[method-assign,assignment]
+    else:
+
+        def throttled(*args: Any) -> None:
+            raise StoreUnavailable("throttled")
+
+        state.store.mark_deleting = throttled  # type: ignore[method-assign,assignment]
+    # when it is amended back to 2.5 while usage 1 is still listed, and the fault strikes
+    # before the DELETE is sent again
+    _amend(state, "2.5", "c2", seconds)
+    time.sleep(0.7 if fault == "deadline" else 0)
+    # then the key still flags usage 1
+    assert state.store.keys[pk].deleting == 1
+    # and once the DELETE inside Piriod is done and everything drains, Piriod holds 2.5
+    state.store.mark_deleting = mark  # type: ignore[method-assign]
+    for entry in state.piriod.ledger:
+        entry.deleted = entry.deleted or entry.usage_id in inside
+    state.teardown()
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
