@@ -493,7 +493,7 @@ class IdempotencyStore:
                     held.add(state.holding.usage_id)
                 else:
                     suspects.append(Suspect(state.at, state.holding.quantity, idless=True))
-            elif state.unsettled_since() is not None:
+            if state.unsettled_since() is not None:  # and an unseen post of it (an amend's)
                 suspects.append(Suspect(state.at, state.quantity, idless=False))
             posting = posting or state.posting(now)
         return Identical(frozenset(held), posting, tuple(suspects))

@@ -277,12 +277,14 @@ class Failed:
     correcting: bool = False  # a correction's attempt: if no queue takes it, it waits on the key
 
 
-def _correction_waits(state: KeyState | None, taker: Taker, now: float) -> bool:
+def _correction_waits(state: KeyState | None, sub: Submission, taker: Taker, now: float) -> bool:
     """A posted key with a correction Piriod does not reflect yet, free to take: a replay
-    (or the operator's) applies it rather than calling the record a duplicate."""
+    (or the operator's) of that key's record applies it rather than calling the record a
+    duplicate (another record under the key is a conflict, whatever waits on it)."""
     return (
         taker in (Taker.REPLAY, Taker.OPERATOR)
         and state is not None
+        and state.fingerprint in (None, sub.usage.fingerprint)
         and state.status is KeyStatus.POSTED
         and state.pending
         and not state.locked(now)
@@ -463,8 +465,10 @@ class Submitter:
             )
             claim = attempt.claim
             if claim is not None and claim.acquired and attempt.start_placing():
+                plan = attempt.plan  # a DELETE in doubt stays flagged
+                deleting = attempt.deleting or (plan.deleting if plan is not None else None)
                 try:
-                    self.store.release(claim, attempt.unseen_since())
+                    self.store.release(claim, attempt.unseen_since(), deleting)
                 except Exception as release_error:
                     logger.warning(
                         "key not released", extra={"error": type(release_error).__name__}
@@ -487,7 +491,7 @@ class Submitter:
             claim = attempt.claim  # claimed with the delivery's other new keys, if it was
             if claim is None:
                 claim = attempt.claim = self._claim(sub, deadline, taker, settling)
-            if not claim.acquired and _correction_waits(claim.previous, taker, self.clock()):
+            if not claim.acquired and _correction_waits(claim.previous, sub, taker, self.clock()):
                 # A correction accepted while another attempt held the key (handed to
                 # ReplayQueue by the corrections route), or one its holder did not apply:
                 # this attempt applies it, as a correction of the record.

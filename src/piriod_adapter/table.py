@@ -471,15 +471,15 @@ def hold(pk: str, token: str, holding: Holding | None) -> dict[str, Any]:
     """While an attempt holds the key: what Piriod holds for it now (a usage found by
     settling, or none once its DELETE was answered), before the attempt goes on."""
     values: dict[str, Any] = {":token": {"S": token}}
-    if holding is None:
+    if holding is None:  # its DELETE answered: nothing held, nothing in doubt
         update = "REMOVE held, usage_id, deleting, ambiguous_since"
-    else:
+    else:  # a usage found: a DELETE in doubt stays flagged until it is seen through
         update = "SET held = :held"
         values[":held"] = {"S": holding.quantity}
         if holding.usage_id is not None:
             update += ", usage_id = :id"
             values[":id"] = {"N": str(holding.usage_id)}
-        update += " REMOVE deleting, ambiguous_since"
+        update += " REMOVE ambiguous_since"
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update,

@@ -24,7 +24,7 @@ from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import Claim, IdempotencyStore, LockLost, Result, Suspect
 from piriod_adapter.lifecycle import KeyStatus, Taker
 from piriod_adapter.models import KeyKind, Usage, UsageKey
-from piriod_adapter.table import KeyState, Waiting, WindowId, key_pk
+from piriod_adapter.table import Holding, KeyState, Waiting, WindowId, key_pk
 from piriod_adapter.windows import (
     EventWrite,
     NewGeneration,
@@ -365,12 +365,33 @@ def test_a_delete_about_to_be_sent_stays_flagged_until_the_key_says_what_piriod_
     again = claim(keys, record, Taker.CORRECTION)
     assert again.previous is not None
     assert (again.previous.deleting, again.previous.usage_id) == (5, 5)
+    # and a usage found meanwhile (a lookup) leaves it flagged
+    keys.store.hold(again, Holding("1.5", 5))
+    keys.store.release(again, None)
+    again = claim(keys, record, Taker.CORRECTION)
+    assert again.previous is not None and again.previous.deleting == 5
     # and once a holder writes that Piriod holds nothing, the flag is gone
     keys.store.hold(again, None)
     keys.store.release(again, None)
     last = claim(keys, record, Taker.CORRECTION)
     assert last.previous is not None
     assert (last.previous.deleting, last.previous.holding) == (None, None)
+
+
+def test_a_key_holding_a_usage_with_an_unseen_post_is_a_suspect_too(keys: Keys) -> None:
+    # given a key holding usage 32 whose amend's post (2.5) went unseen, its key released
+    line = 600 + next(_unique) % 10_000
+    amended = usage(fresh("amended"), line=line)
+    keys.store.finish(Result(claim(keys, amended), KeyStatus.POSTED, usage_id=32))
+    mine = claim(keys, amended, Taker.CORRECTION)
+    keys.store.mark_posting(mine, "2.5")
+    keys.store.release(mine, 99.0)
+    # when another record of the line asks what the others account for
+    other = usage(fresh("other"), line=line, micro=123457)
+    found = keys.store.identical(claim(keys, other), other)
+    # then usage 32 is held, and the unseen post of 2.5 may be listed too
+    assert found.held == frozenset({32})
+    assert found.suspects == (Suspect(amended.date_time, "2.5", idless=False),)
 
 
 def test_keys_less_than_two_seconds_apart_may_be_listed_alike(keys: Keys) -> None:

@@ -288,7 +288,9 @@ class FakeKeyStore:
         with self._lock:
             self._check()
             key = self._held(claim)
-            key.holding, key.deleting, key.ambiguous_since = holding, None, None
+            key.holding, key.ambiguous_since = holding, None
+            if holding is None:
+                key.deleting = None
 
     def settle(self, claim: Claim, usage_id: int) -> None:
         with self._lock:
@@ -329,7 +331,7 @@ class FakeKeyStore:
                         held.add(key.holding.usage_id)
                     else:
                         suspects.append(Suspect(key.at, key.holding.quantity, idless=True))
-                elif key.ambiguous_since is not None or key.status is KeyStatus.IN_PROGRESS:
+                if key.ambiguous_since is not None or key.status is KeyStatus.IN_PROGRESS:
                     suspects.append(Suspect(key.at, key.quantity, idless=False))
                 locked = key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) > now
                 if locked and key.phase != "settling":

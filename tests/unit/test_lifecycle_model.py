@@ -1032,3 +1032,113 @@ def test_a_doubted_delete_stays_flagged_until_it_is_seen_through(fault: str) -> 
         entry.deleted = entry.deleted or entry.usage_id in inside
     state.teardown()
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
+
+
+def test_a_lookalike_never_settles_on_another_key_s_unseen_amend_post() -> None:
+    # given (found by a second reviewer) Piriod listing quantities with two places, and A
+    # posted at 2.5, amended to 1.231 with SQS down: its DELETE lands unanswered, then
+    # FlushFunction's post of 1.231 is stored unanswered (A holds 2.5 by id, and an unseen
+    # post)
+    state = Lifecycle()
+    a = "k#v1/usages#key-0"
+    state.piriod_lists_at(quantity="places:2", time="exact", miss=False)
+    state.stores(sqs=True, store=False)
+    state.deliver(meanwhile=None, picks=[(0, 11, Decimal("2.5"), 123456)], twice=False)
+    state.sender_corrects(
+        action="amend",
+        attempt=0,
+        data=cast(Any, _Drawn(a)),
+        deleted="deleted_then_lost",
+        posted=None,
+        quantity=Decimal("1.231"),
+    )
+    state.piriod_will_answer(answers=["stored_then_lost"])
+    state.flush_function_sweeps()
+    # when B, of the same line and instant at 1.234 (listed 1.23 as A's post), is delivered
+    # with SQS back, its post lost, and replayed
+    state.stores(sqs=False, store=False)
+    state.piriod_will_answer(answers=["lost"])
+    state.deliver(meanwhile=None, picks=[(1, 11, Decimal("1.234"), 123456)], twice=False)
+    state.time_passes(seconds=61)
+    messages = list(state.queues.replay)
+    state.replay_function_runs(crash_before_delete=False, data=cast(Any, _Sequence(messages, 1)))
+    # then B did not take A's usage, and once all drains each is billed once
+    state.nothing_acknowledged_is_lost()
+    state.teardown()
+    live = sorted(e.quantity for e in state.piriod.ledger if not e.deleted)
+    assert live == [Decimal("1.231"), Decimal("1.234")]
+
+
+def test_a_doubted_delete_survives_a_lookup_and_an_unexpected_error() -> None:
+    # given (found by a second reviewer) a record posted as usage 1 (2.5), amended to 7.125:
+    # its DELETE times out inside Piriod, and it is amended back meanwhile (handed over)
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    pk = "k#v1/usages#key-3"
+    inside: list[int] = []
+    delete, listed = state.piriod.delete_usage, state.piriod.usage_listed
+
+    def delete_times_out(usage_id: int, *args: Any, **kwargs: Any) -> DeleteResult:
+        inside.append(usage_id)
+        if len(inside) == 1:
+            assert _amend(state, "2.5", "c2") == "pending"
+        return DeleteResult(FailureKind.AMBIGUOUS, error="read timeout")
+
+    def listing_raises(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("unexpected error reading the listing")
+
+    state.piriod.delete_usage = delete_times_out  # type: ignore[method-assign]
+    _amend(state, "7.125", "c1")
+    state.piriod.delete_usage = delete  # type: ignore[method-assign]
+    assert state.store.keys[pk].deleting == 1
+    # when ReplayFunction takes the handed-over amend: its lookup takes usage 1 as the
+    # key's own, then an unexpected error strikes before the DELETE is asked about
+    handed = [m for m in state.queues.replay if '"ambiguous_since":null' not in m.body]
+    state.clock.advance(61)
+    state.piriod.usage_listed = listing_raises  # type: ignore[method-assign]
+    state.replay_function_runs(crash_before_delete=False, data=cast(Any, _Sequence(handed, 1)))
+    state.piriod.usage_listed = listed  # type: ignore[method-assign]
+    # then the DELETE in doubt is still flagged
+    assert state.store.keys[pk].deleting == 1
+    # and once that DELETE is done inside Piriod and everything drains, Piriod holds 2.5
+    for entry in state.piriod.ledger:
+        entry.deleted = entry.deleted or entry.usage_id in inside
+    state.teardown()
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
+
+
+def test_an_operator_replay_of_a_key_conflict_never_applies_the_key_s_correction() -> None:
+    # given (found by a second reviewer) a record of key-3 (line 12, 2.5) whose post was
+    # lost; another record under key-3 (line 11) rejected into DeadLetterQueue as a key
+    # conflict; and an amend of key-3 to 0.1 made while ReplayFunction posts the record
+    state = Lifecycle()
+    pk = "k#v1/usages#key-3"
+    state.piriod_will_answer(answers=["lost"])
+    state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
+    other = record(3, 11, Decimal("7.125"), 500000)
+    [out] = state.submitter.submit_all(
+        [Submission(0, other, TENANT)], Deadline.after(25), state.queues.place_failed, 1
+    )
+    assert out.fate is Fate.REJECTED
+    state.sender_corrects_during_a_post(
+        action="amend", data=cast(Any, _Drawn(pk)), quantity=Decimal("0.1")
+    )
+    state.clock.advance(400)
+    messages = list(state.queues.replay)
+    state.replay_function_runs(
+        crash_before_delete=False, data=cast(Any, _Sequence(messages, len(messages)))
+    )
+    # when the operator replays the conflict's dead letter
+    [message] = state.queues.dead
+    result = redeliver_dead_letter(
+        QueuedRecord.from_json(message.body),
+        state.submitter,
+        cast(Any, state.queues),
+        Deadline.after(60),
+    )
+    # then it is rejected again, and the amend is billed on the key's own record
+    assert result.outcome is not None and result.outcome.fate is Fate.REJECTED
+    state.queues.dead.clear()  # the operator's decision, not replayed again
+    state.teardown()
+    live = [(e.line, e.at.microsecond, e.quantity) for e in state.piriod.ledger if not e.deleted]
+    assert live == [(12, 123000, Decimal("0.1"))]
