@@ -234,6 +234,12 @@ def _restate(gen: Generation, keys: Restates | None) -> Taker | None:
         accepted = keys.accept(pk, "amend", quantity, f"restate:{gen.adjust_seq}")
     except StoreUnavailable:
         return None
+    if accepted.refused is not None:  # the key takes no more corrections: never dropped
+        logger.error(
+            "window total cannot be restated; the generation stays due",
+            extra={"key": pk, "refused": accepted.refused},
+        )
+        return None
     if accepted.state is None and accepted.duplicate is None:
         return Taker.REPLAY  # no usage was posted for it (zero): posted now, if any
     return Taker.CORRECTION

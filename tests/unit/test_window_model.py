@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
@@ -41,6 +42,7 @@ from piriod_adapter.replay import Received, redeliver_dead_letter, replay_batch
 from piriod_adapter.table import WindowId, key_pk
 from piriod_adapter.webhook import count_and_answer
 from piriod_adapter.windows import from_units
+from tests.unit import fakes
 from tests.unit.fakes import FakeWindowStore
 from tests.unit.test_lifecycle_model import Lifecycle, _Drawn
 
@@ -437,3 +439,23 @@ def test_a_total_restated_to_zero_then_back_is_posted_again() -> None:
     # then the first usage is deleted and the total posted anew: one usage of 2E-18
     window = [e for e in state.piriod.ledger if e.key and e.key.startswith("a#")]
     assert [(e.quantity, e.deleted) for e in window] == [(2 * tiny, True), (2 * tiny, False)]
+
+
+def test_a_restatement_past_the_key_s_correction_limit_is_never_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given (found by a second reviewer) a flushed generation whose window key takes two
+    # corrections (standing for the store's 1,000)
+    monkeypatch.setattr(fakes, "MAX_CORRECTIONS", 2)
+    state = Windows()
+    state.deliver_events(flush_between=False, picks=[(0, 31, 0, 0, Decimal("2.5"))])
+    state.flush_function_runs()
+    # when its event is amended three times, FlushFunction running after each
+    for n, quantity in enumerate(["7", "2.5", "7"]):
+        state._correct_events(["e#v1/sources/meter#ev-0"], "amend", Decimal(quantity), n)
+        state.flush_function_runs()
+    # then the third restatement, refused by the key, is not marked done: the generation
+    # stays due (for an operator), and Piriod holds the last total it could restate
+    live = [e.quantity for e in state.piriod.ledger if e.key and e.key.startswith("a#")]
+    assert live[-1:] == [Decimal("2.5")]
+    assert state.windows.due(state.clock() + 10_000, 100)
