@@ -106,6 +106,14 @@ class Suspect:
         )
 
 
+def _may_have_posted(state: KeyState) -> bool:
+    """Whether a key's unsettled attempt may have posted a usage of its own: always, unless
+    the key holds one, which it then posts again only after its DELETE (flagged first) or at
+    another quantity (an amend's)."""
+    held = state.holding
+    return held is None or state.deleting is not None or state.quantity != held.quantity
+
+
 @dataclass(frozen=True)
 class Identical:
     """What other keys of the same line, at about the same instant, account for: the usage
@@ -493,7 +501,7 @@ class IdempotencyStore:
                     held.add(state.holding.usage_id)
                 else:
                     suspects.append(Suspect(state.at, state.holding.quantity, idless=True))
-            if state.unsettled_since() is not None:  # and an unseen post of it (an amend's)
+            if state.unsettled_since() is not None and _may_have_posted(state):
                 suspects.append(Suspect(state.at, state.quantity, idless=False))
             posting = posting or state.posting(now)
         return Identical(frozenset(held), posting, tuple(suspects))

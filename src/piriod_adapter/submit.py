@@ -279,12 +279,15 @@ class Failed:
 
 def _correction_waits(state: KeyState | None, sub: Submission, taker: Taker, now: float) -> bool:
     """A posted key with a correction Piriod does not reflect yet, free to take: a replay
-    (or the operator's) of that key's record applies it rather than calling the record a
-    duplicate (another record under the key is a conflict, whatever waits on it)."""
+    (or the operator's) applies it rather than calling the record a duplicate. Not a key
+    conflict's dead letter: another record under the key is rejected again, whatever waits
+    on it (its fingerprint is not compared here: a correction's message may carry the
+    record as mapped, not as the key was first claimed)."""
+    conflict = sub.previous is not None and "idempotency_key" in (sub.previous.failure.errors or {})
     return (
         taker in (Taker.REPLAY, Taker.OPERATOR)
+        and not conflict
         and state is not None
-        and state.fingerprint in (None, sub.usage.fingerprint)
         and state.status is KeyStatus.POSTED
         and state.pending
         and not state.locked(now)

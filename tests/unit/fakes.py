@@ -331,7 +331,10 @@ class FakeKeyStore:
                         held.add(key.holding.usage_id)
                     else:
                         suspects.append(Suspect(key.at, key.holding.quantity, idless=True))
-                if key.ambiguous_since is not None or key.status is KeyStatus.IN_PROGRESS:
+                unsettled = key.ambiguous_since is not None or key.status is KeyStatus.IN_PROGRESS
+                holds = key.holding
+                posted = holds is None or key.deleting is not None or key.quantity != holds.quantity
+                if unsettled and posted:
                     suspects.append(Suspect(key.at, key.quantity, idless=False))
                 locked = key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) > now
                 if locked and key.phase != "settling":
@@ -422,7 +425,15 @@ class Stored:
     deleted: bool = False
 
 
-DELETE_ANSWERS = ["deleted", "deleted_then_lost", "lost", "throttled", "refused", "server_error"]
+DELETE_ANSWERS = [
+    "deleted",
+    "deleted_then_lost",
+    "lost",
+    "late",  # no answer; Piriod deletes the usage later (FakePiriod.finish_late_deletes)
+    "throttled",
+    "refused",
+    "server_error",
+]
 
 
 @dataclass
@@ -453,7 +464,15 @@ class FakePiriod:
     posts: int = 0
     lookups: int = 0
     during_post: Callable[[Usage], bool] | None = None
+    late_deletes: list[Stored] = field(default_factory=list)  # DELETEs still inside Piriod
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finish_late_deletes(self) -> None:
+        """Piriod gets to the DELETEs that were still inside it when their answer timed out."""
+        with self._lock:
+            for entry in self.late_deletes:
+                entry.deleted = True
+            self.late_deletes.clear()
 
     def _store(self, usage: Usage) -> Stored:
         assert usage.subscription_line is not None
@@ -537,7 +556,10 @@ class FakePiriod:
                 entry.deleted = True
             if answer == "deleted":
                 return DeleteResult(None, 204 if live else 404)
-            if answer in ("deleted_then_lost", "lost"):
+            if answer == "late" and live:
+                assert entry is not None
+                self.late_deletes.append(entry)
+            if answer in ("deleted_then_lost", "lost", "late"):
                 return DeleteResult(FailureKind.AMBIGUOUS, error="read timeout")
             if answer == "server_error":
                 return DeleteResult(FailureKind.AMBIGUOUS, 500, error="HTTP 500")

@@ -28,7 +28,7 @@ from piriod_adapter.clock import Deadline
 from piriod_adapter.corrections import CorrectionEntry, Corrector
 from piriod_adapter.flush import sweep_corrections
 from piriod_adapter.idempotency import StoreUnavailable
-from piriod_adapter.lifecycle import Fate, Submission
+from piriod_adapter.lifecycle import Fate, Submission, Taker
 from piriod_adapter.models import FailureKind, KeyKind, QueuedRecord, Tenant, Usage, UsageKey
 from piriod_adapter.piriod import DeleteResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
@@ -179,6 +179,11 @@ class Lifecycle(RuleBasedStateMachine):
     def stores(self, store: bool, sqs: bool) -> None:
         self.store.down, self.queues.down = store, sqs
 
+    @rule()
+    def piriod_finishes_late_deletes(self) -> None:
+        # DELETEs whose answer timed out while they were still inside Piriod are done now
+        self.piriod.finish_late_deletes()
+
     @rule(fails=st.booleans())
     def store_refuses_batches(self, fails: bool) -> None:
         # a delivery's new keys claimed together (one transaction) are refused, throttled or
@@ -216,7 +221,7 @@ class Lifecycle(RuleBasedStateMachine):
             # while the delivery's keys are claimed together, another attempt claims one of
             # them and vanishes (a concurrent delivery whose function was killed)
             def concurrent(usage: Usage = usages[meanwhile]) -> None:
-                if not self.store.down:
+                with contextlib.suppress(StoreUnavailable):
                     self.store.claim(usage, Deadline.after(5))
 
             self.store.before_claim_new = concurrent
@@ -276,9 +281,10 @@ class Lifecycle(RuleBasedStateMachine):
         # a Lambda that claimed a record and was killed, before or after its post landed
         pk = data.draw(st.sampled_from(sorted(self.records)))
         usage = self.records[pk]
-        if self.store.down:
+        try:
+            claim = self.store.claim(usage, Deadline.after(5))
+        except StoreUnavailable:
             return
-        claim = self.store.claim(usage, Deadline.after(5))
         # A real attempt posts only with no unseen post before it (else it settles first, by
         # lookup) and nothing Piriod holds for the key (else it corrects that first): one
         # that crashed before that has posted nothing.
@@ -485,6 +491,7 @@ class Lifecycle(RuleBasedStateMachine):
         replayed by the operator and ReplayQueue drained, until nothing waits (or what waits
         waits for a person: twins no lookup can tell apart)."""
         self.store.down = self.queues.down = False
+        self.piriod.finish_late_deletes()
         self.piriod.answers.clear()
         self.piriod.delete_answers.clear()
         self.piriod.listing_down = self.piriod.endless = self.piriod.filters_miss = False
@@ -1142,3 +1149,114 @@ def test_an_operator_replay_of_a_key_conflict_never_applies_the_key_s_correction
     state.teardown()
     live = [(e.line, e.at.microsecond, e.quantity) for e in state.piriod.ledger if not e.deleted]
     assert live == [(12, 123000, Decimal("0.1"))]
+
+
+@pytest.mark.parametrize("meter", [True, False])
+def test_a_source_record_s_amend_handed_over_mid_post_is_applied(meter: bool) -> None:
+    # given (found by a second reviewer) a source record, mapped by its meter or by its
+    # line, whose post was lost, amended to 7.125 while ReplayFunction posts it: the key is
+    # held, so the amend is handed to ReplayQueue (its message carries the record as
+    # mapped, not as the key was first claimed)
+    state = Lifecycle()
+    usage = Usage(
+        subscription_line=12,
+        date_time=AT,
+        quantity=Decimal("2.5"),
+        key=UsageKey(kind=KeyKind.EVENT, scope="v1/sources/s", text="ev-1"),
+        source="s",
+        meter_id="m-1" if meter else None,
+    )
+    pk = key_pk(usage.key)
+    state.records[pk] = usage
+    state.piriod.answers.append("lost")
+    [out] = state.submitter.submit_all(
+        [Submission(0, usage, TENANT)], Deadline.after(25), state.queues.place_failed, 1
+    )
+    assert out.fate is Fate.QUEUED
+    state.acknowledged.add(pk)
+    entry = CorrectionEntry.model_validate(
+        {"action": "amend", "key": "ev-1", "source": "s", "quantity": Decimal("7.125")}
+        | {"correction_id": "c1"}
+    )
+    answers: list[str] = []
+
+    def during(_: Usage) -> bool:
+        [done] = state.corrector().run([entry], Deadline.after(25))
+        answers.append(done.status)
+        return True
+
+    state.piriod.during_post = during
+    state.clock.advance(61)
+    messages = list(state.queues.replay)
+    state.replay_function_runs(crash_before_delete=False, data=cast(Any, _Sequence(messages, 1)))
+    assert answers == ["pending"]
+    # when ReplayFunction takes the handed-over amend, and everything drains
+    state.clock.advance(400)
+    state.teardown()
+    # then the amend is billed: one usage of 7.125
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("7.125")]
+
+
+def test_a_cancel_and_a_twin_s_unseen_post_never_wait_on_each_other() -> None:
+    # given (found by a second reviewer) K1 posted as usage 1; later K2, an identical record
+    # of another key, posted with its answer lost (usage 2); K1 cancelled, the corrections
+    # Lambda killed right after claiming its key, and the sender retrying the cancel
+    q = Decimal("2.5")
+    state = Lifecycle()
+    k1, k2 = "k#v1/usages#key-3", "k#v1/usages#key-4"
+    state.deliver(meanwhile=None, picks=[(3, 12, q, 123000)], twice=False)
+    state.clock.advance(400)
+    state.piriod_will_answer(answers=["stored_then_lost"])
+    state.deliver(meanwhile=None, picks=[(4, 12, q, 123000)], twice=False)
+    assert state.store.accept(k1, "cancel", None, "key-3/cancel").state is not None
+    state.store.claim(state.records[k1], Deadline.after(5), Taker.CORRECTION)
+    state.corrected.add(k1)
+    state.clock.advance(100)
+    entry = CorrectionEntry.model_validate(
+        {"action": "cancel", "key": "key-3", "quantity": None, "correction_id": "key-3/cancel"}
+    )
+    state.corrector().run([entry], Deadline.after(25))
+    # when everything drains
+    state.drain()
+    # then neither waits: K1 is cancelled and K2 billed once
+    assert [state._waits(k) for k in (k1, k2)] == [False, False]
+    assert [(e.usage_id, e.key) for e in state.piriod.ledger if not e.deleted] == [(2, k2)]
+
+
+def test_a_cloudevent_kept_under_a_digest_is_never_corrected_as_another_record() -> None:
+    # given (found by a second reviewer) a CloudEvent whose source and id are longer than
+    # an item key takes (kept under a digest), posted as usage 1
+    state = Lifecycle()
+    text = json.dumps(["https://example.com/" + "s" * 1100, "id-1"], separators=(",", ":"))
+    usage = Usage(
+        subscription_line=12,
+        date_time=AT,
+        quantity=Decimal("2.5"),
+        key=UsageKey(kind=KeyKind.EVENT, scope="v1/sources/ce", text=text),
+        source="ce",
+    )
+    assert key_pk(usage.key).startswith("eh#")
+    [out] = state.submitter.submit_all(
+        [Submission(0, usage, TENANT)], Deadline.after(25), state.queues.place_failed, 1
+    )
+    assert out.fate is Fate.POSTED
+    # when the sender cancels it by its CloudEvent id
+    entry = CorrectionEntry.model_validate(
+        {"action": "cancel", "key": "id-1", "source": "ce", "correction_id": "c1"}
+    )
+    corrector = Corrector(
+        state.store,
+        None,
+        state.submitter,
+        state.queues.place_failed,
+        TENANT,
+        1.0,
+        1,
+        clock=state.clock,
+        cloudevents=frozenset({"ce"}),
+    )
+    [done] = corrector.run([entry], Deadline.after(25))
+    # then the correction is rejected with the reason, and nothing else is posted: it was
+    # answered applied while a new key posted the record a second time
+    assert done.status == "rejected" and done.errors is not None
+    assert [e.usage_id for e in state.piriod.ledger if not e.deleted] == [1]
