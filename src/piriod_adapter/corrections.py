@@ -38,7 +38,14 @@ from pydantic import (
 )
 
 from piriod_adapter.clock import Deadline
-from piriod_adapter.lifecycle import CORRECTION, KeyStatus, Outcome, Submission, Taker
+from piriod_adapter.lifecycle import (
+    CORRECTION,
+    HANDED_CORRECTION,
+    KeyStatus,
+    Outcome,
+    Submission,
+    Taker,
+)
 from piriod_adapter.models import (
     MAX_BATCH,
     MAX_EVENT_ID_LENGTH,
@@ -553,7 +560,7 @@ class Corrector:
             tenant=self._tenant(_record(pending)),
             failure=Failure(
                 kind=FailureKind.AMBIGUOUS,
-                error="a correction waits for the attempt that holds its key",
+                error=HANDED_CORRECTION,
                 attempted=False,
                 at=now,
             ),

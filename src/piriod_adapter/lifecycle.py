@@ -114,6 +114,11 @@ HANDLED: frozenset[KeyStatus] = frozenset(
 # Piriod holds what it says (applied), it waits in a queue or for the holder of its key
 # (pending), or Piriod refused the amended record (rejected). NOT_STORED: neither applied nor
 # placed (the request is answered 503; its retry is a duplicate that drives it again).
+# A correction handed to ReplayQueue by the corrections route while another attempt held its
+# key: its message is the key's own record, as the key remembers it (its line, instant and
+# quantity as delivered; a record mapped from a meter id carries the line, not the meter).
+HANDED_CORRECTION = "a correction waits for the attempt that holds its key"
+
 CORRECTION: MappingProxyType[Fate, str] = MappingProxyType(
     {
         Fate.POSTED: "applied",

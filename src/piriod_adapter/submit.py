@@ -38,6 +38,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import Claim, Identical, Result, StoreUnavailable, Suspect
 from piriod_adapter.lifecycle import (
+    HANDED_CORRECTION,
     HANDLED,
     KEY_STATUS,
     FailureSink,
@@ -716,7 +717,9 @@ class Submitter:
         Raises StoreUnavailable."""
         holder = claim.previous
         mismatch = holder is not None and holder.fingerprint not in (None, sub.usage.fingerprint)
-        if mismatch and taker is not Taker.CORRECTION:
+        # a correction's hand-over is the key's own record (HANDED_CORRECTION), never another
+        handed = sub.previous is not None and sub.previous.failure.error == HANDED_CORRECTION
+        if mismatch and taker is not Taker.CORRECTION and not handed:
             return self._conflict(sub)
         if holder is not None and holder.locked(self.clock()):
             if taker is not Taker.WEBHOOK:  # replay looks again shortly, without an attempt

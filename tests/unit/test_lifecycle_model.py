@@ -1260,3 +1260,50 @@ def test_a_cloudevent_kept_under_a_digest_is_never_corrected_as_another_record()
     # answered applied while a new key posted the record a second time
     assert done.status == "rejected" and done.errors is not None
     assert [e.usage_id for e in state.piriod.ledger if not e.deleted] == [1]
+
+
+def test_a_handed_over_amend_replayed_while_its_key_is_held_is_applied() -> None:
+    # given (found by a second reviewer) a meter-mapped source record whose post was lost,
+    # amended while ReplayFunction posts it: the amend is handed to ReplayQueue (its message
+    # carries the line, not the meter, so not the key's first fingerprint), and
+    # ReplayFunction takes that message while the holder is still posting
+    state = Lifecycle()
+    usage = Usage(
+        subscription_line=12,
+        date_time=AT,
+        quantity=Decimal("2.5"),
+        key=UsageKey(kind=KeyKind.EVENT, scope="v1/sources/s", text="ev-1"),
+        source="s",
+        meter_id="m-1",
+    )
+    pk = key_pk(usage.key)
+    state.records[pk] = usage
+    state.piriod.answers.append("lost")
+    [out] = state.submitter.submit_all(
+        [Submission(0, usage, TENANT)], Deadline.after(25), state.queues.place_failed, 1
+    )
+    assert out.fate is Fate.QUEUED
+    state.acknowledged.add(pk)
+    entry = CorrectionEntry.model_validate(
+        {"action": "amend", "key": "ev-1", "source": "s", "quantity": Decimal("7.125")}
+        | {"correction_id": "c1"}
+    )
+    state.clock.advance(61)
+    first = list(state.queues.replay)
+
+    def during(_: Usage) -> bool:
+        state.piriod.during_post = None
+        [done] = state.corrector().run([entry], Deadline.after(25))
+        assert done.status == "pending"
+        handed = [m for m in state.queues.replay if m not in first]
+        state.replay_function_runs(crash_before_delete=False, data=cast(Any, _Sequence(handed, 1)))
+        return True
+
+    state.piriod.during_post = during
+    state.replay_function_runs(crash_before_delete=False, data=cast(Any, _Sequence(first, 1)))
+    # when everything drains
+    state.clock.advance(400)
+    state.teardown()
+    # then the amend is billed (it was never taken for a key conflict)
+    assert state.queues.dead == []
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("7.125")]
