@@ -325,7 +325,15 @@ class IdempotencyStore:
         claimed = table.taken_over(item, old)
         token = claimed["lock_token"]["S"]
         self._claims[token] = claimed
-        return Claim(pk=pk, token=token, previous=KeyState.from_item(old) if old else None)
+        previous = KeyState.from_item(old) if old else None
+        claim = Claim(pk=pk, token=token, previous=previous)
+        vanished = previous is not None and previous.status is KeyStatus.IN_PROGRESS
+        if vanished and previous is not None and previous.ambiguous_since is None:
+            # Its holder vanished mid-attempt: whether its post landed is unseen, and stays
+            # so if this attempt vanishes too (its start would be lost with the lock).
+            since = previous.attempt_started or now
+            self._held(claim, "flag unseen post", table.mark_unseen(pk, token, since))
+        return claim
 
     def get(self, pk: str) -> KeyState | None:
         request = {"Key": {"pk": {"S": pk}}, "ConsistentRead": True}

@@ -488,6 +488,17 @@ def hold(pk: str, token: str, holding: Holding | None) -> dict[str, Any]:
     }
 
 
+def mark_unseen(pk: str, token: str, since: float) -> dict[str, Any]:
+    """A key taken over from a holder that vanished mid-attempt: its attempt's start stays
+    flagged as an unseen post's (the new attempt's own start overwrote `attempt_started`)."""
+    return {
+        "Key": {"pk": {"S": pk}},
+        "UpdateExpression": "SET ambiguous_since = :since",
+        "ConditionExpression": "lock_token = :token",
+        "ExpressionAttributeValues": {":since": {"N": num(since)}, ":token": {"S": token}},
+    }
+
+
 def mark_deleting(pk: str, token: str, usage_id: int) -> dict[str, Any]:
     """An attempt is about to DELETE `usage_id`: flagged until a later write of the key says
     what Piriod holds (hold, finish; release keeps it)."""

@@ -394,6 +394,21 @@ def test_a_key_holding_a_usage_with_an_unseen_post_is_a_suspect_too(keys: Keys) 
     assert found.suspects == (Suspect(amended.date_time, "2.5", idless=False),)
 
 
+def test_a_key_taken_over_from_a_vanished_attempt_keeps_its_unseen_post(keys: Keys) -> None:
+    # given a key whose holder vanished mid-attempt (its lock expired, its post unseen)
+    record = usage(fresh("vanished"))
+    claim(keys, record)
+    first_started = keys.clock()
+    keys.clock.advance(LIFETIME + 60)
+    # when another attempt takes it over and vanishes too
+    claim(keys, record, Taker.REPLAY)
+    keys.clock.advance(LIFETIME + 60)
+    # then the next holder still sees the first attempt's post as unseen, since it began
+    last = claim(keys, record, Taker.REPLAY)
+    assert last.previous is not None
+    assert last.previous.unsettled_since() == pytest.approx(first_started, abs=0.001)
+
+
 def test_keys_less_than_two_seconds_apart_may_be_listed_alike(keys: Keys) -> None:
     # given three keys of one line posted without ids: 1.9 s, 2 s and 2.5 s from a record
     # (Piriod may list times cut to the second, and a listed time matches a record less

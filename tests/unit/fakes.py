@@ -143,6 +143,7 @@ class FakeKeyStore:
         self.owners: dict[int, str] = {}  # usage id -> the key it settled
         self.aliases: dict[str, str | None] = {}  # a CloudEvent key's (table.event_alias)
         self.down = False
+        self.fail_next = 0  # the next calls fail alone (a throttled request), then all pass
         self.batch_fails = False  # claim_new's transaction refused (throttled, invalid)
         self.before_claim_new: Callable[[], None] | None = None
         self.events: Any = None  # a FakeWindowStore: its event keys share this table
@@ -151,6 +152,9 @@ class FakeKeyStore:
     def _check(self) -> None:
         if self.down:
             raise StoreUnavailable("fake store down")
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise StoreUnavailable("fake store throttled this call")
 
     def _new_key(
         self, pk: str, usage: Usage, token: str, lock: float, now: float, phase: str
@@ -202,6 +206,8 @@ class FakeKeyStore:
             same = taker is Taker.CORRECTION or key.fingerprint == usage.fingerprint
             if not takeable or not same:
                 return Claim(pk, None, previous)
+            if key.status is KeyStatus.IN_PROGRESS and key.ambiguous_since is None:
+                key.ambiguous_since = key.attempt_started  # its vanished holder's post
             key.status = KeyStatus.IN_PROGRESS
             key.token, key.lock_expires, key.attempt_started, key.phase = token, lock, now, phase
             return Claim(pk, token, previous)
