@@ -965,18 +965,10 @@ def test_a_delete_still_inside_piriod_when_asked_about_is_seen_through(sqs: str)
     state = Lifecycle()
     state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
     pk = "k#v1/usages#key-3"
-    inside: list[int] = []
-
-    def delete_times_out(usage_id: int, *args: Any, **kwargs: Any) -> DeleteResult:
-        inside.append(usage_id)
-        return DeleteResult(FailureKind.AMBIGUOUS, error="read timeout")
-
-    delete = state.piriod.delete_usage
-    state.piriod.delete_usage = delete_times_out  # type: ignore[method-assign]
+    state.piriod.delete_answers.append("late")
     state.queues.down = sqs.startswith("down")
     _amend(state, "7.125", "c1")
     assert state.store.keys[pk].deleting == 1
-    state.piriod.delete_usage = delete  # type: ignore[method-assign]
     state.queues.down = False
     # when it is amended back to 2.5 while usage 1 is still listed
     _amend(state, "2.5", "c2")
@@ -986,8 +978,7 @@ def test_a_delete_still_inside_piriod_when_asked_about_is_seen_through(sqs: str)
             crash_before_delete=False, data=cast(Any, _Sequence(messages, len(messages)))
         )
     # and the DELETE inside Piriod is then done (a 404 to it, if it was deleted meanwhile)
-    for entry in state.piriod.ledger:
-        entry.deleted = entry.deleted or entry.usage_id in inside
+    state.piriod.finish_late_deletes()
     state.teardown()
     # then Piriod holds the record's one usage of 2.5
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
@@ -1001,17 +992,11 @@ def test_a_doubted_delete_stays_flagged_until_it_is_seen_through(fault: str) -> 
     state = Lifecycle()
     state.deliver(meanwhile=None, picks=[(3, 12, Decimal("2.5"), 123000)], twice=False)
     pk = "k#v1/usages#key-3"
-    inside: list[int] = []
-    delete, mark = state.piriod.delete_usage, state.store.mark_deleting
-
-    def delete_times_out(usage_id: int, *args: Any, **kwargs: Any) -> DeleteResult:
-        inside.append(usage_id)
-        return DeleteResult(FailureKind.AMBIGUOUS, error="read timeout")
-
-    state.piriod.delete_usage = delete_times_out  # type: ignore[method-assign]
+    mark = state.store.mark_deleting
+    state.piriod.delete_answers.append("late")
     state.queues.down = True
     _amend(state, "7.125", "c1")
-    state.piriod.delete_usage, state.queues.down = delete, False  # type: ignore[method-assign]
+    state.queues.down = False
     seconds = 25.0
     if fault == "deadline":
         seconds = 0.3
@@ -1035,8 +1020,7 @@ def test_a_doubted_delete_stays_flagged_until_it_is_seen_through(fault: str) -> 
     assert state.store.keys[pk].deleting == 1
     # and once the DELETE inside Piriod is done and everything drains, Piriod holds 2.5
     state.store.mark_deleting = mark  # type: ignore[method-assign]
-    for entry in state.piriod.ledger:
-        entry.deleted = entry.deleted or entry.usage_id in inside
+    state.piriod.finish_late_deletes()
     state.teardown()
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
 
