@@ -477,9 +477,10 @@ def hold(pk: str, token: str, holding: Holding | None) -> dict[str, Any]:
         update = "SET held = :held"
         values[":held"] = {"S": holding.quantity}
         if holding.usage_id is not None:
-            update += ", usage_id = :id"
+            update += ", usage_id = :id REMOVE ambiguous_since"
             values[":id"] = {"N": str(holding.usage_id)}
-        update += " REMOVE ambiguous_since"
+        else:  # a usage found without its id: no earlier id stays beside it
+            update += " REMOVE usage_id, ambiguous_since"
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update,

@@ -953,3 +953,38 @@ def test_a_cloudevent_key_is_found_by_its_scope_and_id(keys: Keys) -> None:
     assert sorted(found["e-1"]) == sorted(key_pk(r.key) for r in twins)
     assert found["e-2"] == [key_pk(alone.key)]
     assert found["e-3"] == []
+
+
+def test_a_usage_found_without_its_id_leaves_no_earlier_id_beside_it(keys: Keys) -> None:
+    # given a key holding usage 5, whose next holder finds a usage of it listed without an id
+    record = usage(fresh("found-without-id"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=5))
+    mine = claim(keys, record, Taker.CORRECTION)
+    # when that holder writes what it found, and lets the key go
+    keys.store.hold(mine, Holding("2.5", None))
+    keys.store.release(mine, None)
+    # then the next holder sees that usage, and no id for it
+    again = claim(keys, record, Taker.CORRECTION)
+    assert again.previous is not None
+    assert (again.previous.holding, again.previous.usage_id) == (Holding("2.5", None), None)
+
+
+def test_a_key_read_as_an_item_says_what_its_claim_says(keys: Keys) -> None:
+    # given a posted key whose next holder is about to DELETE its usage
+    record = usage(fresh("read-as-item"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=7))
+    mine = claim(keys, record, Taker.CORRECTION)
+    keys.store.mark_deleting(mine, 7)
+    pk = key_pk(record.key)
+    # when the key is read as an item (a batch read, as the corrections read keys)
+    read = KeyState.from_item(keys.store.items([pk])[pk])
+    # then it says what a claim of it says: the DELETE, and when its usage was posted
+    assert mine.previous is not None
+    assert read.deleting == 7
+    assert read.posted_at is not None
+    assert read.posted_at == mine.previous.posted_at
+    assert (read.status, read.usage_id, read.holding) == (
+        KeyStatus.IN_PROGRESS,
+        7,
+        Holding("1.5", 7),
+    )

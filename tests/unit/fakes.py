@@ -108,6 +108,12 @@ class _Key:
             item["cancelled"] = {"BOOL": True}
         if self.ambiguous_since is not None:
             item["ambiguous_since"] = {"N": str(self.ambiguous_since)}
+        if self.phase:
+            item["phase"] = {"S": self.phase}
+        if self.deleting is not None:
+            item["deleting"] = {"N": str(self.deleting)}
+        if self.posted_at is not None:
+            item["posted_at"] = {"N": str(self.posted_at)}
         return item
 
     def state(self) -> KeyState:
