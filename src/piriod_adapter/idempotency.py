@@ -451,11 +451,14 @@ class IdempotencyStore:
         if quantity is not None and claimed is not None:  # what finish writes by default
             claimed["quantity"] = {"S": quantity}
 
-    def mark_deleting(self, claim: Claim, usage_id: int) -> None:
+    def mark_deleting(self, claim: Claim, usage_id: int, correcting: Waiting | None = None) -> None:
         """An attempt is about to DELETE `usage_id`: the key flags it until a later write
-        says what Piriod holds (a release keeps it). Raises StoreUnavailable."""
+        says what Piriod holds (a release keeps it); with `correcting`, the correction waits
+        on the key until the attempt's finish (table.mark_deleting). Raises
+        StoreUnavailable."""
         assert claim.token is not None
-        self._held(claim, "update key", table.mark_deleting(claim.pk, claim.token, usage_id))
+        request = table.mark_deleting(claim.pk, claim.token, usage_id, correcting)
+        self._held(claim, "update key", request)
 
     def hold(self, claim: Claim, holding: Holding | None) -> None:
         """What Piriod holds for the key now, while the attempt goes on (a usage found by

@@ -111,7 +111,9 @@ class KeyStore(Protocol):
 
     def hold(self, claim: Claim, holding: Holding | None) -> None: ...
 
-    def mark_deleting(self, claim: Claim, usage_id: int) -> None: ...
+    def mark_deleting(
+        self, claim: Claim, usage_id: int, correcting: Waiting | None = None
+    ) -> None: ...
 
     def settle(self, claim: Claim, usage_id: int) -> None: ...
 
@@ -623,8 +625,11 @@ class Submitter:
                 if held_id is not None:
                     # Written before it is sent: until the key says otherwise, whoever holds
                     # it next asks Piriod whether this usage is still there (a release, a
-                    # crash or a failed write after the DELETE keeps the question).
-                    self.store.mark_deleting(claim, held_id)
+                    # crash or a failed write after the DELETE keeps the question), and the
+                    # correction waits on the key for FlushFunction until this attempt's
+                    # finish: once Piriod's usage is gone, a record whose attempt stops
+                    # with no queue and no key written is still finished by someone.
+                    self.store.mark_deleting(claim, held_id, _waits_meanwhile(sub, plan, claim))
                     if not attempt.start_delete(held_id):  # the deadline placed it
                         raise _Abandoned
                     deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)
@@ -1011,6 +1016,17 @@ class _Plan:
             quantity=self.last_quantity,
             correcting=True,
         )
+
+
+def _waits_meanwhile(sub: Submission, plan: _Plan, claim: Claim) -> Waiting:
+    """A correction's record as it waits on its key while its attempt applies it."""
+    unfinished = PostResult(
+        FailureKind.TRANSIENT,
+        error="its correction's attempt did not finish; FlushFunction applies it",
+        attempted=False,
+    )
+    message = plan.failed(sub, unfinished, None, claim).message
+    return Waiting(CORRECTING, CORRECTING, message.to_json(), _sortable(message.failure.at))
 
 
 def _unclaimed(

@@ -500,14 +500,34 @@ def mark_unseen(pk: str, token: str, since: float) -> dict[str, Any]:
     }
 
 
-def mark_deleting(pk: str, token: str, usage_id: int) -> dict[str, Any]:
+def mark_deleting(
+    pk: str, token: str, usage_id: int, correcting: Waiting | None = None
+) -> dict[str, Any]:
     """An attempt is about to DELETE `usage_id`: flagged until a later write of the key says
-    what Piriod holds (hold, finish; release keeps it)."""
+    what Piriod holds (hold, finish; release keeps it). `correcting`: the correction being
+    applied waits on the key meanwhile (listed under CORRECTING, with its record's message),
+    so that FlushFunction finishes it if this attempt cannot (its last write failed, or it
+    stopped); the attempt's finish removes it."""
+    values: dict[str, Any] = {":id": {"N": str(usage_id)}, ":token": {"S": token}}
+    update = "SET deleting = :id"
+    if correcting is not None:
+        update += ", waiting = :w, waiting_since = :ws, message_id = :mid, message = :m"
+        values.update(_correcting(pk, correcting))
     return {
         "Key": {"pk": {"S": pk}},
-        "UpdateExpression": "SET deleting = :id",
+        "UpdateExpression": update,
         "ConditionExpression": "lock_token = :token",
-        "ExpressionAttributeValues": {":id": {"N": str(usage_id)}, ":token": {"S": token}},
+        "ExpressionAttributeValues": values,
+    }
+
+
+def _correcting(pk: str, correcting: Waiting) -> dict[str, Any]:
+    """The values that list a key under CORRECTING, with its record's message."""
+    return {
+        ":w": {"S": f"{CORRECTING}#{waiting_shard(pk)}"},
+        ":ws": {"S": correcting.since},
+        ":mid": {"S": correcting.message_id},
+        ":m": {"S": correcting.message},
     }
 
 
@@ -569,14 +589,7 @@ def release(
         values[":deleting"] = {"N": str(deleting)}
     if correcting is not None:
         update += ", waiting = :w, waiting_since = :ws, message_id = :mid, message = :m"
-        values.update(
-            {
-                ":w": {"S": f"{CORRECTING}#{waiting_shard(pk)}"},
-                ":ws": {"S": correcting.since},
-                ":mid": {"S": correcting.message_id},
-                ":m": {"S": correcting.message},
-            }
-        )
+        values.update(_correcting(pk, correcting))
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update + " REMOVE lock_expires, lock_token",

@@ -24,7 +24,7 @@ from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import Claim, IdempotencyStore, LockLost, Result, Suspect
 from piriod_adapter.lifecycle import KeyStatus, Taker
 from piriod_adapter.models import KeyKind, Usage, UsageKey
-from piriod_adapter.table import Holding, KeyState, Waiting, WindowId, key_pk
+from piriod_adapter.table import CORRECTING, Holding, KeyState, Waiting, WindowId, key_pk
 from piriod_adapter.windows import (
     EventWrite,
     NewGeneration,
@@ -988,3 +988,42 @@ def test_a_key_read_as_an_item_says_what_its_claim_says(keys: Keys) -> None:
         7,
         Holding("1.5", 7),
     )
+
+
+def test_a_correction_waits_on_its_key_from_its_delete_until_its_attempt_finishes(
+    keys: Keys,
+) -> None:
+    # given a posted key whose correction's attempt is about to DELETE its usage
+    record = usage(fresh("delete-ahead"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=9))
+    mine = claim(keys, record, Taker.CORRECTION)
+    message = json.dumps({"key": record.key.text})
+    ahead = Waiting(CORRECTING, CORRECTING, message, "2026-11-30T10")
+
+    def listed() -> bool:
+        return message in [w.message for w in keys.store.waiting(CORRECTING)]
+
+    # when the DELETE is written to the key before it is sent
+    keys.store.mark_deleting(mine, 9, ahead)
+    # then the correction is listed as waiting on the key, with its record's message
+    assert listed()
+    # and once the attempt finishes, it is not
+    keys.store.finish(Result(mine, KeyStatus.CANCELLED, quantity="1.5", applied=1))
+    assert not listed()
+
+
+def test_a_correction_waits_on_its_key_when_its_attempt_stops_after_its_delete(
+    keys: Keys,
+) -> None:
+    # given a correction's attempt that wrote its DELETE ahead and then let the key go
+    record = usage(fresh("delete-ahead-released"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=9))
+    mine = claim(keys, record, Taker.CORRECTION)
+    message = json.dumps({"key": record.key.text})
+    keys.store.mark_deleting(mine, 9, Waiting(CORRECTING, CORRECTING, message, "2026-11-30T10"))
+    # when it is released with nothing more said
+    keys.store.release(mine, None)
+    # then the correction still waits on the key, its DELETE still to be asked about
+    assert message in [w.message for w in keys.store.waiting(CORRECTING)]
+    again = claim(keys, record, Taker.CORRECTION)
+    assert again.previous is not None and again.previous.deleting == 9

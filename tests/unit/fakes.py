@@ -150,17 +150,23 @@ class FakeKeyStore:
         self.aliases: dict[str, str | None] = {}  # a CloudEvent key's (table.event_alias)
         self.down = False
         self.fail_next = 0  # the next calls fail alone (a throttled request), then all pass
+        # a call's name -> how many of its next calls fail alone (throttled requests): a
+        # named call, so that which call fails does not hang on the order of the calls
+        self.throttled: dict[str, int] = {}
         self.batch_fails = False  # claim_new's transaction refused (throttled, invalid)
         self.before_claim_new: Callable[[], None] | None = None
         self.events: Any = None  # a FakeWindowStore: its event keys share this table
         self._lock = threading.RLock()
 
-    def _check(self) -> None:
+    def _check(self, call: str) -> None:
         if self.down:
             raise StoreUnavailable("fake store down")
         if self.fail_next > 0:
             self.fail_next -= 1
             raise StoreUnavailable("fake store throttled this call")
+        if self.throttled.get(call, 0) > 0:
+            self.throttled[call] -= 1
+            raise StoreUnavailable(f"fake store throttled this {call}")
 
     def _new_key(
         self, pk: str, usage: Usage, token: str, lock: float, now: float, phase: str
@@ -189,7 +195,7 @@ class FakeKeyStore:
         settling: bool = False,
     ) -> Claim:
         with self._lock:
-            self._check()
+            self._check("claim")
             pk = key_pk(usage.key)
             now = self.clock()
             token = uuid.uuid4().hex
@@ -252,7 +258,7 @@ class FakeKeyStore:
 
     def wait_while_locked(self, pk: str, deadline: Deadline, at_most: float) -> KeyState | None:
         with self._lock:
-            self._check()
+            self._check("wait_while_locked")
             key = self.keys.get(pk)
             return key.state() if key else None
 
@@ -264,7 +270,7 @@ class FakeKeyStore:
 
     def finish(self, result: Result) -> None:
         with self._lock:
-            self._check()
+            self._check("finish")
             key = self._held(result.claim)
             key.status = result.status
             key.token = key.lock_expires = None
@@ -285,20 +291,23 @@ class FakeKeyStore:
 
     def mark_posting(self, claim: Claim, quantity: str | None = None) -> None:
         with self._lock:
-            self._check()
+            self._check("mark_posting")
             key = self._held(claim)
             key.phase = "posting"
             if quantity is not None:
                 key.quantity = quantity
 
-    def mark_deleting(self, claim: Claim, usage_id: int) -> None:
+    def mark_deleting(self, claim: Claim, usage_id: int, correcting: Waiting | None = None) -> None:
         with self._lock:
-            self._check()
-            self._held(claim).deleting = usage_id
+            self._check("mark_deleting")
+            key = self._held(claim)
+            key.deleting = usage_id
+            if correcting is not None:
+                key.waiting, key.message = correcting.queue, correcting.message
 
     def hold(self, claim: Claim, holding: Holding | None) -> None:
         with self._lock:
-            self._check()
+            self._check("hold")
             key = self._held(claim)
             key.holding, key.ambiguous_since = holding, None
             if holding is None:
@@ -306,7 +315,7 @@ class FakeKeyStore:
 
     def settle(self, claim: Claim, usage_id: int) -> None:
         with self._lock:
-            self._check()
+            self._check("settle")
             key = self._held(claim)
             key.status, key.holding = KeyStatus.POSTED, Holding(key.quantity, usage_id)
             key.posted_at = self.clock()
@@ -316,19 +325,19 @@ class FakeKeyStore:
 
     def take_usage(self, claim: Claim, usage_id: int) -> bool:
         with self._lock:
-            self._check()
+            self._check("take_usage")
             owner = self.owners.setdefault(usage_id, claim.pk)
             return owner == claim.pk
 
     def give_back(self, claim: Claim, usage_id: int) -> None:
         with self._lock:
-            self._check()
+            self._check("give_back")
             if self.owners.get(usage_id) == claim.pk:
                 del self.owners[usage_id]
 
     def identical(self, claim: Claim, usage: Usage) -> Identical:
         with self._lock:
-            self._check()
+            self._check("identical")
             now = self.clock()
             held: set[int] = set()
             suspects: list[Suspect] = []
@@ -361,7 +370,7 @@ class FakeKeyStore:
         correcting: Waiting | None = None,
     ) -> None:
         with self._lock:
-            self._check()
+            self._check("release")
             key = self._held(claim)
             key.status = KeyStatus.RELEASED
             key.token = key.lock_expires = None
@@ -374,7 +383,7 @@ class FakeKeyStore:
 
     def accept(self, pk: str, action: str, quantity: str | None, correction_id: str) -> Accepted:
         with self._lock:
-            self._check()
+            self._check("accept")
             key = self.keys.get(pk)
             if key is None:
                 return Accepted(None)
@@ -396,7 +405,7 @@ class FakeKeyStore:
     def keys_of_event(self, alias: str) -> list[str]:
         """The keys (records' and counted events') whose CloudEvent alias this is."""
         with self._lock:
-            self._check()
+            self._check("keys_of_event")
             events = self.events.keys if self.events is not None else {}
             aliases = {**self.aliases, **(self.events.aliases if self.events else {})}
             return [pk for pk in [*self.keys, *events] if aliases.get(pk) == alias]
@@ -404,7 +413,7 @@ class FakeKeyStore:
     def items(self, pks: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The keys that exist, as DynamoDB items (what the corrections route reads)."""
         with self._lock:
-            self._check()
+            self._check("items")
             found = {pk: self.keys[pk].item(pk) for pk in pks if pk in self.keys}
             events = self.events.keys if self.events is not None else {}
             for pk in pks:
@@ -415,7 +424,7 @@ class FakeKeyStore:
     def waiting(self, queue: str) -> list[Waiting]:
         """What waits on its key (a correction no queue took): table.CORRECTING."""
         with self._lock:
-            self._check()
+            self._check("waiting")
             return [
                 Waiting(queue, queue, key.message, "")
                 for key in self.keys.values()

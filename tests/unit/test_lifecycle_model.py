@@ -50,6 +50,24 @@ QUANTITIES = [
     Decimal("7.125"),
 ]
 LINES = [11, 12]
+# the key store's calls that a throttle can fail one at a time (tests/unit/fakes.py)
+THROTTLED_CALLS = [
+    "claim",
+    "wait_while_locked",
+    "finish",
+    "mark_posting",
+    "mark_deleting",
+    "hold",
+    "settle",
+    "take_usage",
+    "give_back",
+    "identical",
+    "release",
+    "accept",
+    "keys_of_event",
+    "items",
+    "waiting",
+]
 ANSWERS = ["created", "zero_id", "stored_then_lost", "lost", "throttled", "refused"]
 SETTLE_AFTER = 60.0
 
@@ -190,6 +208,12 @@ class Lifecycle(RuleBasedStateMachine):
         # invalid, while every single-key call goes through
         self.store.batch_fails = fails
 
+    @rule(call=st.sampled_from(THROTTLED_CALLS), times=st.integers(1, 2))
+    def store_throttles_a_call(self, call: str, times: int) -> None:
+        # the store's next calls of one kind fail alone (throttled requests) while every other
+        # call goes through: an attempt meets the store down at any one of its steps
+        self.store.throttled[call] = times
+
     # --- deliveries ----------------------------------------------------------------------------
 
     @rule(
@@ -225,7 +249,7 @@ class Lifecycle(RuleBasedStateMachine):
                     self.store.claim(usage, Deadline.after(5))
 
             self.store.before_claim_new = concurrent
-        down = self.store.down or self.queues.down
+        down = self._store_may_fail()
         subs = [Submission(i, u, TENANT) for i, u in enumerate(usages)]
         outcomes = self.submitter.submit_all(subs, Deadline.after(25), self.queues.place_failed, 1)
         self.store.before_claim_new = None
@@ -239,6 +263,10 @@ class Lifecycle(RuleBasedStateMachine):
                 pk = key_pk(sub.usage.key)
                 self._check_place(pk, result)
                 self.acknowledged.add(pk)
+
+    def _store_may_fail(self) -> bool:
+        """A store down, or one of its calls throttled: a 503 (not stored) is then allowed."""
+        return self.store.down or self.queues.down or any(self.store.throttled.values())
 
     def _check_place(self, pk: str, result: dict[str, Any]) -> None:
         """The 202 tells the record's true place."""
@@ -271,7 +299,9 @@ class Lifecycle(RuleBasedStateMachine):
         return (
             bool(self.piriod.usages_of(pk))
             or pk in (self.queues.keys_in(REPLAY) + self.queues.keys_in(DEAD_LETTER))
-            or (stored is not None and stored.cancelled and stored.applied == stored.rev)
+            # cancelled, Piriod holding none of it (above): even with the key's last write
+            # lost (throttled), nothing is owed, and whoever takes the key next finishes it
+            or (stored is not None and stored.cancelled)
             or (stored is not None and stored.waiting == CORRECTING)
         )
 
@@ -382,7 +412,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     def _correct(self, entry: CorrectionEntry) -> None:
         pk = next(pk for pk, usage in self.records.items() if usage.key.text == entry.key)
-        down = self.store.down or self.queues.down
+        down = self._store_may_fail()
         [done] = self.corrector().run([entry], Deadline.after(25))
         # a correction is answered by its fate; not stored only while a store is down
         assert done.status in (
@@ -491,6 +521,7 @@ class Lifecycle(RuleBasedStateMachine):
         replayed by the operator and ReplayQueue drained, until nothing waits (or what waits
         waits for a person: twins no lookup can tell apart)."""
         self.store.down = self.queues.down = False
+        self.store.throttled.clear()
         self.piriod.finish_late_deletes()
         self.piriod.answers.clear()
         self.piriod.delete_answers.clear()
@@ -1314,3 +1345,54 @@ def test_an_unseen_post_survives_an_attempt_that_vanished_over_it() -> None:
     state.teardown()
     # then the record is posted once (the first attempt's post is looked up, not forgotten)
     assert [e.quantity for e in state.piriod.usages_of("k#v1/usages#key-1")] == [q]
+
+
+def test_a_cancel_whose_last_write_is_throttled_is_finished_by_the_next_attempt() -> None:
+    # given (found by the window model with single store calls throttled) a posted record
+    # cancelled while the key's final write is throttled: Piriod's usage is deleted, and the
+    # key still says the DELETE was sent, the cancel not applied
+    q = QUANTITIES[0]
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(0, 11, q, 123456)], twice=False)
+    pk = "k#v1/usages#key-0"
+    state.store_throttles_a_call(call="finish", times=1)
+    _cancel(state, pk)
+    assert state.store.throttled["finish"] == 0
+    assert state.piriod.usages_of(pk) == []
+    assert state.store.keys[pk].applied < state.store.keys[pk].rev
+    # when the sender delivers the record again once the key's lock has expired
+    state.time_passes(seconds=400)
+    state.deliver(meanwhile=None, picks=[(0, 11, q, 123456)], twice=False)
+    # then nothing is posted again, and the key says the cancel is applied
+    assert state.piriod.usages_of(pk) == []
+    key = state.store.keys[pk]
+    assert key.cancelled and key.applied == key.rev and key.deleting is None
+
+
+def test_an_amend_whose_attempt_stops_after_its_delete_is_finished_by_flush_function() -> None:
+    # given (found by the lifecycle model with single store calls throttled) a posted record
+    # amended while SQS is down: its usage is deleted, the new one's post is lost, and the
+    # key's release is throttled, so the sender is answered not stored
+    old, new = QUANTITIES[0], QUANTITIES[1]
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(0, 11, old, 123456)], twice=False)
+    pk = "k#v1/usages#key-0"
+    state.stores(sqs=True, store=False)
+    state.store_throttles_a_call(call="release", times=1)
+    state.sender_corrects(
+        action="amend",
+        attempt=0,
+        data=cast(Any, _Drawn(pk)),
+        deleted=None,
+        posted="lost",
+        quantity=new,
+    )
+    assert len(state.unanswered) == 1
+    assert state.piriod.usages_of(pk) == []
+    # when SQS is back and FlushFunction sweeps once the key's lock has expired, the sender
+    # never retrying
+    state.stores(sqs=False, store=False)
+    state.time_passes(seconds=400)
+    state.flush_function_sweeps()
+    # then Piriod holds the record once, at its amended quantity
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [new]

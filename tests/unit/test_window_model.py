@@ -135,7 +135,7 @@ class Windows(Lifecycle):
     def _deliver(self, picks: list[Any]) -> None:
         seen = [u for u in self.events.values()]
         usages = [self._resolve(self._event(*pick)) for pick in picks]
-        down = self.windows.down or self.queues.down
+        down = self.windows.down or self.queues.down or any(self.store.throttled.values())
         reply = count_and_answer(
             self.windows,
             self.submitter.place,
@@ -230,7 +230,7 @@ class Windows(Lifecycle):
         ]
         if not entries:
             return
-        down = self.windows.down or self.store.down
+        down = self.windows.down or self.store.down or any(self.store.throttled.values())
         done = self.corrector(self.windows).run(entries, Deadline.after(25))
         for one in done:
             assert one.status in ("applied", "pending", "duplicate", "not_found", "not_stored")
@@ -351,6 +351,7 @@ class Windows(Lifecycle):
         empty; then SPEC 9's invariant for every line and window."""
         self.windows.down = self.store.down = self.queues.down = False
         self.windows.conflicts = 0
+        self.store.throttled.clear()
         self.piriod.answers.clear()
         self.piriod.listing_down = self.piriod.endless = self.piriod.filters_miss = False
         self.piriod.quantity_precision = self.piriod.time_precision = "exact"
