@@ -1027,3 +1027,21 @@ def test_a_correction_waits_on_its_key_when_its_attempt_stops_after_its_delete(
     assert message in [w.message for w in keys.store.waiting(CORRECTING)]
     again = claim(keys, record, Taker.CORRECTION)
     assert again.previous is not None and again.previous.deleting == 9
+
+
+def test_a_meters_record_keeps_the_line_it_was_posted_with(keys: Keys) -> None:
+    # given a record of a meter with no line yet, rejected into DeadLetterQueue
+    text = fresh("meter-mapped")
+    unmapped = usage(text).model_copy(update={"subscription_line": None, "meter_id": "m-1"})
+    keys.store.finish(
+        Result(claim(keys, unmapped), KeyStatus.REJECTED, waiting=waiting("dead-letter"))
+    )
+    # when the operator replays it once the meter has its line, and it is posted
+    mapped = unmapped.model_copy(update={"subscription_line": 77})
+    mine = claim(keys, mapped, Taker.OPERATOR)
+    assert mine.acquired
+    keys.store.finish(Result(mine, KeyStatus.POSTED, usage_id=3))
+    # then the key says the line it was posted with
+    again = claim(keys, mapped, Taker.CORRECTION)
+    assert again.previous is not None
+    assert (again.previous.line, again.previous.usage_id) == (77, 3)

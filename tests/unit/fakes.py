@@ -75,6 +75,9 @@ class _Key:
     cancelled: bool = False
     deleting: int | None = None
     corrections: dict[str, int] = field(default_factory=dict)  # correction id -> revision
+    # the record as the attempt holding the key has it, written over the key at its finish
+    # (as DynamoDB's finish writes its claim's record: a meter's newly mapped line)
+    claimed: Usage | None = None
 
     @property
     def usage_id(self) -> int | None:
@@ -222,6 +225,7 @@ class FakeKeyStore:
                 key.ambiguous_since = key.attempt_started  # its vanished holder's post
             key.status = KeyStatus.IN_PROGRESS
             key.token, key.lock_expires, key.attempt_started, key.phase = token, lock, now, phase
+            key.claimed = usage
             return Claim(pk, token, previous)
 
     def claim_new(self, usages: Sequence[Usage], deadline: Deadline) -> list[Claim | None]:
@@ -272,6 +276,12 @@ class FakeKeyStore:
         with self._lock:
             self._check("finish")
             key = self._held(result.claim)
+            if key.claimed is not None:  # table._RECORD: the record as this attempt saw it
+                usage, key.claimed = key.claimed, None
+                key.fingerprint, key.at = usage.fingerprint, usage.date_time
+                key.original = usage.quantity_text
+                if usage.subscription_line is not None:
+                    key.line = usage.subscription_line
             key.status = result.status
             key.token = key.lock_expires = None
             key.phase = ""
