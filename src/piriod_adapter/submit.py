@@ -634,7 +634,13 @@ class Submitter:
                         raise _Abandoned
                     deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)
                     if not deleted.gone:
-                        refused = PostResult(deleted.failure, deleted.status, error=deleted.error)
+                        refused = PostResult(
+                            deleted.failure,
+                            deleted.status,
+                            error=deleted.error,
+                            attempted=deleted.attempted,  # never sent: no replay attempt spent
+                            token_refused=deleted.token_refused,
+                        )
                         unsure = deleted.failure is FailureKind.AMBIGUOUS or held_id == doubted
                         lost = held_id if unsure else None
                         step = plan.failed(sub, refused, None, claim, deleting=lost)

@@ -464,6 +464,7 @@ DELETE_ANSWERS = [
     "throttled",
     "refused",
     "server_error",
+    "not_sent",  # never sent (no time left, no token): surely still there
 ]
 
 
@@ -596,6 +597,10 @@ class FakePiriod:
                 return DeleteResult(FailureKind.AMBIGUOUS, 500, error="HTTP 500")
             if answer == "throttled":
                 return DeleteResult(FailureKind.TRANSIENT, 429, error="HTTP 429")
+            if answer == "not_sent":
+                return DeleteResult(
+                    FailureKind.TRANSIENT, error="no time left to delete", attempted=False
+                )
             return DeleteResult(FailureKind.TRANSIENT, error="cannot connect")
 
     def usage_listed(

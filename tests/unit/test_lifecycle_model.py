@@ -1396,3 +1396,24 @@ def test_an_amend_whose_attempt_stops_after_its_delete_is_finished_by_flush_func
     state.flush_function_sweeps()
     # then Piriod holds the record once, at its amended quantity
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [new]
+
+
+@pytest.mark.parametrize(("deleted", "attempts"), [("not_sent", 0), ("refused", 1)])
+def test_a_delete_never_sent_spends_no_replay_attempt(deleted: str, attempts: int) -> None:
+    # given a posted record whose cancel's DELETE is never sent (no time left), or refused
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[0], 123456)], twice=False)
+    pk = "k#v1/usages#key-0"
+    # when the sender cancels it
+    state.sender_corrects(
+        action="cancel",
+        attempt=0,
+        data=cast(Any, _Drawn(pk)),
+        deleted=deleted,
+        posted=None,
+        quantity=QUANTITIES[0],
+    )
+    # then the correction waits in ReplayQueue, an attempt counted only for a DELETE sent
+    [message] = state.queues.replay
+    assert QueuedRecord.from_json(message.body).attempts == attempts
+    assert len(state.piriod.usages_of(pk)) == 1
