@@ -576,7 +576,8 @@ class Submitter:
                     usage_id=result.usage_id,
                     quantity=usage.quantity_text,
                     applied=plan.rev if plan.correcting else None,
-                )
+                ),
+                _waits_meanwhile(sub, plan, claim) if plan.correcting else None,
             )
             return Outcome(Fate.POSTED, usage_id=result.usage_id)
         # An earlier unseen post was settled above (proven absent), so only ours counts.
@@ -662,7 +663,10 @@ class Submitter:
             # Piriod held for it is deleted), not at the quantity its message carried: a
             # restatement to that quantity later must post it anew, not find it held.
             quantity = usage.quantity_text if plan.cancelled else "0"
-            self._finish(Result(claim, status, quantity=quantity, applied=plan.rev, holding=None))
+            self._finish(
+                Result(claim, status, quantity=quantity, applied=plan.rev, holding=None),
+                _waits_meanwhile(sub, plan, claim),
+            )
             return Outcome(Fate.CANCELLED if plan.cancelled else Fate.POSTED)
         if plan.holding is not None:  # already what it should be
             self._finish(
@@ -673,7 +677,8 @@ class Submitter:
                     quantity=plan.holding.quantity,
                     applied=plan.rev,
                     kept=True,
-                )
+                ),
+                _waits_meanwhile(sub, plan, claim),
             )
             return Outcome(Fate.POSTED, usage_id=plan.holding.usage_id)
         desired = plain_decimal(plan.desired)
@@ -927,7 +932,10 @@ class Submitter:
             placement=placement,
         )
 
-    def _finish(self, result: Result) -> None:
+    def _finish(self, result: Result, correcting: Waiting | None = None) -> None:
+        """Write the attempt's end over its key. `correcting`: the attempt applied a
+        correction; if its end cannot be written, the correction is left waiting on the key
+        (a release), for FlushFunction to finish its bookkeeping once the key's lock is free."""
         try:
             self.store.finish(result)
         except StoreUnavailable as exc:
@@ -937,6 +945,13 @@ class Submitter:
                 "record handled but its key not updated; a retry settles by lookup",
                 extra={"status": result.status.value, "error": str(exc)},
             )
+            if correcting is not None:
+                try:
+                    self.store.release(
+                        result.claim, result.ambiguous_since, result.deleting, correcting
+                    )
+                except StoreUnavailable as again:
+                    logger.error("correction not left on its key", extra={"error": str(again)})
 
 
 class _NotFound(Exception):

@@ -28,7 +28,7 @@ from piriod_adapter.clock import Deadline
 from piriod_adapter.corrections import CorrectionEntry, Corrector
 from piriod_adapter.flush import sweep_corrections
 from piriod_adapter.idempotency import StoreUnavailable
-from piriod_adapter.lifecycle import Fate, Submission, Taker
+from piriod_adapter.lifecycle import Fate, KeyStatus, Submission, Taker
 from piriod_adapter.models import FailureKind, KeyKind, QueuedRecord, Tenant, Usage, UsageKey
 from piriod_adapter.piriod import DeleteResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
@@ -1417,3 +1417,62 @@ def test_a_delete_never_sent_spends_no_replay_attempt(deleted: str, attempts: in
     [message] = state.queues.replay
     assert QueuedRecord.from_json(message.body).attempts == attempts
     assert len(state.piriod.usages_of(pk)) == 1
+
+
+def _corrects(state: Lifecycle, action: str, quantity: Decimal, **answers: Any) -> None:
+    state.sender_corrects(
+        action=action,
+        attempt=answers.pop("attempt", 0),
+        data=cast(Any, _Drawn("k#v1/usages#key-0")),
+        deleted=answers.get("deleted"),
+        posted=answers.get("posted"),
+        quantity=quantity,
+    )
+
+
+def _key_is_finished(state: Lifecycle, pk: str) -> None:
+    key = state.store.keys[pk]
+    assert key.status is not KeyStatus.IN_PROGRESS, key
+    assert key.applied == key.rev and key.waiting is None, key
+
+
+def test_an_amend_to_the_held_quantity_whose_end_is_throttled_is_finished_by_flush() -> None:
+    # given (found by a second reviewer) a posted record amended to the quantity it holds:
+    # nothing is sent to Piriod, and the key's final write is throttled
+    pk = "k#v1/usages#key-0"
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[2], 123456)], twice=False)
+    state.store_throttles_a_call(call="finish", times=1)
+    _corrects(state, "amend", QUANTITIES[2])
+    # then the correction waits on its key
+    assert state.store.keys[pk].waiting == CORRECTING
+    # when FlushFunction sweeps once the key's lock is free
+    state.time_passes(seconds=400)
+    state.flush_function_sweeps()
+    # then the key says the amend is applied, and Piriod holds the record once
+    _key_is_finished(state, pk)
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [QUANTITIES[2]]
+
+
+def test_a_cancel_applied_by_replay_whose_end_is_throttled_is_finished_by_flush() -> None:
+    # given (found by a second reviewer) a posted record amended, its new post throttled
+    # into ReplayQueue (its usage deleted), then cancelled while it waits there
+    pk = "k#v1/usages#key-0"
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[0], 123456)], twice=False)
+    _corrects(state, "amend", QUANTITIES[1], posted="throttled")
+    assert state.store.keys[pk].status is KeyStatus.QUEUED
+    _corrects(state, "cancel", QUANTITIES[0], attempt=1)
+    # when ReplayFunction applies the cancel (nothing to DELETE) and its key's final write
+    # is throttled
+    state.store_throttles_a_call(call="finish", times=1)
+    state.time_passes(seconds=61)
+    state.replay_function_runs(
+        data=cast(Any, _Sequence(list(state.queues.replay), 5)), crash_before_delete=False
+    )
+    assert state.queues.replay == []
+    # then FlushFunction finishes the key's bookkeeping once its lock is free
+    state.time_passes(seconds=400)
+    state.flush_function_sweeps()
+    _key_is_finished(state, pk)
+    assert state.piriod.usages_of(pk) == []
