@@ -576,8 +576,7 @@ class Submitter:
                     usage_id=result.usage_id,
                     quantity=usage.quantity_text,
                     applied=plan.rev if plan.correcting else None,
-                ),
-                _waits_meanwhile(sub, plan, claim) if plan.correcting else None,
+                )
             )
             return Outcome(Fate.POSTED, usage_id=result.usage_id)
         # An earlier unseen post was settled above (proven absent), so only ours counts.
@@ -934,8 +933,10 @@ class Submitter:
 
     def _finish(self, result: Result, correcting: Waiting | None = None) -> None:
         """Write the attempt's end over its key. `correcting`: the attempt applied a
-        correction; if its end cannot be written, the correction is left waiting on the key
-        (a release), for FlushFunction to finish its bookkeeping once the key's lock is free."""
+        correction and posted nothing; if its end cannot be written, the correction is left
+        waiting on the key (a release), for FlushFunction to finish its bookkeeping once the
+        key's lock is free. Never after a post: a release would hide it (the key held by an
+        attempt that vanished is what makes the next holder look the post up)."""
         try:
             self.store.finish(result)
         except StoreUnavailable as exc:

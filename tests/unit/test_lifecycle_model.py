@@ -1476,3 +1476,34 @@ def test_a_cancel_applied_by_replay_whose_end_is_throttled_is_finished_by_flush(
     state.flush_function_sweeps()
     _key_is_finished(state, pk)
     assert state.piriod.usages_of(pk) == []
+
+
+def test_an_amend_posted_by_replay_whose_end_is_throttled_is_not_posted_again() -> None:
+    # given (found by the lifecycle model) a posted record amended, its DELETE answered late
+    # (the usage deleted, the correction pending in ReplayQueue)
+    state = Lifecycle()
+    state.piriod_will_answer_deletes(answers=["deleted_then_lost"])
+    state.deliver(
+        meanwhile=None,
+        picks=[(0, 11, QUANTITIES[0], 123456), (5, 12, Decimal("7.125"), 123000)],
+        twice=False,
+    )
+    pk = "k#v1/usages#key-5"
+    state.sender_corrects(
+        action="amend",
+        attempt=0,
+        data=cast(Any, _Drawn(pk)),
+        deleted=None,
+        posted=None,
+        quantity=QUANTITIES[0],
+    )
+    # when ReplayFunction posts the amend and the key's final write is throttled, and then
+    # FlushFunction sweeps
+    state.store_throttles_a_call(call="finish", times=1)
+    state.replay_function_runs(
+        data=cast(Any, _Sequence(list(state.queues.replay), 2)), crash_before_delete=False
+    )
+    state.flush_function_sweeps()
+    state.teardown()
+    # then Piriod holds the amended record once
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [QUANTITIES[0]]
