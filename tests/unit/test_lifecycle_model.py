@@ -628,14 +628,7 @@ def test_a_cancel_may_delete_an_identical_records_usage_when_neither_has_an_id()
     state.deliver(meanwhile=None, picks=[(3, 12, q, 123000), (4, 12, q, 123000)], twice=False)
     assert [e.key for e in state.piriod.ledger] == ["k#v1/usages#key-3", "k#v1/usages#key-4"]
     # when the second is cancelled, and everything drains
-    state.sender_corrects(
-        action="cancel",
-        attempt=0,
-        data=cast(Any, _Drawn("k#v1/usages#key-4")),
-        deleted=None,
-        posted=None,
-        quantity=q,
-    )
+    _corrects(state, "k#v1/usages#key-4", "cancel", q)
     state.teardown()
     # then Piriod holds one of the two usages, for the record not cancelled: the cancel
     # took the first one listed (the other record's post), and the other is now that
@@ -658,15 +651,29 @@ def _lookalikes_posted_without_ids(
     return state
 
 
-def _cancel(state: Lifecycle, pk: str) -> None:
+def _corrects(
+    state: Lifecycle,
+    pk: str,
+    action: str,
+    quantity: Decimal,
+    *,
+    attempt: int = 0,
+    deleted: str | None = None,
+    posted: str | None = None,
+) -> None:
+    """The sender corrects the record under `pk` (the model's rule, called by hand)."""
     state.sender_corrects(
-        action="cancel",
-        attempt=0,
+        action=action,
+        attempt=attempt,
         data=cast(Any, _Drawn(pk)),
-        deleted=None,
-        posted=None,
-        quantity=QUANTITIES[0],
+        deleted=deleted,
+        posted=posted,
+        quantity=quantity,
     )
+
+
+def _cancel(state: Lifecycle, pk: str) -> None:
+    _corrects(state, pk, "cancel", QUANTITIES[0])
 
 
 @pytest.mark.parametrize(
@@ -892,14 +899,7 @@ def test_a_delete_not_yet_asked_about_stays_flagged_while_piriod_cannot_be_asked
     state = Lifecycle()
     state.deliver(meanwhile=None, picks=[(0, 12, Decimal("2.5"), 123456)], twice=False)
     pk = "k#v1/usages#key-0"
-    state.sender_corrects(
-        action="amend",
-        attempt=0,
-        data=cast(Any, _Drawn(pk)),
-        deleted="deleted_then_lost",
-        posted=None,
-        quantity=QUANTITIES[0],
-    )
+    _corrects(state, pk, "amend", QUANTITIES[0], deleted="deleted_then_lost")
     assert state.store.keys[pk].deleting == 1
     # when ReplayFunction cannot ask Piriod about it (its listing never ends)
     state.piriod_listing(down=False, endless=True)
@@ -908,14 +908,7 @@ def test_a_delete_not_yet_asked_about_stays_flagged_while_piriod_cannot_be_asked
     # then the DELETE is still flagged
     assert state.store.keys[pk].deleting == 1
     # and amended back to 2.5, once everything drains, Piriod holds a usage of 2.5 again
-    state.sender_corrects(
-        action="amend",
-        attempt=0,
-        data=cast(Any, _Drawn(pk)),
-        deleted=None,
-        posted=None,
-        quantity=Decimal("2.5"),
-    )
+    _corrects(state, pk, "amend", Decimal("2.5"))
     state.teardown()
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [Decimal("2.5")]
 
@@ -974,14 +967,7 @@ def test_an_amend_found_by_lookup_after_its_delete_is_not_posted_twice() -> None
     state.stores(sqs=True, store=False)
     state.deliver(meanwhile=None, picks=[(0, 11, q, 123456), (1, 11, q, 123456)], twice=False)
     state.piriod_will_answer(answers=["stored_then_lost"])
-    state.sender_corrects(
-        action="amend",
-        attempt=0,
-        data=cast(Any, _Drawn("k#v1/usages#key-0")),
-        deleted="deleted_then_lost",
-        posted=None,
-        quantity=QUANTITIES[1],
-    )
+    _corrects(state, "k#v1/usages#key-0", "amend", QUANTITIES[1], deleted="deleted_then_lost")
     # when FlushFunction applies it (its post stored, the answer lost) and all drains
     state.flush_function_sweeps()
     state.teardown()
@@ -1066,14 +1052,7 @@ def test_a_lookalike_never_settles_on_another_key_s_unseen_amend_post() -> None:
     state.piriod_lists_at(quantity="places:2", time="exact", miss=False)
     state.stores(sqs=True, store=False)
     state.deliver(meanwhile=None, picks=[(0, 11, Decimal("2.5"), 123456)], twice=False)
-    state.sender_corrects(
-        action="amend",
-        attempt=0,
-        data=cast(Any, _Drawn(a)),
-        deleted="deleted_then_lost",
-        posted=None,
-        quantity=Decimal("1.231"),
-    )
+    _corrects(state, a, "amend", Decimal("1.231"), deleted="deleted_then_lost")
     state.piriod_will_answer(answers=["stored_then_lost"])
     state.flush_function_sweeps()
     # when B, of the same line and instant at 1.234 (listed 1.23 as A's post), is delivered
@@ -1166,13 +1145,9 @@ def test_an_operator_replay_of_a_key_conflict_never_applies_the_key_s_correction
     assert live == [(12, 123000, Decimal("0.1"))]
 
 
-@pytest.mark.parametrize("meter", [True, False])
-def test_a_source_record_s_amend_handed_over_mid_post_is_applied(meter: bool) -> None:
-    # given (found by a second reviewer) a source record, mapped by its meter or by its
-    # line, whose post was lost, amended to 7.125 while ReplayFunction posts it: the key is
-    # held, so the amend is handed to ReplayQueue (its message carries the record as
-    # mapped, not as the key was first claimed)
-    state = Lifecycle()
+def _queued_source_record_amended(state: Lifecycle, meter: bool) -> tuple[str, CorrectionEntry]:
+    """A source record (mapped by its meter, or by its line) whose post was lost, waiting in
+    ReplayQueue, and an amend of it to 7.125 (not run yet): its key and the amend."""
     usage = Usage(
         subscription_line=12,
         date_time=AT,
@@ -1193,6 +1168,17 @@ def test_a_source_record_s_amend_handed_over_mid_post_is_applied(meter: bool) ->
         {"action": "amend", "key": "ev-1", "source": "s", "quantity": Decimal("7.125")}
         | {"correction_id": "c1"}
     )
+    return pk, entry
+
+
+@pytest.mark.parametrize("meter", [True, False])
+def test_a_source_record_s_amend_handed_over_mid_post_is_applied(meter: bool) -> None:
+    # given (found by a second reviewer) a source record, mapped by its meter or by its
+    # line, whose post was lost, amended to 7.125 while ReplayFunction posts it: the key is
+    # held, so the amend is handed to ReplayQueue (its message carries the record as
+    # mapped, not as the key was first claimed)
+    state = Lifecycle()
+    pk, entry = _queued_source_record_amended(state, meter)
     answers: list[str] = []
 
     def during(_: Usage) -> bool:
@@ -1283,26 +1269,7 @@ def test_a_handed_over_amend_replayed_while_its_key_is_held_is_applied() -> None
     # carries the line, not the meter, so not the key's first fingerprint), and
     # ReplayFunction takes that message while the holder is still posting
     state = Lifecycle()
-    usage = Usage(
-        subscription_line=12,
-        date_time=AT,
-        quantity=Decimal("2.5"),
-        key=UsageKey(kind=KeyKind.EVENT, scope="v1/sources/s", text="ev-1"),
-        source="s",
-        meter_id="m-1",
-    )
-    pk = key_pk(usage.key)
-    state.records[pk] = usage
-    state.piriod.answers.append("lost")
-    [out] = state.submitter.submit_all(
-        [Submission(0, usage, TENANT)], Deadline.after(25), state.queues.place_failed, 1
-    )
-    assert out.fate is Fate.QUEUED
-    state.acknowledged.add(pk)
-    entry = CorrectionEntry.model_validate(
-        {"action": "amend", "key": "ev-1", "source": "s", "quantity": Decimal("7.125")}
-        | {"correction_id": "c1"}
-    )
+    pk, entry = _queued_source_record_amended(state, meter=True)
     state.clock.advance(61)
     first = list(state.queues.replay)
 
@@ -1379,14 +1346,7 @@ def test_an_amend_whose_attempt_stops_after_its_delete_is_finished_by_flush_func
     pk = "k#v1/usages#key-0"
     state.stores(sqs=True, store=False)
     state.store_throttles_a_call(call="release", times=1)
-    state.sender_corrects(
-        action="amend",
-        attempt=0,
-        data=cast(Any, _Drawn(pk)),
-        deleted=None,
-        posted="lost",
-        quantity=new,
-    )
+    _corrects(state, pk, "amend", new, posted="lost")
     assert len(state.unanswered) == 1
     assert state.piriod.usages_of(pk) == []
     # when SQS is back and FlushFunction sweeps once the key's lock has expired, the sender
@@ -1405,29 +1365,11 @@ def test_a_delete_never_sent_spends_no_replay_attempt(deleted: str, attempts: in
     state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[0], 123456)], twice=False)
     pk = "k#v1/usages#key-0"
     # when the sender cancels it
-    state.sender_corrects(
-        action="cancel",
-        attempt=0,
-        data=cast(Any, _Drawn(pk)),
-        deleted=deleted,
-        posted=None,
-        quantity=QUANTITIES[0],
-    )
+    _corrects(state, pk, "cancel", QUANTITIES[0], deleted=deleted)
     # then the correction waits in ReplayQueue, an attempt counted only for a DELETE sent
     [message] = state.queues.replay
     assert QueuedRecord.from_json(message.body).attempts == attempts
     assert len(state.piriod.usages_of(pk)) == 1
-
-
-def _corrects(state: Lifecycle, action: str, quantity: Decimal, **answers: Any) -> None:
-    state.sender_corrects(
-        action=action,
-        attempt=answers.pop("attempt", 0),
-        data=cast(Any, _Drawn("k#v1/usages#key-0")),
-        deleted=answers.get("deleted"),
-        posted=answers.get("posted"),
-        quantity=quantity,
-    )
 
 
 def _key_is_finished(state: Lifecycle, pk: str) -> None:
@@ -1443,7 +1385,7 @@ def test_an_amend_to_the_held_quantity_whose_end_is_throttled_is_finished_by_flu
     state = Lifecycle()
     state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[2], 123456)], twice=False)
     state.store_throttles_a_call(call="finish", times=1)
-    _corrects(state, "amend", QUANTITIES[2])
+    _corrects(state, "k#v1/usages#key-0", "amend", QUANTITIES[2])
     # then the correction waits on its key
     assert state.store.keys[pk].waiting == CORRECTING
     # when FlushFunction sweeps once the key's lock is free
@@ -1460,9 +1402,9 @@ def test_a_cancel_applied_by_replay_whose_end_is_throttled_is_finished_by_flush(
     pk = "k#v1/usages#key-0"
     state = Lifecycle()
     state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[0], 123456)], twice=False)
-    _corrects(state, "amend", QUANTITIES[1], posted="throttled")
+    _corrects(state, "k#v1/usages#key-0", "amend", QUANTITIES[1], posted="throttled")
     assert state.store.keys[pk].status is KeyStatus.QUEUED
-    _corrects(state, "cancel", QUANTITIES[0], attempt=1)
+    _corrects(state, "k#v1/usages#key-0", "cancel", QUANTITIES[0], attempt=1)
     # when ReplayFunction applies the cancel (nothing to DELETE) and its key's final write
     # is throttled
     state.store_throttles_a_call(call="finish", times=1)
@@ -1489,14 +1431,7 @@ def test_an_amend_posted_by_replay_whose_end_is_throttled_is_not_posted_again() 
         twice=False,
     )
     pk = "k#v1/usages#key-5"
-    state.sender_corrects(
-        action="amend",
-        attempt=0,
-        data=cast(Any, _Drawn(pk)),
-        deleted=None,
-        posted=None,
-        quantity=QUANTITIES[0],
-    )
+    _corrects(state, pk, "amend", QUANTITIES[0])
     # when ReplayFunction posts the amend and the key's final write is throttled, and then
     # FlushFunction sweeps
     state.store_throttles_a_call(call="finish", times=1)
