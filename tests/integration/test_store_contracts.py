@@ -990,41 +990,45 @@ def test_a_key_read_as_an_item_says_what_its_claim_says(keys: Keys) -> None:
     )
 
 
+def deleting_ahead(keys: Keys, text: str) -> tuple[Usage, Claim, str]:
+    """A posted key (usage 9) whose correction's attempt wrote its DELETE to the key before
+    sending it, the correction listed as waiting on the key: the record, the attempt's claim
+    and the message listed."""
+    record = usage(fresh(text))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=9))
+    mine = claim(keys, record, Taker.CORRECTION)
+    message = json.dumps({"key": record.key.text})
+    keys.store.mark_deleting(mine, 9, Waiting(CORRECTING, CORRECTING, message, "2026-11-30T10"))
+    return record, mine, message
+
+
+def correcting(keys: Keys) -> list[str]:
+    """The messages of the corrections listed as waiting on their keys."""
+    return [w.message for w in keys.store.waiting(CORRECTING)]
+
+
 def test_a_correction_waits_on_its_key_from_its_delete_until_its_attempt_finishes(
     keys: Keys,
 ) -> None:
     # given a posted key whose correction's attempt is about to DELETE its usage
-    record = usage(fresh("delete-ahead"))
-    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=9))
-    mine = claim(keys, record, Taker.CORRECTION)
-    message = json.dumps({"key": record.key.text})
-    ahead = Waiting(CORRECTING, CORRECTING, message, "2026-11-30T10")
-
-    def listed() -> bool:
-        return message in [w.message for w in keys.store.waiting(CORRECTING)]
-
     # when the DELETE is written to the key before it is sent
-    keys.store.mark_deleting(mine, 9, ahead)
+    _, mine, message = deleting_ahead(keys, "delete-ahead")
     # then the correction is listed as waiting on the key, with its record's message
-    assert listed()
+    assert message in correcting(keys)
     # and once the attempt finishes, it is not
     keys.store.finish(Result(mine, KeyStatus.CANCELLED, quantity="1.5", applied=1))
-    assert not listed()
+    assert message not in correcting(keys)
 
 
 def test_a_correction_waits_on_its_key_when_its_attempt_stops_after_its_delete(
     keys: Keys,
 ) -> None:
-    # given a correction's attempt that wrote its DELETE ahead and then let the key go
-    record = usage(fresh("delete-ahead-released"))
-    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=9))
-    mine = claim(keys, record, Taker.CORRECTION)
-    message = json.dumps({"key": record.key.text})
-    keys.store.mark_deleting(mine, 9, Waiting(CORRECTING, CORRECTING, message, "2026-11-30T10"))
+    # given a correction's attempt that wrote its DELETE ahead
+    record, mine, message = deleting_ahead(keys, "delete-ahead-released")
     # when it is released with nothing more said
     keys.store.release(mine, None)
     # then the correction still waits on the key, its DELETE still to be asked about
-    assert message in [w.message for w in keys.store.waiting(CORRECTING)]
+    assert message in correcting(keys)
     again = claim(keys, record, Taker.CORRECTION)
     assert again.previous is not None and again.previous.deleting == 9
 
