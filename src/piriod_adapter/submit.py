@@ -664,7 +664,7 @@ class Submitter:
             quantity = usage.quantity_text if plan.cancelled else "0"
             self._finish(
                 Result(claim, status, quantity=quantity, applied=plan.rev, holding=None),
-                _waits_meanwhile(sub, plan, claim),
+                lambda: _waits_meanwhile(sub, plan, claim),
             )
             return Outcome(Fate.CANCELLED if plan.cancelled else Fate.POSTED)
         if plan.holding is not None:  # already what it should be
@@ -677,7 +677,7 @@ class Submitter:
                     applied=plan.rev,
                     kept=True,
                 ),
-                _waits_meanwhile(sub, plan, claim),
+                lambda: _waits_meanwhile(sub, plan, claim),
             )
             return Outcome(Fate.POSTED, usage_id=plan.holding.usage_id)
         desired = plain_decimal(plan.desired)
@@ -891,10 +891,7 @@ class Submitter:
         if placement is None:
             if claim is not None:
                 # a correction that no queue takes waits on its key, for FlushFunction
-                waits = None
-                if step.correcting:
-                    since = _sortable(step.message.failure.at)
-                    waits = Waiting(CORRECTING, CORRECTING, step.message.to_json(), since)
+                waits = _waiting_on_key(step.message) if step.correcting else None
                 try:
                     self.store.release(claim, step.unseen_since, step.deleting, waits)
                 except StoreUnavailable as exc:
@@ -931,12 +928,13 @@ class Submitter:
             placement=placement,
         )
 
-    def _finish(self, result: Result, correcting: Waiting | None = None) -> None:
+    def _finish(self, result: Result, correcting: Callable[[], Waiting] | None = None) -> None:
         """Write the attempt's end over its key. `correcting`: the attempt applied a
         correction and posted nothing; if its end cannot be written, the correction is left
-        waiting on the key (a release), for FlushFunction to finish its bookkeeping once the
-        key's lock is free. Never after a post: a release would hide it (the key held by an
-        attempt that vanished is what makes the next holder look the post up)."""
+        waiting on the key (a release, with the listing `correcting` makes only then), for
+        FlushFunction to finish its bookkeeping once the key's lock is free. Never after a
+        post: a release would hide it (the key held by an attempt that vanished is what makes
+        the next holder look the post up)."""
         try:
             self.store.finish(result)
         except StoreUnavailable as exc:
@@ -949,7 +947,7 @@ class Submitter:
             if correcting is not None:
                 try:
                     self.store.release(
-                        result.claim, result.ambiguous_since, result.deleting, correcting
+                        result.claim, result.ambiguous_since, result.deleting, correcting()
                     )
                 except StoreUnavailable as again:
                     logger.error("correction not left on its key", extra={"error": str(again)})
@@ -1040,6 +1038,11 @@ class _Plan:
         )
 
 
+def _waiting_on_key(message: QueuedRecord) -> Waiting:
+    """A correction's record listed as waiting on its key (CORRECTING), for FlushFunction."""
+    return Waiting(CORRECTING, CORRECTING, message.to_json(), _sortable(message.failure.at))
+
+
 def _waits_meanwhile(sub: Submission, plan: _Plan, claim: Claim) -> Waiting:
     """A correction's record as it waits on its key while its attempt applies it."""
     unfinished = PostResult(
@@ -1047,8 +1050,7 @@ def _waits_meanwhile(sub: Submission, plan: _Plan, claim: Claim) -> Waiting:
         error="its correction's attempt did not finish; FlushFunction applies it",
         attempted=False,
     )
-    message = plan.failed(sub, unfinished, None, claim).message
-    return Waiting(CORRECTING, CORRECTING, message.to_json(), _sortable(message.failure.at))
+    return _waiting_on_key(plan.failed(sub, unfinished, None, claim).message)
 
 
 def _unclaimed(

@@ -511,8 +511,7 @@ def mark_deleting(
     values: dict[str, Any] = {":id": {"N": str(usage_id)}, ":token": {"S": token}}
     update = "SET deleting = :id"
     if correcting is not None:
-        update += ", waiting = :w, waiting_since = :ws, message_id = :mid, message = :m"
-        values.update(_correcting(pk, correcting))
+        update += _correcting(pk, correcting, values)
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update,
@@ -521,14 +520,18 @@ def mark_deleting(
     }
 
 
-def _correcting(pk: str, correcting: Waiting) -> dict[str, Any]:
-    """The values that list a key under CORRECTING, with its record's message."""
-    return {
-        ":w": {"S": f"{CORRECTING}#{waiting_shard(pk)}"},
-        ":ws": {"S": correcting.since},
-        ":mid": {"S": correcting.message_id},
-        ":m": {"S": correcting.message},
-    }
+def _correcting(pk: str, correcting: Waiting, values: dict[str, Any]) -> str:
+    """What lists a key under CORRECTING, with its record's message: the SET clauses to add,
+    their values added to `values`."""
+    values.update(
+        {
+            ":w": {"S": f"{CORRECTING}#{waiting_shard(pk)}"},
+            ":ws": {"S": correcting.since},
+            ":mid": {"S": correcting.message_id},
+            ":m": {"S": correcting.message},
+        }
+    )
+    return ", waiting = :w, waiting_since = :ws, message_id = :mid, message = :m"
 
 
 def mark_posting(pk: str, token: str, quantity: str | None = None) -> dict[str, Any]:
@@ -588,8 +591,7 @@ def release(
         update += ", deleting = :deleting"
         values[":deleting"] = {"N": str(deleting)}
     if correcting is not None:
-        update += ", waiting = :w, waiting_since = :ws, message_id = :mid, message = :m"
-        values.update(_correcting(pk, correcting))
+        update += _correcting(pk, correcting, values)
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update + " REMOVE lock_expires, lock_token",
