@@ -60,7 +60,7 @@ from piriod_adapter.models import (
 )
 from piriod_adapter.observability import logger
 from piriod_adapter.signatures import MAX_ID_LENGTH as MAX_WEBHOOK_ID_LENGTH
-from piriod_adapter.table import KeyState, StoreUnavailable, key_pk
+from piriod_adapter.table import KeyState, StoreUnavailable, key_pk, key_text
 from piriod_adapter.validation import (
     NATIVE_SCOPE,
     FieldProblem,
@@ -413,8 +413,8 @@ class Corrector:
                 errors={"key": [f"names {len(pks)} CloudEvents; name one by its key: {named}"]},
             )
             return None
-        tag, _, rest = pks[0].partition("#")
-        if tag.endswith("h"):
+        text = key_text(pks[0], KeyKind.EVENT, scope)
+        if text is None:
             # Kept under a digest (its key is longer than an item key takes): the key cannot
             # be rebuilt from it, and a key rebuilt wrong would be a new record, posted.
             self.done[index] = Corrected(
@@ -430,7 +430,6 @@ class Corrector:
         items.update(self.store.items(pks))
         if pks[0] not in items:
             return None
-        text = rest.split("#", 1)[1]
         return UsageKey(kind=KeyKind.EVENT, scope=scope, text=text), pks[0]
 
     # --- records ---------------------------------------------------------------------------

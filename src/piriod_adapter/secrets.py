@@ -58,10 +58,14 @@ class SecretStore:
             self._cache[secret_id] = (now, value)
             return value
 
-    def prefetch(self, secret_ids: Sequence[str]) -> None:
-        """Read those of `secret_ids` that are not cached, side by side: a cold start waits for
-        one Secrets Manager round trip instead of one per secret. A secret that cannot be read
-        is left out; the read that needs it tries again and answers for it."""
+    def prefetch(
+        self, secret_ids: Sequence[str], meanwhile: Callable[[], object] | None = None
+    ) -> None:
+        """Read those of `secret_ids` that are not cached, each in its own thread, while this
+        thread does `meanwhile` (work for the CPU: the reads mostly wait for Secrets Manager).
+        A cold start then waits for one round trip instead of one per secret, and what it
+        makes meanwhile costs it nothing. A secret that cannot be read is left out; the read
+        that needs it tries again and answers for it. `meanwhile` runs whatever is cached."""
         with self._lock:
             now = self._clock()
             missing = [
@@ -69,8 +73,10 @@ class SecretStore:
                 for secret_id in dict.fromkeys(secret_ids)
                 if (cached := self._cache.get(secret_id)) is None or now - cached[0] >= self._ttl
             ]
-        if len(missing) < 2:
-            return  # one read: the caller's own read is as quick
+        if len(missing) < (1 if meanwhile is not None else 2):
+            if meanwhile is not None:
+                meanwhile()
+            return  # nothing to read, or one read with nothing to do meanwhile: the caller's own
         read: dict[str, str] = {}
 
         def fetch(secret_id: str) -> None:
@@ -78,18 +84,21 @@ class SecretStore:
                 read[secret_id] = self._fetch(secret_id)
 
         # each in the caller's context (contextvars): a span or recorder it has carries over
-        others = [
+        readers = [
             threading.Thread(target=contextvars.copy_context().run, args=(fetch, s), daemon=True)
-            for s in missing[1:]
+            for s in missing
         ]
-        for thread in others:
+        for thread in readers:
             thread.start()
-        fetch(missing[0])
-        for thread in others:
-            thread.join()
-        with self._lock:
-            for secret_id, value in read.items():
-                self._cache[secret_id] = (now, value)
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            for thread in readers:
+                thread.join()
+            with self._lock:
+                for secret_id, value in read.items():
+                    self._cache[secret_id] = (now, value)
 
     def clear(self) -> None:
         """Forget every cached secret (the next read asks Secrets Manager)."""

@@ -94,6 +94,13 @@ def key_pk(key: UsageKey) -> str:
     return f"{tag}h#{key.scope}#{digest}"
 
 
+def key_text(pk: str, kind: KeyKind, scope: str) -> str | None:
+    """The text of the idempotency key of `kind` and `scope` whose item key is `pk` (key_pk);
+    None when it is kept under a digest (its key was too long), so cannot be read back."""
+    prefix = f"{_NAMESPACES[kind]}#{scope}#"
+    return pk[len(prefix) :] if pk.startswith(prefix) else None
+
+
 def waiting_shard(pk: str) -> int:
     digest = hashlib.sha256(pk.encode("utf-8", "surrogatepass")).hexdigest()
     return int(digest[:8], 16) % WAITING_SHARDS

@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import IdempotencyStore, StoreUnavailable
 from piriod_adapter.models import KeyKind, Usage, UsageKey
+from piriod_adapter.table import key_pk, key_text
 
 USAGE = Usage(
     subscription_line=1,
@@ -62,3 +63,25 @@ def test_any_other_error_is_a_store_that_is_down() -> None:
     store = IdempotencyStore(Client("ProvisionedThroughputExceededException"), "t", 30)  # type: ignore[arg-type]
     with pytest.raises(StoreUnavailable):
         store.claim(USAGE, Deadline.after(10))
+
+
+@pytest.mark.parametrize(
+    ("scope", "text"),
+    [("v1/sources/meter", "evt-1"), ("v1/sources/a#b", "x#y"), ("v1/sources/s", "é" * 40)],
+)
+def test_a_key_is_read_back_from_its_item_key(scope: str, text: str) -> None:
+    # given an event's key short enough to be kept as it is
+    pk = key_pk(UsageKey(kind=KeyKind.EVENT, scope=scope, text=text))
+    # when its text is read back, then it is the key's own, and only for its kind and scope
+    assert key_text(pk, KeyKind.EVENT, scope) == text
+    assert key_text(pk, KeyKind.EXPLICIT, scope) is None
+    assert key_text(pk, KeyKind.EVENT, scope + "x") is None
+
+
+def test_a_key_kept_under_a_digest_is_not_read_back() -> None:
+    # given an event's key too long for an item key
+    key = UsageKey(kind=KeyKind.EVENT, scope="v1/sources/s", text="e" * 2000)
+    pk = key_pk(key)
+    # when its text is read back, then there is none: a digest is no key
+    assert "e" * 100 not in pk
+    assert key_text(pk, KeyKind.EVENT, key.scope) is None

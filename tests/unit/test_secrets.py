@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -125,6 +126,35 @@ def test_prefetch_leaves_a_failure_to_the_read_that_needs_it() -> None:
     with pytest.raises(SecretUnavailable, match="token"):
         store.piriod_token("token")
     assert client.calls.count("token") == 2
+
+
+def test_prefetch_reads_while_this_thread_does_its_meanwhile() -> None:
+    # given one secret not cached, and a read that waits until the caller's work is done
+    client = SlowSecretsManager({"hook": "whsec_YQ==", "token": "tok"}, seconds=0)
+    store = SecretStore(client, 300)  # type: ignore[arg-type]
+    store.piriod_token("token")
+    done = threading.Event()
+    real_fetch = store._fetch
+
+    def fetch_after_meanwhile(secret_id: str) -> str:
+        assert done.wait(timeout=5), "read before the caller's work was done"
+        return real_fetch(secret_id)
+
+    store._fetch = fetch_after_meanwhile  # type: ignore[method-assign]
+    # when it is prefetched with work to do meanwhile
+    store.prefetch(["hook", "token"], meanwhile=done.set)
+    # then the work ran, the read waited for it in its own thread, and the result is cached
+    assert done.is_set() and client.calls == ["token", "hook"]
+    assert len(store.standard_keys("hook")) == 1 and client.calls == ["token", "hook"]
+
+
+def test_prefetch_does_its_meanwhile_when_everything_is_cached() -> None:
+    client = SlowSecretsManager({"hook": "whsec_YQ==", "token": "tok"}, seconds=0)
+    store = SecretStore(client, 300)  # type: ignore[arg-type]
+    store.prefetch(["hook", "token"])
+    ran: list[bool] = []
+    store.prefetch(["hook", "token"], meanwhile=lambda: ran.append(True))
+    assert ran == [True] and sorted(client.calls) == ["hook", "token"]
 
 
 def test_prefetch_does_nothing_when_at_most_one_is_missing() -> None:
