@@ -460,6 +460,12 @@ class IdempotencyStore:
         request = table.mark_deleting(claim.pk, claim.token, usage_id, correcting)
         self._held(claim, "update key", request)
 
+    def wait_on_key(self, claim: Claim, correcting: Waiting) -> None:
+        """The correction this attempt applies waits on the key until the attempt's finish
+        (table.wait_on_key). Raises StoreUnavailable."""
+        assert claim.token is not None
+        self._held(claim, "update key", table.wait_on_key(claim.pk, claim.token, correcting))
+
     def hold(self, claim: Claim, holding: Holding | None) -> None:
         """What Piriod holds for the key now, while the attempt goes on (a usage found by
         settling, or none once a DELETE was answered). Raises StoreUnavailable."""

@@ -115,6 +115,8 @@ class KeyStore(Protocol):
         self, claim: Claim, usage_id: int, correcting: Waiting | None = None
     ) -> None: ...
 
+    def wait_on_key(self, claim: Claim, correcting: Waiting) -> None: ...
+
     def settle(self, claim: Claim, usage_id: int) -> None: ...
 
     def take_usage(self, claim: Claim, usage_id: int) -> bool: ...
@@ -603,6 +605,7 @@ class Submitter:
         Piriod holds nothing and the record's quantity (`plan.desired`) is to be posted."""
         usage, line = sub.usage, sub.usage.subscription_line
         assert line is not None
+        listed = False  # this attempt lists the correction as waiting on its key
         try:
             doubted = None  # a held usage an earlier DELETE may still remove
             if plan.deleting is not None:  # asked before anything is sent again
@@ -630,6 +633,7 @@ class Submitter:
                     # finish: once Piriod's usage is gone, a record whose attempt stops
                     # with no queue and no key written is still finished by someone.
                     self.store.mark_deleting(claim, held_id, _waits_meanwhile(sub, plan, claim))
+                    listed = True
                     if not attempt.start_delete(held_id):  # the deadline placed it
                         raise _Abandoned
                     deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)
@@ -648,6 +652,11 @@ class Submitter:
                 attempt.holds(None, deleting=True)
                 if plan.desired is not None:
                     self.store.hold(claim, None)  # deleted: an amend's post may follow
+            if (plan.desired is None or plan.holds_desired()) and not listed:
+                # Nothing to send: the attempt's end is its only other write. The correction
+                # waits on the key until then, so that an end write that fails (or an
+                # attempt that stops) leaves it for FlushFunction, not stale on the key.
+                self.store.wait_on_key(claim, _waits_meanwhile(sub, plan, claim))
         except (PiriodUnavailable, _NotFound) as exc:
             unknown = PostResult(FailureKind.AMBIGUOUS, error=f"cannot correct yet: {exc}")
             return self._place_from(attempt, plan.failed(sub, unknown, None, claim), sink)
@@ -662,10 +671,7 @@ class Submitter:
             # Piriod held for it is deleted), not at the quantity its message carried: a
             # restatement to that quantity later must post it anew, not find it held.
             quantity = usage.quantity_text if plan.cancelled else "0"
-            self._finish(
-                Result(claim, status, quantity=quantity, applied=plan.rev, holding=None),
-                lambda: _waits_meanwhile(sub, plan, claim),
-            )
+            self._finish(Result(claim, status, quantity=quantity, applied=plan.rev, holding=None))
             return Outcome(Fate.CANCELLED if plan.cancelled else Fate.POSTED)
         if plan.holding is not None:  # already what it should be
             self._finish(
@@ -676,8 +682,7 @@ class Submitter:
                     quantity=plan.holding.quantity,
                     applied=plan.rev,
                     kept=True,
-                ),
-                lambda: _waits_meanwhile(sub, plan, claim),
+                )
             )
             return Outcome(Fate.POSTED, usage_id=plan.holding.usage_id)
         desired = plain_decimal(plan.desired)
@@ -928,13 +933,10 @@ class Submitter:
             placement=placement,
         )
 
-    def _finish(self, result: Result, correcting: Callable[[], Waiting] | None = None) -> None:
-        """Write the attempt's end over its key. `correcting`: the attempt applied a
-        correction and posted nothing; if its end cannot be written, the correction is left
-        waiting on the key (a release, with the listing `correcting` makes only then), for
-        FlushFunction to finish its bookkeeping once the key's lock is free. Never after a
-        post: a release would hide it (the key held by an attempt that vanished is what makes
-        the next holder look the post up)."""
+    def _finish(self, result: Result) -> None:
+        """Write the attempt's end over its key. If it cannot be written, the key stays held
+        until its lock expires: the next holder settles a post by lookup, and a correction
+        this attempt applied waits on the key (listed before: `_correct`) for FlushFunction."""
         try:
             self.store.finish(result)
         except StoreUnavailable as exc:
@@ -944,13 +946,6 @@ class Submitter:
                 "record handled but its key not updated; a retry settles by lookup",
                 extra={"status": result.status.value, "error": str(exc)},
             )
-            if correcting is not None:
-                try:
-                    self.store.release(
-                        result.claim, result.ambiguous_since, result.deleting, correcting()
-                    )
-                except StoreUnavailable as again:
-                    logger.error("correction not left on its key", extra={"error": str(again)})
 
 
 class _NotFound(Exception):

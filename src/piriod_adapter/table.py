@@ -512,13 +512,24 @@ def mark_deleting(
 ) -> dict[str, Any]:
     """An attempt is about to DELETE `usage_id`: flagged until a later write of the key says
     what Piriod holds (hold, finish; release keeps it). `correcting`: the correction being
-    applied waits on the key meanwhile (listed under CORRECTING, with its record's message),
-    so that FlushFunction finishes it if this attempt cannot (its last write failed, or it
-    stopped); the attempt's finish removes it."""
+    applied waits on the key meanwhile (as `wait_on_key` writes it)."""
     values: dict[str, Any] = {":id": {"N": str(usage_id)}, ":token": {"S": token}}
     update = "SET deleting = :id"
     if correcting is not None:
-        update += _correcting(pk, correcting, values)
+        update += ", " + _correcting(pk, correcting, values)
+    return _held_update(pk, update, values)
+
+
+def wait_on_key(pk: str, token: str, correcting: Waiting) -> dict[str, Any]:
+    """The correction an attempt applies waits on the key until the attempt's finish (listed
+    under CORRECTING, with its record's message), so that FlushFunction finishes it if this
+    attempt cannot (its end write failed, or it stopped); the finish removes it."""
+    values: dict[str, Any] = {":token": {"S": token}}
+    return _held_update(pk, "SET " + _correcting(pk, correcting, values), values)
+
+
+def _held_update(pk: str, update: str, values: dict[str, Any]) -> dict[str, Any]:
+    """An update of a key by the attempt that holds it (its lock token in `values`)."""
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update,
@@ -538,7 +549,7 @@ def _correcting(pk: str, correcting: Waiting, values: dict[str, Any]) -> str:
             ":m": {"S": correcting.message},
         }
     )
-    return ", waiting = :w, waiting_since = :ws, message_id = :mid, message = :m"
+    return "waiting = :w, waiting_since = :ws, message_id = :mid, message = :m"
 
 
 def mark_posting(pk: str, token: str, quantity: str | None = None) -> dict[str, Any]:
@@ -598,7 +609,7 @@ def release(
         update += ", deleting = :deleting"
         values[":deleting"] = {"N": str(deleting)}
     if correcting is not None:
-        update += _correcting(pk, correcting, values)
+        update += ", " + _correcting(pk, correcting, values)
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update + " REMOVE lock_expires, lock_token",

@@ -1033,6 +1033,41 @@ def test_a_correction_waits_on_its_key_when_its_attempt_stops_after_its_delete(
     assert again.previous is not None and again.previous.deleting == 9
 
 
+def test_a_correction_listed_on_its_key_without_a_delete_waits_until_its_attempt_finishes(
+    keys: Keys,
+) -> None:
+    # given a posted key whose correction's attempt sends nothing (what Piriod holds is
+    # already right)
+    record = usage(fresh("listed-ahead"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=4))
+    mine = claim(keys, record, Taker.CORRECTION)
+    message = json.dumps({"key": record.key.text})
+    # when the correction is listed on the key before the attempt's end
+    keys.store.wait_on_key(mine, Waiting(CORRECTING, CORRECTING, message, "2026-11-30T11"))
+    # then it waits on the key, which says nothing else changed
+    assert message in correcting(keys)
+    again = claim(keys, record, Taker.CORRECTION)
+    assert again.previous is not None and not again.acquired
+    assert (again.previous.status, again.previous.usage_id) == (KeyStatus.IN_PROGRESS, 4)
+    assert again.previous.deleting is None
+    # and once the attempt finishes, it does not
+    keys.store.finish(Result(mine, KeyStatus.POSTED, usage_id=4, applied=1, kept=True))
+    assert message not in correcting(keys)
+
+
+def test_a_correction_listed_on_its_key_by_another_s_attempt_is_refused(keys: Keys) -> None:
+    # given a key whose attempt's lock expired and was taken over by another attempt
+    record = usage(fresh("listed-late"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=5))
+    first = claim(keys, record, Taker.CORRECTION)
+    keys.store.release(first, None)
+    claim(keys, record, Taker.CORRECTION)
+    # when the first attempt lists its correction, then the store refuses it (not its key)
+    with pytest.raises(LockLost):
+        keys.store.wait_on_key(first, Waiting(CORRECTING, CORRECTING, "{}", "2026-11-30T12"))
+    assert "{}" not in correcting(keys)
+
+
 def test_a_meters_record_keeps_the_line_it_was_posted_with(keys: Keys) -> None:
     # given a record of a meter with no line yet, rejected into DeadLetterQueue
     text = fresh("meter-mapped")

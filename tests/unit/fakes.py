@@ -315,6 +315,12 @@ class FakeKeyStore:
             if correcting is not None:
                 key.waiting, key.message = correcting.queue, correcting.message
 
+    def wait_on_key(self, claim: Claim, correcting: Waiting) -> None:
+        with self._lock:
+            self._check("wait_on_key")
+            key = self._held(claim)
+            key.waiting, key.message = correcting.queue, correcting.message
+
     def hold(self, claim: Claim, holding: Holding | None) -> None:
         with self._lock:
             self._check("hold")

@@ -57,6 +57,7 @@ THROTTLED_CALLS = [
     "finish",
     "mark_posting",
     "mark_deleting",
+    "wait_on_key",
     "hold",
     "settle",
     "take_usage",
@@ -1392,6 +1393,42 @@ def test_an_amend_to_the_held_quantity_whose_end_is_throttled_is_finished_by_flu
     state.time_passes(seconds=400)
     state.flush_function_sweeps()
     # then the key says the amend is applied, and Piriod holds the record once
+    _key_is_finished(state, pk)
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [QUANTITIES[2]]
+
+
+def test_an_amend_to_the_held_quantity_whose_end_and_release_fail_is_finished_by_flush() -> None:
+    # given (found by a second reviewer) a posted record amended to the quantity it holds:
+    # nothing is sent to Piriod, and the key's final write and a release after it both fail
+    pk = "k#v1/usages#key-0"
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[2], 123456)], twice=False)
+    state.store_throttles_a_call(call="finish", times=1)
+    state.store_throttles_a_call(call="release", times=1)
+    _corrects(state, pk, "amend", QUANTITIES[2])
+    # when FlushFunction sweeps once the key's lock has expired, the sender never retrying
+    state.time_passes(seconds=400)
+    state.flush_function_sweeps()
+    # then the key says the amend is applied (it was listed before the attempt's end)
+    _key_is_finished(state, pk)
+    assert [e.quantity for e in state.piriod.usages_of(pk)] == [QUANTITIES[2]]
+
+
+def test_an_amend_whose_listing_on_its_key_is_throttled_waits_in_replay_queue() -> None:
+    # given a posted record amended to the quantity it holds while the key's write that
+    # lists the correction on it (before the attempt's end) is throttled
+    pk = "k#v1/usages#key-0"
+    state = Lifecycle()
+    state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[2], 123456)], twice=False)
+    state.store_throttles_a_call(call="wait_on_key", times=1)
+    _corrects(state, pk, "amend", QUANTITIES[2])
+    # then nothing was applied yet: the correction waits in ReplayQueue
+    assert len(state.queues.replay) == 1
+    # and when ReplayFunction applies it, the key is finished and Piriod holds the record once
+    state.time_passes(seconds=400)
+    state.replay_function_runs(
+        data=cast(Any, _Sequence(list(state.queues.replay), 5)), crash_before_delete=False
+    )
     _key_is_finished(state, pk)
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [QUANTITIES[2]]
 
