@@ -605,7 +605,7 @@ class Submitter:
         Piriod holds nothing and the record's quantity (`plan.desired`) is to be posted."""
         usage, line = sub.usage, sub.usage.subscription_line
         assert line is not None
-        listed = False  # this attempt lists the correction as waiting on its key
+        on_key = False  # this attempt listed its correction as waiting on the key
         try:
             doubted = None  # a held usage an earlier DELETE may still remove
             if plan.deleting is not None:  # asked before anything is sent again
@@ -633,7 +633,7 @@ class Submitter:
                     # finish: once Piriod's usage is gone, a record whose attempt stops
                     # with no queue and no key written is still finished by someone.
                     self.store.mark_deleting(claim, held_id, _waits_meanwhile(sub, plan, claim))
-                    listed = True
+                    on_key = True
                     if not attempt.start_delete(held_id):  # the deadline placed it
                         raise _Abandoned
                     deleted = self.piriod.delete_usage(held_id, sub.tenant, deadline)
@@ -652,7 +652,7 @@ class Submitter:
                 attempt.holds(None, deleting=True)
                 if plan.desired is not None:
                     self.store.hold(claim, None)  # deleted: an amend's post may follow
-            if (plan.desired is None or plan.holds_desired()) and not listed:
+            if (plan.desired is None or plan.holds_desired()) and not on_key:
                 # Nothing to send: the attempt's end is its only other write. The correction
                 # waits on the key until then, so that an end write that fails (or an
                 # attempt that stops) leaves it for FlushFunction, not stale on the key.
@@ -671,7 +671,10 @@ class Submitter:
             # Piriod held for it is deleted), not at the quantity its message carried: a
             # restatement to that quantity later must post it anew, not find it held.
             quantity = usage.quantity_text if plan.cancelled else "0"
-            self._finish(Result(claim, status, quantity=quantity, applied=plan.rev, holding=None))
+            self._finish(
+                Result(claim, status, quantity=quantity, applied=plan.rev, holding=None),
+                posted_nothing=True,
+            )
             return Outcome(Fate.CANCELLED if plan.cancelled else Fate.POSTED)
         if plan.holding is not None:  # already what it should be
             self._finish(
@@ -682,7 +685,8 @@ class Submitter:
                     quantity=plan.holding.quantity,
                     applied=plan.rev,
                     kept=True,
-                )
+                ),
+                posted_nothing=True,
             )
             return Outcome(Fate.POSTED, usage_id=plan.holding.usage_id)
         desired = plain_decimal(plan.desired)
@@ -933,10 +937,12 @@ class Submitter:
             placement=placement,
         )
 
-    def _finish(self, result: Result) -> None:
+    def _finish(self, result: Result, *, posted_nothing: bool = False) -> None:
         """Write the attempt's end over its key. If it cannot be written, the key stays held
-        until its lock expires: the next holder settles a post by lookup, and a correction
-        this attempt applied waits on the key (listed before: `_correct`) for FlushFunction."""
+        until its lock expires, and the next holder settles a post of it by lookup. So an
+        attempt that `posted_nothing` (a correction that sent nothing more: its correction is
+        already listed on the key, `_correct`) then releases the key: there is no post to
+        look up. Never after a post: a release would hide it."""
         try:
             self.store.finish(result)
         except StoreUnavailable as exc:
@@ -946,6 +952,11 @@ class Submitter:
                 "record handled but its key not updated; a retry settles by lookup",
                 extra={"status": result.status.value, "error": str(exc)},
             )
+            if posted_nothing:  # the correction stays listed: FlushFunction finishes it
+                try:
+                    self.store.release(result.claim, result.ambiguous_since, result.deleting)
+                except StoreUnavailable as again:
+                    logger.error("key not released", extra={"error": str(again)})
 
 
 class _NotFound(Exception):
