@@ -192,6 +192,8 @@ class IdempotencyStore:
         self._clock = clock
         self._sleep = sleep
         self._claims: dict[str, dict[str, Any]] = {}  # token -> the item a claim wrote
+        # token -> what its attempt wrote since its claim put the key new (table.finish)
+        self._fresh: dict[str, set[str]] = {}
 
     def _call(self, operation: str, what: str, request: dict[str, Any]) -> dict[str, Any]:
         """One DynamoDB call on the table; raises StoreUnavailable, or the client's error
@@ -232,6 +234,7 @@ class IdempotencyStore:
         try:
             self._call("put_item", "claim key", table.new_key(item))
             self._claims[token] = item
+            self._fresh[token] = set()
             return Claim(pk=pk, token=token, previous=None)
         except StoreUnavailable:
             raise
@@ -274,6 +277,7 @@ class IdempotencyStore:
                         item = items[n]
                         token = item["lock_token"]["S"]
                         self._claims[token] = item
+                        self._fresh[token] = set()
                         claims[n] = Claim(pk=item["pk"]["S"], token=token, previous=None)
                     break
                 for position, found in refused.items():
@@ -405,6 +409,9 @@ class IdempotencyStore:
 
     def _held(self, claim: Claim, what: str, request: dict[str, Any]) -> None:
         """A write that only the claim's holder may make."""
+        written = self._fresh.get(claim.token or "")
+        if written is not None:  # before it is sent: if its answer is lost, it may be there
+            written.update(table.set_names(request))
         try:
             self._call("update_item", what, request)
         except StoreUnavailable:
@@ -419,6 +426,7 @@ class IdempotencyStore:
         claim = result.claim
         assert claim.token is not None, "only a claim that was taken is written over"
         claimed = self._claims.pop(claim.token, None)
+        written = self._fresh.pop(claim.token, None)
         if claimed is None:  # finished or settled already (by its worker, at a deadline)
             raise LockLost("cannot record result: the claim was written over already")
         quantity = result.quantity or claimed["quantity"]["S"]
@@ -438,6 +446,7 @@ class IdempotencyStore:
             waiting=result.waiting,
             deleting=result.deleting,
             kept=result.kept,
+            written=None if written is None else frozenset(written),
         )
         self._held(claim, "record result", request)
 
@@ -478,6 +487,7 @@ class IdempotencyStore:
         request = table.settle(claim.pk, claim.token, usage_id, self._clock())
         self._held(claim, "record settled usage", request)
         self._claims.pop(claim.token, None)
+        self._fresh.pop(claim.token, None)
 
     def take_usage(self, claim: Claim, usage_id: int) -> bool:
         """Take a listed usage for this claim's record: False when another key has it (one
@@ -536,6 +546,7 @@ class IdempotencyStore:
         left waiting on the key (table.release)."""
         assert claim.token is not None
         self._claims.pop(claim.token, None)
+        self._fresh.pop(claim.token, None)
         request = table.release(claim.pk, claim.token, ambiguous_since, deleting, correcting)
         self._held(claim, "release key", request)
 
