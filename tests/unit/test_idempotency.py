@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.idempotency import IdempotencyStore, StoreUnavailable
+from piriod_adapter.lifecycle import KeyStatus
 from piriod_adapter.models import KeyKind, Usage, UsageKey
 from piriod_adapter.table import key_pk, key_text
 
@@ -85,3 +88,59 @@ def test_a_key_kept_under_a_digest_is_not_read_back() -> None:
     # when its text is read back, then there is none: a digest is no key
     assert "e" * 100 not in pk
     assert key_text(pk, KeyKind.EVENT, key.scope) is None
+
+
+class LockedKeys:
+    """DynamoDB holding keys locked by another attempt until `until` (real time), each read
+    of them counted."""
+
+    def __init__(self, seconds: float) -> None:
+        self.until = time.time() + seconds
+        self.gets = 0
+        self.batches: list[int] = []
+        self.lock = threading.Lock()
+
+    def _item(self, pk: str) -> dict[str, Any]:
+        locked = time.time() < self.until
+        status = "in_progress" if locked else "posted"
+        return {
+            "pk": {"S": pk},
+            "status": {"S": status},
+            "lock_expires": {"N": str(self.until + 60 if locked else 0)},
+            "usage_id": {"N": "9"},
+        }
+
+    def get_item(self, **kwargs: Any) -> dict[str, Any]:
+        with self.lock:
+            self.gets += 1
+        return {"Item": self._item(kwargs["Key"]["pk"]["S"])}
+
+    def batch_get_item(self, **kwargs: Any) -> dict[str, Any]:
+        [(table, request)] = kwargs["RequestItems"].items()
+        with self.lock:
+            self.batches.append(len(request["Keys"]))
+        return {"Responses": {table: [self._item(k["pk"]["S"]) for k in request["Keys"]]}}
+
+
+def test_keys_waited_on_together_are_polled_together() -> None:
+    # given 20 records waiting on their keys, each held by a twin for about a second
+    client = LockedKeys(seconds=1.0)
+    store = IdempotencyStore(client, "t", 30)  # type: ignore[arg-type]
+    states: dict[str, Any] = {}
+
+    def wait(n: int) -> None:
+        states[f"k{n}"] = store.wait_while_locked(f"k{n}", Deadline.after(20), at_most=10)
+
+    # when they wait side by side
+    waiters = [threading.Thread(target=wait, args=(n,)) for n in range(20)]
+    for waiter in waiters:
+        waiter.start()
+    for waiter in waiters:
+        waiter.join()
+    # then each sees its key done once the twin finishes
+    assert len(states) == 20
+    assert all(s is not None and s.status is KeyStatus.POSTED for s in states.values())
+    # and the store was asked each key once, then all of them together a few times a second
+    # (one GetItem each every 0.2 s would be about 100 reads)
+    assert client.gets == 20
+    assert len(client.batches) <= 15 and max(client.batches) > 1
