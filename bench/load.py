@@ -1100,7 +1100,7 @@ def report(
             "replay crash rate": args.crash_rate,
             "twins share": args.twins,
             "records per delivery": args.batch or "1 to 100, log-uniform",
-            "store": "one request at a time (a proxy serialises moto)"
+            "store": "one DynamoDB request at a time (a proxy serialises moto)"
             if args.serial_store
             else "moto, concurrent requests",
             "phases": [p.name for p in phases_run],
@@ -1380,7 +1380,7 @@ def main() -> int:
     parser.add_argument(
         "--serial-store",
         action="store_true",
-        help="the store serves one request at a time (a proxy serialises moto)",
+        help="the store serves one DynamoDB request at a time (a proxy serialises moto)",
     )
     parser.add_argument(
         "--phases",
