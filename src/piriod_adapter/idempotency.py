@@ -169,26 +169,33 @@ class _Watch:
     together: one BatchGetItem of all of them per poll, whichever waiter asks first, the
     others taking its answer. A delivery whose twin holds its 40 keys then asks the store a
     few times a second, not 40 times as often; in a store that queues requests, those polls
-    were the queue (`make bench-load-outside`)."""
+    were the queue (`make bench-load-outside`). A waiter never waits long for another's poll,
+    nor fails for it: past POLL_SECONDS, or when that poll failed (a throttled key among
+    them), it reads its own key alone, as it always did."""
 
     def __init__(
-        self, read: Callable[[list[str]], dict[str, KeyState]], clock: Callable[[], float]
+        self,
+        read_all: Callable[[list[str]], dict[str, KeyState]],
+        read_one: Callable[[str], KeyState | None],
+        clock: Callable[[], float],
     ) -> None:
-        self._read = read
+        self._read_all = read_all
+        self._read_one = read_one
         self._clock = clock
-        self._lock = threading.Lock()
+        self._keys = threading.Lock()  # the keys waited on
         self._waiting: Counter[str] = Counter()
+        self._poll = threading.Lock()  # one poll at a time, and what it read
         self._polled: dict[str, KeyState | None] = {}
         self._polled_at = float("-inf")
 
     @contextmanager
     def waiting(self, pk: str) -> Iterator[None]:
-        with self._lock:
+        with self._keys:
             self._waiting[pk] += 1
         try:
             yield
         finally:
-            with self._lock:
+            with self._keys:
                 self._waiting[pk] -= 1
                 if self._waiting[pk] <= 0:
                     del self._waiting[pk]
@@ -196,16 +203,28 @@ class _Watch:
     def state(self, pk: str, since: float) -> KeyState | None:
         """The key's state as read after `since` (the waiter's last read): the last poll's,
         or a new poll of every key waited on. Raises StoreUnavailable."""
-        with self._lock:
-            if self._polled_at <= since or pk not in self._polled:
+        if not self._poll.acquire(timeout=POLL_SECONDS):  # another poll is slow
+            return self._read_one(pk)
+        try:
+            if self._polled_at > since and pk in self._polled:
+                return self._polled[pk]
+            with self._keys:
                 pks = list(self._waiting)
-                if pk not in self._waiting:
-                    pks.append(pk)
-                polled_at = self._clock()
-                read = self._read(pks)
+            if pk not in pks:
+                pks.append(pk)
+            polled_at = self._clock()
+            try:
+                read = self._read_all(pks)
+            except StoreUnavailable:
+                self._polled, self._polled_at = {}, float("-inf")
+                read = None
+            if read is not None:
                 self._polled = {key: read.get(key) for key in pks}
                 self._polled_at = polled_at
-            return self._polled[pk]
+                return self._polled[pk]
+        finally:
+            self._poll.release()
+        return self._read_one(pk)  # the poll failed: this key alone (raises if the store is)
 
 
 def _existing(item: dict[str, Any], found: dict[str, Any] | None, now: float) -> Claim | None:
@@ -241,7 +260,7 @@ class IdempotencyStore:
         self._claims: dict[str, dict[str, Any]] = {}  # token -> the item a claim wrote
         # token -> what its attempt wrote since its claim put the key new (table.finish)
         self._fresh: dict[str, set[str]] = {}
-        self._watch = _Watch(self.states, clock)
+        self._watch = _Watch(self.states, self.get, clock)
 
     def _call(self, operation: str, what: str, request: dict[str, Any]) -> dict[str, Any]:
         """One DynamoDB call on the table; raises StoreUnavailable, or the client's error
@@ -445,8 +464,8 @@ class IdempotencyStore:
         or our time runs out; with every other key this container waits on (_Watch)."""
         until = self._clock() + at_most
         with self._watch.waiting(pk):
-            read_at = self._clock()
             state = self.get(pk)
+            read_at = self._clock()
             while (
                 state is not None
                 and state.locked(self._clock())

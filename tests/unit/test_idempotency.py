@@ -144,3 +144,71 @@ def test_keys_waited_on_together_are_polled_together() -> None:
     # (one GetItem each every 0.2 s would be about 100 reads)
     assert client.gets == 20
     assert len(client.batches) <= 15 and max(client.batches) > 1
+
+
+class HotKeys(LockedKeys):
+    """As LockedKeys, freeing `done` keys at once; batch reads leave `hot` keys unprocessed
+    (their partition throttled) and take `batch_seconds`."""
+
+    def __init__(self, done: set[str], hot: set[str], batch_seconds: float = 0.0) -> None:
+        super().__init__(seconds=60.0)
+        self.done, self.hot, self.batch_seconds = done, hot, batch_seconds
+
+    def _item(self, pk: str) -> dict[str, Any]:
+        item = super()._item(pk)
+        if pk in self.done:
+            item.update(status={"S": "posted"}, lock_expires={"N": "0"})
+        return item
+
+    def batch_get_item(self, **kwargs: Any) -> dict[str, Any]:
+        time.sleep(self.batch_seconds)
+        [(table, request)] = kwargs["RequestItems"].items()
+        keys = request["Keys"]
+        return {
+            "Responses": {
+                table: [self._item(k["pk"]["S"]) for k in keys if k["pk"]["S"] not in self.hot]
+            },
+            "UnprocessedKeys": {table: {"Keys": [k for k in keys if k["pk"]["S"] in self.hot]}},
+        }
+
+
+def _waits(store: IdempotencyStore, pks: list[str], seconds: float) -> dict[str, Any]:
+    """Each key waited on in its own thread: (its status, or the error raised; seconds)."""
+    out: dict[str, Any] = {}
+
+    def wait(pk: str) -> None:
+        began = time.time()
+        try:
+            state = store.wait_while_locked(pk, Deadline.after(seconds), at_most=seconds)
+            out[pk] = (state.status if state else None, time.time() - began)
+        except StoreUnavailable as exc:
+            out[pk] = (exc, time.time() - began)
+
+    threads = [threading.Thread(target=wait, args=(pk,)) for pk in pks]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join()
+    return out
+
+
+def test_a_key_whose_batch_read_is_throttled_fails_no_other_waiter() -> None:
+    # given (found by a second reviewer) a waiter on a key held for good whose batch reads
+    # are throttled, and another waiter on a key whose holder then finished
+    client = HotKeys(done=set(), hot={"b"})
+    store = IdempotencyStore(client, "t", 30, sleep=lambda _: time.sleep(0.01))  # type: ignore[arg-type]
+    threading.Timer(0.2, lambda: client.done.add("a")).start()
+    # when both wait, then the other sees its key done (read alone), whatever the hot key does
+    out = _waits(store, ["a", "b"], seconds=1.0)
+    assert out["a"][0] is KeyStatus.POSTED
+
+
+def test_a_slow_poll_keeps_no_other_waiter_past_its_time() -> None:
+    # given (found by a second reviewer) a poll of the keys waited on that takes 3 s
+    client = HotKeys(done=set(), hot=set(), batch_seconds=3.0)
+    store = IdempotencyStore(client, "t", 30)  # type: ignore[arg-type]
+    threading.Timer(0.1, lambda: client.done.add("a")).start()
+    # when a waiter's key is done meanwhile, then it is told within about a poll's time
+    out = _waits(store, ["b", "a"], seconds=1.0)
+    assert out["a"][0] is KeyStatus.POSTED and out["a"][1] < 1.5
