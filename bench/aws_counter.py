@@ -172,17 +172,19 @@ class Handler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
         if self.serial and target.startswith("DynamoDB_"):
             with SERIAL:
-                status, data, answer_headers, wcu = self._send(body, headers, target, action)
+                status, data, answer_headers = self._send(body, headers)
         else:
-            status, data, answer_headers, wcu = self._send(body, headers, target, action)
+            status, data, answer_headers = self._send(body, headers)
+        # Priced once the store is free again: its read-back of an update is the proxy's own
+        # request, no part of the store's pace (as without --serial, a write of the same item
+        # in between is priced as it is then).
+        wcu = self._price(body, target, action, status, data)
         if wcu:
             with LOCK:
                 WCU[self.caller] += wcu
         self._answer(status, data, answer_headers)
 
-    def _send(
-        self, body: bytes, headers: dict[str, str], target: str, action: str
-    ) -> tuple[int, bytes, dict[str, str], int]:
+    def _send(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         response = self.http.request(
             self.command,
             self.target + self.path,
@@ -191,16 +193,18 @@ class Handler(BaseHTTPRequestHandler):
             retries=False,
             redirect=False,
         )
-        wcu = 0
-        if self.prices is not None and target.startswith("DynamoDB_"):
-            try:
-                request = json.loads(body) if body else {}
-                answer = json.loads(response.data) if response.data else {}
-                with PRICING:  # an update is read back before anything else changes it
-                    wcu = self.prices.price(action, request, answer, response.status)
-            except (ValueError, KeyError, TypeError):
-                pass  # not priced (a request the pricer does not know)
-        return response.status, response.data, dict(response.headers), wcu
+        return response.status, response.data, dict(response.headers)
+
+    def _price(self, body: bytes, target: str, action: str, status: int, data: bytes) -> int:
+        if self.prices is None or not target.startswith("DynamoDB_"):
+            return 0
+        try:
+            request = json.loads(body) if body else {}
+            answer = json.loads(data) if data else {}
+            with PRICING:  # one pricer at a time: what it remembers of the table
+                return int(self.prices.price(action, request, answer, status))
+        except (ValueError, KeyError, TypeError):
+            return 0  # not priced (a request the pricer does not know)
 
     do_GET = _forward
     do_POST = _forward
