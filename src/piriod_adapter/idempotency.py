@@ -9,7 +9,8 @@ is written once more when the attempt ends (`finish`: posted, waiting in a queue
 `release`: free to take again). The final state is written as soon as that record is done,
 so that a concurrent delivery of the same key waits no longer than the record's own post.
 While a holder only settles an unseen post by lookup (no post of its own yet), its key says
-`phase = settling`; before it posts, `posting`. `ambiguous_since` marks an attempt whose
+`phase = settling`; before it posts, `posting`; once it sends nothing more (a correction that
+found Piriod holding what it should), `ending`. `ambiguous_since` marks an attempt whose
 outcome was never seen: whoever takes the key next asks Piriod before posting.
 
 A usage that settles an ambiguous record is taken for that record's key with one conditional
@@ -40,6 +41,7 @@ from piriod_adapter.clock import Deadline
 from piriod_adapter.lifecycle import KeyStatus, Taker
 from piriod_adapter.models import Usage, sortable_utc
 from piriod_adapter.table import (
+    ENDING,
     WAITING_SHARDS,
     Holding,
     KeyRecord,
@@ -399,7 +401,12 @@ class IdempotencyStore:
         previous = KeyState.from_item(old) if old else None
         claim = Claim(pk=pk, token=token, previous=previous)
         vanished = previous is not None and previous.status is KeyStatus.IN_PROGRESS
-        if vanished and previous is not None and previous.ambiguous_since is None:
+        if (
+            vanished
+            and previous is not None
+            and previous.ambiguous_since is None
+            and previous.phase != ENDING  # it had nothing more to send
+        ):
             # Its holder vanished mid-attempt: whether its post landed is unseen, and stays
             # so if this attempt vanishes too (its start would be lost with the lock).
             since = previous.attempt_started or now

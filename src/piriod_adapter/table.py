@@ -51,6 +51,9 @@ _NAMESPACES = {
 }
 # Attributes of an attempt in progress, and of a wait in a queue: none survive a post.
 _ATTEMPT = ("lock_expires", "lock_token", "phase")
+# An attempt's phase once it sends nothing more to Piriod, only its end to write (a correction
+# that found Piriod holding what it should): if it vanishes now, it left no unseen post.
+ENDING = "ending"
 _WAIT = ("waiting", "waiting_since", "message_id", "message")
 # What a take-over keeps of the item before: an earlier attempt's unseen post, and where the
 # record waits while the new attempt is on it.
@@ -195,14 +198,14 @@ class KeyState:
 
     def posting(self, now: float) -> bool:
         """Held by an attempt that may be posting right now (not only settling by lookup)."""
-        return self.locked(now) and self.phase != "settling"
+        return self.locked(now) and self.phase not in ("settling", ENDING)
 
     def unsettled_since(self) -> float | None:
         """When an attempt whose outcome is unknown started, if there is one."""
         if self.ambiguous_since is not None:
             return self.ambiguous_since
-        if self.status is KeyStatus.IN_PROGRESS:  # its holder vanished mid-attempt
-            return self.attempt_started
+        if self.status is KeyStatus.IN_PROGRESS and self.phase != ENDING:
+            return self.attempt_started  # its holder vanished mid-attempt, maybe mid-post
         return None
 
 
@@ -544,9 +547,12 @@ def mark_deleting(
 def wait_on_key(pk: str, token: str, correcting: Waiting) -> dict[str, Any]:
     """The correction an attempt applies waits on the key until the attempt's finish (listed
     under CORRECTING, with its record's message), so that FlushFunction finishes it if this
-    attempt cannot (its end write failed, or it stopped); the finish removes it."""
-    values: dict[str, Any] = {":token": {"S": token}}
-    return _held_update(pk, "SET " + _correcting(pk, correcting, values), values)
+    attempt cannot (its end write failed, or it stopped); the finish removes it. The attempt
+    sends nothing more (phase ENDING): if it vanishes, the next holder has no post of it to
+    look up."""
+    values: dict[str, Any] = {":token": {"S": token}, ":ending": {"S": ENDING}}
+    update = "SET phase = :ending, " + _correcting(pk, correcting, values)
+    return _held_update(pk, update, values)
 
 
 def _held_update(pk: str, update: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -1055,6 +1055,27 @@ def test_a_correction_listed_on_its_key_without_a_delete_waits_until_its_attempt
     assert message not in correcting(keys)
 
 
+def test_an_attempt_that_vanishes_after_listing_its_correction_left_no_unseen_post(
+    keys: Keys,
+) -> None:
+    # given a posted key whose correction's attempt listed itself (it sends nothing more) and
+    # then vanished
+    record = usage(fresh("listed-vanished"))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=6))
+    mine = claim(keys, record, Taker.CORRECTION)
+    listed = json.dumps({"key": record.key.text})
+    keys.store.wait_on_key(mine, Waiting(CORRECTING, CORRECTING, listed, "2026-11-30T13"))
+    # when the next attempt takes the key once the lock has expired
+    keys.clock.advance(LIFETIME + 60)
+    again = claim(keys, record, Taker.CORRECTION)
+    # then it finds no post of the vanished attempt to look up, and no one sees it posting
+    assert again.acquired and again.previous is not None
+    assert again.previous.unsettled_since() is None
+    assert not again.previous.posting(keys.clock())
+    third = claim(keys, record, Taker.CORRECTION)  # refused: the second holds it
+    assert third.previous is not None and third.previous.ambiguous_since is None
+
+
 def test_a_correction_listed_on_its_key_by_another_s_attempt_is_refused(keys: Keys) -> None:
     # given a key whose attempt's lock expired and was taken over by another attempt
     record = usage(fresh("listed-late"))

@@ -30,6 +30,7 @@ from piriod_adapter.models import FailureKind, QueuedRecord, Tenant, Usage, utc_
 from piriod_adapter.piriod import DeleteResult, Listed, PiriodUnavailable, PostResult
 from piriod_adapter.queue import DEAD_LETTER, REPLAY
 from piriod_adapter.table import (
+    ENDING,
     IDENTICAL_WITHIN,
     MAX_CORRECTIONS,
     Holding,
@@ -221,7 +222,8 @@ class FakeKeyStore:
             same = taker is Taker.CORRECTION or key.fingerprint == usage.fingerprint
             if not takeable or not same:
                 return Claim(pk, None, previous)
-            if key.status is KeyStatus.IN_PROGRESS and key.ambiguous_since is None:
+            vanished = key.status is KeyStatus.IN_PROGRESS and key.phase != ENDING
+            if vanished and key.ambiguous_since is None:
                 key.ambiguous_since = key.attempt_started  # its vanished holder's post
             key.status = KeyStatus.IN_PROGRESS
             key.token, key.lock_expires, key.attempt_started, key.phase = token, lock, now, phase
@@ -320,6 +322,7 @@ class FakeKeyStore:
             self._check("wait_on_key")
             key = self._held(claim)
             key.waiting, key.message = correcting.queue, correcting.message
+            key.phase = ENDING
 
     def hold(self, claim: Claim, holding: Holding | None) -> None:
         with self._lock:
@@ -368,13 +371,15 @@ class FakeKeyStore:
                         held.add(key.holding.usage_id)
                     else:
                         suspects.append(Suspect(key.at, key.holding.quantity, idless=True))
-                unsettled = key.ambiguous_since is not None or key.status is KeyStatus.IN_PROGRESS
+                unsettled = key.ambiguous_since is not None or (
+                    key.status is KeyStatus.IN_PROGRESS and key.phase != ENDING
+                )
                 holds = key.holding
                 posted = holds is None or key.deleting is not None or key.quantity != holds.quantity
                 if unsettled and posted:
                     suspects.append(Suspect(key.at, key.quantity, idless=False))
                 locked = key.status is KeyStatus.IN_PROGRESS and (key.lock_expires or 0) > now
-                if locked and key.phase != "settling":
+                if locked and key.phase not in ("settling", ENDING):
                     posting = True
             return Identical(frozenset(held), posting, tuple(suspects))
 
