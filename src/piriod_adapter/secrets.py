@@ -73,10 +73,10 @@ class SecretStore:
                 for secret_id in dict.fromkeys(secret_ids)
                 if (cached := self._cache.get(secret_id)) is None or now - cached[0] >= self._ttl
             ]
-        if len(missing) < (1 if meanwhile is not None else 2):
+        if not missing or (len(missing) == 1 and meanwhile is None):
             if meanwhile is not None:
                 meanwhile()
-            return  # nothing to read, or one read with nothing to do meanwhile: the caller's own
+            return  # nothing to read, or one read alone: the caller's own read is as quick
         read: dict[str, str] = {}
 
         def fetch(secret_id: str) -> None:

@@ -501,7 +501,7 @@ def set_names(request: dict[str, Any]) -> frozenset[str]:
 def hold(pk: str, token: str, holding: Holding | None) -> dict[str, Any]:
     """While an attempt holds the key: what Piriod holds for it now (a usage found by
     settling, or none once its DELETE was answered), before the attempt goes on."""
-    values: dict[str, Any] = {":token": {"S": token}}
+    values: dict[str, Any] = {}
     if holding is None:  # its DELETE answered: nothing held, nothing in doubt
         update = "REMOVE held, usage_id, deleting, ambiguous_since"
     else:  # a usage found: a DELETE in doubt stays flagged until it is seen through
@@ -512,23 +512,13 @@ def hold(pk: str, token: str, holding: Holding | None) -> dict[str, Any]:
             values[":id"] = {"N": str(holding.usage_id)}
         else:  # a usage found without its id: no earlier id stays beside it
             update += " REMOVE usage_id, ambiguous_since"
-    return {
-        "Key": {"pk": {"S": pk}},
-        "UpdateExpression": update,
-        "ConditionExpression": "lock_token = :token",
-        "ExpressionAttributeValues": values,
-    }
+    return _held_update(pk, token, update, values)
 
 
 def mark_unseen(pk: str, token: str, since: float) -> dict[str, Any]:
     """A key taken over from a holder that vanished mid-attempt: its attempt's start stays
     flagged as an unseen post's (the new attempt's own start overwrote `attempt_started`)."""
-    return {
-        "Key": {"pk": {"S": pk}},
-        "UpdateExpression": "SET ambiguous_since = :since",
-        "ConditionExpression": "lock_token = :token",
-        "ExpressionAttributeValues": {":since": {"N": num(since)}, ":token": {"S": token}},
-    }
+    return _held_update(pk, token, "SET ambiguous_since = :since", {":since": {"N": num(since)}})
 
 
 def mark_deleting(
@@ -537,11 +527,11 @@ def mark_deleting(
     """An attempt is about to DELETE `usage_id`: flagged until a later write of the key says
     what Piriod holds (hold, finish; release keeps it). `correcting`: the correction being
     applied waits on the key meanwhile (as `wait_on_key` writes it)."""
-    values: dict[str, Any] = {":id": {"N": str(usage_id)}, ":token": {"S": token}}
+    values: dict[str, Any] = {":id": {"N": str(usage_id)}}
     update = "SET deleting = :id"
     if correcting is not None:
         update += ", " + _correcting(pk, correcting, values)
-    return _held_update(pk, update, values)
+    return _held_update(pk, token, update, values)
 
 
 def wait_on_key(pk: str, token: str, correcting: Waiting) -> dict[str, Any]:
@@ -550,18 +540,18 @@ def wait_on_key(pk: str, token: str, correcting: Waiting) -> dict[str, Any]:
     attempt cannot (its end write failed, or it stopped); the finish removes it. The attempt
     sends nothing more (phase ENDING): if it vanishes, the next holder has no post of it to
     look up."""
-    values: dict[str, Any] = {":token": {"S": token}, ":ending": {"S": ENDING}}
+    values: dict[str, Any] = {":ending": {"S": ENDING}}
     update = "SET phase = :ending, " + _correcting(pk, correcting, values)
-    return _held_update(pk, update, values)
+    return _held_update(pk, token, update, values)
 
 
-def _held_update(pk: str, update: str, values: dict[str, Any]) -> dict[str, Any]:
-    """An update of a key by the attempt that holds it (its lock token in `values`)."""
+def _held_update(pk: str, token: str, update: str, values: dict[str, Any]) -> dict[str, Any]:
+    """An update of a key by the attempt that holds it (its lock `token`)."""
     return {
         "Key": {"pk": {"S": pk}},
         "UpdateExpression": update,
         "ConditionExpression": "lock_token = :token",
-        "ExpressionAttributeValues": values,
+        "ExpressionAttributeValues": {**values, ":token": {"S": token}},
     }
 
 
@@ -582,17 +572,12 @@ def _correcting(pk: str, correcting: Waiting, values: dict[str, Any]) -> str:
 def mark_posting(pk: str, token: str, quantity: str | None = None) -> dict[str, Any]:
     """An attempt is about to post: identical records see it as posting from now (a settling
     one's), and an unseen post of it carries `quantity` (an amended record's)."""
-    values: dict[str, Any] = {":posting": {"S": "posting"}, ":token": {"S": token}}
+    values: dict[str, Any] = {":posting": {"S": "posting"}}
     update = "SET phase = :posting"
     if quantity is not None:
         update += ", quantity = :q"
         values[":q"] = {"S": quantity}
-    return {
-        "Key": {"pk": {"S": pk}},
-        "UpdateExpression": update,
-        "ConditionExpression": "lock_token = :token",
-        "ExpressionAttributeValues": values,
-    }
+    return _held_update(pk, token, update, values)
 
 
 def settle(pk: str, token: str, usage_id: int, now: float) -> dict[str, Any]:
