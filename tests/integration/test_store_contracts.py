@@ -1002,6 +1002,18 @@ def deleting_ahead(keys: Keys, text: str) -> tuple[Usage, Claim, str]:
     return record, mine, message
 
 
+def listed_ahead(keys: Keys, text: str, usage_id: int) -> tuple[Usage, Claim, str]:
+    """A posted key (`usage_id`) whose correction's attempt, sending nothing, listed the
+    correction as waiting on the key before its end: the record, the attempt's claim and the
+    message listed."""
+    record = usage(fresh(text))
+    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=usage_id))
+    mine = claim(keys, record, Taker.CORRECTION)
+    message = json.dumps({"key": record.key.text})
+    keys.store.wait_on_key(mine, Waiting(CORRECTING, CORRECTING, message, "2026-11-30T11"))
+    return record, mine, message
+
+
 def correcting(keys: Keys) -> list[str]:
     """The messages of the corrections listed as waiting on their keys."""
     return [w.message for w in keys.store.waiting(CORRECTING)]
@@ -1038,12 +1050,8 @@ def test_a_correction_listed_on_its_key_without_a_delete_waits_until_its_attempt
 ) -> None:
     # given a posted key whose correction's attempt sends nothing (what Piriod holds is
     # already right)
-    record = usage(fresh("listed-ahead"))
-    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=4))
-    mine = claim(keys, record, Taker.CORRECTION)
-    message = json.dumps({"key": record.key.text})
     # when the correction is listed on the key before the attempt's end
-    keys.store.wait_on_key(mine, Waiting(CORRECTING, CORRECTING, message, "2026-11-30T11"))
+    record, mine, message = listed_ahead(keys, "listed-ahead", 4)
     # then it waits on the key, which says nothing else changed
     assert message in correcting(keys)
     again = claim(keys, record, Taker.CORRECTION)
@@ -1060,11 +1068,7 @@ def test_an_attempt_that_vanishes_after_listing_its_correction_left_no_unseen_po
 ) -> None:
     # given a posted key whose correction's attempt listed itself (it sends nothing more) and
     # then vanished
-    record = usage(fresh("listed-vanished"))
-    keys.store.finish(Result(claim(keys, record), KeyStatus.POSTED, usage_id=6))
-    mine = claim(keys, record, Taker.CORRECTION)
-    listed = json.dumps({"key": record.key.text})
-    keys.store.wait_on_key(mine, Waiting(CORRECTING, CORRECTING, listed, "2026-11-30T13"))
+    record, _, _ = listed_ahead(keys, "listed-vanished", 6)
     # when the next attempt takes the key once the lock has expired
     keys.clock.advance(LIFETIME + 60)
     again = claim(keys, record, Taker.CORRECTION)

@@ -1414,41 +1414,25 @@ def test_an_amend_to_the_held_quantity_whose_end_and_release_fail_is_finished_by
     assert [e.quantity for e in state.piriod.usages_of(pk)] == [QUANTITIES[2]]
 
 
-def test_a_cancel_of_a_record_never_posted_whose_end_fails_looks_nothing_up() -> None:
+@pytest.mark.parametrize(
+    "failing",
+    [["finish"], ["finish", "release"]],
+    ids=["its end write fails", "it vanishes: its end write and the release after it fail"],
+)
+def test_a_cancel_of_a_record_never_posted_whose_attempt_ends_unwritten_looks_nothing_up(
+    failing: list[str],
+) -> None:
     # given (found by a second reviewer) a record never posted (a 429: it waits in
-    # ReplayQueue), cancelled; ReplayFunction applies the cancel and its end write is
-    # throttled, and a lookalike usage made elsewhere appears shortly after
+    # ReplayQueue), cancelled; ReplayFunction's attempt lists the cancel on the key, and its
+    # end write fails (with the release after it, too, as when its function is killed), and a
+    # lookalike usage made elsewhere appears shortly after
     pk = "k#v1/usages#key-0"
     state = Lifecycle()
     state.piriod_will_answer(answers=["throttled"])
     state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[2], 123456)], twice=False)
     _cancel(state, pk)
-    state.store_throttles_a_call(call="finish", times=1)
-    state.time_passes(seconds=1)
-    state.replay_function_runs(
-        data=cast(Any, _Sequence(list(state.queues.replay), 5)), crash_before_delete=False
-    )
-    foreign = state.piriod.seed(11, AT.replace(microsecond=123456), QUANTITIES[2], state.clock())
-    # when FlushFunction sweeps once the key is free
-    state.time_passes(seconds=400)
-    state.flush_function_sweeps()
-    # then the cancel is applied without taking the lookalike for a post of the record
-    _key_is_finished(state, pk)
-    assert not foreign.deleted
-
-
-def test_a_cancel_of_a_record_never_posted_whose_attempt_vanishes_looks_nothing_up() -> None:
-    # given (found by a second reviewer) a record never posted (a 429: it waits in
-    # ReplayQueue), cancelled; ReplayFunction's attempt lists the cancel on the key and then
-    # writes nothing more (its end write and the release after it both fail, as when its
-    # function is killed), and a lookalike usage made elsewhere appears shortly after
-    pk = "k#v1/usages#key-0"
-    state = Lifecycle()
-    state.piriod_will_answer(answers=["throttled"])
-    state.deliver(meanwhile=None, picks=[(0, 11, QUANTITIES[2], 123456)], twice=False)
-    _cancel(state, pk)
-    state.store_throttles_a_call(call="finish", times=1)
-    state.store_throttles_a_call(call="release", times=1)
+    for call in failing:
+        state.store_throttles_a_call(call=call, times=1)
     state.time_passes(seconds=1)
     state.replay_function_runs(
         data=cast(Any, _Sequence(list(state.queues.replay), 5)), crash_before_delete=False
@@ -1457,7 +1441,7 @@ def test_a_cancel_of_a_record_never_posted_whose_attempt_vanishes_looks_nothing_
     # when FlushFunction sweeps once the key's lock has expired
     state.time_passes(seconds=400)
     state.flush_function_sweeps()
-    # then the cancel is applied, and the attempt that vanished is not taken for a post
+    # then the cancel is applied without taking the lookalike for a post of the record
     _key_is_finished(state, pk)
     assert not foreign.deleted
 
