@@ -31,10 +31,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from piriod_adapter import table
 from piriod_adapter.clock import Deadline
@@ -77,8 +76,7 @@ class LockLost(StoreUnavailable):
     it would write is not written."""
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
     """The result of trying to take a key (what was written stays inside the store)."""
 
     pk: str
@@ -90,8 +88,7 @@ class Claim:
         return self.token is not None
 
 
-@dataclass(frozen=True)
-class Suspect:
+class Suspect(NamedTuple):
     """Another key of the line, less than two seconds from a record's instant, whose usage
     Piriod may list without anyone knowing its id: posted by a 201 without one (`idless`),
     or with an earlier post of its own that nobody has seen (its usage, if it landed, may be
@@ -119,8 +116,7 @@ def _may_have_posted(state: KeyState) -> bool:
     return held is None or state.deleting is not None or state.quantity != held.quantity
 
 
-@dataclass(frozen=True)
-class Identical:
+class Identical(NamedTuple):
     """What other keys of the same line, at about the same instant, account for: the usage
     ids they hold, whether one is posting now (its usage may be listed before it is
     recorded), and the suspects: those whose usage may be listed with an id nobody knows."""
@@ -140,8 +136,7 @@ class Identical:
         return sum(1 for s in self.suspects if not s.idless)
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
     """A correction's acceptance: the key as it left it, or why not (a duplicate's revision,
     or `refused`; neither: not found)."""
 
@@ -150,8 +145,7 @@ class Accepted:
     refused: dict[str, list[str]] | None = None
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """An attempt's final state, to write over its claim."""
 
     claim: Claim

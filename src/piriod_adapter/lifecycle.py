@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
+from typing import NamedTuple
 
 from piriod_adapter.models import AnswerStatus, Failure, FailureKind, QueuedRecord, Tenant, Usage
 
@@ -160,8 +161,7 @@ class Submission:
         return cls(index, usage or message.usage, message.tenant, previous=message)
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     """Where a failed record now waits: its queue, its message there, and its fate (QUEUED,
     RETRYING, REJECTED or EXHAUSTED)."""
 
@@ -175,8 +175,7 @@ class Placement:
 FailureSink = Callable[[Submission, QueuedRecord], Placement | None]
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How one attempt at a record or event ended."""
 
     fate: Fate

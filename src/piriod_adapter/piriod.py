@@ -18,10 +18,9 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import urllib3
@@ -50,8 +49,7 @@ LOOKUP_PAGES = 10  # pages of 100 a settling lookup reads; past it the record st
 DEFINITE_REFUSALS = frozenset({401, 403, 404, 405, 429})
 
 
-@dataclass(frozen=True)
-class PostResult:
+class PostResult(NamedTuple):
     """How one post ended: created (`failure` None), or why not, in the queue message's words
     (models.FailureKind): REJECTED (400: Piriod refused the record itself), TRANSIENT (surely
     not created: may be posted again) or AMBIGUOUS (may have been created: look it up before
@@ -75,8 +73,7 @@ class PostResult:
         return self.failure is None
 
 
-@dataclass(frozen=True)
-class DeleteResult:
+class DeleteResult(NamedTuple):
     """How one DELETE ended: the usage is gone (`failure` None: 204, or 404, already gone),
     surely still there (TRANSIENT: a definite refusal, or never sent), or unknown (AMBIGUOUS:
     no answer, a 5xx, a 3xx; Piriod is asked before anything is sent again)."""
@@ -99,8 +96,7 @@ class PiriodUnavailable(RuntimeError):
 TokenSource = Callable[[str | None], str]  # called with the refused token to force a re-read
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     status: int
     headers: Any
     body: bytes | None  # None: larger than MAX_RESPONSE_BYTES, or not complete in time
@@ -489,8 +485,7 @@ class PiriodClient:
         return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
 
 
-@dataclass(frozen=True)
-class Listed:
+class Listed(NamedTuple):
     """A usage as Piriod lists it, each field read at the precision Piriod wrote it with
     (None: missing or unreadable)."""
 

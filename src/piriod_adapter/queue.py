@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from piriod_adapter.lifecycle import Fate, Placement
 from piriod_adapter.models import FailureKind, QueuedRecord
@@ -30,8 +29,7 @@ class QueueUnavailable(RuntimeError):
     """The message could not be stored."""
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(NamedTuple):
     """A message received from a queue and held invisible, to act on."""
 
     message_id: str

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
@@ -43,8 +42,7 @@ VISIBILITY_MARGIN_SECONDS = 5 * 60  # covers the batching window and the functio
 BUSY_RETRY_SECONDS = 30  # another attempt holds the key: look again shortly
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(NamedTuple):
     """One ReplayQueue message as the event source hands it over."""
 
     message_id: str
@@ -52,8 +50,7 @@ class Received:
     receive_count: int  # SQS's ApproximateReceiveCount, this receive included
 
 
-@dataclass(frozen=True)
-class ReplayResult:
+class ReplayResult(NamedTuple):
     """One message's replay: its outcome (None: it could not be read as a record) and
     whether it is left in ReplayQueue for another try."""
 
@@ -181,7 +178,7 @@ def replay_batch(
     again = {s.index: placed for (s, _), placed in zip(busy, resent, strict=True) if placed}
     for sub, outcome in zip(subs, outcomes, strict=True):
         placed = again.get(sub.index)
-        again_as = replace(outcome, fate=Fate.QUEUED, placement=placed) if placed else outcome
+        again_as = outcome._replace(fate=Fate.QUEUED, placement=placed) if placed else outcome
         results[sub.index] = _result(sub, again_as)
     return [results[i] for i in range(len(batch))]
 

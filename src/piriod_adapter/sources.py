@@ -23,7 +23,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import (
     ROUND_CEILING,
@@ -36,7 +35,7 @@ from decimal import (
 )
 from functools import cache, cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -312,8 +311,7 @@ class SourcesDocument(_Strict):
     sources: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class SourceProfiles:
+class SourceProfiles(NamedTuple):
     """A profile document whose envelope validates: each source's profile, or, for a source
     whose profile does not validate, why (that source alone answers 503)."""
 
@@ -854,8 +852,7 @@ class Mapper:
         return check_quantity(scaled)
 
 
-@dataclass(frozen=True)
-class Mapped:
+class Mapped(NamedTuple):
     """One mapped record, and the event id its result carries so that a sender can match
     results to its events whatever `records` kept: the profile's `event_id` (shape json) or
     the CloudEvent's `id` (several records of one event share it; `index` tells them apart)."""
@@ -864,8 +861,7 @@ class Mapped:
     event_id: str
 
 
-@dataclass(frozen=True)
-class _Found:
+class _Found(NamedTuple):
     record: Any
     key_text: str | None = None  # set when the shape decides the key (CloudEvents)
     event: Any = None  # the CloudEvent the record came from

@@ -31,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -267,8 +267,7 @@ class _Abandoned(Exception):
     """The delivery answered for this record at the deadline: its worker stops."""
 
 
-@dataclass(frozen=True)
-class Failed:
+class Failed(NamedTuple):
     """A record that failed its attempt, to be placed: its queue message, its key when the
     attempt holds it, and what Piriod still holds for it (a correction not applied yet)."""
 

@@ -28,10 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from piriod_adapter.lifecycle import KeyStatus, Taker
 from piriod_adapter.models import KeyKind, Usage, UsageKey, sortable_utc, utc_text
@@ -109,8 +108,7 @@ def waiting_shard(pk: str) -> int:
     return int(digest[:8], 16) % WAITING_SHARDS
 
 
-@dataclass(frozen=True)
-class Holding:
+class Holding(NamedTuple):
     """The usage Piriod holds for a key: its quantity as posted, and its id when known."""
 
     quantity: str
@@ -125,8 +123,7 @@ class Holding:
         return self
 
 
-@dataclass(frozen=True)
-class KeyState:
+class KeyState(NamedTuple):
     """What a key's item says. Corrections (SPEC 10) add: `rev`, how many were accepted;
     `applied`, up to which one Piriod (or the record's queue message) reflects them; `target`,
     the quantity of the last amend; `cancelled`; `holding`, the usage Piriod holds for the
@@ -209,8 +206,7 @@ class KeyState:
         return None
 
 
-@dataclass(frozen=True)
-class Waiting:
+class Waiting(NamedTuple):
     """Where a record waits: the queue, its message id there and the message itself."""
 
     queue: str  # "replay", "dead-letter" or (a parked dead letter) PARKED
@@ -228,8 +224,7 @@ class Waiting:
         )
 
 
-@dataclass(frozen=True)
-class KeyRecord:
+class KeyRecord(NamedTuple):
     """What the table says of one record's key (for reconcile): with corrections (SPEC 10),
     the usage Piriod holds for it (`holding`: at its last quantity once an amend is applied;
     none once cancelled), a usage whose DELETE went unanswered (`deleting`), and whether a
@@ -689,8 +684,7 @@ def identical_window(usage: Usage) -> tuple[str, str]:
 # --- aggregation windows -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WindowId:
+class WindowId(NamedTuple):
     """One line's window of one source. `series` is what the window counts: the function,
     the window's length and the mode ("sum-60s", "count-300s-test"), so that a profile edited
     while windows are open starts windows of its own instead of changing those."""
@@ -711,8 +705,7 @@ class WindowId:
         return f"{self.gen_pk(generation)}#s{shard}"
 
 
-@dataclass(frozen=True)
-class Generation:
+class Generation(NamedTuple):
     """A generation's item, as the flusher and the operator read it. Its state is OPEN
     (events join it) or CLOSED (its total is final); once its total is handed to the
     lifecycle (`handed`), where its usage is is read from its key."""

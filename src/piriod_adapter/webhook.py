@@ -13,8 +13,7 @@ import binascii
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from piriod_adapter.clock import Deadline
 from piriod_adapter.lifecycle import Fate, Outcome, Submission
@@ -48,8 +47,7 @@ if TYPE_CHECKING:
     from piriod_adapter.sources import Profile
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """An answer. Its body is one of the models that openapi.yaml is generated from, so what
     is sent is what the sender's contract describes."""
 

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from piriod_adapter import table
 from piriod_adapter.models import Usage
@@ -84,8 +84,7 @@ class Open:
     shards: int
 
 
-@dataclass(frozen=True)
-class NewGeneration:
+class NewGeneration(NamedTuple):
     """The attributes of a generation's item, written by its first delivery."""
 
     window_seconds: int
@@ -95,8 +94,7 @@ class NewGeneration:
     expires_at: int
 
 
-@dataclass(frozen=True)
-class EventWrite:
+class EventWrite(NamedTuple):
     """One event's key, to be written with its addition."""
 
     pk: str
@@ -106,8 +104,7 @@ class EventWrite:
     expires_at: int
 
 
-@dataclass(frozen=True)
-class WindowWrite:
+class WindowWrite(NamedTuple):
     """One window's share of a chunk: the generation, the shard, and what is added."""
 
     window: WindowId
@@ -420,8 +417,7 @@ PAST_BOUND = "would take its window's total past 10^20"
 CORRECTION_ROUNDS = 6  # a correction that met another of its event's is tried this many times
 
 
-@dataclass(frozen=True)
-class EventCorrected:
+class EventCorrected(NamedTuple):
     """How a correction of a counted event ended: applied (its window's open generation
     changed with it), pending (its generation is closed: restated by the next flush),
     duplicate, not_found or rejected (`errors`)."""
