@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
@@ -154,22 +153,22 @@ class _Breaker:
             self._refused = self._refused + 1 if refused else 0
 
 
-@dataclass
 class _Attempt:
     """One record's attempt, shared by its worker and the delivery, which may answer for it
     at the deadline: whoever moves first (the worker to post or place it, the delivery to
     abandon it) decides, under the lock."""
 
-    claim: Claim | None = None
-    since: float | None = None  # an earlier attempt's unseen post
-    sent_at: float | None = None  # our own post, once sent
-    quantity: str | None = None  # the quantity our post carries, once sent
-    plan: _Plan | None = None  # what Piriod holds for the key, as the attempt goes on
-    deleting: int | None = None  # a usage whose DELETE this attempt sent (until answered)
-    left: tuple[Holding | None, int | None] | None = None  # the plan's holding and DELETE
-    abandoned: bool = False
-    placing: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        self.claim: Claim | None = None
+        self.since: float | None = None  # an earlier attempt's unseen post
+        self.sent_at: float | None = None  # our own post, once sent
+        self.quantity: str | None = None  # the quantity our post carries, once sent
+        self.plan: _Plan | None = None  # what Piriod holds for the key, as the attempt goes on
+        self.deleting: int | None = None  # a usage whose DELETE this attempt sent (until answered)
+        self.left: tuple[Holding | None, int | None] | None = None  # the plan's holding and DELETE
+        self.abandoned = False
+        self.placing = False
+        self.lock = threading.Lock()
 
     def unseen_since(self) -> float | None:
         return self.sent_at if self.sent_at is not None else self.since
@@ -330,13 +329,20 @@ def failed(
     return Failed(sub, claim, message, unseen_since, **correcting)
 
 
-@dataclass
 class Submitter:
-    piriod: Piriod
-    store: KeyStore
-    post_budget_seconds: float  # a post is started only with at least this much time left
-    settle_after_seconds: float
-    clock: Callable[[], float] = field(default=time.time)
+    def __init__(
+        self,
+        piriod: Piriod,
+        store: KeyStore,
+        post_budget_seconds: float,  # a post is started only with at least this much time left
+        settle_after_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.piriod = piriod
+        self.store = store
+        self.post_budget_seconds = post_budget_seconds
+        self.settle_after_seconds = settle_after_seconds
+        self.clock = clock
 
     def submit(
         self,
@@ -962,22 +968,33 @@ class _NotFound(Exception):
     """The usage a correction must delete cannot be told yet."""
 
 
-@dataclass
 class _Plan:
     """What an attempt must make of what Piriod holds for its key (SPEC 10), read from the
     key when it claimed it: `desired`, the record's quantity now (its last amend; None once
     cancelled, or a window total of zero); `holding`, the usage Piriod holds for it, if any;
     `deleting`, a usage whose DELETE went unanswered; `rev`, the corrections this attempt
-    applies. A record no correction touched is not `correcting`: its attempt is as before."""
+    applies. A record no correction touched is not `correcting`: its attempt is as before.
+    `last_quantity` is the quantity of the key's last post: what an unseen post carries."""
 
-    correcting: bool  # False: nothing but the record as delivered, to post
-    rev: int
-    cancelled: bool
-    desired: Decimal | None
-    holding: Holding | None
-    deleting: int | None
-    last_quantity: str  # the quantity of the key's last post: what an unseen post carries
-    posted_at: float | None
+    def __init__(
+        self,
+        correcting: bool,  # False: nothing but the record as delivered, to post
+        rev: int,
+        cancelled: bool,
+        desired: Decimal | None,
+        holding: Holding | None,
+        deleting: int | None,
+        last_quantity: str,
+        posted_at: float | None,
+    ) -> None:
+        self.correcting = correcting
+        self.rev = rev
+        self.cancelled = cancelled
+        self.desired = desired
+        self.holding = holding
+        self.deleting = deleting
+        self.last_quantity = last_quantity
+        self.posted_at = posted_at
 
     @classmethod
     def of(cls, state: KeyState | None, usage: Usage) -> _Plan:

@@ -7,7 +7,7 @@ nothing of the delivery is claimed, posted or stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -55,13 +55,14 @@ class FieldProblem:
         return Problem(index=self.index, field=self.field[:200], message=self.message[:500])
 
 
-@dataclass
 class BodyError(Exception):
     """A delivery that cannot be accepted: nothing from it is posted or stored."""
 
-    status: int
-    message: str
-    problems: list[FieldProblem] = field(default_factory=list)
+    def __init__(self, status: int, message: str, problems: list[FieldProblem] | None = None):
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.problems = problems if problems is not None else []
 
     def public(self) -> Refusal:
         return Refusal(
