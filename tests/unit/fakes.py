@@ -9,7 +9,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -745,7 +745,6 @@ __all__ = [
     "Stored",
     "later",
     "placer",
-    "replace",
     "subs",
 ]
 
