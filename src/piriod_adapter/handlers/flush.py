@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from piriod_adapter.clock import Deadline
+from piriod_adapter.coldstart import releases_after_call
 from piriod_adapter.flush import run_flush
 from piriod_adapter.observability import logger, metrics
 from piriod_adapter.runtime import get_runtime, tracer_of
@@ -19,6 +20,7 @@ DEADLINE_RESERVE_SECONDS = 5.0
 register()  # SnapStart's runtime hooks (nothing outside the Lambda runtime)
 
 
+@releases_after_call  # the collector, held back for the cold start (coldstart.py)
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""The cyclic garbage collector is held back from a handler's import to the end of the
+function's first call, answered or raised (piriod_adapter/coldstart.py). Each case runs in a
+new interpreter: the collector's state is the process's own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+from piriod_adapter.coldstart import HELD_THRESHOLD
+
+
+def in_new_interpreter(script: str) -> dict[str, Any]:
+    """Run `script`, which prints one JSON object as its last line, and return it."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_held_from_a_handlers_import_to_the_end_of_its_first_call() -> None:
+    # given a new interpreter, when it imports the webhook handler and calls it twice
+    seen = in_new_interpreter(
+        """
+        import gc, json
+        before = gc.get_threshold()
+        from piriod_adapter.handlers.webhook import lambda_handler
+
+        class Context:
+            function_name = "WebhookFunction"
+            memory_limit_in_mb = 512
+            invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:f"
+            aws_request_id = "r"
+            def get_remaining_time_in_millis(self):
+                return 25_000
+
+        imported = gc.get_threshold(), gc.get_freeze_count()
+        event = {"rawPath": "/nowhere", "headers": {},
+                 "requestContext": {"http": {"method": "GET", "path": "/nowhere"}}}
+        first = lambda_handler(event, Context())["statusCode"]
+        after_first = gc.get_threshold(), gc.get_freeze_count()
+        lambda_handler(event, Context())
+        after_second = gc.get_threshold(), gc.get_freeze_count()
+        print(json.dumps({"before": before, "imported": imported, "first": first,
+                          "after_first": after_first, "after_second": after_second}))
+        """
+    )
+    # then the import held the young generation's threshold and froze nothing
+    before = seen["before"]
+    assert seen["imported"] == [[HELD_THRESHOLD, before[1], before[2]], 0]
+    # and the first call, once answered, froze what the cold start made and put them back
+    assert seen["first"] == 404
+    thresholds, frozen = seen["after_first"]
+    assert thresholds == before
+    assert frozen > 10_000
+    # and a later call freezes nothing more (frozen objects freed since only lower the count)
+    thresholds, frozen_later = seen["after_second"]
+    assert thresholds == before
+    assert frozen_later <= frozen
+
+
+def test_released_when_the_first_call_raises() -> None:
+    # given a held collector, when the handler's first call raises
+    seen = in_new_interpreter(
+        """
+        import gc, json
+        from piriod_adapter import coldstart
+        before = gc.get_threshold()
+        coldstart.hold()
+        held = gc.get_threshold()
+
+        @coldstart.releases_after_call
+        def handler(event, context):
+            raise RuntimeError("store down")
+
+        try:
+            handler({}, None)
+        except RuntimeError as exc:
+            raised = str(exc)
+        print(json.dumps({"before": before, "held": held, "raised": raised,
+                          "after": gc.get_threshold(), "frozen": gc.get_freeze_count()}))
+        """
+    )
+    # then the error reaches the caller, and the collector is released all the same
+    assert seen["held"][0] == HELD_THRESHOLD
+    assert seen["raised"] == "store down"
+    assert seen["after"] == seen["before"]
+    assert seen["frozen"] > 0
