@@ -10,6 +10,8 @@ import sys
 import textwrap
 from typing import Any
 
+import pytest
+
 from piriod_adapter.coldstart import HELD_THRESHOLD
 
 
@@ -25,42 +27,71 @@ def in_new_interpreter(script: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def test_held_from_a_handlers_import_to_the_end_of_its_first_call() -> None:
-    # given a new interpreter, when it imports the webhook handler and calls it twice
+@pytest.mark.parametrize("handler", ["webhook", "replay", "flush", "park"])
+def test_held_from_a_handlers_import_to_the_end_of_its_first_call(handler: str) -> None:
+    # given a new interpreter that imports a handler, whose work is a probe that notes the
+    # collector's thresholds (the handler's own decorators run as deployed)
     seen = in_new_interpreter(
-        """
-        import gc, json
+        f"""
+        import contextlib, gc, importlib, json
         before = gc.get_threshold()
-        from piriod_adapter.handlers.webhook import lambda_handler
+        module = importlib.import_module("piriod_adapter.handlers.{handler}")
+        imported = gc.get_threshold(), gc.get_freeze_count()
+        during = []
+
+        class Reply:  # what the webhook's answer() gives back
+            status, cause = 404, None
+            def to_api_gateway(self):
+                return {{"statusCode": 404}}
+
+        def probe(*args, **kwargs):
+            during.append(gc.get_threshold())
+            return Reply() if "{handler}" == "webhook" else {{}}
+
+        class Span:
+            def set(self, **attributes): pass
+            def fail(self, why): pass
+
+        class Tracer:
+            def invocation(self, *args, **kwargs):
+                return contextlib.nullcontext(Span())
+
+        for name in ("answer", "run_replay", "run_flush", "run_park"):
+            if hasattr(module, name):
+                setattr(module, name, probe)
+        module.tracer_of = lambda runtime: Tracer()
+        module.get_runtime = lambda: None
 
         class Context:
-            function_name = "WebhookFunction"
+            function_name = "F"
             memory_limit_in_mb = 512
             invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:f"
             aws_request_id = "r"
             def get_remaining_time_in_millis(self):
                 return 25_000
 
-        imported = gc.get_threshold(), gc.get_freeze_count()
-        event = {"rawPath": "/nowhere", "headers": {},
-                 "requestContext": {"http": {"method": "GET", "path": "/nowhere"}}}
-        first = lambda_handler(event, Context())["statusCode"]
+        event = {{"rawPath": "/nowhere", "headers": {{}}, "Records": [],
+                 "requestContext": {{"http": {{"method": "GET", "path": "/nowhere"}}}}}}
+        # when it is called twice
+        module.lambda_handler(event, Context())
         after_first = gc.get_threshold(), gc.get_freeze_count()
-        lambda_handler(event, Context())
+        module.lambda_handler(event, Context())
         after_second = gc.get_threshold(), gc.get_freeze_count()
-        print(json.dumps({"before": before, "imported": imported, "first": first,
-                          "after_first": after_first, "after_second": after_second}))
+        print(json.dumps({{"before": before, "imported": imported, "during": during,
+                          "after_first": after_first, "after_second": after_second}}))
         """
     )
-    # then the import held the young generation's threshold and froze nothing
+    # then the import held the young generation's threshold back, and froze nothing
     before = seen["before"]
-    assert seen["imported"] == [[HELD_THRESHOLD, before[1], before[2]], 0]
-    # and the first call, once answered, froze what the cold start made and put them back
-    assert seen["first"] == 404
+    held = [HELD_THRESHOLD, before[1], before[2]]
+    assert seen["imported"] == [held, 0]
+    # and it stayed held through the first call, which, once done, froze what the cold
+    # start made and put the thresholds back; the second call ran with them
+    assert seen["during"] == [held, before]
     thresholds, frozen = seen["after_first"]
     assert thresholds == before
     assert frozen > 10_000
-    # and a later call freezes nothing more (frozen objects freed since only lower the count)
+    # and the second call froze nothing more (frozen objects freed since lower the count)
     thresholds, frozen_later = seen["after_second"]
     assert thresholds == before
     assert frozen_later <= frozen
