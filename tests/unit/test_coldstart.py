@@ -124,3 +124,25 @@ def test_released_when_the_first_call_raises() -> None:
     assert seen["raised"] == "store down"
     assert seen["after"] == seen["before"]
     assert seen["frozen"] > 0
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [(None, "__all__"), ("", ""), ("logfire", "logfire")]
+)
+def test_a_handlers_import_tells_pydantic_not_to_search_for_plugins(
+    given: str | None, expected: str
+) -> None:
+    # given a new interpreter whose environment has PYDANTIC_DISABLE_PLUGINS as `given`
+    setting = "" if given is None else f"os.environ['PYDANTIC_DISABLE_PLUGINS'] = {given!r}"
+    # when it imports a handler
+    seen = in_new_interpreter(
+        f"""
+        import json, os
+        os.environ.pop("PYDANTIC_DISABLE_PLUGINS", None)
+        {setting}
+        import piriod_adapter.handlers.webhook
+        print(json.dumps({{"value": os.environ.get("PYDANTIC_DISABLE_PLUGINS")}}))
+        """
+    )
+    # then pydantic's search is off unless the environment said otherwise
+    assert seen["value"] == expected
