@@ -62,20 +62,14 @@ def test_held_from_a_handlers_import_to_the_end_of_its_first_call(handler: str) 
         module.tracer_of = lambda runtime: Tracer()
         module.get_runtime = lambda: None
 
-        class Context:
-            function_name = "F"
-            memory_limit_in_mb = 512
-            invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:f"
-            aws_request_id = "r"
-            def get_remaining_time_in_millis(self):
-                return 25_000
+        from piriod_devkit.events import LambdaContext
 
         event = {{"rawPath": "/nowhere", "headers": {{}}, "Records": [],
                  "requestContext": {{"http": {{"method": "GET", "path": "/nowhere"}}}}}}
         # when it is called twice
-        module.lambda_handler(event, Context())
+        module.lambda_handler(event, LambdaContext())
         after_first = gc.get_threshold(), gc.get_freeze_count()
-        module.lambda_handler(event, Context())
+        module.lambda_handler(event, LambdaContext())
         after_second = gc.get_threshold(), gc.get_freeze_count()
         print(json.dumps({{"before": before, "imported": imported, "during": during,
                           "after_first": after_first, "after_second": after_second}}))
