@@ -1,8 +1,6 @@
 """A source profile's `aggregate` block (SPEC section 9): how its events are counted into
 windows, and the bounds an event of such a source must meet before anything is counted."""
 
-from __future__ import annotations
-
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta

@@ -1,7 +1,5 @@
 """Time left in this invocation, so that the function never answers after its own timeout."""
 
-from __future__ import annotations
-
 import time
 from typing import NamedTuple, Protocol
 
@@ -16,11 +14,11 @@ class Deadline(NamedTuple):
     monotonic_at: float
 
     @classmethod
-    def after(cls, seconds: float) -> Deadline:
+    def after(cls, seconds: float) -> "Deadline":
         return cls(time.monotonic() + seconds)
 
     @classmethod
-    def from_context(cls, context: HasRemainingTime, reserve_seconds: float) -> Deadline:
+    def from_context(cls, context: HasRemainingTime, reserve_seconds: float) -> "Deadline":
         """The moment to stop starting work: the function's own timeout less a reserve."""
         remaining = context.get_remaining_time_in_millis() / 1000.0
         return cls.after(max(0.0, remaining - reserve_seconds))

@@ -18,8 +18,6 @@ lifecycle:
   again: the next FlushFunction run restates its usage (`pending`).
 """
 
-from __future__ import annotations
-
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -189,7 +187,7 @@ class CorrectionsAnswered(BaseModel):
 
 
 def parse_corrections(
-    raw: bytes, aggregate: Callable[[str], Aggregate | None]
+    raw: bytes, aggregate: "Callable[[str], Aggregate | None]"
 ) -> list[CorrectionEntry]:
     """The body as corrections, all-or-nothing: 400 (not JSON) or 422 naming index and
     field. `aggregate(source)`: how that source counts its events into windows (None: it
@@ -249,14 +247,14 @@ def keys_named(text: str, source: str | None) -> list[tuple[UsageKey, str]]:
     return [(key, key_pk(key)) for key in keys]
 
 
-def read_corrections(runtime: Runtime, raw: bytes) -> list[CorrectionEntry]:
+def read_corrections(runtime: "Runtime", raw: bytes) -> list[CorrectionEntry]:
     """A corrections body as the route reads it (parse_corrections, with the runtime's
     source profiles saying which sources count their events); the operator's `cancel` and
     `amend` read theirs here too. Raises BodyError (400, 422)."""
     return parse_corrections(raw, lambda name: aggregate_of(runtime, name))
 
 
-def aggregate_of(runtime: Runtime, source: str) -> Aggregate | None:
+def aggregate_of(runtime: "Runtime", source: str) -> "Aggregate | None":
     """How a source counts its events into windows (None: it does not, or it is not
     configured now)."""
     profile = _profile(runtime, source)
@@ -264,8 +262,8 @@ def aggregate_of(runtime: Runtime, source: str) -> Aggregate | None:
 
 
 def apply_corrections(
-    runtime: Runtime, entries: Sequence[CorrectionEntry], deadline: Deadline
-) -> list[Corrected]:
+    runtime: "Runtime", entries: Sequence[CorrectionEntry], deadline: Deadline
+) -> "list[Corrected]":
     """Accept each correction on its key and apply it (Corrector), with the runtime's
     stores, submit path and queues: what `POST /v1/corrections` does once a delivery is
     read, and what the operator's `cancel` and `amend` do. One Corrected per entry, in
@@ -300,7 +298,7 @@ def apply_corrections(
     return corrector.run(entries, deadline)
 
 
-def _profile(runtime: Runtime, source: str) -> Profile | None:
+def _profile(runtime: "Runtime", source: str) -> "Profile | None":
     """A source's profile now (None: not configured, or the configuration cannot be read)."""
     from piriod_adapter.sources import SourcesUnavailable
 

@@ -23,8 +23,6 @@ Piriod before the key is used again, identical records under other keys are told
 the key's state drives which queue a record waits in.
 """
 
-from __future__ import annotations
-
 import threading
 import time
 import uuid
@@ -242,7 +240,7 @@ def _existing(item: dict[str, Any], found: dict[str, Any] | None, now: float) ->
 class IdempotencyStore:
     def __init__(
         self,
-        client: DynamoDBClient,
+        client: "DynamoDBClient",
         table_name: str,
         ttl_days: int,
         clock: Callable[[], float] = time.time,

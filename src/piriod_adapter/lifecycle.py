@@ -9,8 +9,6 @@ source's event (counting.Counting), replay for a queue message (replay.py). Noth
 translates one vocabulary into another: it reads these tables.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -157,7 +155,7 @@ class Submission:
     @classmethod
     def from_message(
         cls, message: QueuedRecord, usage: Usage | None = None, index: int = 0
-    ) -> Submission:
+    ) -> "Submission":
         return cls(index, usage or message.usage, message.tenant, previous=message)
 
 

@@ -7,8 +7,6 @@ queue message and the body posted to Piriod all read it, so there is one place t
 "the same record" is and how it is written.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import re
@@ -489,5 +487,5 @@ class QueuedRecord(BaseModel):
             return json.dumps(self.model_dump(mode="json", exclude=omit), ensure_ascii=True)
 
     @classmethod
-    def from_json(cls, body: str) -> QueuedRecord:
+    def from_json(cls, body: str) -> "QueuedRecord":
         return cls.model_validate_json(body)

@@ -13,8 +13,6 @@ that are not UTF-8 and lone surrogates are replaced), so that nothing Piriod wri
 a record from being stored.
 """
 
-from __future__ import annotations
-
 import email.utils
 import time
 from collections.abc import Callable, Iterator
@@ -64,7 +62,7 @@ class PostResult(NamedTuple):
     token_refused: bool = False  # 401, or a token that cannot be sent: the token alarm counts it
 
     @classmethod
-    def posted(cls, usage_id: int | None, status: int | None = 201) -> PostResult:
+    def posted(cls, usage_id: int | None, status: int | None = 201) -> "PostResult":
         """Piriod has the usage (its id when known)."""
         return cls(None, status, usage_id=usage_id)
 
@@ -395,7 +393,7 @@ class PiriodClient:
             for document in self.list_usages(filters, tenant, deadline, LOOKUP_PAGES)
         )
 
-    def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> list[Listed]:
+    def find_usages(self, usage: Usage, tenant: Tenant, deadline: Deadline) -> "list[Listed]":
         """Usages Piriod lists for this line, instant and quantity (to settle an unseen post).
         Raises PiriodUnavailable, also past LOOKUP_PAGES pages."""
         query = {
@@ -407,7 +405,7 @@ class PiriodClient:
 
     def recent_usages(
         self, line: int, since: float, tenant: Tenant, deadline: Deadline
-    ) -> list[Listed]:
+    ) -> "list[Listed]":
         """Every usage of a line created at `since` or later, newest first (for a filter that
         may compare at a precision of its own and miss a usage). Raises PiriodUnavailable,
         also past LOOKUP_PAGES pages: nothing is proven then."""
@@ -497,7 +495,7 @@ class Listed(NamedTuple):
     created: float | None
 
     @classmethod
-    def read(cls, document: dict[str, Any]) -> Listed:
+    def read(cls, document: dict[str, Any]) -> "Listed":
         line = document.get("subscription_line")
         text = document.get("date_time")
         instant: datetime | None = None

@@ -1,7 +1,5 @@
 """SQS: ReplayQueue for records that may pass later, DeadLetterQueue for a person to see."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -40,14 +38,14 @@ class Held(NamedTuple):
 
 class FailureQueue:
     def __init__(
-        self, client: Callable[[], SQSClient], replay_url: str, dead_letter_url: str
+        self, client: "Callable[[], SQSClient]", replay_url: str, dead_letter_url: str
     ) -> None:
         self._make_client = client  # made on first use: a delivery with no failure needs none
         self.replay_url = replay_url
         self.dead_letter_url = dead_letter_url
 
     @cached_property
-    def _client(self) -> SQSClient:
+    def _client(self) -> "SQSClient":
         return self._make_client()
 
     def url(self, queue: str) -> str:
@@ -238,7 +236,7 @@ def _chunks(bodies: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
     return groups
 
 
-def _attributes(message: QueuedRecord) -> dict[str, MessageAttributeValueTypeDef]:
+def _attributes(message: QueuedRecord) -> "dict[str, MessageAttributeValueTypeDef]":
     attributes: dict[str, MessageAttributeValueTypeDef] = {
         "kind": {"DataType": "String", "StringValue": message.failure.kind.value},
         "scope": {"DataType": "String", "StringValue": message.usage.key.scope},
@@ -255,7 +253,7 @@ WALK_HOLD_SECONDS = 30
 
 
 def receive_all(
-    client: SQSClient,
+    client: "SQSClient",
     url: str,
     *,
     limit: int = 10_000,
@@ -290,7 +288,7 @@ def receive_all(
     return messages
 
 
-def release(client: SQSClient, url: str, receipt_handles: list[str]) -> None:
+def release(client: "SQSClient", url: str, receipt_handles: list[str]) -> None:
     """Make received messages visible again at once."""
     for start in range(0, len(receipt_handles), 10):
         client.change_message_visibility_batch(

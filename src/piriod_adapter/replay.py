@@ -9,8 +9,6 @@ use up an attempt: the record is sent again as a fresh message, whose receive co
 over, and the received one is deleted.
 """
 
-from __future__ import annotations
-
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime

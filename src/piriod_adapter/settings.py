@@ -1,7 +1,5 @@
 """Function settings, read from the environment once per container (never at import time)."""
 
-from __future__ import annotations
-
 import os
 import re
 from collections.abc import Mapping

@@ -14,8 +14,6 @@ makes binary floats), JMESPath's own functions (`sum`, `max`, `to_number`, compa
 take those Decimals as numbers, and a number literal in an expression is a Decimal too.
 """
 
-from __future__ import annotations
-
 import json
 import math
 import re
@@ -89,7 +87,7 @@ class SourcesUnavailable(RuntimeError):
         super().__init__(message)
         self.source = source  # set when only this source's profile is at fault
 
-    def copy(self) -> SourcesUnavailable:
+    def copy(self) -> "SourcesUnavailable":
         """The same problem, to raise once more (a kept error is not raised again itself, so
         that its traceback does not grow, nor is it shared between threads)."""
         return SourcesUnavailable(str(self), self.source)
@@ -190,7 +188,7 @@ def _field_path(node: Any) -> tuple[str, ...] | None:
     return None
 
 
-def compile_exact(expression: str) -> ParsedResult:
+def compile_exact(expression: str) -> "ParsedResult":
     """A JMESPath expression compiled with its number literals as Decimals."""
     import jmespath
     from jmespath.parser import ParsedResult
@@ -234,7 +232,7 @@ class SignatureProfile(_Strict):
     tolerance_seconds: int = Field(default=300, ge=1, le=3600, strict=True)
 
     @model_validator(mode="after")
-    def _headers_for_hmac_only(self) -> SignatureProfile:
+    def _headers_for_hmac_only(self) -> "SignatureProfile":
         if self.scheme == "hmac-sha256-hex" and self.header is None:
             raise ValueError("header is required with scheme hmac-sha256-hex")
         if self.scheme != "hmac-sha256-hex" and (self.header or self.timestamp_header):
@@ -266,7 +264,7 @@ class Profile(_Strict):
     aggregate: Aggregate | None = None
 
     @model_validator(mode="after")
-    def _complete(self) -> Profile:
+    def _complete(self) -> "Profile":
         if self.shape == "json":
             if self.fields.date_time is None:
                 raise ValueError("fields.date_time is required with shape json")
@@ -399,7 +397,7 @@ class SourceCatalog:
     def __init__(
         self,
         config: str,
-        ssm: Callable[[], SSMClient],
+        ssm: "Callable[[], SSMClient]",
         ttl_seconds: float,
         log: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
@@ -698,7 +696,7 @@ class Mapper:
         """Every record of the payload as a Usage (see `map`)."""
         return [record.usage for record in self.map(document)]
 
-    def map(self, document: Any) -> list[Mapped]:
+    def map(self, document: Any) -> "list[Mapped]":
         """Every record of the payload as a Usage with its event id, in the order found. A
         `records` expression that finds an empty list (a filter that keeps nothing) maps to
         no record; any problem, or more than MAX_BATCH records, is a 422 naming the record
@@ -732,7 +730,7 @@ class Mapper:
             raise invalid(problems)
         return mapped
 
-    def _records(self, document: Any) -> tuple[list[_Found], list[FieldProblem]]:
+    def _records(self, document: Any) -> "tuple[list[_Found], list[FieldProblem]]":
         """Each record in the payload, with its key text when the shape decides it."""
         problems: list[FieldProblem] = []
         if self.profile.shape == "json":
@@ -786,7 +784,7 @@ class Mapper:
         except ValueError as exc:  # _Unmappable, and the native rules' own ValueError
             raise _FieldError(name, f"{self.profile.compiled[name].expression}: {exc}") from None
 
-    def _usage(self, found: _Found) -> Usage:
+    def _usage(self, found: "_Found") -> Usage:
         profile, record, key_text = self.profile, found.record, found.key_text
         # A CloudEvent's own `time` is the default, wherever `records` points inside it.
         in_event = found.event is not None and profile.fields.date_time is None

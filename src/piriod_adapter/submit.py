@@ -22,8 +22,6 @@ sender retries: a 503 for the webhook, a retried message for replay). At the dea
 delivery is answered whatever is still in flight: a post not yet answered is queued,
 flagged ambiguous."""
 
-from __future__ import annotations
-
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -230,7 +228,7 @@ class _NewKeys:
 
     def __init__(
         self,
-        submitter: Submitter,
+        submitter: "Submitter",
         subs: Sequence[Submission],
         attempts: Sequence[_Attempt],
         deadline: Deadline,
@@ -599,7 +597,7 @@ class Submitter:
         self,
         claim: Claim,
         sub: Submission,
-        plan: _Plan,
+        plan: "_Plan",
         deadline: Deadline,
         attempt: _Attempt,
         sink: FailureSink,
@@ -704,7 +702,7 @@ class Submitter:
         return None
 
     def _find_held(
-        self, claim: Claim, sub: Submission, plan: _Plan, deadline: Deadline
+        self, claim: Claim, sub: Submission, plan: "_Plan", deadline: Deadline
     ) -> int | None:
         """The id of the usage a record posted without one (a 201 without an id), taken for
         this record as settling takes it (one listed usage for one record). None: Piriod
@@ -997,7 +995,7 @@ class _Plan:
         self.posted_at = posted_at
 
     @classmethod
-    def of(cls, state: KeyState | None, usage: Usage) -> _Plan:
+    def of(cls, state: KeyState | None, usage: Usage) -> "_Plan":
         window = usage.key.kind is KeyKind.WINDOW
         nothing = usage.quantity == 0 and window
         if state is None:  # a new key: its record as delivered (a window's zero: nothing)

@@ -23,8 +23,6 @@ a Piriod usage). A generation is in index `by_window` under `due` (ordered by du
 its total is handed to the lifecycle, then under `done#<source>` (ordered by window).
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 from collections.abc import Sequence
@@ -114,7 +112,7 @@ class Holding(NamedTuple):
     quantity: str
     usage_id: int | None
 
-    def listed(self, window: bool) -> Holding | None:
+    def listed(self, window: bool) -> "Holding | None":
         """This holding as Piriod lists it for a key (`window`: an aggregation window's
         total): none for a window total of zero, which is never posted (a restatement to
         zero deleted its usage)."""
@@ -150,7 +148,7 @@ class KeyState(NamedTuple):
     at: datetime | None = None  # the record's instant
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> KeyState:
+    def from_item(cls, item: dict[str, Any]) -> "KeyState":
         def number(name: str) -> float | None:
             return float(item[name]["N"]) if name in item else None
 
@@ -215,7 +213,7 @@ class Waiting(NamedTuple):
     since: str  # when it failed (parked: when SQS first took it), as sortable UTC text
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> Waiting:
+    def from_item(cls, item: dict[str, Any]) -> "Waiting":
         return cls(
             queue=item["waiting"]["S"].rpartition("#")[0],
             message_id=item["message_id"]["S"],
@@ -248,7 +246,7 @@ class KeyRecord(NamedTuple):
         return None if held is None else held.listed(self.key.split("#", 1)[0] in ("a", "ah"))
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> KeyRecord:
+    def from_item(cls, item: dict[str, Any]) -> "KeyRecord":
         state = KeyState.from_item(item)
         return cls(
             key=item["pk"]["S"],
@@ -745,7 +743,7 @@ class Generation(NamedTuple):
         return self.window.start + timedelta(seconds=self.generation)
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> Generation:
+    def from_item(cls, item: dict[str, Any]) -> "Generation":
         def number(name: str) -> int | None:
             return int(Decimal(item[name]["N"])) if name in item else None
 

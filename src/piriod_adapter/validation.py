@@ -5,8 +5,6 @@ through the same rules (`models.check_*`). Validation is all-or-nothing: any pro
 nothing of the delivery is claimed, posted or stored.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal

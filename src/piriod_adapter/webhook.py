@@ -6,8 +6,6 @@ stored state, queued, or rejected and kept; a 503 means a store is down and some
 neither Piriod nor a queue, so the sender must retry the whole delivery.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import time
@@ -52,7 +50,7 @@ class Reply(NamedTuple):
     is sent is what the sender's contract describes."""
 
     status: int
-    body: Refusal | Answered | CorrectionsAnswered
+    body: "Refusal | Answered | CorrectionsAnswered"
     cause: str | None = None  # why a 5xx was answered: logged and counted, not sent
 
     def to_api_gateway(self) -> dict[str, Any]:
@@ -304,7 +302,7 @@ def receive_source(event: dict[str, Any], name: str, runtime: Runtime, deadline:
 
 
 def authenticate_source(
-    name: str, profile: Profile, headers: dict[str, str], raw: bytes, runtime: Runtime
+    name: str, profile: "Profile", headers: dict[str, str], raw: bytes, runtime: Runtime
 ) -> tuple[str, float]:
     """Check a source's delivery with its profile's scheme and secrets; return an id for the
     delivery (the webhook-id with Standard Webhooks) and the time its signature passed at
@@ -386,25 +384,25 @@ def submit_and_answer(
     return summarize(delivery, submissions, outcomes, source, event_ids)
 
 
-def queue_sink(runtime: Runtime) -> FailureSink:
+def queue_sink(runtime: Runtime) -> "FailureSink":
     """The failure queue's sink, its queue made when a record first needs it: a delivery
     whose records all reach Piriod never imports or makes the queue (a cold start's cost)."""
 
-    def sink(sub: Submission, message: QueuedRecord) -> Placement | None:
+    def sink(sub: Submission, message: "QueuedRecord") -> "Placement | None":
         return runtime.queue.place_failed(sub, message)
 
     return sink
 
 
 def count_and_answer(
-    windows: Counter_,
-    place: Place,
-    sink: FailureSink,
+    windows: "Counter_",
+    place: "Place",
+    sink: "FailureSink",
     ttl_days: int,
     usages: Sequence[Usage],
     tenant: Tenant,
     deadline: Deadline,
-    spec: Aggregate,
+    spec: "Aggregate",
     *,
     delivery: str,
     source: str,

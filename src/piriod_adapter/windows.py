@@ -20,8 +20,6 @@ below 10^20 (Piriod's bound for a quantity) with 18 decimal places is exact, and
 refuses an addition that would take it past its share of that bound.
 """
 
-from __future__ import annotations
-
 import random
 import threading
 import time
@@ -133,7 +131,7 @@ class WindowStore:
 
     def __init__(
         self,
-        client: DynamoDBClient,
+        client: "DynamoDBClient",
         table: str,
         shards: int,
         clock: Callable[[], float] = time.time,
@@ -335,7 +333,7 @@ class WindowStore:
 
     def correct_events(
         self, corrections: Sequence[tuple[str, str, str | None, str]], now: float, deadline: Any
-    ) -> list[EventCorrected]:
+    ) -> "list[EventCorrected]":
         """Corrections of counted events (SPEC 10): see `_correct_events`."""
         return _correct_events(self, corrections, now, deadline)
 
