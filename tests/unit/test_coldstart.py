@@ -1,17 +1,21 @@
 """The cyclic garbage collector is held back from a handler's import to the end of the
 function's first call, answered or raised (piriod_adapter/coldstart.py). Each case runs in a
-new interpreter: the collector's state is the process's own."""
+new interpreter: the collector's state is the process's own. Also: the modules of value
+types and models keep their annotations evaluated (another part of a cold start)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import piriod_adapter
 from piriod_adapter.coldstart import HELD_THRESHOLD
 
 
@@ -140,3 +144,29 @@ def test_a_handlers_import_tells_pydantic_not_to_search_for_plugins(
     )
     # then pydantic's search is off unless the environment said otherwise
     assert seen["value"] == expected
+
+
+def test_modules_of_value_types_and_models_evaluate_their_annotations() -> None:
+    # given every module of the adapter
+    package = Path(piriod_adapter.__file__).parent
+    postponed = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        bases = {
+            base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef)
+            for base in node.bases
+        }
+        future = any(
+            isinstance(node, ast.ImportFrom)
+            and node.module == "__future__"
+            and any(alias.name == "annotations" for alias in node.names)
+            for node in tree.body
+        )
+        # when one defines a NamedTuple or a pydantic model and postpones its annotations
+        if bases & {"NamedTuple", "BaseModel"} and future:
+            postponed.append(str(path.relative_to(package)))
+    # then none does: typing and pydantic would compile each field's annotation string at
+    # import, a cold start's time (docs/benchmarks.md, "Where a cold start goes")
+    assert postponed == []
