@@ -1,5 +1,6 @@
 """SQS: ReplayQueue for records that may pass later, DeadLetterQueue for a person to see."""
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -43,6 +44,11 @@ class FailureQueue:
         self._make_client = client  # made on first use: a delivery with no failure needs none
         self.replay_url = replay_url
         self.dead_letter_url = dead_letter_url
+        # messages waiting to be sent together (send), by queue, and the queues with a call
+        # in flight
+        self._gather = threading.Condition()
+        self._gathered: dict[str, list[_Sending]] = {REPLAY: [], DEAD_LETTER: []}
+        self._in_flight: set[str] = set()
 
     @cached_property
     def _client(self) -> "SQSClient":
@@ -66,22 +72,79 @@ class FailureQueue:
     def send(
         self, queue: str, message: QueuedRecord, delay: int = 0, fate: Fate = Fate.QUEUED
     ) -> Placement | None:
-        """One message (SendMessage), with the fate it gives its record; None when SQS did
-        not take it."""
+        """One message, with the fate it gives its record; None when SQS did not take it.
+
+        Records failing side by side (a delivery's workers while Piriod is down, a replay's
+        batch) send together: while one call to a queue is in flight the next messages for it
+        gather, and the first of them to find the queue free sends them all in one
+        SendMessageBatch (ten at most, under MAX_BATCH_BYTES), then each placer returns with
+        its own answer. A message that finds nothing in flight goes at once, alone, with
+        SendMessage: nobody waits for a message that may not come."""
         try:
             body = message.to_json()
-            response = self._client.send_message(
-                QueueUrl=self.url(queue),
-                MessageBody=body,
-                DelaySeconds=max(0, min(MAX_DELAY_SECONDS, delay)),
-                MessageAttributes=_attributes(message),
+        except Exception as exc:
+            logger.warning("cannot write queue message", extra={"error": type(exc).__name__})
+            return None
+        mine = _Sending(message, body, max(0, min(MAX_DELAY_SECONDS, delay)), fate)
+        gather = self._gather
+        with gather:
+            self._gathered.setdefault(queue, []).append(mine)
+        while True:
+            with gather:
+                while not mine.done and queue in self._in_flight:
+                    gather.wait()
+                if mine.done:
+                    return mine.placement
+                self._in_flight.add(queue)
+                batch = _take(self._gathered[queue])
+            try:
+                self._send_together(queue, batch)
+            finally:
+                with gather:
+                    for sending in batch:
+                        sending.done = True
+                    self._in_flight.discard(queue)
+                    gather.notify_all()
+
+    def _send_together(self, queue: str, batch: "list[_Sending]") -> None:
+        """One call for the batch (SendMessage for one message); each message's placement is
+        set when SQS took it."""
+        url = self.url(queue)
+        try:
+            if len(batch) == 1:
+                [one] = batch
+                response = self._client.send_message(
+                    QueueUrl=url,
+                    MessageBody=one.body,
+                    DelaySeconds=one.delay,
+                    MessageAttributes=_attributes(one.message),
+                )
+                one.placement = Placement(queue, response["MessageId"], one.message, one.fate)
+                return
+            answer = self._client.send_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {
+                        "Id": str(n),
+                        "MessageBody": sending.body,
+                        "DelaySeconds": sending.delay,
+                        "MessageAttributes": _attributes(sending.message),
+                    }
+                    for n, sending in enumerate(batch)
+                ],
             )
         except Exception as exc:  # endpoint down, throttled, access denied, too large
             logger.warning(
                 "cannot send to queue", extra={"queue": queue, "error": type(exc).__name__}
             )
-            return None
-        return Placement(queue, response["MessageId"], message, fate)
+            return
+        for ok in answer.get("Successful", []):
+            sending = batch[int(ok["Id"])]
+            sending.placement = Placement(queue, ok["MessageId"], sending.message, sending.fate)
+        for refused in answer.get("Failed", []):
+            logger.warning(
+                "cannot send to queue", extra={"queue": queue, "error": refused.get("Code")}
+            )
 
     def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
         """Send (queue, message, delay seconds) with SendMessageBatch: ten per call and at
@@ -220,6 +283,35 @@ class FailureQueue:
 
 
 MAX_BATCH_BYTES = 200 * 1024  # SendMessageBatch takes 256 KiB in all; attributes need some
+
+
+class _Sending:
+    """A message waiting to be sent (FailureQueue.send), and then its placement."""
+
+    __slots__ = ("body", "delay", "done", "fate", "message", "placement")
+
+    def __init__(self, message: QueuedRecord, body: str, delay: int, fate: Fate) -> None:
+        self.message = message
+        self.body = body
+        self.delay = delay
+        self.fate = fate
+        self.done = False
+        self.placement: Placement | None = None
+
+
+def _take(gathered: list[_Sending]) -> list[_Sending]:
+    """The oldest gathered messages that fit one SendMessageBatch (ten, under
+    MAX_BATCH_BYTES; the first always), taken off the list."""
+    size = count = 0
+    for sending in gathered:
+        length = len(sending.body.encode())
+        if count == 10 or (count and size + length > MAX_BATCH_BYTES):
+            break
+        size += length
+        count += 1
+    taken = gathered[:count]
+    del gathered[:count]
+    return taken
 
 
 def _chunks(bodies: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:

@@ -105,3 +105,148 @@ def test_a_call_never_carries_more_than_the_batch_byte_limit() -> None:
     assert all(p is not None for p in placed)
     calls = [sum(len(e["MessageBody"].encode()) for e in entries) for _, entries in sqs.calls]
     assert len(calls) == 2 and max(calls) <= MAX_BATCH_BYTES
+
+
+# --- send: records failing side by side send together ----------------------------------------
+
+
+class GatedSQS(FakeSQS):
+    """FakeSQS with SendMessage too; the first call waits until `gate` opens (a call in
+    flight while other records fail); `raises` makes every SendMessageBatch call fail."""
+
+    def __init__(self, failed: frozenset[int] = frozenset(), raises: bool = False) -> None:
+        super().__init__(failed)
+        self.gate = threading.Event()
+        self.in_flight = threading.Event()
+        self.raises = raises
+        self.singles: list[tuple[str, str]] = []
+
+    def _first_waits(self) -> None:
+        if not self.in_flight.is_set():
+            self.in_flight.set()
+            assert self.gate.wait(10)
+
+    def send_message(self, QueueUrl: str, MessageBody: str, **_: Any) -> dict[str, Any]:
+        self._first_waits()
+        with self._lock:
+            self.singles.append((QueueUrl, MessageBody))
+            return {"MessageId": f"single-{len(self.singles)}"}
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self._first_waits()
+        if self.raises:
+            with self._lock:
+                self.calls.append((QueueUrl, Entries))
+            raise ConnectionError("SQS unreachable")
+        answer = super().send_message_batch(QueueUrl, Entries)
+        for ok in answer["Successful"]:  # ids unique across calls, as SQS's are
+            ok["MessageId"] = f"batch-{len(self.calls)}-{ok['Id']}"
+        return answer
+
+
+def send_side_by_side(
+    queue: FailureQueue, sqs: GatedSQS, sends: list[tuple[str, QueuedRecord]]
+) -> list[Any]:
+    """The first send goes and is held in flight; the others gather behind it; then the
+    first call returns. Each sender's own answer, in order."""
+    placed: list[Any] = [None] * len(sends)
+    returned: list[int] = []
+
+    def run(n: int) -> None:
+        q, m = sends[n]
+        placed[n] = queue.send(q, m, fate=Fate.REJECTED if q == DEAD_LETTER else Fate.QUEUED)
+        returned.append(n)
+
+    first = threading.Thread(target=run, args=(0,))
+    first.start()
+    assert sqs.in_flight.wait(10)
+    others = [threading.Thread(target=run, args=(n,)) for n in range(1, len(sends))]
+    for t in others:
+        t.start()
+    for _ in range(500):  # every other sender waits behind a call in flight, or is done
+        if sum(len(v) for v in queue._gathered.values()) + len(returned) == len(others):
+            break
+        threading.Event().wait(0.01)
+    sqs.gate.set()
+    for t in [first, *others]:
+        t.join(10)
+        assert not t.is_alive()
+    return placed
+
+
+def test_a_message_alone_goes_at_once_with_send_message() -> None:
+    # given a queue with nothing in flight
+    sqs = GatedSQS()
+    sqs.gate.set()
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    # when one record is placed
+    placement = queue.send(REPLAY, message(1))
+    # then one SendMessage carried it, and the record has that message's id
+    assert sqs.singles == [(REPLAY_URL, message(1).to_json())] and sqs.calls == []
+    assert placement is not None and placement.message_id == "single-1"
+    assert placement.message == message(1) and placement.fate is Fate.QUEUED
+
+
+def test_records_failing_while_a_send_is_in_flight_go_ten_a_call() -> None:
+    # given one record's message in flight, and 12 more records failing meanwhile
+    sqs = GatedSQS()
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    sends = [(REPLAY, message(n)) for n in range(13)]
+    # when the call in flight returns
+    placed = send_side_by_side(queue, sqs, sends)
+    # then the 12 went in two SendMessageBatch calls (10 and 2), 3 calls for 13 records
+    assert len(sqs.singles) == 1
+    assert sorted(len(entries) for _, entries in sqs.calls) == [2, 10]
+    # and every record has its own message id and its own message
+    assert all(p is not None for p in placed)
+    assert len({p.message_id for p in placed}) == 13
+    assert [p.message for p in placed] == [m for _, m in sends]
+    bodies = {e["MessageBody"] for _, entries in sqs.calls for e in entries}
+    assert bodies == {m.to_json() for _, m in sends[1:]}
+
+
+def test_a_message_sqs_refuses_in_a_batch_is_not_placed_and_the_others_are() -> None:
+    # given 4 records gathered behind one in flight, and SQS refusing the second entry
+    sqs = GatedSQS(failed=frozenset({1}))
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    sends = [(REPLAY, message(n)) for n in range(5)]
+    # when they are sent
+    placed = send_side_by_side(queue, sqs, sends)
+    # then exactly the refused one has no place (its record is answered not stored)
+    [(_, entries)] = sqs.calls
+    refused = entries[1]["MessageBody"]
+    assert [p is None for p in placed] == [m.to_json() == refused for _, m in sends]
+    assert sum(p is None for p in placed) == 1
+
+
+def test_a_failed_batch_call_places_none_of_its_messages_and_the_queue_goes_on() -> None:
+    # given records gathered behind one in flight, and SQS unreachable for the batch
+    sqs = GatedSQS(raises=True)
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    sends = [(REPLAY, message(n)) for n in range(4)]
+    # when they are sent
+    placed = send_side_by_side(queue, sqs, sends)
+    # then the one sent alone is placed, the three of the failed call are not
+    assert placed[0] is not None and placed[1:] == [None, None, None]
+    # and the next record is sent (nothing stays in flight)
+    sqs.raises = False
+    again = queue.send(REPLAY, message(9))
+    assert again is not None and again.message == message(9)
+
+
+def test_each_queue_gathers_its_own_messages() -> None:
+    # given records for both queues failing behind one in flight
+    sqs = GatedSQS()
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    sends = [(REPLAY, message(0))] + [
+        (DEAD_LETTER if n % 2 else REPLAY, message(n)) for n in range(1, 7)
+    ]
+    # when they are sent
+    placed = send_side_by_side(queue, sqs, sends)
+    # then every call went to one queue, with that queue's records, and each has its fate
+    for url, entries in sqs.calls:
+        wanted = DEAD_LETTER if url == DEAD_URL else REPLAY
+        assert {e["MessageBody"] for e in entries} <= {m.to_json() for q, m in sends if q == wanted}
+    for (q, _), p in zip(sends, placed, strict=True):
+        assert p is not None and p.queue == q
+        assert p.fate is (Fate.REJECTED if q == DEAD_LETTER else Fate.QUEUED)
