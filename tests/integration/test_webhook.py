@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from piriod_adapter.queue import receive_all
 from piriod_devkit.aws import client
 from piriod_devkit.events import http_event, load_event, sign_event
 from tests.conftest import TOKEN, Adapter
@@ -606,6 +607,28 @@ def test_piriod_down_is_queued_as_transient(adapter: Adapter, dead_endpoint: str
     assert status == 202 and {r["status"] for r in body["results"]} == {"queued"}
     assert {m["failure"]["kind"] for m in adapter.messages("replay")} == {"transient"}
     assert {m["ambiguous_since"] for m in adapter.messages("replay")} == {None}
+
+
+def test_records_queued_side_by_side_each_have_their_own_message(
+    adapter: Adapter, dead_endpoint: str
+) -> None:
+    # given nothing listening where Piriod should be, so that a delivery's records fail side
+    # by side and their queue messages go out together
+    adapter.fresh_runtime(PIRIOD_API_URL=dead_endpoint)
+    # when 40 records are delivered
+    status, body = adapter.deliver(batch(40))
+    assert status == 202 and {r["status"] for r in body["results"]} == {"queued"}
+    # then ReplayQueue holds 40 messages, one per record
+    sqs = client("sqs", adapter.endpoint)
+    raw = receive_all(sqs, adapter.resources.replay_queue_url, wait_seconds=0)
+    lines = sorted(json.loads(m["Body"])["usage"]["subscription_line"] for m in raw)
+    assert lines == [1000 + i for i in range(40)]
+    # and each record's key names the message that holds that record, and no other
+    by_id = {m["MessageId"]: m["Body"] for m in raw}
+    keys = [item for item in adapter.items() if "message_id" in item]
+    assert len(keys) == 40 and len({k["message_id"]["S"] for k in keys}) == 40
+    for key in keys:
+        assert by_id[key["message_id"]["S"]] == key["message"]["S"]
 
 
 def test_deadline_queues_what_remains(adapter: Adapter, piriod: Any) -> None:
