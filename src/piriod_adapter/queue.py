@@ -1,6 +1,7 @@
 """SQS: ReplayQueue for records that may pass later, DeadLetterQueue for a person to see."""
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ REPLAY = "replay"
 DEAD_LETTER = "dead-letter"
 MAX_DELAY_SECONDS = 900  # SQS's DelaySeconds ceiling
 MAX_PARALLEL_SENDS = 10
+GATHER_WAIT_SECONDS = 0.2  # the longest a message waits behind calls in flight
 
 
 class QueueUnavailable(RuntimeError):
@@ -44,11 +46,10 @@ class FailureQueue:
         self._make_client = client  # made on first use: a delivery with no failure needs none
         self.replay_url = replay_url
         self.dead_letter_url = dead_letter_url
-        # messages waiting to be sent together (send), by queue, and the queues with a call
-        # in flight
+        # messages waiting to be sent together (send), and the calls in flight, by queue
         self._gather = threading.Condition()
         self._gathered: dict[str, list[_Sending]] = {REPLAY: [], DEAD_LETTER: []}
-        self._in_flight: set[str] = set()
+        self._calls: dict[str, int] = {}
 
     @cached_property
     def _client(self) -> "SQSClient":
@@ -75,54 +76,63 @@ class FailureQueue:
         """One message, with the fate it gives its record; None when SQS did not take it.
 
         Records failing side by side (a delivery's workers while Piriod is down, a replay's
-        batch) send together: while one call to a queue is in flight the next messages for it
-        gather, and the first of them to find the queue free sends them all in one
-        SendMessageBatch (ten at most, under MAX_BATCH_BYTES), then each placer returns with
+        batch) send together: while a call to the queue is in flight the next messages for it
+        gather, and the first of them to find no call in flight sends itself and the others
+        in one SendMessageBatch (ten at most, under MAX_BATCH_BYTES); each placer returns with
         its own answer. A message that finds nothing in flight goes at once, alone, with
-        SendMessage: nobody waits for a message that may not come."""
+        SendMessage: nobody waits for a message that may not come. One that has waited
+        GATHER_WAIT_SECONDS (SQS slow) goes itself, with what gathered, beside the calls in
+        flight: a slow SQS costs a placer about one call, as when each sent its own."""
         try:
             body = message.to_json()
+            size = len(body.encode())
         except Exception as exc:
             logger.warning("cannot write queue message", extra={"error": type(exc).__name__})
             return None
-        mine = _Sending(message, body, max(0, min(MAX_DELAY_SECONDS, delay)), fate)
+        mine = _Sending(message, body, size, max(0, min(MAX_DELAY_SECONDS, delay)), fate)
         gather = self._gather
+        overdue_at = time.monotonic() + GATHER_WAIT_SECONDS
         with gather:
-            self._gathered.setdefault(queue, []).append(mine)
-        while True:
+            gathered = self._gathered.setdefault(queue, [])
+            gathered.append(mine)
+        try:
             with gather:
-                while not mine.done and queue in self._in_flight:
-                    gather.wait()
+                while not mine.done:
+                    now = time.monotonic()
+                    if not mine.taken and (not self._calls.get(queue) or now >= overdue_at):
+                        break  # this placer sends
+                    # taken into a call in flight: its end is near (botocore's timeouts)
+                    gather.wait(None if mine.taken else overdue_at - now)
                 if mine.done:
                     return mine.placement
-                self._in_flight.add(queue)
-                batch = _take(self._gathered[queue])
-            try:
-                self._send_together(queue, batch)
-            finally:
-                with gather:
-                    for sending in batch:
-                        sending.done = True
-                    self._in_flight.discard(queue)
-                    gather.notify_all()
+                batch = _take(gathered, mine)
+                self._calls[queue] = self._calls.get(queue, 0) + 1
+        except BaseException:  # interrupted while waiting: its message is not sent for it
+            with gather:
+                if not mine.taken:
+                    gathered.remove(mine)
+            raise
+        try:
+            self._send_together(queue, batch)
+        finally:
+            with gather:
+                for sending in batch:
+                    sending.done = True
+                self._calls[queue] -= 1
+                gather.notify_all()
+        return mine.placement
 
     def _send_together(self, queue: str, batch: "list[_Sending]") -> None:
         """One call for the batch (SendMessage for one message); each message's placement is
-        set when SQS took it."""
-        url = self.url(queue)
+        set when SQS took it. A message SQS could not take for its own reasons (throttled,
+        an internal error), or a batch refused whole for one bad entry, is sent again alone,
+        with botocore's retries."""
+        if len(batch) == 1:
+            self._send_one(queue, batch[0])
+            return
         try:
-            if len(batch) == 1:
-                [one] = batch
-                response = self._client.send_message(
-                    QueueUrl=url,
-                    MessageBody=one.body,
-                    DelaySeconds=one.delay,
-                    MessageAttributes=_attributes(one.message),
-                )
-                one.placement = Placement(queue, response["MessageId"], one.message, one.fate)
-                return
             answer = self._client.send_message_batch(
-                QueueUrl=url,
+                QueueUrl=self.url(queue),
                 Entries=[
                     {
                         "Id": str(n),
@@ -133,7 +143,11 @@ class FailureQueue:
                     for n, sending in enumerate(batch)
                 ],
             )
-        except Exception as exc:  # endpoint down, throttled, access denied, too large
+        except Exception as exc:  # endpoint down, throttled, access denied, one bad entry
+            if _refused_whole(exc):
+                for sending in batch:
+                    self._send_one(queue, sending)
+                return
             logger.warning(
                 "cannot send to queue", extra={"queue": queue, "error": type(exc).__name__}
             )
@@ -142,9 +156,27 @@ class FailureQueue:
             sending = batch[int(ok["Id"])]
             sending.placement = Placement(queue, ok["MessageId"], sending.message, sending.fate)
         for refused in answer.get("Failed", []):
-            logger.warning(
-                "cannot send to queue", extra={"queue": queue, "error": refused.get("Code")}
+            if refused.get("SenderFault"):
+                logger.warning(
+                    "cannot send to queue", extra={"queue": queue, "error": refused.get("Code")}
+                )
+            else:
+                self._send_one(queue, batch[int(refused["Id"])])
+
+    def _send_one(self, queue: str, sending: "_Sending") -> None:
+        try:
+            response = self._client.send_message(
+                QueueUrl=self.url(queue),
+                MessageBody=sending.body,
+                DelaySeconds=sending.delay,
+                MessageAttributes=_attributes(sending.message),
             )
+        except Exception as exc:  # endpoint down, throttled, access denied, too large
+            logger.warning(
+                "cannot send to queue", extra={"queue": queue, "error": type(exc).__name__}
+            )
+            return
+        sending.placement = Placement(queue, response["MessageId"], sending.message, sending.fate)
 
     def send_all(self, sends: list[tuple[str, QueuedRecord, int]]) -> list[Placement | None]:
         """Send (queue, message, delay seconds) with SendMessageBatch: ten per call and at
@@ -288,30 +320,44 @@ MAX_BATCH_BYTES = 200 * 1024  # SendMessageBatch takes 256 KiB in all; attribute
 class _Sending:
     """A message waiting to be sent (FailureQueue.send), and then its placement."""
 
-    __slots__ = ("body", "delay", "done", "fate", "message", "placement")
+    __slots__ = ("body", "delay", "done", "fate", "message", "placement", "size", "taken")
 
-    def __init__(self, message: QueuedRecord, body: str, delay: int, fate: Fate) -> None:
+    def __init__(self, message: QueuedRecord, body: str, size: int, delay: int, fate: Fate) -> None:
         self.message = message
         self.body = body
+        self.size = size
         self.delay = delay
         self.fate = fate
-        self.done = False
+        self.taken = False  # in a call
+        self.done = False  # its call returned
         self.placement: Placement | None = None
 
 
-def _take(gathered: list[_Sending]) -> list[_Sending]:
-    """The oldest gathered messages that fit one SendMessageBatch (ten, under
-    MAX_BATCH_BYTES; the first always), taken off the list."""
-    size = count = 0
+def _take(gathered: list[_Sending], first: _Sending) -> list[_Sending]:
+    """`first`, and the oldest other gathered messages that fit one SendMessageBatch with it
+    (ten, under MAX_BATCH_BYTES), taken off the list."""
+    batch, size = [first], first.size
     for sending in gathered:
-        length = len(sending.body.encode())
-        if count == 10 or (count and size + length > MAX_BATCH_BYTES):
+        if len(batch) == 10:
             break
-        size += length
-        count += 1
-    taken = gathered[:count]
-    del gathered[:count]
-    return taken
+        if sending is not first and size + sending.size <= MAX_BATCH_BYTES:
+            batch.append(sending)
+            size += sending.size
+    for sending in batch:
+        sending.taken = True
+        gathered.remove(sending)
+    return batch
+
+
+def _refused_whole(exc: Exception) -> bool:
+    """A batch SQS refused for what one of its entries holds (a 400 that is not throttling):
+    each message is worth sending alone."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = str(response.get("Error", {}).get("Code", ""))
+    return status == 400 and "Throttl" not in code and "RequestThrottled" not in code
 
 
 def _chunks(bodies: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:

@@ -112,22 +112,32 @@ def test_a_call_never_carries_more_than_the_batch_byte_limit() -> None:
 
 class GatedSQS(FakeSQS):
     """FakeSQS with SendMessage too; the first call waits until `gate` opens (a call in
-    flight while other records fail); `raises` makes every SendMessageBatch call fail."""
+    flight while other records fail). `raises` makes every SendMessageBatch call fail;
+    `sender_fault` is what a refused entry says; a message whose body is in `bad` is refused
+    by SendMessage, and makes SendMessageBatch refuse its whole call (a 400)."""
 
-    def __init__(self, failed: frozenset[int] = frozenset(), raises: bool = False) -> None:
+    def __init__(
+        self, failed: frozenset[int] = frozenset(), raises: bool = False, sender_fault: bool = False
+    ) -> None:
         super().__init__(failed)
         self.gate = threading.Event()
         self.in_flight = threading.Event()
         self.raises = raises
+        self.sender_fault = sender_fault
+        self.bad: set[str] = set()
         self.singles: list[tuple[str, str]] = []
 
     def _first_waits(self) -> None:
-        if not self.in_flight.is_set():
+        with self._lock:
+            first = not self.in_flight.is_set()
             self.in_flight.set()
+        if first:
             assert self.gate.wait(10)
 
     def send_message(self, QueueUrl: str, MessageBody: str, **_: Any) -> dict[str, Any]:
         self._first_waits()
+        if MessageBody in self.bad:
+            raise refused_whole()
         with self._lock:
             self.singles.append((QueueUrl, MessageBody))
             return {"MessageId": f"single-{len(self.singles)}"}
@@ -138,10 +148,26 @@ class GatedSQS(FakeSQS):
             with self._lock:
                 self.calls.append((QueueUrl, Entries))
             raise ConnectionError("SQS unreachable")
+        if any(e["MessageBody"] in self.bad for e in Entries):
+            with self._lock:
+                self.calls.append((QueueUrl, Entries))
+            raise refused_whole()
         answer = super().send_message_batch(QueueUrl, Entries)
         for ok in answer["Successful"]:  # ids unique across calls, as SQS's are
             ok["MessageId"] = f"batch-{len(self.calls)}-{ok['Id']}"
+        for refused in answer["Failed"]:
+            refused["SenderFault"] = self.sender_fault
         return answer
+
+
+def refused_whole() -> Exception:
+    from botocore.exceptions import ClientError
+
+    response: Any = {
+        "Error": {"Code": "InvalidParameterValue", "Message": "bad attribute"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    return ClientError(response, "SendMessageBatch")
 
 
 def send_side_by_side(
@@ -205,9 +231,10 @@ def test_records_failing_while_a_send_is_in_flight_go_ten_a_call() -> None:
     assert bodies == {m.to_json() for _, m in sends[1:]}
 
 
-def test_a_message_sqs_refuses_in_a_batch_is_not_placed_and_the_others_are() -> None:
-    # given 4 records gathered behind one in flight, and SQS refusing the second entry
-    sqs = GatedSQS(failed=frozenset({1}))
+def test_a_message_sqs_refuses_for_itself_in_a_batch_is_not_placed_and_the_others_are() -> None:
+    # given 4 records gathered behind one in flight, and SQS refusing the second entry for
+    # what it holds (a sender fault)
+    sqs = GatedSQS(failed=frozenset({1}), sender_fault=True)
     queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
     sends = [(REPLAY, message(n)) for n in range(5)]
     # when they are sent
@@ -217,6 +244,58 @@ def test_a_message_sqs_refuses_in_a_batch_is_not_placed_and_the_others_are() -> 
     refused = entries[1]["MessageBody"]
     assert [p is None for p in placed] == [m.to_json() == refused for _, m in sends]
     assert sum(p is None for p in placed) == 1
+
+
+def test_an_entry_sqs_could_not_take_for_its_own_reasons_is_sent_again_alone() -> None:
+    # given records gathered behind one in flight, and SQS failing the second entry (an
+    # internal error, not the sender's fault)
+    sqs = GatedSQS(failed=frozenset({1}))
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    sends = [(REPLAY, message(n)) for n in range(5)]
+    # when they are sent
+    placed = send_side_by_side(queue, sqs, sends)
+    # then that one went again with SendMessage, and every record is placed, once
+    [(_, entries)] = sqs.calls
+    assert sqs.singles[-1] == (REPLAY_URL, entries[1]["MessageBody"])
+    assert all(p is not None for p in placed) and len({p.message_id for p in placed}) == 5
+
+
+def test_a_batch_refused_whole_for_one_entry_sends_each_message_alone() -> None:
+    # given records gathered behind one in flight, one of them a message SQS refuses
+    sqs = GatedSQS()
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    sends = [(REPLAY, message(n)) for n in range(5)]
+    sqs.bad.add(sends[2][1].to_json())
+    # when they are sent
+    placed = send_side_by_side(queue, sqs, sends)
+    # then only that one is not placed: the others went alone after the batch was refused
+    assert [p is None for p in placed] == [False, False, True, False, False]
+    assert {m.to_json() for _, m in sends} - {b for _, b in sqs.singles} == {sends[2][1].to_json()}
+
+
+def test_a_slow_call_in_flight_holds_the_others_back_briefly_then_they_go_themselves() -> None:
+    # given one record's message in a call that does not return (SQS slow)
+    sqs = GatedSQS()
+    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    first = threading.Thread(target=queue.send, args=(REPLAY, message(0)))
+    first.start()
+    assert sqs.in_flight.wait(10)
+    # when 12 more records fail meanwhile
+    placed: list[Any] = [None] * 12
+
+    def run(n: int) -> None:
+        placed[n] = queue.send(REPLAY, message(n + 1))
+
+    others = [threading.Thread(target=run, args=(n,)) for n in range(12)]
+    for t in others:
+        t.start()
+    # then they are placed while that call is still in flight, in batches of their own
+    for t in others:
+        t.join(10)
+    assert not any(t.is_alive() for t in others) and all(p is not None for p in placed)
+    assert first.is_alive() and sum(len(e) for _, e in sqs.calls) + len(sqs.singles) == 12
+    sqs.gate.set()
+    first.join(10)
 
 
 def test_a_failed_batch_call_places_none_of_its_messages_and_the_queue_goes_on() -> None:
