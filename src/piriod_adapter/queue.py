@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from piriod_adapter.lifecycle import Fate, Placement
 from piriod_adapter.models import FailureKind, QueuedRecord
 from piriod_adapter.observability import logger
+from piriod_adapter.table import error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -48,7 +49,7 @@ class FailureQueue:
         self.dead_letter_url = dead_letter_url
         # messages waiting to be sent together (send), and the calls in flight, by queue
         self._gather = threading.Condition()
-        self._gathered: dict[str, list[_Sending]] = {REPLAY: [], DEAD_LETTER: []}
+        self._gathered: dict[str, list[_Sending]] = {}
         self._calls: dict[str, int] = {}
 
     @cached_property
@@ -134,12 +135,7 @@ class FailureQueue:
             answer = self._client.send_message_batch(
                 QueueUrl=self.url(queue),
                 Entries=[
-                    {
-                        "Id": str(n),
-                        "MessageBody": sending.body,
-                        "DelaySeconds": sending.delay,
-                        "MessageAttributes": _attributes(sending.message),
-                    }
+                    _entry(n, sending.body, sending.delay, sending.message)
                     for n, sending in enumerate(batch)
                 ],
             )
@@ -198,13 +194,8 @@ class FailureQueue:
         placed: list[Placement | None] = [None] * len(sends)
 
         def call(queue: str, chunk: list[tuple[int, str]]) -> None:
-            entries: list[SendMessageBatchRequestEntryTypeDef] = [
-                {
-                    "Id": str(i),
-                    "MessageBody": body,
-                    "DelaySeconds": max(0, min(MAX_DELAY_SECONDS, sends[i][2])),
-                    "MessageAttributes": _attributes(sends[i][1]),
-                }
+            entries = [
+                _entry(i, body, max(0, min(MAX_DELAY_SECONDS, sends[i][2])), sends[i][1])
                 for i, body in chunk
             ]
             try:
@@ -356,8 +347,19 @@ def _refused_whole(exc: Exception) -> bool:
     if not isinstance(response, dict):
         return False
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    code = str(response.get("Error", {}).get("Code", ""))
-    return status == 400 and "Throttl" not in code and "RequestThrottled" not in code
+    return status == 400 and "Throttl" not in (error_code(exc) or "")
+
+
+def _entry(
+    n: int, body: str, delay: int, message: QueuedRecord
+) -> "SendMessageBatchRequestEntryTypeDef":
+    """Entry `n` of a SendMessageBatch call."""
+    return {
+        "Id": str(n),
+        "MessageBody": body,
+        "DelaySeconds": delay,
+        "MessageAttributes": _attributes(message),
+    }
 
 
 def _chunks(bodies: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
