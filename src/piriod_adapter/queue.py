@@ -42,11 +42,16 @@ class Held(NamedTuple):
 
 class FailureQueue:
     def __init__(
-        self, client: "Callable[[], SQSClient]", replay_url: str, dead_letter_url: str
+        self,
+        client: "Callable[[], SQSClient]",
+        replay_url: str,
+        dead_letter_url: str,
+        gather_wait: float = GATHER_WAIT_SECONDS,
     ) -> None:
         self._make_client = client  # made on first use: a delivery with no failure needs none
         self.replay_url = replay_url
         self.dead_letter_url = dead_letter_url
+        self._gather_wait = gather_wait
         # messages waiting to be sent together (send), and the calls in flight, by queue
         self._gather = threading.Condition()
         self._gathered: dict[str, list[_Sending]] = {}
@@ -92,7 +97,7 @@ class FailureQueue:
             return None
         mine = _Sending(message, body, size, max(0, min(MAX_DELAY_SECONDS, delay)), fate)
         gather = self._gather
-        overdue_at = time.monotonic() + GATHER_WAIT_SECONDS
+        overdue_at = time.monotonic() + self._gather_wait
         with gather:
             gathered = self._gathered.setdefault(queue, [])
             gathered.append(mine)

@@ -170,6 +170,12 @@ def refused_whole() -> Exception:
     return ClientError(response, "SendMessageBatch")
 
 
+def held_back(sqs: GatedSQS) -> FailureQueue:
+    """A queue whose messages wait behind a call in flight as long as it lasts (here: for as
+    long as a test holds it), however slowly a busy machine starts the placers' threads."""
+    return FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL, gather_wait=60.0)
+
+
 def send_side_by_side(
     queue: FailureQueue, sqs: GatedSQS, sends: list[tuple[str, QueuedRecord]]
 ) -> list[Any]:
@@ -216,7 +222,7 @@ def test_a_message_alone_goes_at_once_with_send_message() -> None:
 def test_records_failing_while_a_send_is_in_flight_go_ten_a_call() -> None:
     # given one record's message in flight, and 12 more records failing meanwhile
     sqs = GatedSQS()
-    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    queue = held_back(sqs)
     sends = [(REPLAY, message(n)) for n in range(13)]
     # when the call in flight returns
     placed = send_side_by_side(queue, sqs, sends)
@@ -235,7 +241,7 @@ def test_a_message_sqs_refuses_for_itself_in_a_batch_is_not_placed_and_the_other
     # given 4 records gathered behind one in flight, and SQS refusing the second entry for
     # what it holds (a sender fault)
     sqs = GatedSQS(failed=frozenset({1}), sender_fault=True)
-    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    queue = held_back(sqs)
     sends = [(REPLAY, message(n)) for n in range(5)]
     # when they are sent
     placed = send_side_by_side(queue, sqs, sends)
@@ -250,7 +256,7 @@ def test_an_entry_sqs_could_not_take_for_its_own_reasons_is_sent_again_alone() -
     # given records gathered behind one in flight, and SQS failing the second entry (an
     # internal error, not the sender's fault)
     sqs = GatedSQS(failed=frozenset({1}))
-    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    queue = held_back(sqs)
     sends = [(REPLAY, message(n)) for n in range(5)]
     # when they are sent
     placed = send_side_by_side(queue, sqs, sends)
@@ -263,7 +269,7 @@ def test_an_entry_sqs_could_not_take_for_its_own_reasons_is_sent_again_alone() -
 def test_a_batch_refused_whole_for_one_entry_sends_each_message_alone() -> None:
     # given records gathered behind one in flight, one of them a message SQS refuses
     sqs = GatedSQS()
-    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    queue = held_back(sqs)
     sends = [(REPLAY, message(n)) for n in range(5)]
     sqs.bad.add(sends[2][1].to_json())
     # when they are sent
@@ -301,7 +307,7 @@ def test_a_slow_call_in_flight_holds_the_others_back_briefly_then_they_go_themse
 def test_a_failed_batch_call_places_none_of_its_messages_and_the_queue_goes_on() -> None:
     # given records gathered behind one in flight, and SQS unreachable for the batch
     sqs = GatedSQS(raises=True)
-    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    queue = held_back(sqs)
     sends = [(REPLAY, message(n)) for n in range(4)]
     # when they are sent
     placed = send_side_by_side(queue, sqs, sends)
@@ -316,7 +322,7 @@ def test_a_failed_batch_call_places_none_of_its_messages_and_the_queue_goes_on()
 def test_each_queue_gathers_its_own_messages() -> None:
     # given records for both queues failing behind one in flight
     sqs = GatedSQS()
-    queue = FailureQueue(lambda: cast(Any, sqs), REPLAY_URL, DEAD_URL)
+    queue = held_back(sqs)
     sends = [(REPLAY, message(0))] + [
         (DEAD_LETTER if n % 2 else REPLAY, message(n)) for n in range(1, 7)
     ]
